@@ -1,0 +1,153 @@
+"""Rank configuration from torchrun's variables, ``TP_*`` env and the CLI.
+
+Every bad value is a clear error naming where it came from
+(``invalid TP_PEER_TIMEOUT_S '5x': expected seconds > 0``), raised before any
+process group exists.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from tp import PLAN, PROTOCOL_VERSION, guardrails
+
+ENV_PARITY_KEYS = ("TP_GUARDRAILS", "TP_DIGEST_EVERY", "TP_SYNC_KV_STATS", "TP_KV_RECOMPUTE", "TP_DRIVER_RANK")
+"""Env keys every rank must agree on: each changes which collectives a rank runs."""
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names its source."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankConfig:
+    rank: int
+    """Global rank (``RANK``)."""
+    world_size: int
+    """Number of ranks (``WORLD_SIZE``)."""
+    local_rank: int
+    """Device index on this host (``LOCAL_RANK``)."""
+    master_addr: str
+    """Rendezvous store host (``MASTER_ADDR``)."""
+    master_port: int
+    """Rendezvous store port (``MASTER_PORT``)."""
+    host_store: bool
+    """Whether rank 0 hosts the store (false under torchrun's agent store or the harness)."""
+    backend: str = "gloo"
+    """``gloo`` (CPU tensors) or ``nccl`` (one GPU per rank)."""
+    chunks: int = 8
+    """Chunks rank 0 drives before SHUTDOWN."""
+    reset_every: int = 4
+    """A hard cut (cache reset, new cache epoch) every this many chunks."""
+    guardrails: frozenset[str] = field(default_factory=lambda: guardrails.parse("all"))
+    """Guardrails that are on (``TP_GUARDRAILS``)."""
+    failpoints: str = ""
+    """Armed failpoints (``TP_FAILPOINTS``)."""
+    protocol_version: int = PROTOCOL_VERSION
+    """Protocol this rank speaks (``TP_PROTOCOL_VERSION_OVERRIDE`` for skew tests)."""
+    plan: str = PLAN
+    """Execution plan this rank believes in (``TP_PLAN``)."""
+    driver_rank: int = 0
+    """Which rank this rank believes is the driver (``TP_DRIVER_RANK``)."""
+    kv_recompute: bool = True
+    """Feature flag: KV recompute between chunks (``TP_KV_RECOMPUTE``)."""
+    sync_kv_stats: bool = False
+    """Debug flag: all_reduce KV statistics at chunk end (``TP_SYNC_KV_STATS``); gates a collective."""
+    heartbeat_s: float = 0.05
+    """Watchdog poll/heartbeat interval (``TP_HEARTBEAT_S``)."""
+    peer_timeout_s: float = 2.0
+    """A peer whose heartbeat stops this long is lost (``TP_PEER_TIMEOUT_S``)."""
+    progress_timeout_s: float = 60.0
+    """Busy without progress this long is fatal (``TP_PROGRESS_TIMEOUT_S``)."""
+    handshake_timeout_s: float = 10.0
+    """Init handshake deadline (``TP_HANDSHAKE_TIMEOUT_S``)."""
+    collective_timeout_s: float | None = None
+    """Process-group timeout (``TP_COLLECTIVE_TIMEOUT_S``); None keeps PyTorch's default."""
+    digest_every: int = 1
+    """Digest exchange every N chunks; 1 is bring-up mode (``TP_DIGEST_EVERY``)."""
+    env_parity: dict[str, str] = field(default_factory=dict)
+    """The values of ``ENV_PARITY_KEYS`` as this rank sees them."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"RANK {self.rank} must be in [0, WORLD_SIZE={self.world_size})")
+        if self.backend not in ("gloo", "nccl"):
+            raise ConfigError(f"invalid backend {self.backend!r} from --backend; choose gloo or nccl")
+        if self.chunks < 1:
+            raise ConfigError(f"invalid --chunks {self.chunks}: expected >= 1")
+
+    @property
+    def role(self) -> str:
+        return "driver" if self.rank == self.driver_rank else "worker"
+
+
+def _int(env: dict, name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"invalid {name} {raw!r}: expected an integer >= {minimum}") from None
+    if value < minimum:
+        raise ConfigError(f"invalid {name} {raw!r}: expected an integer >= {minimum}")
+    return value
+
+
+def _seconds(env: dict, name: str, default: float | None) -> float | None:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"invalid {name} {raw!r}: expected seconds > 0") from None
+    if not value > 0:
+        raise ConfigError(f"invalid {name} {raw!r}: expected seconds > 0")
+    return value
+
+
+def _flag(env: dict, name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    if raw not in ("0", "1"):
+        raise ConfigError(f"invalid {name} {raw!r}: expected 0 or 1")
+    return raw == "1"
+
+
+def protocol_override(env: dict) -> int:
+    """``TP_PROTOCOL_VERSION_OVERRIDE``: a non-negative integer, or the built-in version."""
+    return _int(env, "TP_PROTOCOL_VERSION_OVERRIDE", PROTOCOL_VERSION, minimum=0)
+
+
+def from_env(env: dict | None = None, **cli: object) -> RankConfig:
+    env = dict(os.environ if env is None else env)
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        if name not in env:
+            raise ConfigError(f"{name} is not set; run under torchrun, the harness, or `python -m tp --world-size N`")
+    try:
+        on = guardrails.parse(env.get("TP_GUARDRAILS"))
+    except guardrails.GuardrailError as exc:
+        raise ConfigError(str(exc)) from None
+    plan = env.get("TP_PLAN") or PLAN
+    return RankConfig(
+        rank=_int(env, "RANK", 0), world_size=_int(env, "WORLD_SIZE", 1, minimum=1),
+        local_rank=_int(env, "LOCAL_RANK", 0), master_addr=env["MASTER_ADDR"],
+        master_port=_int(env, "MASTER_PORT", 0, minimum=1),
+        host_store=env.get("TORCHELASTIC_USE_AGENT_STORE", "False") != "True",
+        guardrails=on, failpoints=env.get("TP_FAILPOINTS", ""),
+        protocol_version=protocol_override(env), plan=plan,
+        driver_rank=_int(env, "TP_DRIVER_RANK", 0),
+        kv_recompute=_flag(env, "TP_KV_RECOMPUTE", True),
+        sync_kv_stats=_flag(env, "TP_SYNC_KV_STATS", False),
+        heartbeat_s=_seconds(env, "TP_HEARTBEAT_S", 0.05),
+        peer_timeout_s=_seconds(env, "TP_PEER_TIMEOUT_S", 2.0),
+        progress_timeout_s=_seconds(env, "TP_PROGRESS_TIMEOUT_S", 60.0),
+        handshake_timeout_s=_seconds(env, "TP_HANDSHAKE_TIMEOUT_S", 10.0),
+        collective_timeout_s=_seconds(env, "TP_COLLECTIVE_TIMEOUT_S", None),
+        digest_every=_int(env, "TP_DIGEST_EVERY", 1, minimum=1),
+        env_parity={k: env.get(k, "") for k in ENV_PARITY_KEYS},
+        **cli,
+    )

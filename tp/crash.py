@@ -1,0 +1,85 @@
+"""The crash-only contract: one ``TP-FATAL`` line, the abort key, ``os._exit``.
+
+No rank limps on after a fatal error and none waits on a peer that is gone:
+the detecting rank writes ``tp/abort`` so every peer's watchdog learns of it
+within one poll interval and exits with ``PEER_ABORT`` naming the cause.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import sys
+import threading
+from datetime import timedelta
+
+import torch.distributed as dist
+
+from tp import codes, log
+
+ABORT_KEY = "tp/abort"
+_ABORT_CLAIM = "tp/abort_claims"
+
+
+class Fatal(Exception):
+    """Raised inside a rank; ``die`` turns it into the crash-only exit."""
+
+    def __init__(self, code: str, detail: str, *, cause_rank: int | None = None, fm: str | None = None) -> None:
+        super().__init__(f"{code}: {detail}")
+        codes.code(code)
+        self.code, self.detail, self.cause_rank, self.fm = code, detail, cause_rank, fm
+
+
+class Crash:
+    """Where this rank is (for the fatal line) and how it dies."""
+
+    def __init__(self, *, rank: int) -> None:
+        self.rank = rank
+        self.chunk = -1
+        self.call_id = -1
+        self.store: dist.Store | None = None
+        self._lock = threading.Lock()
+
+    def die(self, fatal: Fatal, *, dump_stack: bool = False) -> None:
+        """Print the fatal line, publish the abort (first writer wins), exit. Never returns."""
+        with self._lock:  # one fatal line per rank even if the watchdog races the main thread
+            entry = codes.code(fatal.code)
+            fm = fatal.fm or entry.fm
+            print(log.fatal_line(fm=fm, code=fatal.code, rank=self.rank, call_id=self.call_id, chunk=self.chunk,
+                                 detail=fatal.detail, cause_rank=fatal.cause_rank), flush=True)
+            if fatal.cause_rank is None:
+                self._publish(fatal, fm)
+            if dump_stack:
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            log.event("exit", rank=self.rank, code=fatal.code, exit=entry.exit)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(entry.exit)
+
+    def _publish(self, fatal: Fatal, fm: str) -> None:
+        if self.store is None:
+            return
+        payload = {"code": fatal.code, "fm": fm, "rank": self.rank, "chunk": self.chunk,
+                   "call_id": self.call_id, "detail": fatal.detail}
+        try:
+            if self.store.add(_ABORT_CLAIM, 1) == 1:
+                self.store.set(ABORT_KEY, json.dumps(payload))
+        except Exception as exc:  # the store may be gone too; exiting matters more
+            log.info(f"could not publish abort: {exc}")
+
+
+def read_abort(store: dist.Store) -> dict | None:
+    """The published abort, if any (non-blocking)."""
+    try:
+        if not store.check([ABORT_KEY]):
+            return None
+        store.set_timeout(timedelta(seconds=2))
+        return json.loads(store.get(ABORT_KEY))
+    except Exception:
+        return None
+
+
+def peer_abort(abort: dict) -> Fatal:
+    return Fatal("PEER_ABORT", f"rank {abort['rank']} died with {abort['code']}: {abort['detail']}",
+                 cause_rank=abort["rank"], fm=abort.get("fm"))

@@ -1,0 +1,146 @@
+"""Rank 0: the whole pipeline per chunk, and the only source of randomness.
+
+Conditioning, timesteps, cache decisions, latents (rank 0 draws them with a
+seeded generator and broadcasts them: randomness is data), KV recompute,
+denoise, decode (rank 0 only), advance ``current_start_frame``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+
+import torch
+
+from tp import ENVELOPE_VERSION, log
+from tp.crash import Fatal
+from tp.envelope import Action, EnvelopeError, Header
+from tp.failpoints import failpoint
+
+DENOISING_STEPS = (1000, 750, 500, 250)
+
+
+def embed_prompt(prompt: str, *, tokens: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """Deterministic conditioning: a stand-in text encoder keyed by the prompt's hash."""
+    seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little") >> 1
+    return torch.randn(tokens, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+class Driver:
+    def __init__(self, rank, transport, runner) -> None:
+        self.rank, self.transport, self.runner = rank, transport, runner
+        self.cfg = rank.cfg
+        self.call_id = 0
+        self.cache_epoch = 0
+        self.results: list[tuple[int, int, torch.Tensor]] = []  # (cache_epoch, chunk, decoded)
+        self.latencies: list[float] = []
+        signal.signal(signal.SIGTERM, lambda *_: rank.stop.set())
+
+    def run(self) -> dict:
+        cfg, gen = self.cfg, self.runner.gen
+        prompt = "a red fox running through fresh snow"
+        cond = embed_prompt(prompt, tokens=gen.cfg.cond_tokens, dim=gen.cfg.dim, dtype=gen.dtype)
+        previous: torch.Tensor | None = None
+        start_frame = 0
+        frames, tokens = self.runner.frames, gen.tokens_per_frame
+        for chunk in range(cfg.chunks):
+            failpoint("driver.idle", rank=0, chunk=chunk, call_id=self.call_id)
+            if self.rank.stop.is_set():
+                log.info(f"SIGTERM: shutting down before chunk {chunk}")
+                break
+            t0 = time.monotonic()
+            reset = chunk % cfg.reset_every == 0
+            if reset:
+                self.cache_epoch += 1
+                start_frame, previous = 0, None
+            recompute = (not reset) and cfg.kv_recompute
+            self.rank.begin_chunk(chunk, self.call_id)
+            steps = torch.tensor(DENOISING_STEPS, dtype=torch.int64)
+            n_steps = failpoint("driver.plan", len(DENOISING_STEPS), rank=0, chunk=chunk, call_id=self.call_id)
+            latents = torch.randn(frames * tokens, gen.cfg.channels, dtype=torch.float64,
+                                  generator=torch.Generator().manual_seed(cfg_seed(chunk))).to(gen.dtype)
+            latents = failpoint("driver.latents", latents, rank=0, chunk=chunk, call_id=self.call_id)
+            if isinstance(latents, str):  # set(DTYPE): the late dtype change FM-02 is made of
+                from tp.dtypes import dtype_from_name
+                latents = torch.zeros(frames * tokens, gen.cfg.channels).to(dtype_from_name(latents))
+            override = previous if recompute else None
+            override = failpoint("driver.override", override, rank=0, chunk=chunk, call_id=self.call_id) if recompute else None
+            tensors = {"latents": latents, "conditioning_embeds": cond, "denoising_step_list": steps}
+            if override is not None:
+                tensors["context_frames_override"] = override
+            aux = None
+            if failpoint("driver.aux", False, rank=0, chunk=chunk, call_id=self.call_id):
+                aux = torch.randn(frames, tokens // 2, gen.cfg.channels, dtype=torch.float64,
+                                  generator=torch.Generator().manual_seed(7)).to(gen.dtype)
+            meta = {
+                "tp_plan": cfg.plan, "tp_envelope_version": ENVELOPE_VERSION, "height": 16, "width": 16,
+                "current_start_frame": start_frame, "init_cache": chunk == 0, "manage_cache": True,
+                "tp_reset_kv_cache": reset, "tp_reset_crossattn_cache": reset, "tp_do_kv_recompute": recompute,
+                "tp_num_denoise_steps": n_steps, "tp_expected_generator_calls": n_steps + int(recompute),
+                "kv_cache_attention_bias": 0.0, "base_seed": cfg_seed(0),
+                "context_frames_override": "tensor" if override is not None else None,
+            }
+            meta = failpoint("driver.meta", meta, rank=0, chunk=chunk, call_id=self.call_id)
+            header = Header(action=Action.INFER, call_id=self.call_id, chunk_index=chunk, control_epoch=chunk,
+                            cache_epoch=self.cache_epoch)
+            env = self._send(header, meta, tensors, aux)
+            if env is None:
+                return self._idle_after_failure()
+            result = self.runner.run(env)
+            self.call_id += result.calls
+            self.rank.end_chunk(env, result, stats=cfg.sync_kv_stats)
+            self._deliver(chunk, result.latents, frames, tokens)
+            previous = result.latents
+            start_frame += frames
+            self.latencies.append((time.monotonic() - t0) * 1e3)
+            log.event("chunk", rank=0, chunk=chunk, calls=result.calls, latency_ms=round(self.latencies[-1], 3),
+                      cache_epoch=self.cache_epoch)
+        self.transport.send_control(Header(action=Action.SHUTDOWN, call_id=self.call_id))
+        return self._summary()
+
+    def _send(self, header, meta, tensors, aux):
+        try:
+            return self.transport.send(header, meta, tensors, aux)
+        except (EnvelopeError, Fatal, RuntimeError, ValueError, TypeError) as exc:
+            code = getattr(exc, "code", None)
+            if not self.transport.header_sent:
+                raise Fatal(code or "INTERNAL_ERROR", str(exc)) from None
+            if "poison_on_post_header_error" in self.cfg.guardrails:
+                raise Fatal("POST_HEADER_ERROR", f"after the header of call_id {header.call_id}: "
+                                                 f"{type(exc).__name__}: {exc}") from None
+            # Legacy serving loop: log, drop the request, wait for the next one.
+            log.info(f"request failed after header ({type(exc).__name__}: {exc}); waiting for the next request")
+            return None
+
+    def _idle_after_failure(self) -> dict:
+        self.rank.progress.idle("waiting for the next request")
+        self.rank.stop.wait()
+        self.transport.send_control(Header(action=Action.SHUTDOWN, call_id=self.call_id))
+        return self._summary()
+
+    def _deliver(self, chunk: int, latents: torch.Tensor, frames: int, tokens: int) -> None:
+        """Decode (rank 0 only) and hand the frames to the output, fenced by cache epoch."""
+        decoded = latents.reshape(frames, tokens, -1).mean(-1)
+        if failpoint("driver.late_result", False, rank=0, chunk=chunk, call_id=self.call_id) and self.results:
+            # A result computed in the previous cache epoch arrives after the hard cut.
+            self._accept(*self.results[-1])
+        self._accept(self.cache_epoch, chunk, decoded)
+
+    def _accept(self, epoch: int, chunk: int, decoded: torch.Tensor) -> None:
+        if "epoch_fence" in self.cfg.guardrails and epoch != self.cache_epoch:
+            log.event("stale_dropped", rank=0, chunk=chunk, result_epoch=epoch, cache_epoch=self.cache_epoch)
+            return
+        self.results.append((epoch, chunk, decoded))
+
+    def _summary(self) -> dict:
+        h = hashlib.sha256()
+        for _, _, decoded in self.results:
+            h.update(torch.round(decoded.double().cpu() * 1e6).to(torch.int64).numpy().tobytes())
+        return {"output_digest": h.hexdigest()[:16], "chunks": len(self.latencies), "calls": self.call_id,
+                "chunk_latency_ms": [round(x, 3) for x in self.latencies], "world_size": self.cfg.world_size,
+                "delivered": len(self.results)}
+
+
+def cfg_seed(chunk: int) -> int:
+    return 20261125 + chunk

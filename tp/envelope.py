@@ -1,0 +1,218 @@
+"""Envelope v1: header (fixed int64 tensor) -> meta (canonical JSON bytes) -> tensors.
+
+Receivers allocate from ``tensor_specs`` only, never from local guesses.
+Meta is stable canonical JSON, never pickle: a worker must not execute what
+it is sent. ``preflight`` does everything that can throw *before* the header.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from tp import ENVELOPE_VERSION, KNOWN_PLANS
+from tp.dtypes import UnsupportedDtype, dtype_from_name, dtype_name, wire_check
+
+MAGIC = 0x7470_656E_7631  # "tpenv1"
+HEADER_FIELDS = ("magic", "action", "call_id", "chunk_index", "control_epoch", "cache_epoch", "meta_nbytes", "reserved")
+HEADER_LEN = len(HEADER_FIELDS)
+
+REQUIRED_META = {
+    "tp_plan": str, "tp_envelope_version": int, "height": int, "width": int,
+    "current_start_frame": int, "init_cache": bool, "manage_cache": bool,
+    "tp_reset_kv_cache": bool, "tp_reset_crossattn_cache": bool, "tp_do_kv_recompute": bool,
+    "tp_num_denoise_steps": int, "tp_expected_generator_calls": int,
+    "kv_cache_attention_bias": float, "base_seed": int,
+}
+REQUIRED_TENSORS = ("conditioning_embeds", "denoising_step_list", "latents")
+OPTIONAL_TENSORS = ("context_frames_override",)
+DIGEST_KEYS = ("meta", "conditioning_embeds", "context_frames_override", "denoising_step_list", "latents", "aux", "output")
+
+
+class Action(enum.IntEnum):
+    NOOP = 0
+    INFER = 1
+    SHUTDOWN = 2
+
+
+class EnvelopeError(ValueError):
+    """A broken envelope; ``code`` is the fatal code it maps to."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+@dataclass(kw_only=True)
+class Header:
+    action: Action
+    call_id: int
+    chunk_index: int = -1
+    control_epoch: int = 0
+    cache_epoch: int = 0
+    meta_nbytes: int = 0
+
+    def to_tensor(self) -> torch.Tensor:
+        return torch.tensor([MAGIC, int(self.action), self.call_id, self.chunk_index, self.control_epoch,
+                             self.cache_epoch, self.meta_nbytes, 0], dtype=torch.int64)
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> "Header":
+        v = [int(x) for x in t.cpu().tolist()]
+        if v[0] != MAGIC:
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"header magic {v[0]:#x} != {MAGIC:#x}: the stream is out of sync")
+        try:
+            action = Action(v[1])
+        except ValueError:
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"unknown header action {v[1]}; known: {[a.name for a in Action]}") from None
+        return cls(action=action, call_id=v[2], chunk_index=v[3], control_epoch=v[4], cache_epoch=v[5], meta_nbytes=v[6])
+
+
+@dataclass(kw_only=True)
+class Envelope:
+    header: Header
+    meta: dict
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta_bytes: bytes = b""
+
+
+# -- meta encoding ---------------------------------------------------------
+
+def check_encodable(value: object, path: str = "meta") -> None:
+    """Scalars and lists only; the error names the exact path of the bad value."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EnvelopeError("META_UNSERIALIZABLE", f"{path}: {value} is not encodable (NaN/inf are not canonical JSON)")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_encodable(item, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EnvelopeError("META_UNSERIALIZABLE", f"{path}: key {key!r} is not a string")
+            check_encodable(item, f"{path}[{key!r}]")
+        return
+    kind = "tensor" if isinstance(value, torch.Tensor) else ("function" if callable(value) else type(value).__name__)
+    raise EnvelopeError("META_UNSERIALIZABLE", f"{path}: {kind} is not encodable (meta holds scalars and lists only)")
+
+
+def encode_meta(meta: dict) -> bytes:
+    check_encodable(meta)
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode()
+
+
+def decode_meta(data: bytes) -> dict:
+    try:
+        meta = json.loads(data.decode("ascii"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise EnvelopeError("ENVELOPE_VIOLATION", f"meta is not canonical JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise EnvelopeError("ENVELOPE_VIOLATION", f"meta must be a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not canonical JSON")
+
+
+# -- specs and validation --------------------------------------------------
+
+def make_specs(tensors: dict[str, torch.Tensor]) -> list[list]:
+    return [[key, dtype_name(t.dtype), list(t.shape)] for key, t in sorted(tensors.items())]
+
+
+def parse_specs(meta: dict) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    specs = meta.get("tensor_specs")
+    if not isinstance(specs, list):
+        raise EnvelopeError("ENVELOPE_VIOLATION", "meta['tensor_specs'] is missing or not a list")
+    out = []
+    for spec in specs:
+        if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and isinstance(spec[2], list)):
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"bad tensor spec {spec!r}; expected [key, dtype, shape]")
+        try:
+            dtype = dtype_from_name(spec[1])
+        except ValueError as exc:
+            raise EnvelopeError("UNSUPPORTED_DTYPE", f"tensor {spec[0]!r}: {exc}") from None
+        out.append((spec[0], dtype, tuple(int(d) for d in spec[2])))
+    keys = [s[0] for s in out]
+    if keys != sorted(keys) or len(set(keys)) != len(keys):
+        raise EnvelopeError("ENVELOPE_VIOLATION", f"tensor_specs must be sorted by key without duplicates, got {keys}")
+    return out
+
+
+def validate_schema(meta: dict, tensor_keys: set[str]) -> None:
+    """Fields present with the right types, tensors exactly the schema's. Both sides run it."""
+    for key, kind in REQUIRED_META.items():
+        if key not in meta:
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"meta[{key!r}] is missing")
+        value = meta[key]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else (
+            isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
+        if not ok:
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"meta[{key!r}] must be {kind.__name__}, got {type(value).__name__}")
+    if meta["tp_envelope_version"] != ENVELOPE_VERSION:
+        raise EnvelopeError("PROTOCOL_MISMATCH", f"envelope version {meta['tp_envelope_version']} != {ENVELOPE_VERSION}")
+    if meta["tp_plan"] not in KNOWN_PLANS:
+        raise EnvelopeError("PLAN_MISMATCH", f"unknown plan {meta['tp_plan']!r}; known: {', '.join(KNOWN_PLANS)}")
+    if "video" in tensor_keys or "video" in meta:
+        raise EnvelopeError("ENVELOPE_VIOLATION", "'video' must be absent: workers never receive pixels")
+    unknown = tensor_keys - set(REQUIRED_TENSORS) - set(OPTIONAL_TENSORS)
+    if unknown:
+        raise EnvelopeError("ENVELOPE_VIOLATION", f"tensor(s) {sorted(unknown)} are not in the envelope schema; "
+                                                  f"allowed: {', '.join(REQUIRED_TENSORS + OPTIONAL_TENSORS)}")
+    missing = set(REQUIRED_TENSORS) - tensor_keys
+    if missing:
+        raise EnvelopeError("ENVELOPE_VIOLATION", f"required tensor(s) {sorted(missing)} are missing")
+
+
+def validate_override(meta: dict, tensor_keys: set[str]) -> None:
+    """``context_frames_override`` is required iff recompute; explicit None otherwise."""
+    present = "context_frames_override" in tensor_keys
+    marker = meta.get("context_frames_override", "absent")
+    if meta["tp_do_kv_recompute"] and not present:
+        raise EnvelopeError("MISSING_OVERRIDE", "tp_do_kv_recompute is set but context_frames_override is "
+                                                f"{'explicit None' if marker is None else 'absent'}")
+    if present != (marker == "tensor"):
+        raise EnvelopeError("ENVELOPE_VIOLATION", f"meta['context_frames_override']={marker!r} disagrees with "
+                                                  f"tensor_specs ({'present' if present else 'absent'})")
+
+
+def validate_plan(meta: dict, steps: torch.Tensor | None) -> None:
+    """The lockstep invariants: every rank derives the same call count from the plan."""
+    n = meta["tp_num_denoise_steps"]
+    if steps is not None and n != steps.numel():
+        raise EnvelopeError("CALL_COUNT_MISMATCH", f"plan inconsistent: tp_num_denoise_steps={n} but "
+                                                   f"denoising_step_list has {steps.numel()} entries")
+    expected = n + int(meta["tp_do_kv_recompute"])
+    if meta["tp_expected_generator_calls"] != expected:
+        raise EnvelopeError("CALL_COUNT_MISMATCH", f"plan inconsistent: tp_expected_generator_calls="
+                                                   f"{meta['tp_expected_generator_calls']} but steps + recompute = {expected}")
+
+
+def materialise(tensors: dict[str, torch.Tensor], *, backend: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """Device, contiguous, and a dtype the backend can carry — or UNSUPPORTED_DTYPE now."""
+    out = {}
+    for key, t in sorted(tensors.items()):
+        try:
+            wire_check(backend, t.dtype, field=key)
+        except UnsupportedDtype as exc:
+            raise EnvelopeError("UNSUPPORTED_DTYPE", str(exc)) from None
+        out[key] = t.to(device).contiguous()
+    return out
+
+
+def digest(t: torch.Tensor | bytes | None) -> int:
+    """A signed 63-bit digest, exchangeable as one int64."""
+    if t is None:
+        return 0
+    data = t if isinstance(t, bytes) else t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1

@@ -1,0 +1,203 @@
+"""Failpoints: dotted sites written where they fire, armed by ``TP_FAILPOINTS``.
+
+Spec (docs/CONTRACT.md §4): ``;``-separated ``SITE=ACTION[(ARG)][@TRIGGER,...]``
+with actions ``raise``, ``exit(CODE)``, ``kill(SIGNAME)``, ``hang``,
+``sleep(SECONDS)``, ``corrupt[(ARG)]``, ``flip``, ``set(VALUE)`` and triggers
+``rank=R``, ``chunk=C``, ``call=K``, ``hit=N``.
+
+Disarmed cost: ``failpoint()`` returns after one module-level boolean check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from tp import log
+
+SITES: dict[str, str] = {
+    "driver.meta": "rank 0, the meta dict before encoding (corrupt(callable|tensor|nan) adds an unencodable value)",
+    "driver.latents": "rank 0, the latents tensor before the envelope is built (set(DTYPE) casts it late)",
+    "driver.plan": "rank 0, the plan dict (corrupt: expected generator calls + 1)",
+    "driver.override": "rank 0, context_frames_override (set(none) drops it while recompute is on)",
+    "driver.aux": "rank 0, attach an ad-hoc tensor outside the envelope schema (flip)",
+    "driver.idle": "rank 0, between chunks (kill/hang here is 'mid-idle')",
+    "driver.late_result": "rank 0, a result of the old cache epoch arrives after a hard cut (flip)",
+    "envelope.before_header": "sender, after preflight, before the header goes out",
+    "envelope.after_header": "sender, after the header went out, before meta",
+    "envelope.after_recv": "receiver, the received tensors dict (corrupt perturbs 'latents')",
+    "worker.skip_recompute": "worker, the recompute call decision (flip skips it)",
+    "worker.stale_override": "worker, keeps using the previous override instead of the new one (flip)",
+    "generator.call": "any rank, at the start of each generator call (kill/hang here is 'mid-collective')",
+    "model.shard": "any rank, its weight shard after loading (corrupt perturbs one weight)",
+    "handshake.publish": "any rank, its handshake record before publishing",
+}
+
+ACTIONS = ("raise", "exit", "kill", "hang", "sleep", "corrupt", "flip", "set")
+TRIGGERS = ("rank", "chunk", "call", "hit")
+ARMED = False
+"""True iff any failpoint is armed; the only cost of a disarmed site."""
+
+_ENTRY = re.compile(r"^(?P<site>[a-z_.]+)=(?P<action>[a-z]+)(?:\((?P<arg>[^()]*)\))?(?:@(?P<triggers>.*))?$")
+
+
+class FailpointError(ValueError):
+    """A malformed ``TP_FAILPOINTS`` spec or an unknown site."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the ``raise`` action."""
+
+
+@dataclass(kw_only=True)
+class Armed:
+    site: str
+    """A key of ``SITES``."""
+    action: str
+    """One of ``ACTIONS``."""
+    arg: str | None = None
+    """The action's argument, as written in the spec."""
+    triggers: dict[str, int] = field(default_factory=dict)
+    """rank / chunk / call / hit filters; a missing key matches anything."""
+    matches: int = 0
+    """How many times the filters matched so far (for ``hit``)."""
+
+    def describe(self) -> str:
+        return self.action + (f"({self.arg})" if self.arg is not None else "")
+
+
+_armed: dict[str, list[Armed]] = {}
+_lock = threading.Lock()
+
+
+def parse(spec: str, *, where: str = "TP_FAILPOINTS") -> list[Armed]:
+    """Parse a spec; errors name ``where`` and list the valid choices."""
+    entries = []
+    for raw in filter(None, (part.strip() for part in spec.split(";"))):
+        m = _ENTRY.match(raw)
+        if not m:
+            raise FailpointError(f"malformed failpoint {raw!r} in {where}; expected SITE=ACTION[(ARG)][@k=v,...]")
+        site, action, arg = m["site"], m["action"], m["arg"]
+        if site not in SITES:
+            raise FailpointError(f"no such failpoint {site!r} in {where}; known: {', '.join(sorted(SITES))}")
+        if action not in ACTIONS:
+            raise FailpointError(f"unknown failpoint action {action!r} in {where}; known: {', '.join(ACTIONS)}")
+        _check_arg(action, arg, where)
+        triggers = {}
+        for item in filter(None, (m["triggers"] or "").split(",")):
+            key, _, value = item.partition("=")
+            if key not in TRIGGERS or not value.lstrip("-").isdigit():
+                raise FailpointError(f"bad trigger {item!r} in {where}; expected one of {', '.join(t + '=N' for t in TRIGGERS)}")
+            triggers[key] = int(value)
+        entries.append(Armed(site=site, action=action, arg=arg, triggers=triggers))
+    return entries
+
+
+def _check_arg(action: str, arg: str | None, where: str) -> None:
+    if action == "exit" and (arg is None or not arg.isdigit()):
+        raise FailpointError(f"exit needs an integer code, e.g. exit(3), in {where}")
+    if action == "kill" and (arg is None or not isinstance(getattr(signal, arg, None), signal.Signals)):
+        raise FailpointError(f"kill needs a signal name, e.g. kill(SIGKILL), got {arg!r} in {where}")
+    if action == "sleep":
+        try:
+            float(arg or "")
+        except ValueError:
+            raise FailpointError(f"sleep needs seconds, e.g. sleep(0.5), got {arg!r} in {where}") from None
+    if action == "set" and arg is None:
+        raise FailpointError(f"set needs a value, e.g. set(none), in {where}")
+
+
+def arm(spec: str, *, where: str = "TP_FAILPOINTS") -> None:
+    global ARMED
+    entries = parse(spec, where=where)
+    with _lock:
+        _armed.clear()
+        for entry in entries:
+            _armed.setdefault(entry.site, []).append(entry)
+        ARMED = bool(_armed)
+
+
+def failpoint(site: str, value: object = None, **ctx: object) -> object:
+    """Fire ``site`` if armed and its triggers match; return ``value`` (maybe changed)."""
+    if not ARMED:
+        return value
+    return _fire(site, value, ctx)
+
+
+def _fire(site: str, value: object, ctx: dict) -> object:
+    if site not in SITES:
+        raise FailpointError(f"no such failpoint {site!r}; known: {', '.join(sorted(SITES))}")
+    for entry in _armed.get(site, ()):
+        if not _matches(entry, ctx):
+            continue
+        log.fault(site, entry.describe(), ctx)
+        value = _act(entry, value)
+    return value
+
+
+def _matches(entry: Armed, ctx: dict) -> bool:
+    names = {"rank": "rank", "chunk": "chunk", "call": "call_id"}
+    for key, ctx_key in names.items():
+        if key in entry.triggers and ctx.get(ctx_key) != entry.triggers[key]:
+            return False
+    with _lock:
+        entry.matches += 1
+        nth = entry.matches
+    return "hit" not in entry.triggers or entry.triggers["hit"] == nth
+
+
+def _act(entry: Armed, value: object) -> object:
+    action, arg = entry.action, entry.arg
+    if action == "raise":
+        raise InjectedFault(f"failpoint {entry.site} raised")
+    if action == "exit":
+        os._exit(int(arg))
+    if action == "kill":
+        os.kill(os.getpid(), getattr(signal, arg))
+        return value
+    if action == "hang":
+        threading.Event().wait()
+    if action == "sleep":
+        # The injected straggler: a deliberate delay, not synchronisation.
+        time.sleep(float(arg))
+        return value
+    if action == "flip":
+        return not value
+    if action == "set":
+        return _parse_value(arg)
+    return corrupt(value, arg)
+
+
+def _parse_value(arg: str) -> object:
+    if arg.lower() == "none":
+        return None
+    try:
+        return json.loads(arg)
+    except ValueError:
+        return arg
+
+
+def corrupt(value: object, arg: str | None) -> object:
+    """Type-directed corruption: small enough to pass shape checks, big enough to matter."""
+    import torch
+
+    if isinstance(value, dict):
+        bad = {"callable": lambda: None, "tensor": torch.zeros(1), "nan": float("nan")}
+        kind = arg or "callable"
+        if kind not in bad:
+            raise FailpointError(f"corrupt({kind}) on a dict; known: {', '.join(bad)}")
+        return {**value, "callback" if kind == "callable" else f"bad_{kind}": bad[kind]}
+    if isinstance(value, torch.Tensor):
+        out = value.clone()
+        out.view(-1)[0] += float(arg or 1e-3)
+        return out
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + int(arg or 1)
+    raise FailpointError(f"cannot corrupt a {type(value).__name__}")

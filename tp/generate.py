@@ -1,0 +1,108 @@
+"""One chunk on one rank: the plan the envelope carries, executed in lockstep.
+
+The driver and the workers run this same code on the same envelope; the
+only asymmetries are the ones production code really has (the driver trusts
+its plan's step count, a worker iterates the step list it received), and the
+guardrails exist to keep them from mattering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from tp.crash import Fatal
+from tp.envelope import DIGEST_KEYS, Envelope, digest
+from tp.failpoints import failpoint
+from tp.model import Generator
+
+
+@dataclass(kw_only=True)
+class ChunkResult:
+    latents: torch.Tensor
+    """The denoised latents of this chunk (identical on every healthy rank)."""
+    calls: int
+    """Generator calls this rank actually ran."""
+    inputs: dict[str, int]
+    """Digests of the inputs this rank actually used (``DIGEST_KEYS``)."""
+
+
+class ChunkRunner:
+    def __init__(self, *, gen: Generator, rank: int, role: str, guards: frozenset[str], ctx: dict,
+                 frames_per_chunk: int, on_call, kv_recompute: bool) -> None:
+        self.gen, self.rank, self.role, self.guards, self.ctx = gen, rank, role, guards, ctx
+        self.frames = frames_per_chunk
+        self.on_call = on_call
+        self.kv_recompute = kv_recompute
+        self.stash: torch.Tensor | None = None  # the last override, for the legacy "absent means reuse"
+
+    def run(self, env: Envelope) -> ChunkResult:
+        meta, tensors = env.meta, env.tensors
+        if meta["tp_reset_kv_cache"]:
+            self.gen.reset_kv_cache()
+            self.stash = None
+        if meta["tp_reset_crossattn_cache"] or not self.gen.cross:
+            self.gen.reset_crossattn_cache(tensors["conditioning_embeds"])
+        start = meta["current_start_frame"]
+        calls = 0
+        do_recompute = meta["tp_do_kv_recompute"] and self.kv_recompute
+        if self.role == "worker":
+            do_recompute = failpoint("worker.skip_recompute", do_recompute, **self.ctx)
+        override = self._take_override(tensors.get("context_frames_override"), do_recompute)
+        if do_recompute:
+            self.on_call("recompute")
+            self.gen(override, 0.0, start_frame=start - self.frames, write_cache=True,
+                     attention_bias=meta["kv_cache_attention_bias"])
+            calls += 1
+        steps = tensors["denoising_step_list"].tolist()
+        n = meta["tp_num_denoise_steps"] if self.role == "driver" else len(steps)
+        x = tensors["latents"].to(self.gen.dtype)
+        if "aux" in tensors:
+            x = x + 0.1 * tensors["aux"].reshape(-1)[: x.numel()].reshape(x.shape).to(x.dtype)
+        for i in range(n):
+            t = float(steps[i])
+            t_next = float(steps[i + 1]) if i + 1 < len(steps) else 0.0
+            self.on_call("denoise")
+            pred = self.gen(x, t, start_frame=start, write_cache=False, attention_bias=meta["kv_cache_attention_bias"])
+            x = x + (t_next - t) / 1000.0 * pred
+            calls += 1
+        inputs = {key: digest(tensors.get(key)) for key in DIGEST_KEYS if key not in ("meta", "output")}
+        inputs["context_frames_override"] = digest(override)
+        inputs["meta"] = digest(env.meta_bytes)
+        return ChunkResult(latents=x, calls=calls, inputs=inputs)
+
+    def _take_override(self, received: torch.Tensor | None, needed: bool) -> torch.Tensor | None:
+        stale = failpoint("worker.stale_override", False, **self.ctx) if self.role == "worker" else False
+        if "clear_after_read" in self.guards:
+            # Consumed once: an absent override is an error, never the old one.
+            override = None if stale else received
+            self.stash = None
+            if needed and override is None:
+                raise Fatal("MISSING_OVERRIDE", "recompute planned but no fresh context_frames_override "
+                                                "(clear_after_read: the previous one was consumed)")
+            return override
+        override = self.stash if (stale or received is None) else received
+        self.stash = override if override is not None else self.stash
+        if needed and override is None:
+            # Nothing to reuse: the legacy code anchors on zeros and carries on.
+            override = torch.zeros(self.frames * self.gen.tokens_per_frame, self.gen.cfg.channels,
+                                   dtype=self.gen.dtype, device=self.gen.device)
+        return override
+
+
+def exchange_digests(values: dict[str, int], *, rank: int, world_size: int, device: torch.device) -> None:
+    """All-gather per-key digests; name the first key on which ranks differ."""
+    mine = torch.tensor([values.get(k, 0) for k in DIGEST_KEYS], dtype=torch.int64, device=device)
+    gathered = [torch.empty_like(mine) for _ in range(world_size)]
+    dist.all_gather(gathered, mine)
+    table = torch.stack(gathered).cpu()
+    for j, key in enumerate(DIGEST_KEYS):
+        column = table[:, j].tolist()
+        if len(set(column)) > 1:
+            groups: dict[int, list[int]] = {}
+            for r, v in enumerate(column):
+                groups.setdefault(v, []).append(r)
+            parts = "; ".join(f"ranks {ranks} have {v:016x}" for v, ranks in groups.items())
+            raise Fatal("DIGEST_MISMATCH", f"tensor '{key}' differs across ranks: {parts}")

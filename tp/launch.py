@@ -1,0 +1,84 @@
+"""``python -m tp --world-size N``: spawn N local ranks around a hosted store.
+
+The launcher hosts the rendezvous ``TCPStore`` on an ephemeral port (as the
+torchrun agent does) and starts each rank as ``python -m tp`` with torchrun's
+variables, relaying their output with a ``[rN]`` prefix to stderr. Rank 0's
+final JSON line goes to stdout. SIGTERM/SIGINT are forwarded to rank 0, which
+shuts the group down gracefully; if any rank fails, the rest get a grace
+period and are then killed: nothing outlives the launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+
+FAILURE_GRACE_S = 10.0
+
+
+def spawn(*, world_size: int, argv: list[str]) -> int:
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=timedelta(seconds=60),
+                          wait_for_workers=False)
+    procs = []
+    last_lines: dict[int, str] = {}
+    for rank in range(world_size):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        proc = subprocess.Popen([sys.executable, "-m", "tp", *argv], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        procs.append(proc)
+        threading.Thread(target=_relay, args=(rank, proc, last_lines), daemon=True).start()
+
+    def forward(signum, _frame):
+        if procs[0].poll() is None:
+            procs[0].send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    first_failure: tuple[int, int] | None = None
+    kill_at = None
+    while any(p.poll() is None for p in procs):
+        for rank, p in enumerate(procs):
+            if p.returncode not in (None, 0) and first_failure is None:
+                first_failure = (rank, p.returncode)
+                kill_at = time.monotonic() + FAILURE_GRACE_S
+        if kill_at is not None and time.monotonic() > kill_at:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+        try:
+            procs[0].wait(timeout=0.05) if procs[0].poll() is None else next(
+                p for p in procs if p.poll() is None).wait(timeout=0.05)
+        except (subprocess.TimeoutExpired, StopIteration):
+            pass
+    for rank, p in enumerate(procs):
+        if p.returncode != 0 and first_failure is None:
+            first_failure = (rank, p.returncode)
+    time.sleep(0)  # let relay threads drain
+    for p in procs:
+        p.stdout and p.stdout.close()
+    if first_failure is not None:
+        rank, code = first_failure
+        name = signal.Signals(-code).name if code < 0 else f"exit {code}"
+        print(f"tp: rank {rank} failed ({name}); see the [r{rank}] lines above", file=sys.stderr)
+        return code if code > 0 else 128 - code
+    if 0 in last_lines:
+        print(last_lines[0], flush=True)
+    return 0
+
+
+def _relay(rank: int, proc: subprocess.Popen, last_lines: dict[int, str]) -> None:
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line.startswith("{"):
+            last_lines[rank] = line
+        sys.stderr.write(f"[r{rank}] {line}\n")
+        sys.stderr.flush()

@@ -1,0 +1,191 @@
+"""One rank's life: store, handshake, process group, watchdog, then drive or work.
+
+Every exception anywhere ends in ``Crash.die``: a ``TP-FATAL`` line with a
+code from ``tp.codes``, the abort key, ``os._exit``. A clean run ends with
+SHUTDOWN, a ``result`` event on every rank and exit 0.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import hashlib
+import signal
+import sys
+import threading
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, handshake, log
+from tp.config import RankConfig
+from tp.crash import Crash, Fatal, peer_abort, read_abort
+from tp.envelope import Action, EnvelopeError
+from tp.failpoints import failpoint
+from tp.generate import ChunkRunner, exchange_digests
+from tp.model import Generator, ModelConfig, expected_fingerprints, fingerprint
+from tp.transport import Transport
+from tp.watchdog import Progress, Watchdog
+
+FRAMES_PER_CHUNK = 3
+HEIGHT = WIDTH = 16
+PATCH = 4
+
+
+class Rank:
+    def __init__(self, cfg: RankConfig) -> None:
+        self.cfg = cfg
+        self.crash = Crash(rank=cfg.rank)
+        self.ctx = {"rank": cfg.rank, "chunk": -1, "call_id": -1}
+        self.progress = Progress()
+        self.device = torch.device(f"cuda:{cfg.local_rank}") if cfg.backend == "nccl" else torch.device("cpu")
+        # float64 on CPU makes TP exact to well below the digest's 1e-6 quantum at every world size.
+        self.dtype = torch.float64 if cfg.backend == "gloo" else torch.float32
+        self.store: dist.Store | None = None
+        self.watchdog: Watchdog | None = None
+        self.stop = threading.Event()
+        self.latents_digest = hashlib.sha256()
+        self.calls = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def main(self) -> int:
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        try:
+            return self._main()
+        except Fatal as fatal:
+            self.crash.die(fatal)
+        except EnvelopeError as exc:
+            self.crash.die(Fatal(exc.code, str(exc)))
+        except failpoints.InjectedFault as exc:
+            self._on_error(Fatal("FAULT_INJECTED", str(exc)))
+        except Exception as exc:  # crash-only: even a bug exits with a line that says what happened
+            self._on_error(self._classify(exc))
+        return 1
+
+    def _on_error(self, fatal: Fatal) -> None:
+        self.crash.die(fatal)
+
+    def _classify(self, exc: Exception) -> Fatal:
+        abort = read_abort(self.store) if self.store is not None else None
+        if abort is not None and abort.get("rank") != self.cfg.rank:
+            return peer_abort(abort)
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
+        if isinstance(exc, (RuntimeError, dist.DistBackendError)) and self.store is not None:
+            return Fatal("COLLECTIVE_ERROR", text)
+        return Fatal("INTERNAL_ERROR", text)
+
+    def _connect(self) -> dist.Store:
+        cfg = self.cfg
+        return dist.TCPStore(cfg.master_addr, cfg.master_port, cfg.world_size,
+                             is_master=cfg.host_store and cfg.rank == 0,
+                             timeout=timedelta(seconds=max(30.0, cfg.handshake_timeout_s)), wait_for_workers=False)
+
+    def _main(self) -> int:
+        cfg = self.cfg
+        log.event("init", rank=cfg.rank, world_size=cfg.world_size, backend=cfg.backend, role=cfg.role,
+                  plan=cfg.plan, protocol=cfg.protocol_version, guardrails=sorted(cfg.guardrails),
+                  env_parity=cfg.env_parity, pid=__import__("os").getpid())
+        self.store = self._connect()
+        self.crash.store = self.store
+        model_cfg = ModelConfig()
+        model_cfg.check_world_size(cfg.world_size)
+        gen = Generator(model_cfg, rank=cfg.rank, world_size=cfg.world_size, tokens_per_frame=(HEIGHT // PATCH) * (WIDTH // PATCH),
+                        dtype=self.dtype, device=self.device,
+                        timestep_scale=1000.0 if cfg.protocol_version == PROTOCOL_VERSION else 1.0)
+        gen.w["l0.w1"] = failpoint("model.shard", gen.w["l0.w1"], **self.ctx)
+        if "handshake" in cfg.guardrails:
+            record = failpoint("handshake.publish", {
+                "protocol": cfg.protocol_version, "envelope_version": ENVELOPE_VERSION, "plan": cfg.plan,
+                "role": cfg.role, "driver_rank": cfg.driver_rank, "env": cfg.env_parity,
+                "shard_fingerprint": fingerprint(gen.w)}, **self.ctx)
+            expected = expected_fingerprints(model_cfg, cfg.world_size, self.dtype) if cfg.rank == 0 else None
+            handshake.run(self.store, rank=cfg.rank, world_size=cfg.world_size, record=record,
+                          timeout_s=cfg.handshake_timeout_s, expected_fingerprints=expected)
+            log.event("handshake", rank=cfg.rank, ok=True)
+        if "watchdog" in cfg.guardrails:
+            self.watchdog = Watchdog(crash=self.crash, store_factory=self._connect, rank=cfg.rank,
+                                     world_size=cfg.world_size, heartbeat_s=cfg.heartbeat_s,
+                                     peer_timeout_s=cfg.peer_timeout_s, progress_timeout_s=cfg.progress_timeout_s,
+                                     progress=self.progress)
+            self.watchdog.start()
+        pg_timeout = timedelta(seconds=cfg.collective_timeout_s) if cfg.collective_timeout_s else None
+        dist.init_process_group(cfg.backend, store=self.store, rank=cfg.rank, world_size=cfg.world_size,
+                                 **({"timeout": pg_timeout} if pg_timeout else {}))
+        gen.group = None
+        transport = Transport(rank=cfg.rank, src=cfg.driver_rank, backend=cfg.backend, device=self.device,
+                              guards=cfg.guardrails, model_dtype=self.dtype, ctx=self.ctx)
+        runner = ChunkRunner(gen=gen, rank=cfg.rank, role=cfg.role, guards=cfg.guardrails, ctx=self.ctx,
+                             frames_per_chunk=FRAMES_PER_CHUNK, on_call=self._on_call, kv_recompute=cfg.kv_recompute)
+        if cfg.role == "driver":
+            from tp.driver import Driver
+            summary = Driver(self, transport, runner).run()
+        else:
+            from tp.worker import Worker
+            summary = Worker(self, transport, runner).run()
+        self.finish(summary)
+        return 0
+
+    def _on_call(self, kind: str) -> None:
+        self.ctx["call_id"] += 1
+        self.crash.call_id = self.ctx["call_id"]
+        self.calls += 1
+        self.progress.mark(f"generator {kind} call {self.ctx['call_id']}")
+        failpoint("generator.call", **self.ctx)
+
+    # -- shared chunk-end duties ---------------------------------------------
+
+    def begin_chunk(self, chunk: int, call_id: int) -> None:
+        self.ctx["chunk"] = chunk
+        self.crash.chunk = chunk
+        if call_id >= 0:
+            self.ctx["call_id"] = call_id
+            self.crash.call_id = call_id
+        self.progress.busy(f"chunk {chunk}")
+
+    def end_chunk(self, env, result, *, stats: bool) -> None:
+        cfg = self.cfg
+        expected = env.meta["tp_expected_generator_calls"]
+        if "lockstep" in cfg.guardrails and result.calls != expected:
+            raise Fatal("CALL_COUNT_MISMATCH", f"rank {cfg.rank} ran {result.calls} generator calls in chunk "
+                                               f"{env.header.chunk_index}, the plan expected {expected}")
+        if stats or cfg.plan == "v1_full_pipeline":
+            # Optional extras that are collectives: every rank must agree to run them (handshake env parity).
+            dist.all_reduce(result.latents.new_zeros(64))
+        if "digest" in cfg.guardrails and env.header.chunk_index % cfg.digest_every == 0:
+            values = dict(result.inputs)
+            values["output"] = _quantised_digest(result.latents)
+            exchange_digests(values, rank=cfg.rank, world_size=cfg.world_size, device=self.device)
+        self.latents_digest.update(_quantise(result.latents).numpy().tobytes())
+        if self.store is not None:
+            self.store.set(f"tp/progress/{cfg.rank}", f"{env.header.chunk_index} {self.ctx['call_id']}")
+        self.progress.idle(f"after chunk {env.header.chunk_index}")
+
+    def finish(self, summary: dict) -> None:
+        cfg = self.cfg
+        if self.store is not None:
+            self.store.set(f"tp/done/{cfg.rank}", "1")
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        log.event("result", rank=cfg.rank, output_digest=self.latents_digest.hexdigest()[:16], calls=self.calls,
+                  **{k: v for k, v in summary.items() if k not in ("output_digest", "calls")})
+        log.event("exit", rank=cfg.rank, code="OK", exit=0)
+        if cfg.role == "driver":
+            print(__import__("json").dumps(summary, sort_keys=True), flush=True)
+        try:
+            dist.destroy_process_group()
+        except Exception as exc:
+            log.info(f"destroy_process_group: {exc}")
+
+
+def _quantise(x: torch.Tensor) -> torch.Tensor:
+    """Round to 1e-6: TP changes the summation order, not the answer at this precision."""
+    return torch.round(x.detach().double().cpu() * 1e6).to(torch.int64)
+
+
+def _quantised_digest(x: torch.Tensor) -> int:
+    return int.from_bytes(hashlib.blake2b(_quantise(x).numpy().tobytes(), digest_size=8).digest(), "little") >> 1
+
+
+def bad_action(action: Action) -> Fatal:
+    return Fatal("ENVELOPE_VIOLATION", f"unexpected action {action.name}")

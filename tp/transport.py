@@ -1,0 +1,107 @@
+"""Sending and receiving envelopes over the process group.
+
+The driver's ``send`` runs the preflight (everything that can throw) before
+the header when that guardrail is on; without it, it uses the legacy order —
+header first, then encode, materialise and send — which is exactly how a
+late failure strands the workers mid-envelope.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from tp.dtypes import dtype_name
+from tp.envelope import (HEADER_LEN, Action, Envelope, EnvelopeError, Header, decode_meta, encode_meta,
+                         make_specs, materialise, parse_specs, validate_override, validate_plan, validate_schema)
+from tp.failpoints import failpoint
+
+
+class Transport:
+    def __init__(self, *, rank: int, src: int, backend: str, device: torch.device, guards: frozenset[str],
+                 model_dtype: torch.dtype, ctx: dict) -> None:
+        self.rank, self.src, self.backend, self.device, self.guards = rank, src, backend, device, guards
+        self.model_dtype = model_dtype
+        self.ctx = ctx  # rank / chunk / call_id for failpoint triggers
+        self.header_sent = False
+
+    def _bcast(self, t: torch.Tensor) -> torch.Tensor:
+        dist.broadcast(t, src=self.src)
+        return t
+
+    # -- driver side -------------------------------------------------------
+
+    def send_control(self, header: Header) -> None:
+        self._bcast(header.to_tensor().to(self.device))
+
+    def send(self, header: Header, meta: dict, tensors: dict[str, torch.Tensor], aux: torch.Tensor | None) -> Envelope:
+        """Send one INFER envelope; returns what the receivers will see."""
+        self.header_sent = False
+        if "preflight" in self.guards:
+            return self._send_preflighted(header, meta, tensors, aux)
+        return self._send_legacy(header, meta, tensors, aux)
+
+    def _send_preflighted(self, header, meta, tensors, aux) -> Envelope:
+        if aux is not None:
+            tensors = {**tensors, "aux": aux}  # transport discipline: no side channels
+        validate_schema(meta, set(tensors))
+        validate_override(meta, set(tensors))
+        if "lockstep" in self.guards:
+            validate_plan(meta, tensors.get("denoising_step_list"))
+        tensors = materialise(tensors, backend=self.backend, device=self.device)
+        meta = {**meta, "tensor_specs": make_specs(tensors)}
+        meta_bytes = encode_meta(meta)
+        header.meta_nbytes = len(meta_bytes)
+        failpoint("envelope.before_header", **self.ctx)
+        self.send_control(header)
+        self.header_sent = True
+        failpoint("envelope.after_header", **self.ctx)
+        self._bcast(torch.frombuffer(bytearray(meta_bytes), dtype=torch.uint8).to(self.device))
+        for key in sorted(tensors):
+            self._bcast(tensors[key])
+        return Envelope(header=header, meta=meta, tensors=tensors, meta_bytes=meta_bytes)
+
+    def _send_legacy(self, header, meta, tensors, aux) -> Envelope:
+        # Specs from the declared schema, not from the tensors as they are now.
+        declared = {k: (torch.int64 if k == "denoising_step_list" else self.model_dtype) for k in tensors}
+        specs = [[k, dtype_name(declared[k]), list(t.shape)] for k, t in sorted(tensors.items())]
+        header.meta_nbytes = -1
+        self.send_control(header)
+        self.header_sent = True
+        failpoint("envelope.after_header", **self.ctx)
+        meta = {**meta, "tensor_specs": specs, "has_aux": aux is not None}
+        meta_bytes = encode_meta(meta)
+        self._bcast(torch.tensor([len(meta_bytes)], dtype=torch.int64, device=self.device))
+        self._bcast(torch.frombuffer(bytearray(meta_bytes), dtype=torch.uint8).to(self.device))
+        for key in sorted(tensors):
+            self._bcast(tensors[key].to(self.device).contiguous())
+        if aux is not None:
+            self._bcast(aux.to(self.device).contiguous())
+        return Envelope(header=header, meta=meta, tensors=dict(tensors), meta_bytes=meta_bytes)
+
+    # -- worker side -------------------------------------------------------
+
+    def recv(self) -> Envelope:
+        header = Header.from_tensor(self._bcast(torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)))
+        if header.action != Action.INFER:
+            return Envelope(header=header, meta={})
+        n = header.meta_nbytes
+        if n < 0:
+            n = int(self._bcast(torch.empty(1, dtype=torch.int64, device=self.device)).item())
+        meta_bytes = self._bcast(torch.empty(n, dtype=torch.uint8, device=self.device)).cpu().numpy().tobytes()
+        meta = decode_meta(meta_bytes)
+        specs = parse_specs(meta)
+        validate_schema(meta, {key for key, _, _ in specs})
+        tensors = {key: self._bcast(torch.empty(shape, dtype=dtype, device=self.device)) for key, dtype, shape in specs}
+        if meta.get("has_aux"):
+            # The legacy side channel: the worker has to guess the shape.
+            tensors["aux"] = self._bcast(torch.empty_like(tensors["latents"]))
+        if "clear_after_read" in self.guards:
+            validate_override(meta, set(tensors))
+        if "lockstep" in self.guards:
+            validate_plan(meta, tensors["denoising_step_list"])
+        tensors["latents"] = failpoint("envelope.after_recv", tensors["latents"], **self.ctx)
+        return Envelope(header=header, meta=meta, tensors=tensors, meta_bytes=meta_bytes)
+
+
+__all__ = ["Transport", "EnvelopeError", "Action", "Header"]

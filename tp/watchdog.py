@@ -1,0 +1,90 @@
+"""The watchdog thread: heartbeats, the abort key, peer liveness, progress.
+
+It has its own store connection (the main thread may be blocked inside a
+collective holding nothing but a socket). Each poll it beats, checks
+``tp/abort``, checks every peer's heartbeat counter moved within
+``peer_timeout_s`` (clock-free: counters, not timestamps, so it works across
+hosts), and checks the main thread has not been busy without progress for
+``progress_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import torch.distributed as dist
+
+from tp.crash import Crash, Fatal, peer_abort, read_abort
+
+
+class Progress:
+    """Main-thread progress, read by the watchdog. Plain attributes: one writer."""
+
+    def __init__(self) -> None:
+        self.busy_since: float | None = None
+        self.last = time.monotonic()
+        self.what = "starting"
+
+    def mark(self, what: str) -> None:
+        self.last = time.monotonic()
+        self.what = what
+
+    def busy(self, what: str) -> None:
+        self.mark(what)
+        self.busy_since = self.last
+
+    def idle(self, what: str) -> None:
+        self.mark(what)
+        self.busy_since = None
+
+
+class Watchdog:
+    def __init__(self, *, crash: Crash, store_factory, rank: int, world_size: int, heartbeat_s: float,
+                 peer_timeout_s: float, progress_timeout_s: float, progress: Progress,
+                 startup_grace_s: float = 30.0) -> None:
+        self.startup_grace_s = startup_grace_s
+        self.crash, self.rank, self.world_size = crash, rank, world_size
+        self.heartbeat_s, self.peer_timeout_s, self.progress_timeout_s = heartbeat_s, peer_timeout_s, progress_timeout_s
+        self.progress = progress
+        self.store: dist.Store = store_factory()
+        self.store.set_timeout(timedelta(seconds=max(2.0, peer_timeout_s)))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tp-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * self.heartbeat_s + 1)
+
+    def _run(self) -> None:
+        peers = [r for r in range(self.world_size) if r != self.rank]
+        seen = {r: (-1, time.monotonic()) for r in peers}
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self.store.add(f"tp/hb/{self.rank}", 1)
+                abort = read_abort(self.store)
+                if abort is not None and abort.get("rank") != self.rank:
+                    self.crash.die(peer_abort(abort), dump_stack=True)
+                now = time.monotonic()
+                for r in peers:
+                    if self.store.check([f"tp/done/{r}"]):
+                        continue
+                    count = self.store.add(f"tp/hb/{r}", 0)
+                    if count != seen[r][0]:
+                        seen[r] = (count, now)
+                    # A peer that never beat yet may still be importing torch: give it the startup grace.
+                    elif now - seen[r][1] > (self.peer_timeout_s if count > 0 else self.startup_grace_s):
+                        self.crash.die(Fatal("PEER_LOST", f"rank {r}'s heartbeat stopped {now - seen[r][1]:.2f} s ago "
+                                             f"(peer timeout {self.peer_timeout_s} s)", cause_rank=r), dump_stack=True)
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                self.crash.die(Fatal("PEER_LOST", f"rendezvous store unreachable: {exc}"), dump_stack=True)
+            busy = self.progress.busy_since
+            if busy is not None and time.monotonic() - self.progress.last > self.progress_timeout_s:
+                self.crash.die(Fatal("PROGRESS_TIMEOUT", f"no progress for {self.progress_timeout_s} s while "
+                                     f"'{self.progress.what}'"), dump_stack=True)

@@ -1,0 +1,38 @@
+"""A worker: receive an envelope, run exactly its plan, repeat until SHUTDOWN."""
+
+from __future__ import annotations
+
+from tp import log
+from tp.crash import Fatal
+from tp.envelope import Action
+
+
+class Worker:
+    def __init__(self, rank, transport, runner) -> None:
+        self.rank, self.transport, self.runner = rank, transport, runner
+        self.cfg = rank.cfg
+        self.cache_epoch = 0
+        self.chunks = 0
+
+    def run(self) -> dict:
+        while True:
+            self.rank.progress.idle("waiting for a header")
+            env = self.transport.recv()
+            header = env.header
+            if header.action == Action.SHUTDOWN:
+                log.info(f"SHUTDOWN received at call_id {header.call_id}")
+                return {"chunks": self.chunks}
+            if header.action == Action.NOOP:
+                continue
+            self.rank.begin_chunk(header.chunk_index, header.call_id)
+            self._fence(env)
+            result = self.runner.run(env)
+            self.rank.end_chunk(env, result, stats=self.cfg.sync_kv_stats)
+            self.chunks += 1
+
+    def _fence(self, env) -> None:
+        epoch = env.header.cache_epoch
+        if env.meta["tp_reset_kv_cache"]:
+            self.cache_epoch = epoch
+        elif epoch != self.cache_epoch and "epoch_fence" in self.cfg.guardrails:
+            raise Fatal("STALE_EPOCH", f"envelope of cache epoch {epoch} while this rank is in epoch {self.cache_epoch}")
