@@ -43,19 +43,22 @@ class Crash:
 
     def die(self, fatal: Fatal, *, dump_stack: bool = False) -> None:
         """Print the fatal line, publish the abort (first writer wins), exit. Never returns."""
+        entry = codes.code(fatal.code)
         with self._lock:  # one fatal line per rank even if the watchdog races the main thread
-            entry = codes.code(fatal.code)
-            fm = fatal.fm or entry.fm
-            print(log.fatal_line(fm=fm, code=fatal.code, rank=self.rank, call_id=self.call_id, chunk=self.chunk,
-                                 detail=fatal.detail, cause_rank=fatal.cause_rank), flush=True)
-            if fatal.cause_rank is None:
-                self._publish(fatal, fm)
-            if dump_stack:
-                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-            log.event("exit", rank=self.rank, code=fatal.code, exit=entry.exit)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(entry.exit)
+            try:
+                fm = fatal.fm or entry.fm
+                print(log.fatal_line(fm=fm, code=fatal.code, rank=self.rank, call_id=self.call_id, chunk=self.chunk,
+                                     detail=fatal.detail, cause_rank=fatal.cause_rank), flush=True)
+                if fatal.cause_rank is None:
+                    self._publish(fatal, fm)
+                if dump_stack:
+                    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                log.event("exit", rank=self.rank, code=fatal.code, exit=entry.exit)
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                # Even if the log is gone (a closed pipe), the exit must happen.
+                os._exit(entry.exit)
 
     def _publish(self, fatal: Fatal, fm: str) -> None:
         if self.store is None:

@@ -37,9 +37,14 @@ def spawn(*, world_size: int, argv: list[str]) -> int:
         procs.append(proc)
         threading.Thread(target=_relay, args=(rank, proc, last_lines), daemon=True).start()
 
+    signals = []
+
     def forward(signum, _frame):
-        if procs[0].poll() is None:
-            procs[0].send_signal(signal.SIGTERM)
+        # First signal: graceful (rank 0 sends SHUTDOWN). Second: kill everything.
+        signals.append(signum)
+        for p in procs if len(signals) > 1 else procs[:1]:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL if len(signals) > 1 else signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -49,10 +54,14 @@ def spawn(*, world_size: int, argv: list[str]) -> int:
         for rank, p in enumerate(procs):
             if p.returncode not in (None, 0) and first_failure is None:
                 first_failure = (rank, p.returncode)
+            if p.returncode is not None and kill_at is None:
+                # Once one rank is gone the rest must follow promptly; a straggler past the grace is hung.
                 kill_at = time.monotonic() + FAILURE_GRACE_S
         if kill_at is not None and time.monotonic() > kill_at:
-            for p in procs:
+            for rank, p in enumerate(procs):
                 if p.poll() is None:
+                    print(f"tp: rank {rank} still running {FAILURE_GRACE_S} s after a peer exited; killing it",
+                          file=sys.stderr, flush=True)
                     os.killpg(p.pid, signal.SIGKILL)
         try:
             procs[0].wait(timeout=0.05) if procs[0].poll() is None else next(

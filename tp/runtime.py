@@ -115,6 +115,7 @@ class Rank:
         gen.group = None
         transport = Transport(rank=cfg.rank, src=cfg.driver_rank, backend=cfg.backend, device=self.device,
                               guards=cfg.guardrails, model_dtype=self.dtype, ctx=self.ctx)
+        transport.on_header = self.progress.busy
         runner = ChunkRunner(gen=gen, rank=cfg.rank, role=cfg.role, guards=cfg.guardrails, ctx=self.ctx,
                              frames_per_chunk=FRAMES_PER_CHUNK, on_call=self._on_call, kv_recompute=cfg.kv_recompute)
         if cfg.role == "driver":

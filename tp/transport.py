@@ -24,6 +24,7 @@ class Transport:
         self.model_dtype = model_dtype
         self.ctx = ctx  # rank / chunk / call_id for failpoint triggers
         self.header_sent = False
+        self.on_header = lambda what: None  # the watchdog's progress clock starts at the header
 
     def _bcast(self, t: torch.Tensor) -> torch.Tensor:
         dist.broadcast(t, src=self.src)
@@ -85,6 +86,7 @@ class Transport:
         header = Header.from_tensor(self._bcast(torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)))
         if header.action != Action.INFER:
             return Envelope(header=header, meta={})
+        self.on_header(f"receiving envelope of call_id {header.call_id}")
         n = header.meta_nbytes
         if n < 0:
             n = int(self._bcast(torch.empty(1, dtype=torch.int64, device=self.device)).item())

@@ -1,0 +1,27 @@
+"""Controls: runs that must stay CLEAN with the healthy output.
+
+A healthy run; a straggler (rank 1 sleeps 1 s inside one generator call,
+well within every deadline: the watchdog must not mistake slow for lost);
+a graceful shutdown (SIGTERM to rank 0 after chunk 2: SHUTDOWN, all exit 0).
+"""
+
+import pytest
+
+from harness.scenario import Expect, Fault, Interrupt, Scenario
+
+pytestmark = [pytest.mark.breakit, pytest.mark.control]
+
+SCENARIOS = [
+    Scenario(id="CTL-healthy", fm="control", title="healthy run", proves="control", expect=Expect.clean()),
+    Scenario(id="CTL-straggler", fm="control", title="a straggler inside the deadline", proves="control",
+             faults=(Fault(site="generator.call", action="sleep(1.0)", rank=1, chunk=2, hit=1),),
+             expect=Expect.clean()),
+    Scenario(id="CTL-shutdown", fm="control", title="SIGTERM to rank 0: graceful SHUTDOWN", proves="control",
+             interrupt=Interrupt(rank=0, signal="SIGTERM", after_chunk=2),
+             expect=Expect.clean({0: r"TP-INFO SIGTERM: shutting down", "others": r"SHUTDOWN received"})),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+def test_control(breakit, scenario):
+    breakit.check(scenario)

@@ -1,0 +1,37 @@
+"""FM-03: ranks disagree on the number of generator calls in a chunk.
+
+Two ways in: the plan itself is inconsistent (rank 0 truncates its schedule
+to 3 steps while broadcasting 4 timesteps, so workers run one call more), or
+a worker skips the KV recompute call. Guarded: lockstep checks the plan's
+invariants on both sides and observed == expected calls at chunk end.
+Without it one rank sits in an all_reduce that nobody joins.
+"""
+
+import pytest
+
+from harness.scenario import Expect, Fault, Scenario
+
+pytestmark = [pytest.mark.breakit, pytest.mark.fm03]
+
+PLAN = Fault(site="driver.plan", action="corrupt(-1)", rank=0, chunk=2)
+SKIP = Fault(site="worker.skip_recompute", action="flip", rank=1, chunk=2)
+
+SCENARIOS = [
+    Scenario(id="FM-03", fm="FM-03", title="inconsistent plan rejected before the header",
+             proves="lockstep", faults=(PLAN,),
+             expect=Expect.crash({0: r"TP-FATAL fm=FM-03 code=CALL_COUNT_MISMATCH .*tp_num_denoise_steps=3",
+                                  "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
+    Scenario(id="FM-03/off", fm="FM-03", title="inconsistent plan: a worker runs an extra call nobody joins",
+             proves="lockstep", guardrails="all,-lockstep", faults=(PLAN,), expect=Expect.hang()),
+    Scenario(id="FM-03/skip", fm="FM-03", title="a worker skips the recompute call: counted at chunk end",
+             proves="lockstep", faults=(SKIP,),
+             expect=Expect.crash({1: r"TP-FATAL fm=FM-03 code=CALL_COUNT_MISMATCH .*ran 4 generator calls.*expected 5",
+                                  "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=1"})),
+    Scenario(id="FM-03/skip-off", fm="FM-03", title="a worker skips the recompute call: collectives desync",
+             proves="lockstep", guardrails="all,-lockstep", faults=(SKIP,), expect=Expect.hang()),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+def test_fm03(breakit, scenario):
+    breakit.check(scenario)

@@ -1,0 +1,30 @@
+"""FM-06: protocol version skew between ranks (a rolling update).
+
+Rank 1 speaks protocol 2 (``TP_PROTOCOL_VERSION_OVERRIDE=2``), which reads
+timesteps as already normalised. Guarded: the handshake publishes one verdict
+every rank reads, so every rank exits with PROTOCOL_MISMATCH naming both
+versions and who holds them. Without it the run finishes with rank 1
+computing on different timesteps: a Franken-model.
+"""
+
+import pytest
+
+from harness.scenario import Expect, Scenario
+
+pytestmark = [pytest.mark.breakit, pytest.mark.fm06]
+
+SKEW = {1: {"TP_PROTOCOL_VERSION_OVERRIDE": "2"}}
+
+SCENARIOS = [
+    Scenario(id="FM-06", fm="FM-06", title="protocol 1 vs 2: every rank exits at init",
+             proves="handshake", rank_env=SKEW,
+             expect=Expect.crash({"all": r"TP-FATAL fm=FM-06 code=PROTOCOL_MISMATCH .*rank\(s\) \[0\] have 1; "
+                                         r"rank\(s\) \[1\] have 2"})),
+    Scenario(id="FM-06/off", fm="FM-06", title="protocol 1 vs 2 unchecked: outputs diverge",
+             proves="handshake", guardrails="all,-handshake,-digest", rank_env=SKEW, expect=Expect.hang_or_diverge()),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+def test_fm06(breakit, scenario):
+    breakit.check(scenario)
