@@ -62,7 +62,7 @@ class Header:
                              self.cache_epoch, self.meta_nbytes, 0], dtype=torch.int64)
 
     @classmethod
-    def from_tensor(cls, t: torch.Tensor) -> "Header":
+    def from_tensor(cls, t: torch.Tensor) -> Header:
         v = [int(x) for x in t.cpu().tolist()]
         if v[0] != MAGIC:
             raise EnvelopeError("ENVELOPE_VIOLATION", f"header magic {v[0]:#x} != {MAGIC:#x}: the stream is out of sync")

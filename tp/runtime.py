@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import faulthandler
 import hashlib
+import json
+import os
 import signal
 import sys
 import threading
@@ -71,6 +73,10 @@ class Rank:
         if abort is not None and abort.get("rank") != self.cfg.rank:
             return peer_abort(abort)
         text = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
+        if any(word in text for word in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")):
+            suspect = self.watchdog.stalest_peer() if self.watchdog is not None else None
+            who = f"rank {suspect} (stalest heartbeat)" if suspect is not None else "a peer"
+            return Fatal("PEER_LOST", f"{who} is gone: the collective failed with {text}")
         if isinstance(exc, (RuntimeError, dist.DistBackendError)) and self.store is not None:
             return Fatal("COLLECTIVE_ERROR", text)
         return Fatal("INTERNAL_ERROR", text)
@@ -85,7 +91,7 @@ class Rank:
         cfg = self.cfg
         log.event("init", rank=cfg.rank, world_size=cfg.world_size, backend=cfg.backend, role=cfg.role,
                   plan=cfg.plan, protocol=cfg.protocol_version, guardrails=sorted(cfg.guardrails),
-                  env_parity=cfg.env_parity, pid=__import__("os").getpid())
+                  env_parity=cfg.env_parity, pid=os.getpid())
         self.store = self._connect()
         self.crash.store = self.store
         model_cfg = ModelConfig()
@@ -109,6 +115,12 @@ class Rank:
                                      peer_timeout_s=cfg.peer_timeout_s, progress_timeout_s=cfg.progress_timeout_s,
                                      progress=self.progress)
             self.watchdog.start()
+        if cfg.backend == "nccl":
+            from tp.dtypes import NCCL_ENV_KNOBS
+
+            for name, value in NCCL_ENV_KNOBS.items():  # crash fast instead of waiting out NCCL's timeout
+                os.environ.setdefault(name, value)
+            torch.cuda.set_device(self.device)
         pg_timeout = timedelta(seconds=cfg.collective_timeout_s) if cfg.collective_timeout_s else None
         dist.init_process_group(cfg.backend, store=self.store, rank=cfg.rank, world_size=cfg.world_size,
                                  **({"timeout": pg_timeout} if pg_timeout else {}))
@@ -172,7 +184,7 @@ class Rank:
                   **{k: v for k, v in summary.items() if k not in ("output_digest", "calls")})
         log.event("exit", rank=cfg.rank, code="OK", exit=0)
         if cfg.role == "driver":
-            print(__import__("json").dumps(summary, sort_keys=True), flush=True)
+            print(json.dumps(summary, sort_keys=True), flush=True)
         try:
             dist.destroy_process_group()
         except Exception as exc:

@@ -12,8 +12,21 @@ import torch
 import torch.distributed as dist
 
 from tp.dtypes import dtype_name
-from tp.envelope import (HEADER_LEN, Action, Envelope, EnvelopeError, Header, decode_meta, encode_meta,
-                         make_specs, materialise, parse_specs, validate_override, validate_plan, validate_schema)
+from tp.envelope import (
+    HEADER_LEN,
+    Action,
+    Envelope,
+    EnvelopeError,
+    Header,
+    decode_meta,
+    encode_meta,
+    make_specs,
+    materialise,
+    parse_specs,
+    validate_override,
+    validate_plan,
+    validate_schema,
+)
 from tp.failpoints import failpoint
 
 

@@ -50,8 +50,14 @@ class Watchdog:
         self.progress = progress
         self.store: dist.Store = store_factory()
         self.store.set_timeout(timedelta(seconds=max(2.0, peer_timeout_s)))
+        self.seen: dict[int, tuple[int, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tp-watchdog", daemon=True)
+
+    def stalest_peer(self) -> int | None:
+        """The peer whose heartbeat moved least recently: the likeliest to be gone."""
+        seen = dict(self.seen)
+        return min(seen, key=lambda r: seen[r][1]) if seen else None
 
     def start(self) -> None:
         self._thread.start()
@@ -62,7 +68,7 @@ class Watchdog:
 
     def _run(self) -> None:
         peers = [r for r in range(self.world_size) if r != self.rank]
-        seen = {r: (-1, time.monotonic()) for r in peers}
+        seen = self.seen = {r: (-1, time.monotonic()) for r in peers}
         while not self._stop.wait(self.heartbeat_s):
             try:
                 self.store.add(f"tp/hb/{self.rank}", 1)

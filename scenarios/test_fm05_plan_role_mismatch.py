@@ -1,0 +1,34 @@
+"""FM-05: ranks disagree on plan or role at start.
+
+Rank 1 believes in the ``v1_full_pipeline`` plan (workers also take part in
+decode, one more collective per chunk), or believes rank 1 is the driver.
+Guarded: the handshake rejects both at init with PLAN_MISMATCH on every rank.
+Without it, the extra collective (plan) or the second driver (role) leaves
+ranks waiting on each other.
+"""
+
+import pytest
+
+from harness.scenario import Expect, Scenario
+
+pytestmark = [pytest.mark.breakit, pytest.mark.fm05]
+
+PLAN = {1: {"TP_PLAN": "v1_full_pipeline"}}
+ROLE = {1: {"TP_DRIVER_RANK": "1"}}
+ALL_PLAN_MISMATCH = {"all": r"TP-FATAL fm=FM-05 code=PLAN_MISMATCH "}
+
+SCENARIOS = [
+    Scenario(id="FM-05", fm="FM-05", title="plan mismatch rejected at init", proves="handshake", rank_env=PLAN,
+             expect=Expect.crash({"all": r"TP-FATAL fm=FM-05 code=PLAN_MISMATCH .*plan differs"})),
+    Scenario(id="FM-05/off", fm="FM-05", title="plan mismatch unchecked: an extra collective on rank 1",
+             proves="handshake", guardrails="all,-handshake", rank_env=PLAN, expect=Expect.hang_or_diverge()),
+    Scenario(id="FM-05/role", fm="FM-05", title="role mismatch (two drivers) rejected at init", proves="handshake",
+             rank_env=ROLE, expect=Expect.crash({"all": r"TP-FATAL fm=FM-05 code=PLAN_MISMATCH .*driver rank"})),
+    Scenario(id="FM-05/role-off", fm="FM-05", title="role mismatch unchecked: two drivers",
+             proves="handshake", guardrails="all,-handshake", rank_env=ROLE, expect=Expect.hang_or_diverge()),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+def test_fm05(breakit, scenario):
+    breakit.check(scenario)

@@ -1,0 +1,27 @@
+"""FM-11: one broadcast tensor perturbed on one rank after receipt.
+
+Rank 1's latents differ by 1e-3 in one element. Guarded: the digest
+exchange names the tensor and the ranks (DIGEST_MISMATCH). Without it the
+all_reduces mix rank 1's wrong partial sums into every rank's activations.
+"""
+
+import pytest
+
+from harness.scenario import Expect, Fault, Scenario
+
+pytestmark = [pytest.mark.breakit, pytest.mark.fm11]
+
+FAULT = Fault(site="envelope.after_recv", action="corrupt", rank=1, chunk=2)
+
+SCENARIOS = [
+    Scenario(id="FM-11", fm="FM-11", title="perturbed latents on rank 1 caught by the digest",
+             proves="digest", faults=(FAULT,),
+             expect=Expect.crash({"all": r"TP-FATAL fm=FM-11 code=DIGEST_MISMATCH .*'latents' differs.*\[1\]"})),
+    Scenario(id="FM-11/off", fm="FM-11", title="perturbed latents on rank 1: Franken-model",
+             proves="digest", guardrails="all,-digest", faults=(FAULT,), expect=Expect.diverge()),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+def test_fm11(breakit, scenario):
+    breakit.check(scenario)
