@@ -1,0 +1,251 @@
+"""Command line: ``python -m harness list|failpoints|run|report``.
+
+Bad input (unknown scenario, bad fault spec, bad deadline, world size < 1)
+prints one line to stderr and exits 2 before any rank starts. ``run`` exits 0
+iff every verdict passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import options, report
+from harness.scenario import (
+    Expect,
+    Fault,
+    Scenario,
+    default_catalog_paths,
+    load_catalog,
+)
+
+EXPECTS = {"crash": Expect.crash, "clean": Expect.clean, "hang": Expect.hang, "diverge": Expect.diverge,
+           "hang_or_diverge": Expect.hang_or_diverge}
+
+
+class UsageError(Exception):
+    """Bad user input: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + error
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m harness", description="tp-breakit: break TP ranks on purpose, judge the outcome")
+    sub = parser.add_subparsers(dest="command", metavar="{list,failpoints,run,report}")
+
+    def add(p: argparse.ArgumentParser, *names: str) -> None:
+        for name in names:
+            opt = options.OPTIONS[name]
+            p.add_argument(opt.cli_flag, dest=name, default=None, metavar=opt.metavar, help=opt.help)
+
+    p = sub.add_parser("list", help="show the scenario catalog")
+    p.add_argument("--catalog", nargs="+", type=Path, help="scenario module files (default scenarios/test_*.py)")
+    p = sub.add_parser("failpoints", help="ask the TP path for its failpoint sites")
+    add(p, "tp_command")
+    p = sub.add_parser("run", help="run catalog scenarios by id, or one ad-hoc fault")
+    p.add_argument("ids", nargs="*", metavar="ID", help="scenario id, e.g. FM-03 (also runs FM-03/...)")
+    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                   help="ad hoc: arm SITE=ACTION[(ARG)][@TRIGGER,...] (repeatable)")
+    p.add_argument("--expect", choices=sorted(EXPECTS), help="ad hoc: the expected outcome")
+    p.add_argument("--signature", action="append", default=[], metavar="[RANK:]REGEX",
+                   help="ad hoc: regex that must appear in a rank's log; RANK is a number, 'others' or 'all' "
+                        "(default all) (repeatable)")
+    p.add_argument("--guardrails", metavar="SPEC", help="TP_GUARDRAILS for the run(s), e.g. all,-preflight")
+    p.add_argument("--chunks", type=int, metavar="N", help="chunks per run (default: the scenario's)")
+    p.add_argument("--catalog", nargs="+", type=Path, help="scenario module files (default scenarios/test_*.py)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print verdicts only, no progress")
+    add(p, "world_size", "deadline", "launch", "backend", "report_dir", "tp_command")
+    p = sub.add_parser("report", help="print summary.md of a run (default: reports/latest)")
+    p.add_argument("dir", nargs="?", type=Path, default=None, help="run directory or report root")
+    return parser
+
+
+def _setting(args: argparse.Namespace, name: str):
+    opt = options.OPTIONS[name]
+    value = getattr(args, name, None)
+    return opt.validate(value, opt.cli_flag) if value is not None else options.default(name)
+
+
+def _catalog(paths: list[Path] | None) -> list[Scenario]:
+    if paths is None:
+        paths = default_catalog_paths(Path.cwd()) or default_catalog_paths(Path(__file__).resolve().parent.parent)
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UsageError(f"scenario module not found: {', '.join(missing)}")
+    try:
+        return load_catalog(paths)
+    except Exception as exc:  # noqa: BLE001 - any import error of a scenario module is the user's input
+        raise UsageError(f"cannot load the scenario catalog: {type(exc).__name__}: {exc}") from None
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = [(s.id, s.proves, s.expect.describe(), s.guardrails, s.title) for s in _catalog(args.catalog)]
+    header = ("ID", "PROVES", "EXPECT", "GUARDRAILS", "TITLE")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+    return 0
+
+
+def cmd_failpoints(args: argparse.Namespace) -> int:
+    command = [*_setting(args, "tp_command"), "--list-failpoints"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
+    try:
+        proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"harness: cannot run {' '.join(command)!r}: {exc}", file=sys.stderr)
+        return 1
+    if proc.returncode != 0:
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        print(f"harness: {' '.join(command)!r} exited {proc.returncode}: {last[0]}", file=sys.stderr)
+        return 1
+    sites = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    width = max((len(s["site"]) for s in sites), default=4)
+    for site in sites:
+        print(f"{site['site'].ljust(width)}  {site.get('description', '')}")
+    return 0
+
+
+def _selected(args: argparse.Namespace) -> list[Scenario]:
+    """The scenarios ``run`` was asked for, fully validated (no rank started yet)."""
+    if args.fault and not args.expect:
+        raise UsageError("--fault needs --expect crash|clean|hang|diverge")
+    if args.ids and (args.fault or args.expect or args.signature):
+        raise UsageError("give scenario ids or an ad-hoc --fault/--expect, not both")
+    if args.signature and not args.expect:
+        raise UsageError("--signature belongs to an ad-hoc run: add --expect")
+    if args.chunks is not None and args.chunks < 1:
+        raise UsageError(f"invalid chunks '{args.chunks}' from --chunks: must be an integer >= 1")
+    try:
+        if args.expect:
+            faults = tuple(Fault.parse(spec) for spec in args.fault)
+            signatures: dict = {}
+            for item in args.signature:
+                m = re.match(r"^(\d+|others|all):(.*)$", item)
+                key, regex = (int(m[1]) if m[1].isdigit() else m[1], m[2]) if m else ("all", item)
+                signatures[key] = regex
+            title = "ad hoc: " + ("; ".join(f.spec() for f in faults) or "no fault")
+            scenarios = [Scenario(id="adhoc", fm="adhoc", title=title, proves="adhoc", faults=faults,
+                                  expect=EXPECTS[args.expect](signatures))]
+        elif args.ids:
+            catalog = _catalog(args.catalog)
+            scenarios = []
+            for wanted in args.ids:
+                found = [s for s in catalog if s.id == wanted or s.id.startswith(wanted + "/")]
+                if not found:
+                    known = ", ".join(s.id for s in catalog) or "none (no scenarios/test_*.py found)"
+                    raise UsageError(f"unknown scenario {wanted!r}; known: {known}")
+                scenarios += [s for s in found if s not in scenarios]
+        else:
+            raise UsageError("give scenario ids (see 'python -m harness list') or --fault SPEC --expect KIND")
+        overrides = {k: v for k, v in (("guardrails", args.guardrails), ("chunks", args.chunks)) if v is not None}
+        return [_replace(s, overrides) for s in scenarios]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _replace(scenario: Scenario, overrides: dict) -> Scenario:
+    import dataclasses
+
+    return dataclasses.replace(scenario, **overrides) if overrides else scenario
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = {n: _setting(args, n) for n in ("world_size", "deadline", "launch", "backend",
+                                                   "report_dir", "tp_command")}
+    except options.OptionError as exc:
+        raise UsageError(str(exc)) from None
+    scenarios = _selected(args)
+    from harness.runner import RunConfig, run_scenario
+
+    if settings["launch"] == "zygote":
+        from harness import zygote
+
+        zygote.shared()
+    run_dir = settings["report_dir"] / report.run_dir_name()
+    status = _Status(enabled=not args.quiet)
+    config = RunConfig(run_dir=run_dir, world_size=settings["world_size"], backend=settings["backend"],
+                       deadline_s=settings["deadline"], launch=settings["launch"],
+                       tp_command=settings["tp_command"], on_progress=status.show)
+    ran = 0
+    failed = 0
+    for scenario in scenarios:
+        skip = scenario.skip_reason(config.world_size)
+        if skip:
+            print(f"SKIP {scenario.id}: {skip}")
+            continue
+        result = run_scenario(scenario, config)
+        status.clear()
+        ran += 1
+        failed += not result.passed
+        print(f"{result.verdict} {result.id} (ws{result.world_size}): {result.reason}")
+        if not result.passed:
+            print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
+    if not ran:
+        print("harness: nothing ran: every selected scenario was skipped", file=sys.stderr)
+        return 1
+    summary = report.write_summary(run_dir)
+    report.update_latest(run_dir)
+    shown = os.path.relpath(summary.md_path) if summary.md_path.is_relative_to(Path.cwd()) else summary.md_path
+    print(f"{'PASS' if summary.passed else 'FAIL'}: {ran} run, {failed} failed; report: {shown}")
+    return 0 if summary.passed else 1
+
+
+class _Status:
+    """Progress on one rewritten stderr line when stderr is a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def show(self, message: str) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K" + message[: os.get_terminal_size(2).columns - 1])
+            sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    where = args.dir or options.default("report_dir")
+    try:
+        run_dir = report.find_run_dir(where)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    md = run_dir / "summary.md"
+    if not md.exists():
+        raise UsageError(f"{run_dir} has no summary.md")
+    sys.stdout.write(md.read_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    commands = {"list": cmd_list, "failpoints": cmd_failpoints, "run": cmd_run, "report": cmd_report}
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return commands[args.command](args)
+    except UsageError as exc:
+        print(f"python -m harness {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"harness: interrupted ({exc or 'SIGINT'}); every rank was reaped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""Outcomes and the verdict: what was expected versus what was observed.
+
+The observed outcome is decided here from exit statuses, log lines and output
+digests alone. The TP path's own opinion (say, a "digest ok" event) is never
+trusted: divergence is judged by comparing outputs.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from harness import logs
+
+if TYPE_CHECKING:
+    from harness.scenario import Scenario
+    from harness.supervise import Observation
+
+RESULT_SCHEMA = 1
+
+
+class Outcome(enum.Enum):
+    """What a run did. Closed: every run ends in exactly one of these."""
+
+    CLEAN = "CLEAN"
+    """Every rank exited 0 and the outputs equal the healthy run's."""
+    CRASHED = "CRASHED"
+    """Every rank exited, at least one non-zero, within the deadline."""
+    HUNG = "HUNG"
+    """A rank was still alive when a deadline passed (the harness reaped it)."""
+    DIVERGED = "DIVERGED"
+    """Every rank exited 0 but outputs differ between ranks or from the healthy run."""
+    HARNESS_ERROR = "HARNESS_ERROR"
+    """The run could not be judged (launch failed, config rejected, no baseline)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def exit_name(returncode: int | None) -> str:
+    """``exit 40`` / ``SIGKILL`` / ``no exit status``: signals by name, never ``-9``."""
+    if returncode is None:
+        return "no exit status"
+    if returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit {returncode}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Baseline:
+    """The healthy run a scenario's outputs are compared with."""
+
+    ok: bool
+    """True when the healthy run ended CLEAN with a digest."""
+    digest: str | None = None
+    """Rank 0's final ``output_digest`` of the healthy run."""
+    reason: str = ""
+    """Why the baseline is unusable (when ``ok`` is False)."""
+    where: str = ""
+    """Directory holding the baseline's rank logs."""
+
+
+@dataclass(kw_only=True)
+class RankResult:
+    """How one rank ended."""
+
+    rank: int
+    """Rank number."""
+    pid: int | None
+    """Process id of the rank (None if it never started)."""
+    exit: str
+    """``exit 40``, ``SIGKILL`` or ``no exit status``."""
+    returncode: int | None
+    """Raw status: >= 0 exit code, < 0 signal number negated."""
+    reaped: bool = False
+    """True when the harness had to kill this rank."""
+    code: str | None = None
+    """``code=`` of this rank's TP-FATAL line, if any."""
+    fatal: str | None = None
+    """This rank's first TP-FATAL line."""
+    role: str = ""
+    """``root cause`` or ``collateral`` for ranks that died on a fatal path."""
+    output_digest: str | None = None
+    """``output_digest`` of this rank's ``result`` event, if it printed one."""
+    stack: str | None = None
+    """Stacks this rank dumped on SIGUSR1 when the run hung."""
+    stack_note: str | None = None
+    """Why a hung rank has no stack (stopped, no faulthandler, silent)."""
+    signatures: list[dict] = field(default_factory=list)
+    """``{"regex", "matched", "line"}`` for each signature expected in this log."""
+    log: str = ""
+    """Path of this rank's log file."""
+    log_tail: list[str] = field(default_factory=list)
+    """The last lines of the log."""
+
+
+@dataclass(kw_only=True)
+class Result:
+    """Everything known about one scenario run; ``result.json`` is its JSON."""
+
+    id: str
+    """Scenario id, e.g. ``FM-01/off``."""
+    fm: str
+    """Failure mode id or ``control``."""
+    title: str
+    """One-line description."""
+    proves: str
+    """Guardrail the scenario proves (or ``control``)."""
+    guardrails: str
+    """``TP_GUARDRAILS`` the ranks ran with."""
+    faults: list[str]
+    """Armed failpoints as ``TP_FAILPOINTS`` entries."""
+    world_size: int
+    """Number of ranks."""
+    chunks: int
+    """Chunks each run processes."""
+    backend: str
+    """``gloo`` or ``nccl``."""
+    launch: str
+    """Launch mode used."""
+    deadline_s: float
+    """Seconds allowed from fault (or init) to the last rank's exit."""
+    expected: list[str]
+    """Allowed outcomes."""
+    observed: str
+    """Observed outcome."""
+    passed: bool
+    """True when observed is allowed and every signature matched."""
+    reason: str
+    """One readable paragraph: expected vs observed, per-rank exits, signatures."""
+    time_to_crash_s: float | None = None
+    """Last rank exit minus the TP-FAULT instant (or first init)."""
+    anchor: str = ""
+    """What time_to_crash_s counts from: ``TP-FAULT`` or ``init``."""
+    root_cause: dict | None = None
+    """Earliest failure: ``{"rank", "code", "line"}``."""
+    ranks: list[RankResult] = field(default_factory=list)
+    """Per-rank detail."""
+    digests: dict = field(default_factory=dict)
+    """Rank 0's final digest, the baseline's, and each rank's result digest."""
+    abort: dict | None = None
+    """Value of the ``tp/abort`` store key, if written."""
+    interrupt: str | None = None
+    """What the harness-side interrupt did."""
+    duration_s: float | None = None
+    """Wall time of the whole run as the harness saw it."""
+    dir: str = ""
+    """Directory holding result.json and the rank logs."""
+
+    @property
+    def verdict(self) -> str:
+        """``PASS`` or ``FAIL``."""
+        return "PASS" if self.passed else "FAIL"
+
+    def to_json(self) -> dict:
+        """The ``result.json`` document."""
+        return {"schema": RESULT_SCHEMA, "verdict": self.verdict, **asdict(self)}
+
+    def failure_text(self) -> str:
+        """The reason paragraph, then each rank's stack and the tail of its log."""
+        parts = [f"{self.id}: {self.reason}"]
+        for rank in self.ranks:
+            if rank.stack:
+                parts.append(f"--- stack of rank {rank.rank} (pid {rank.pid}) ---\n{rank.stack.rstrip()}")
+            elif rank.stack_note:
+                parts.append(f"--- no stack for rank {rank.rank}: {rank.stack_note} ---")
+        for rank in self.ranks:
+            header = f"--- rank {rank.rank} ({rank.exit}), last lines of {rank.log} ---"
+            parts.append("\n".join([header, *rank.log_tail]))
+        return "\n\n".join(parts)
+
+
+def judge(
+    scenario: Scenario,
+    obs: Observation,
+    *,
+    deadline_s: float,
+    baseline: Callable[[], Baseline],
+    meta: dict,
+) -> Result:
+    """Compare what ``obs`` shows with ``scenario.expect``; build the Result.
+
+    ``baseline`` is called only when every rank exited 0 (the healthy run is
+    needed only to tell CLEAN from DIVERGED). ``meta`` carries run settings
+    (backend, launch, chunks, dir) copied into the result.
+    """
+    texts = {r: logs.read_text(path) for r, path in obs.log_paths.items()}
+    ranks = [_rank_result(r, obs, texts.get(r, "")) for r in range(obs.world_size)]
+    root = _root_cause(ranks, obs)
+    anchor_mono, anchor = obs.anchor()
+    last_exit = max((e.mono for e in obs.exits.values() if e.mono is not None), default=None)
+    ttc = None
+    if not obs.hung and anchor_mono is not None and last_exit is not None and len(obs.exits) == obs.world_size:
+        ttc = round(max(0.0, last_exit - anchor_mono), 4)
+
+    digests: dict = {"per_rank": {r.rank: r.output_digest for r in ranks if r.output_digest}}
+    observed, why = _observe(scenario, obs, ranks, texts, baseline, digests)
+
+    sig_errors = _match_signatures(scenario, ranks, texts, obs.world_size)
+    missing = [(r.rank, s["regex"]) for r in ranks for s in r.signatures if not s["matched"]]
+    passed = observed in scenario.expect.outcomes and not missing and not sig_errors
+    expected = sorted(scenario.expect.outcomes, key=list(Outcome).index)
+
+    reason = _reason(
+        expected=expected, observed=observed, why=why, ttc=ttc, anchor=anchor, obs=obs,
+        ranks=ranks, missing=missing, sig_errors=sig_errors, deadline_s=deadline_s,
+    )
+    return Result(
+        id=scenario.id, fm=scenario.fm, title=scenario.title, proves=scenario.proves,
+        guardrails=scenario.guardrails, faults=[f.spec() for f in scenario.faults],
+        world_size=obs.world_size, chunks=scenario.chunks, deadline_s=deadline_s,
+        expected=[o.value for o in expected], observed=observed.value, passed=passed,
+        reason=reason, time_to_crash_s=ttc, anchor=anchor, root_cause=root, ranks=ranks,
+        digests=digests, abort=obs.abort, interrupt=obs.interrupt_note,
+        duration_s=round(obs.ended_at - obs.started_at, 3),
+        backend=meta["backend"], launch=meta["launch"], dir=meta["dir"],
+    )
+
+
+def _rank_result(rank: int, obs: Observation, text: str) -> RankResult:
+    ex = obs.exits.get(rank)
+    returncode = ex.returncode if ex else None
+    fatal = next((ln for ln in logs.contract_lines(text) if ln.kind == "TP-FATAL"), None)
+    result_ev = [ln for ln in logs.contract_lines(text) if ln.event == "result"]
+    return RankResult(
+        rank=rank, pid=obs.pids.get(rank), exit=exit_name(returncode) if ex else "still running",
+        returncode=returncode, reaped=bool(ex and ex.reaped), code=fatal.fields.get("code") if fatal else None,
+        fatal=fatal.raw if fatal else None,
+        output_digest=result_ev[-1].fields.get("output_digest") if result_ev else None,
+        stack=obs.stacks.get(rank), stack_note=obs.stack_notes.get(rank),
+        log=str(obs.log_paths.get(rank, "")), log_tail=logs.tail(text),
+    )
+
+
+def _root_cause(ranks: list[RankResult], obs: Observation) -> dict | None:
+    """Earliest TP-FATAL by ``mono``; without any, the earliest bad exit.
+
+    Failures after a hang was declared are the harness's reaping at work:
+    they are collateral, never the root cause.
+    """
+    fatals = []
+    cutoff = obs.hung_at if obs.hung_at is not None else float("inf")
+    for r in ranks:
+        if r.fatal:
+            line = logs.parse_line(r.fatal)
+            mono = line.mono if line and line.mono is not None else float("inf")
+            if mono < cutoff:
+                fatals.append((mono, r.rank, r))
+            else:
+                r.role = "collateral"
+    if fatals:
+        _, _, root = min(fatals, key=lambda t: (t[0], t[1]))
+        for _, _, r in fatals:
+            r.role = "root cause" if r is root else "collateral"
+        return {"rank": root.rank, "code": root.code, "line": root.fatal}
+    bad = [(e.mono or float("inf"), r) for r, e in obs.exits.items() if e.returncode != 0 and not e.reaped]
+    if not bad:
+        return None
+    _, rank = min(bad)
+    ranks[rank].role = "root cause"
+    return {"rank": rank, "code": None, "line": f"rank {rank} {ranks[rank].exit} without a TP-FATAL line"}
+
+
+def _observe(scenario, obs, ranks, texts, baseline, digests) -> tuple[Outcome, str]:
+    """The observed outcome and, for the reason, why it was classed so."""
+    if obs.harness_error:
+        return Outcome.HARNESS_ERROR, obs.harness_error
+    if obs.hung:
+        return Outcome.HUNG, obs.hang_reason
+    rejected = [r for r in ranks if r.returncode == 2]
+    if rejected:
+        r = rejected[0]
+        last = r.log_tail[-1] if r.log_tail else "(empty log)"
+        return Outcome.HARNESS_ERROR, (
+            f"the TP path rejected its configuration (rank {r.rank} exit 2, CONTRACT §3): {last}"
+        )
+    if any(r.returncode != 0 for r in ranks):
+        return Outcome.CRASHED, ""
+    per_rank = digests["per_rank"]
+    if len(set(per_rank.values())) > 1:
+        shown = ", ".join(f"rank {r} {d[:12]}" for r, d in sorted(per_rank.items()))
+        return Outcome.DIVERGED, f"ranks' result digests differ ({shown})"
+    final = logs.final_json(texts.get(0, ""), "output_digest")
+    if final is None:
+        return Outcome.HARNESS_ERROR, (
+            "every rank exited 0 but rank 0's log ends with no JSON line holding output_digest "
+            "(CONTRACT §2), so divergence cannot be judged"
+        )
+    digests["rank0_final"] = final["output_digest"]
+    if scenario.interrupt is not None:
+        if not obs.interrupt_sent:
+            return Outcome.HARNESS_ERROR, f"the scenario's interrupt was never delivered: {obs.interrupt_note}"
+        # An interrupted run stops early by design: its output cannot equal a full healthy run's.
+        return Outcome.CLEAN, "interrupted run: ranks' digests compared with each other, not with the healthy run"
+    base = baseline()
+    digests["baseline"] = base.digest
+    if not base.ok:
+        return Outcome.HARNESS_ERROR, f"the healthy baseline is unusable: {base.reason} (logs in {base.where})"
+    if final["output_digest"] != base.digest:
+        return Outcome.DIVERGED, (
+            f"rank 0's output_digest {str(final['output_digest'])[:12]} differs from the healthy "
+            f"run's {str(base.digest)[:12]}"
+        )
+    return Outcome.CLEAN, ""
+
+
+def _match_signatures(scenario, ranks, texts, world_size) -> list[str]:
+    try:
+        wanted = scenario.expect.signatures_for(world_size)
+    except ValueError as exc:
+        return [str(exc)]
+    for rank, patterns in wanted.items():
+        for pattern in patterns:
+            m = pattern.search(texts.get(rank, ""))
+            line = None
+            if m:
+                text = texts[rank]
+                start = text.rfind("\n", 0, m.start()) + 1
+                end = text.find("\n", m.end())
+                line = text[start:end if end >= 0 else len(text)]
+            ranks[rank].signatures.append({"regex": pattern.pattern, "matched": bool(m), "line": line})
+    return []
+
+
+def _describe_rank(r: RankResult) -> str:
+    notes = []
+    if r.code:
+        fatal = logs.parse_line(r.fatal or "")
+        cause = fatal.fields.get("cause_rank") if fatal else None
+        notes.append(r.code + (f" cause_rank={cause}" if cause is not None else ""))
+    elif r.returncode == 2:
+        notes.append("configuration rejected")
+    elif r.returncode not in (0, None) and not r.reaped:
+        notes.append("no TP-FATAL line")
+    if r.reaped:
+        notes.append("reaped by harness")
+    if r.role:
+        notes.append(r.role)
+    return f"rank {r.rank} {r.exit}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_errors, deadline_s) -> str:
+    want = "|".join(o.value for o in expected)
+    head = f"expected {want}, observed {observed.value}"
+    if ttc is not None and observed is not Outcome.HARNESS_ERROR:
+        head += f" in {ttc:.3f} s after {anchor}"
+        if obs.fault_lines:
+            first = min(obs.fault_lines, key=lambda ln: ln.mono or 0.0)
+            head += f" ({first.fields.get('site', '?')} on rank {first.fields.get('rank', '?')})"
+        if observed is Outcome.CRASHED and ttc > deadline_s:
+            head += f", beyond the {deadline_s:g} s deadline"
+    sentences = [head + ": " + ", ".join(_describe_rank(r) for r in ranks)]
+    if why:
+        sentences.append(why)
+    if obs.abort:
+        sentences.append(f"tp/abort = {obs.abort}")
+    if obs.interrupt_note and observed is not Outcome.HARNESS_ERROR:
+        sentences.append(obs.interrupt_note)
+    stacked = [r.rank for r in ranks if r.stack]
+    if stacked:
+        sentences.append("stacks captured for rank " + ", ".join(map(str, stacked)))
+    sentences.extend(r.stack_note for r in ranks if r.stack_note)
+    if obs.leftovers:
+        sentences.append("leftover processes killed after the run: " + ", ".join(obs.leftovers))
+    sentences.extend(sig_errors)
+    matched = [f"rank {r.rank} /{s['regex']}/" for r in ranks for s in r.signatures if s["matched"]]
+    if missing:
+        sentences.append("signatures missing: " + ", ".join(f"rank {r} /{rx}/" for r, rx in missing))
+    if matched:
+        sentences.append("signatures matched: " + ", ".join(matched))
+    if observed not in expected:
+        sentences.append(f"verdict FAIL: {observed.value} is not among the expected {want}")
+    return "; ".join(sentences) + "."

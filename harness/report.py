@@ -1,0 +1,190 @@
+"""What runs leave behind, and where.
+
+    reports/
+      latest -> 20260101-120000-4242/        newest run
+      20260101-120000-4242/                  one run (pytest session or CLI call)
+        summary.json  summary.md
+        baseline.json                        healthy-run digests (shared by xdist workers)
+        _baseline/...                        the healthy runs' rank logs
+        FM-01-ws2/                           one scenario ('/' in ids becomes '_')
+          result.json  rank0.log  rank1.log
+        FM-01_off-ws2/ ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.outcome import RESULT_SCHEMA, Result
+from harness.scenario import guardrail_off
+
+SUMMARY_SCHEMA = 1
+
+
+def run_dir_name() -> str:
+    """``<YYYYmmdd-HHMMSS>-<pid>``: unique per process, sortable by time."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def scenario_dir(run_dir: Path, scenario_id: str, world_size: int) -> Path:
+    """Create and return a fresh directory for one scenario run."""
+    base = f"{scenario_id.replace('/', '_')}-ws{world_size}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = run_dir / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"{run_dir}: too many runs of {scenario_id} at world size {world_size}")
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def write_result(result: Result, directory: Path) -> Path:
+    """Write ``result.json`` (``"schema": 1``) into the scenario directory."""
+    path = directory / "result.json"
+    _write_json(path, result.to_json())
+    return path
+
+
+def collect(run_dir: Path) -> list[dict]:
+    """Every scenario result of a run, sorted by id then directory."""
+    docs = []
+    for path in sorted(run_dir.glob("*/result.json")):
+        doc = json.loads(path.read_text())
+        if doc.get("schema") != RESULT_SCHEMA:
+            raise ValueError(f"{path}: result schema {doc.get('schema')!r}, expected {RESULT_SCHEMA}")
+        docs.append(doc)
+    return sorted(docs, key=lambda d: (d["id"], d["world_size"], d["dir"]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    """Where a run's summary went and what it says."""
+
+    json_path: Path
+    """``summary.json``."""
+    md_path: Path
+    """``summary.md``."""
+    passed: bool
+    """Overall verdict: every scenario passed (and there was at least one)."""
+    total: int
+    """Scenarios run."""
+    failed: int
+    """Scenarios whose verdict is FAIL."""
+
+
+def write_summary(run_dir: Path) -> Summary:
+    """Aggregate every result.json of ``run_dir`` into summary.json and summary.md."""
+    results = collect(run_dir)
+    rows = [
+        {
+            "id": d["id"], "title": d["title"], "fm": d["fm"], "world_size": d["world_size"],
+            "expected": "|".join(d["expected"]), "observed": d["observed"],
+            "time_to_crash_s": d["time_to_crash_s"], "deadline_s": d["deadline_s"],
+            "guardrails": d["guardrails"], "proves": d["proves"], "verdict": d["verdict"],
+            "reason": d["reason"], "dir": os.path.relpath(d["dir"], run_dir) if d["dir"] else "",
+        }
+        for d in results
+    ]
+    failed = sum(r["verdict"] != "PASS" for r in rows)
+    doc = {
+        "schema": SUMMARY_SCHEMA,
+        "run_dir": str(run_dir),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "overall": "PASS" if rows and not failed else "FAIL",
+        "total": len(rows),
+        "failed": failed,
+        "scenarios": rows,
+        "guardrails": guardrail_table(rows),
+    }
+    json_path, md_path = run_dir / "summary.json", run_dir / "summary.md"
+    _write_json(json_path, doc)
+    md_path.write_text(markdown(doc))
+    return Summary(json_path=json_path, md_path=md_path, passed=doc["overall"] == "PASS",
+                   total=len(rows), failed=failed)
+
+
+def guardrail_table(rows: list[dict]) -> dict[str, dict[str, list[str]]]:
+    """Guardrail -> {"guarded": [...], "off": [...]}: the scenarios that proved it."""
+    table: dict[str, dict[str, list[str]]] = {}
+    for row in rows:
+        if row["proves"] in ("control", "adhoc"):
+            continue
+        for name in row["proves"].split("+"):
+            side = "off" if guardrail_off(row["guardrails"], name) else "guarded"
+            entry = table.setdefault(name, {"guarded": [], "off": []})
+            entry[side].append(f"{row['id']} (ws{row['world_size']}, {row['verdict']})")
+    return dict(sorted(table.items()))
+
+
+def ttc_text(row: dict) -> str:
+    """Time to crash for a table: only a crash has one (JSON keeps every run's time to last exit)."""
+    if row["observed"] != "CRASHED" or row["time_to_crash_s"] is None:
+        return "-"
+    return f"{row['time_to_crash_s']:.3f} s"
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(doc: dict) -> str:
+    """summary.md: scenario table, guardrail table, then every failure's reason."""
+    run = Path(doc["run_dir"]).name
+    out = [
+        f"# tp-breakit report {run}",
+        "",
+        f"Overall: **{doc['overall']}** ({doc['total'] - doc['failed']} passed, {doc['failed']} failed)",
+        "",
+        "| scenario | title | expected | observed | time to crash | deadline | guardrails | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["scenarios"]:
+        ttc = ttc_text(r)
+        out.append(
+            f"| {_cell(r['id'])} (ws{r['world_size']}) | {_cell(r['title'])} | {r['expected']} | {r['observed']} "
+            f"| {ttc} | {r['deadline_s']:g} s | {_cell(r['guardrails'])} | {r['verdict']} |"
+        )
+    out += ["", "## Invariants & guardrails", "",
+            "| guardrail | guarded proofs (must crash cleanly) | guardrail-off proofs (hazard is real) |",
+            "|---|---|---|"]
+    for name, sides in doc["guardrails"].items():
+        guarded, off = (_cell(", ".join(sides[k]) or "-") for k in ("guarded", "off"))
+        out.append(f"| {name} | {guarded} | {off} |")
+    failures = [r for r in doc["scenarios"] if r["verdict"] != "PASS"]
+    if failures:
+        out += ["", "## Failures"]
+        for r in failures:
+            out += ["", f"### {r['id']} (ws{r['world_size']})", "", r["reason"], "", f"Logs: `{r['dir']}/`"]
+    return "\n".join(out) + "\n"
+
+
+def update_latest(run_dir: Path) -> Path:
+    """Point ``<report root>/latest`` at ``run_dir`` (atomic replace)."""
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(run_dir.name)
+    tmp.replace(link)
+    return link
+
+
+def find_run_dir(path: Path) -> Path:
+    """A run directory from a run directory or a report root (its ``latest``)."""
+    if (path / "summary.md").exists() or (path / "summary.json").exists():
+        return path
+    if (path / "latest").exists():
+        return (path / "latest").resolve()
+    raise FileNotFoundError(f"{path} holds no summary.md and no 'latest' link; run 'python -m harness run' first")

@@ -1,0 +1,346 @@
+"""The supervisor: one loop that watches a launch until every rank has exited.
+
+Reader threads (rank waiters, the zygote reader) only enqueue exits; this
+loop decides everything else by itself, once per tick: new log lines
+(TP-FAULT / TP-EVENT init), store keys (progress, heartbeats, abort), the
+harness-side interrupt, and deadlines. Deadlines are absolute
+``time.monotonic()`` instants named ``*_at``.
+
+When a deadline passes with ranks alive the run is HUNG: every live rank gets
+SIGUSR1 (its faulthandler writes all stacks into its log), the loop waits for
+the logs to grow, cuts each stack out, then SIGCONT+SIGTERM, a grace period,
+and SIGKILL for the whole process tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import logs
+from harness.launch import Launch
+from harness.scenario import Interrupt
+
+RUNNING, DUMPING, REAPING, KILLING = "running", "dumping", "reaping", "killing"
+
+
+class HarnessInterrupted(KeyboardInterrupt):
+    """The harness got SIGTERM/SIGHUP; raised in the main thread so cleanup runs."""
+
+
+@contextlib.contextmanager
+def harness_signals() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into ``HarnessInterrupted`` while ranks are live (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise HarnessInterrupted(f"harness received {signal.Signals(signum).name}; ranks were reaped")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Time limits for one run."""
+
+    deadline_s: float
+    """From the fault firing (or the first init) until every rank has exited."""
+    run_timeout_s: float = 60.0
+    """Bound on the whole run, from launch."""
+    faults_armed: bool = False
+    """True when the deadline counts from TP-FAULT rather than the first init."""
+    dump_timeout_s: float = 2.0
+    """How long to wait for stack dumps after SIGUSR1."""
+    grace_s: float = 1.0
+    """Between SIGTERM and SIGKILL."""
+    tick_s: float = 0.02
+    """Loop period when no exit arrives."""
+    store_poll_s: float = 0.1
+    """Store polling period (every tick while an interrupt is pending)."""
+
+
+@dataclass(kw_only=True)
+class RankExit:
+    """How and when one rank exited."""
+
+    rank: int
+    """Rank number."""
+    returncode: int | None
+    """Exit code, negative signal number, or None when unknown."""
+    mono: float | None
+    """``time.monotonic()`` when the exit was observed."""
+    reaped: bool = False
+    """True when the harness killed it after a deadline."""
+
+
+@dataclass(kw_only=True)
+class Observation:
+    """What the supervisor saw; the verdict is computed from this and the logs."""
+
+    world_size: int
+    """Number of ranks."""
+    pids: dict[int, int]
+    """Rank -> pid."""
+    log_paths: dict[int, Path]
+    """Rank -> log file."""
+    started_at: float
+    """``time.monotonic()`` when supervision began."""
+    ended_at: float = 0.0
+    """``time.monotonic()`` when the last rank was gone."""
+    exits: dict[int, RankExit] = field(default_factory=dict)
+    """Rank -> exit."""
+    fault_lines: list[logs.LogLine] = field(default_factory=list)
+    """Every TP-FAULT line seen."""
+    init_mono: float | None = None
+    """Earliest ``mono`` of a TP-EVENT init."""
+    progress: dict[int, str] = field(default_factory=dict)
+    """Last ``tp/progress/{rank}`` value."""
+    heartbeats: dict[int, int] = field(default_factory=dict)
+    """Last ``tp/hb/{rank}`` counter."""
+    abort: dict | None = None
+    """Parsed ``tp/abort`` value."""
+    hung: bool = False
+    """True when a deadline passed with ranks alive."""
+    hang_reason: str = ""
+    """Which deadline passed and which ranks were alive."""
+    hung_at: float | None = None
+    """``time.monotonic()`` when the deadline passed; later failures are reaping's doing."""
+    stacks: dict[int, str] = field(default_factory=dict)
+    """Rank -> stacks it dumped on SIGUSR1."""
+    stack_notes: dict[int, str] = field(default_factory=dict)
+    """Rank -> why it has no stack (stopped, no faulthandler, silent)."""
+    interrupt_sent: bool = False
+    """True when the scenario's interrupt was delivered."""
+    interrupt_note: str | None = None
+    """What the interrupt did, or why it was not sent."""
+    harness_error: str | None = None
+    """A problem of the harness itself."""
+    leftovers: list[str] = field(default_factory=list)
+    """Processes still alive after every rank exited (killed)."""
+
+    def anchor(self) -> tuple[float | None, str]:
+        """``(mono, name)`` that deadline and time-to-crash count from."""
+        monos = [ln.mono for ln in self.fault_lines if ln.mono is not None]
+        if monos:
+            return min(monos), "TP-FAULT"
+        if self.init_mono is not None:
+            return self.init_mono, "init"
+        return None, ""
+
+
+def supervise(launch: Launch, *, limits: Limits, interrupt: Interrupt | None = None,
+              on_progress: Callable[[str], None] | None = None) -> Observation:
+    """Watch ``launch`` until every rank is gone; return what was seen."""
+    return _Loop(launch, limits, interrupt, on_progress or (lambda _msg: None)).run()
+
+
+class _Loop:
+    def __init__(self, launch: Launch, limits: Limits, interrupt: Interrupt | None, say) -> None:
+        self.launch = launch
+        self.limits = limits
+        self.interrupt = interrupt
+        self.say = say
+        start = time.monotonic()
+        self.obs = Observation(world_size=launch.spec.world_size, pids=dict(launch.pids),
+                               log_paths=dict(launch.log_paths), started_at=start)
+        self.followers = {r: logs.LogFollower(p) for r, p in launch.log_paths.items()}
+        self.phase = RUNNING
+        self.run_timeout_at = start + limits.run_timeout_s
+        self.next_poll_at = start
+        self.phase_until_at = 0.0
+        self.dumps: dict[int, dict] = {}
+
+    def run(self) -> Observation:
+        obs = self.obs
+        while len(obs.exits) < obs.world_size:
+            self._take_exits(self.limits.tick_s)
+            now = time.monotonic()
+            self._scan_logs()
+            if now >= self.next_poll_at and self.phase == RUNNING:
+                self._poll_store()
+                pending = self.interrupt is not None and not obs.interrupt_sent
+                self.next_poll_at = now + (self.limits.tick_s if pending else self.limits.store_poll_s)
+            self._step(now)
+            if obs.harness_error:
+                break
+        self._scan_logs()
+        if self.launch.hosts_store and not obs.hung:
+            self._poll_store()  # keys written just before the last exit (tp/abort) are worth reporting
+        obs.ended_at = time.monotonic()
+        if self.interrupt is not None and not obs.interrupt_sent and obs.interrupt_note is None:
+            seen = obs.progress.get(self.interrupt.rank, "nothing")
+            obs.interrupt_note = (f"{self.interrupt.signal} to rank {self.interrupt.rank} after chunk "
+                                  f"{self.interrupt.after_chunk} was never sent (last progress: {seen})")
+        self._kill_leftovers()
+        return obs
+
+    # ------------------------------------------------------------ inputs
+
+    def _take_exits(self, timeout: float) -> None:
+        try:
+            event = self.launch.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            kind, rank, code, mono = event
+            if kind == "lost":
+                self.obs.harness_error = (f"lost track of rank {rank} (pid {self.obs.pids.get(rank)}): "
+                                          "the zygote that forked it exited")
+                return
+            if kind != "exit":
+                raise RuntimeError(f"supervisor got an unknown event {event!r}")
+            self.launch.mark_exited(rank)
+            self.obs.exits[rank] = RankExit(rank=rank, returncode=code, mono=mono, reaped=self.phase != RUNNING)
+            self.say(f"rank {rank} exited ({code})")
+            try:
+                event = self.launch.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _scan_logs(self) -> None:
+        for follower in self.followers.values():
+            for text in follower.read_new():
+                line = logs.parse_line(text)
+                if line is None:
+                    continue
+                if line.kind == "TP-FAULT":
+                    self.obs.fault_lines.append(line)
+                    self.say(line.raw)
+                elif line.event == "init" and line.mono is not None:
+                    self.obs.init_mono = min(line.mono, self.obs.init_mono or line.mono)
+
+    def _poll_store(self) -> None:
+        store = self.launch.store
+        if store is None:
+            return
+        obs = self.obs
+        try:
+            for rank in range(obs.world_size):
+                for key, slot in ((f"tp/progress/{rank}", obs.progress), (f"tp/hb/{rank}", obs.heartbeats)):
+                    if store.check([key]):
+                        raw = store.get(key).decode(errors="replace")
+                        value = int(raw) if slot is obs.heartbeats and raw.isdigit() else raw
+                        if slot is obs.progress and slot.get(rank) != value:
+                            self.say(f"rank {rank} progress {value}")
+                        slot[rank] = value
+            if obs.abort is None and store.check(["tp/abort"]):
+                raw = store.get("tp/abort").decode(errors="replace")
+                try:
+                    obs.abort = json.loads(raw)
+                except ValueError:
+                    obs.abort = {"raw": raw}
+                self.say(f"tp/abort {raw}")
+        except Exception as exc:  # noqa: BLE001 - a dying store must not stop supervision
+            self.say(f"store unreachable, polling stopped: {exc}")
+            self.launch.store = None
+        self._maybe_interrupt()
+
+    def _maybe_interrupt(self) -> None:
+        spec, obs = self.interrupt, self.obs
+        if spec is None or obs.interrupt_sent or self.phase != RUNNING or spec.rank in obs.exits:
+            return
+        chunk = obs.progress.get(spec.rank, "").split(" ")[0]
+        if chunk.lstrip("-").isdigit() and int(chunk) >= spec.after_chunk:
+            pid = obs.pids.get(spec.rank)
+            if self.launch.signal_rank(spec.rank, signal.Signals[spec.signal]):
+                obs.interrupt_sent = True
+                obs.interrupt_note = f"sent {spec.signal} to rank {spec.rank} (pid {pid}) at chunk {chunk}"
+                self.say(obs.interrupt_note)
+
+    # ------------------------------------------------------------ decisions
+
+    def _live(self) -> list[int]:
+        return [r for r in range(self.obs.world_size) if r not in self.obs.exits]
+
+    def _step(self, now: float) -> None:
+        if self.phase == RUNNING:
+            anchor, name = self.obs.anchor()
+            counts = anchor is not None and (name == "TP-FAULT" or not self.limits.faults_armed)
+            deadline_at = anchor + self.limits.deadline_s if counts else float("inf")
+            if now >= min(deadline_at, self.run_timeout_at):
+                if now >= deadline_at:
+                    what = f"deadline {self.limits.deadline_s:g} s after {name}"
+                else:
+                    what = f"run timeout {self.limits.run_timeout_s:g} s"
+                self._start_dump(now, what)
+        elif self.phase == DUMPING:
+            if self._dumps_done(now) or now >= self.phase_until_at:
+                self._cut_stacks()
+                self.say("reaping: SIGTERM to the process tree")
+                self.launch.kill_tree(signal.SIGTERM)
+                self.phase, self.phase_until_at = REAPING, now + self.limits.grace_s
+        elif self.phase == REAPING and now >= self.phase_until_at:
+            self.say("reaping: SIGKILL to the process tree")
+            self.launch.kill_tree(signal.SIGKILL)
+            self.phase, self.phase_until_at = KILLING, now + 5.0
+        elif self.phase == KILLING and now >= self.phase_until_at:
+            survivors = ", ".join(f"rank {r} (pid {self.obs.pids.get(r)})" for r in self._live())
+            self.obs.harness_error = f"{survivors} still alive 5 s after SIGKILL"
+
+    def _start_dump(self, now: float, what: str) -> None:
+        obs = self.obs
+        live = self._live()
+        obs.hung = True
+        obs.hung_at = now
+        obs.hang_reason = f"{what} passed with " + ", ".join(
+            f"rank {r} (pid {obs.pids.get(r)})" for r in live) + " still running"
+        self.say(obs.hang_reason + "; asking for stacks (SIGUSR1)")
+        for rank in live:
+            status = self.launch.rank_status(rank)
+            if status == "stopped":
+                obs.stack_notes[rank] = (f"rank {rank} (pid {obs.pids.get(rank)}) is stopped (SIGSTOP); "
+                                    "a stopped process cannot dump its stack")
+                continue
+            size = self.followers[rank].size()
+            if self.launch.signal_rank(rank, signal.SIGUSR1):
+                self.dumps[rank] = {"offset": size, "size": size, "changed_at": None}
+        self.phase, self.phase_until_at = DUMPING, now + self.limits.dump_timeout_s
+
+    def _dumps_done(self, now: float) -> bool:
+        """A dump is done when its log grew and then stayed quiet for 0.1 s (or the rank died)."""
+        done = True
+        for rank, d in self.dumps.items():
+            if rank in self.obs.exits:
+                continue
+            size = self.followers[rank].size()
+            if size != d["size"]:
+                d["size"], d["changed_at"] = size, now
+            if d["changed_at"] is None or now - d["changed_at"] < 0.1:
+                done = False
+        return done
+
+    def _cut_stacks(self) -> None:
+        obs = self.obs
+        for rank, d in self.dumps.items():
+            text = logs.read_bytes_from(obs.log_paths[rank], d["offset"])
+            start = min((i for i in (text.find("Thread 0x"), text.find("Current thread 0x")) if i >= 0),
+                        default=0)
+            pid = obs.pids.get(rank)
+            if text.strip():
+                obs.stacks[rank] = text[start:].rstrip()
+            elif rank in obs.exits:
+                obs.stack_notes[rank] = (f"rank {rank} (pid {pid}) died on SIGUSR1 without a stack: "
+                                    "it registered no faulthandler on SIGUSR1 (CONTRACT §1)")
+            else:
+                obs.stack_notes[rank] = (f"rank {rank} (pid {pid}) wrote no stack within "
+                                    f"{self.limits.dump_timeout_s:g} s of SIGUSR1")
+
+    def _kill_leftovers(self) -> None:
+        if not self.obs.hung:
+            self.launch.settle()
+        procs = self.launch.kill_tree(signal.SIGKILL)
+        self.obs.leftovers = [f"pid {p.pid}" for p in procs]

@@ -1,0 +1,167 @@
+"""A tiny stand-in TP path for harness tests; honours docs/CONTRACT.md.
+
+Each "chunk" is a barrier through the store (a hung peer therefore hangs the
+others, like a collective would). Failpoint sites: ``fake.init`` (after init)
+and ``fake.chunk`` (start of each chunk). Test knobs (env):
+
+* ``FAKE_PIDFILE_DIR``  write ``rank{R}.pid`` there once started;
+* ``FAKE_CHUNK_S``      seconds of "compute" per chunk;
+* ``FAKE_SALT``         mixed into this rank's digest (divergence);
+* ``FAKE_NO_FAULTHANDLER=1``  do not register faulthandler on SIGUSR1;
+* ``FAKE_GRACEFUL=1``   rank 0 turns SIGTERM into a clean shutdown of every rank;
+* ``FAKE_CHILD=group|session``  start a ``sleep`` grandchild (in the rank's
+  process group, or in a session of its own) and write ``rank{R}.child.pid``;
+* ``FAKE_HANG_AT_START=1``  hang before the init event (no deadline anchor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+
+from torch.distributed import TCPStore
+
+SITES = {"fake.init": "after init, before the first chunk", "fake.chunk": "start of every chunk"}
+CODES = [{"code": "FAKE_ERROR", "exit": 40, "fm": "FM-00", "description": "a failpoint raised"},
+         {"code": "PEER_ABORT", "exit": 51, "fm": "FM-00", "description": "another rank aborted"}]
+
+
+def emit(kind: str, text: str) -> None:
+    print(f"{kind} {text}", flush=True)
+
+
+def event(name: str, **fields) -> None:
+    emit("TP-EVENT", json.dumps({"event": name, "mono": time.monotonic(), "wall": time.time(), **fields}))
+
+
+def parse_failpoints(spec: str) -> list[dict]:
+    points = []
+    for entry in filter(None, (e.strip() for e in spec.split(";"))):
+        m = re.fullmatch(r"([\w.]+)=(\w+)(?:\(([^()]*)\))?(?:@(.*))?", entry)
+        if not m or m[1] not in SITES:
+            print(f"TP_FAILPOINTS: unknown failpoint {entry!r}; known: {', '.join(SITES)}", file=sys.stderr)
+            sys.exit(2)
+        triggers = dict(t.split("=") for t in m[4].split(",")) if m[4] else {}
+        points.append({"site": m[1], "action": m[2], "arg": m[3], **{k: int(v) for k, v in triggers.items()}})
+    return points
+
+
+class Rank:
+    def __init__(self, chunks: int) -> None:
+        self.rank = int(os.environ["RANK"])
+        self.ws = int(os.environ["WORLD_SIZE"])
+        self.chunks = chunks
+        self.points = parse_failpoints(os.environ.get("TP_FAILPOINTS", ""))
+        self.store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=timedelta(seconds=30))
+        self.stop_requested = False
+        self.done = 0
+
+    def fatal(self, code: str, exit_code: int, chunk: int, **extra) -> None:
+        fields = " ".join(f"{k}={v}" for k, v in extra.items())
+        emit("TP-FATAL", f"fm=FM-00 code={code} rank={self.rank} {fields} call_id={chunk} chunk={chunk} "
+                         f"mono={time.monotonic():.6f} detail=\"fake failure\"")
+        if code != "PEER_ABORT":
+            self.store.set("tp/abort", json.dumps({"code": code, "rank": self.rank, "chunk": chunk}))
+        os._exit(exit_code)
+
+    def failpoint(self, site: str, chunk: int) -> None:
+        for fp in self.points:
+            if fp["site"] != site or fp.get("rank", self.rank) != self.rank or fp.get("chunk", chunk) != chunk:
+                continue
+            emit("TP-FAULT", f"site={site} action={fp['action']} rank={self.rank} chunk={chunk} "
+                             f"call_id={chunk} mono={time.monotonic():.6f}")
+            action, arg = fp["action"], fp["arg"]
+            if action == "raise":
+                self.fatal("FAKE_ERROR", 40, chunk)
+            elif action == "exit":
+                os._exit(int(arg))
+            elif action == "kill":
+                os.kill(os.getpid(), signal.Signals[arg])
+            elif action == "hang":
+                threading.Event().wait()
+            elif action == "sleep":
+                time.sleep(float(arg))
+
+    def barrier(self, chunk: int) -> None:
+        self.store.add(f"fake/arrive/{chunk}", 1)
+        while self.store.add(f"fake/arrive/{chunk}", 0) < self.ws:
+            if self.store.check(["tp/abort"]):
+                cause = json.loads(self.store.get("tp/abort"))["rank"]
+                self.fatal("PEER_ABORT", 51, chunk, cause_rank=cause)
+            time.sleep(0.002)
+
+    def run(self) -> None:
+        event("init", rank=self.rank, world_size=self.ws, master_port=int(os.environ["MASTER_PORT"]))
+        self.failpoint("fake.init", 0)
+        chunk_s = float(os.environ.get("FAKE_CHUNK_S", "0"))
+        for chunk in range(self.chunks):
+            if self.rank == 0 and self.stop_requested:
+                self.store.set("fake/shutdown", str(chunk))
+            self.failpoint("fake.chunk", chunk)
+            self.barrier(chunk)
+            if self.store.check(["fake/shutdown"]):
+                break
+            time.sleep(chunk_s)
+            self.done += 1
+            self.store.add(f"tp/hb/{self.rank}", 1)
+            self.store.set(f"tp/progress/{self.rank}", f"{chunk} {chunk}")
+            event("chunk", chunk=chunk, calls=chunk + 1, latency_ms=chunk_s * 1000)
+        salt = os.environ.get("FAKE_SALT", "")
+        digest = hashlib.sha256(f"{self.done}:{salt}".encode()).hexdigest()
+        event("result", rank=self.rank, output_digest=digest, chunks=self.done)
+        event("exit", rank=self.rank, code=0)
+        if self.rank == 0:
+            print(json.dumps({"output_digest": digest, "chunks": self.done, "world_size": self.ws}), flush=True)
+
+
+def write_pid(name: str, pid: int) -> None:
+    directory = os.environ.get("FAKE_PIDFILE_DIR")
+    if directory:
+        path = os.path.join(directory, name)
+        with open(path + ".tmp", "w") as fh:
+            fh.write(str(pid))
+        os.replace(path + ".tmp", path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="fake_tp")
+    parser.add_argument("--chunks", type=int, default=6)
+    parser.add_argument("--backend", default="gloo")
+    parser.add_argument("--list-failpoints", action="store_true")
+    parser.add_argument("--list-codes", action="store_true")
+    args = parser.parse_args()
+    if args.list_failpoints:
+        for site, description in SITES.items():
+            print(json.dumps({"site": site, "description": description}))
+        return
+    if args.list_codes:
+        for code in CODES:
+            print(json.dumps(code))
+        return
+    if os.environ.get("FAKE_NO_FAULTHANDLER") != "1":
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if os.environ.get("FAKE_CHILD"):
+        child = subprocess.Popen(["sleep", "600"], start_new_session=os.environ["FAKE_CHILD"] == "session")
+        write_pid(f"rank{os.environ['RANK']}.child.pid", child.pid)
+    write_pid(f"rank{os.environ['RANK']}.pid", os.getpid())
+    if os.environ.get("FAKE_HANG_AT_START") == "1":
+        threading.Event().wait()
+    rank = Rank(args.chunks)
+    if rank.rank == 0 and os.environ.get("FAKE_GRACEFUL") == "1":
+        signal.signal(signal.SIGTERM, lambda *_: setattr(rank, "stop_requested", True))
+    rank.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The pytest plugin, black-box: run pytest on small test files and read its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parent.parent
+RANKS = REPO / "tests" / "ranks"
+FAKE = ["--breakit-tp-command", "python -m fake_tp"]
+
+SETTINGS_TESTS = textwrap.dedent("""
+    import pytest
+
+    @pytest.mark.breakit(deadline=3, world_size=3, launch="subprocess")
+    def test_marker_wins(breakit):
+        s = breakit.settings()
+        assert (s["deadline"], s["world_size"], s["launch"]) == (3.0, 3, "subprocess")
+
+    def test_unmarked(breakit):
+        s = breakit.settings()
+        print("SETTINGS", s["deadline"], s["world_size"], s["launch"], s["backend"])
+""")
+
+SCENARIO_TESTS = textwrap.dedent("""
+    import pytest
+    from harness import Expect, Fault, Scenario
+
+    RAISE = (Fault(site="fake.chunk", action="raise", rank=0, chunk=1),)
+    SCENARIOS = [
+        Scenario(id="FM-03", fm="FM-03", title="worker skips a call", proves="lockstep", faults=RAISE,
+                 expect=Expect.crash({0: "code=FAKE_ERROR", "others": "PEER_ABORT"})),
+        Scenario(id="FM-03/off", fm="FM-03", title="wrong on purpose", proves="lockstep",
+                 guardrails="all,-lockstep", faults=RAISE, expect=Expect.clean()),
+        Scenario(id="FM-03/big", fm="FM-03", title="needs 4", proves="lockstep", min_world_size=4,
+                 expect=Expect.clean()),
+    ]
+
+    @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+    def test_fm03(breakit, scenario):
+        breakit.check(scenario)
+
+    def test_unrelated():
+        pass
+""")
+
+
+@pytest.fixture
+def tester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(RANKS)]))
+    pytester.makeconftest('pytest_plugins = ["harness.plugin"]')
+    return pytester
+
+
+def test_markers_are_registered_and_strict(tester: pytest.Pytester) -> None:
+    result = tester.runpytest("--markers")
+    result.stdout.fnmatch_lines([
+        "@pytest.mark.breakit(deadline=S, world_size=N, launch=MODE): a tp-breakit scenario test*",
+        "@pytest.mark.fm01: tp-breakit scenarios of failure mode FM-01",
+        "@pytest.mark.fm14: tp-breakit scenarios of failure mode FM-14",
+        "@pytest.mark.control: tp-breakit control scenarios that must stay CLEAN",
+    ])
+    tester.makepyfile(test_ok="""
+        import pytest
+        @pytest.mark.fm03
+        @pytest.mark.control
+        @pytest.mark.breakit(deadline=2)
+        def test_a():
+            pass
+    """)
+    tester.runpytest("--strict-markers", "test_ok.py").assert_outcomes(passed=1)
+    tester.makepyfile(test_bad="""
+        import pytest
+        @pytest.mark.fm15
+        def test_a():
+            pass
+    """)
+    result = tester.runpytest("--strict-markers", "test_bad.py")
+    result.stdout.fnmatch_lines(["*'fm15' not found in `markers` configuration option*"])
+
+
+def test_help_text_is_shared_by_option_and_ini(tester: pytest.Pytester) -> None:
+    result = tester.runpytest("--help")
+    result.stdout.fnmatch_lines([
+        "tp-breakit: break tensor-parallel ranks on purpose:",
+        "  --breakit-deadline=SECONDS",
+        "*seconds from the fault firing*",
+        "  breakit_deadline (string):",
+        "*seconds from the fault firing*",
+    ])
+
+
+@pytest.mark.parametrize(
+    ("ini", "args", "expected"),
+    [
+        ("", [], "SETTINGS 8.0 2 zygote gloo"),
+        ("breakit_deadline = 5\nbreakit_world_size = 4\nbreakit_backend = nccl", [], "SETTINGS 5.0 4 zygote gloo"),
+        ("breakit_deadline = 5\nbreakit_world_size = 4", ["--breakit-deadline=6", "--breakit-launch=subprocess"],
+         "SETTINGS 6.0 4 subprocess gloo"),
+    ],
+    ids=["default", "ini", "cli-over-ini"],
+)
+def test_precedence_marker_cli_ini_default(tester: pytest.Pytester, ini: str, args: list[str], expected: str) -> None:
+    if "nccl" in ini:
+        expected = expected.replace("gloo", "nccl")
+    tester.makeini("[pytest]\n" + ini)
+    tester.makepyfile(test_settings=SETTINGS_TESTS)
+    result = tester.runpytest("-s", *args)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([f"*{expected}"])
+
+
+@pytest.mark.parametrize(
+    ("ini", "args", "marker", "message"),
+    [
+        ("", ["--breakit-deadline=5x"], "",
+         "ERROR: invalid deadline '5x' from --breakit-deadline: must be a number of seconds > 0"),
+        ("breakit_world_size = 0", [], "",
+         "ERROR: invalid world size '0' from breakit_world_size in tox.ini: must be an integer >= 1"),
+        ("", ["--breakit-backend=mpi"], "", "ERROR: invalid backend 'mpi' from --breakit-backend: valid: gloo, nccl"),
+        ("", ["--breakit-launch=docker"], "",
+         "ERROR: invalid launch mode 'docker' from --breakit-launch: valid: zygote, subprocess, torchrun"),
+        ("", [], "deadline='5x'",
+         "ERROR: invalid deadline '5x' from @pytest.mark.breakit(deadline=...) on test_m.py::test_a: *"),
+        ("", [], "deadlin=5", ("ERROR: unknown keyword 'deadlin' in @pytest.mark.breakit on test_m.py::test_a; "
+                               "valid: deadline, world_size, launch")),
+    ],
+    ids=["cli", "ini", "backend", "launch", "marker", "marker-keyword"],
+)
+def test_bad_values_are_usage_errors_naming_their_source(tester, ini, args, marker, message) -> None:
+    tester.makefile(".ini", tox="[pytest]\n" + ini)
+    tester.makepyfile(test_m=f"""
+        import pytest
+        @pytest.mark.breakit({marker})
+        def test_a():
+            pass
+    """)
+    result = tester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_scenarios_run_fail_skip_and_report(tester: pytest.Pytester) -> None:
+    tester.makepyfile(test_fm03=SCENARIO_TESTS)
+    result = tester.runpytest("-m", "fm03", "-rs", "--strict-markers", "--junitxml=junit.xml",
+                              "--breakit-report-dir=out", *FAKE)
+    result.assert_outcomes(passed=1, failed=1, skipped=1, deselected=1)
+    result.stdout.fnmatch_lines([
+        ("*FM-03/off: expected CLEAN, observed CRASHED in * s after TP-FAULT (fake.chunk on rank 0): "
+         "rank 0 exit 40 (FAKE_ERROR, root cause), rank 1 exit 51 (PEER_ABORT cause_rank=0, collateral)*"),
+        "--- rank 0 (exit 40), last lines of */out/*/FM-03_off-ws2/rank0.log ---",
+        "TP-FAULT site=fake.chunk action=raise rank=0 chunk=1*",
+    ])
+    result.stdout.fnmatch_lines(["SKIPPED * FM-03/big needs world size >= 4; configured 2"])
+    result.stdout.fnmatch_lines([
+        "*= tp-breakit =*",
+        "FM-03 * ws2  expected CRASHED * observed CRASHED * PASS",
+        "FM-03/off * ws2  expected CLEAN * observed CRASHED * FAIL",
+        "breakit FAIL: 2 scenarios, 1 failed; report: *summary.md",
+    ])
+    props = {}
+    for case in ET.parse(tester.path / "junit.xml").getroot().iter("testcase"):
+        props[case.get("name")] = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert props["test_fm03[FM-03]"]["fm"] == "FM-03"
+    assert props["test_fm03[FM-03]"]["outcome"] == "CRASHED"
+    assert props["test_fm03[FM-03]"]["verdict"] == "PASS"
+    assert float(props["test_fm03[FM-03]"]["time_to_crash_s"]) < 8
+    assert props["test_fm03[FM-03/off]"]["verdict"] == "FAIL"
+    summary = json.loads((tester.path / "out" / "latest" / "summary.json").read_text())
+    assert [row["id"] for row in summary["scenarios"]] == ["FM-03", "FM-03/off"]
+    assert summary["guardrails"]["lockstep"] == {"guarded": ["FM-03 (ws2, PASS)"], "off": ["FM-03/off (ws2, FAIL)"]}
+
+
+def test_xdist_workers_share_the_controllers_run_dir(tester: pytest.Pytester) -> None:
+    tester.makepyfile(test_clean="""
+        import pytest
+        from harness import Expect, Scenario
+        SCENARIOS = [Scenario(id=f"control/{n}", fm="control", title="healthy", proves="control",
+                              expect=Expect.clean()) for n in "ab"]
+
+        @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+        def test_clean(breakit, scenario):
+            breakit.check(scenario)
+    """)
+    result = tester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", "--breakit-report-dir=out", *FAKE)
+    result.assert_outcomes(passed=2)
+    run_dirs = [p for p in (tester.path / "out").iterdir() if p.name != "latest"]
+    assert len(run_dirs) == 1, run_dirs
+    assert sorted(p.parent.name for p in run_dirs[0].glob("*/result.json")) == ["control_a-ws2", "control_b-ws2"]
+    assert len(json.loads((run_dirs[0] / "baseline.json").read_text())) == 1
+    assert "breakit PASS: 2 scenarios, 0 failed" in result.stdout.str()
+
+
+def test_loading_by_entry_point_and_conftest_registers_once(tester: pytest.Pytester, monkeypatch) -> None:
+    dist = tester.path / "site" / "tp_breakit-0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tp-breakit\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text("[pytest11]\nharness.plugin = harness.plugin\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tester.path / "site"), str(REPO), str(RANKS)]))
+    for conftest in ('pytest_plugins = ["harness.plugin"]', ""):
+        tester.makeconftest(conftest)
+        result = tester.runpytest_subprocess("--markers", "-p", "no:cacheprovider")
+        assert result.ret == 0, result.stderr.str()
+        assert result.stdout.str().count("@pytest.mark.fm01:") == 1

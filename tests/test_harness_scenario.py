@@ -1,0 +1,138 @@
+"""Declarations: Fault specs, Expect, Scenario validation, the catalog loader."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from harness import Expect, Fault, Interrupt, Outcome, Scenario, load_catalog
+from harness.scenario import parse_faults
+
+
+@pytest.mark.parametrize(
+    ("fault", "spec"),
+    [
+        (Fault(site="envelope.after_header", action="raise", rank=0, chunk=2),
+         "envelope.after_header=raise@rank=0,chunk=2"),
+        (Fault(site="a.b", action="exit(40)"), "a.b=exit(40)"),
+        (Fault(site="gen.call", action="kill(SIGSTOP)", rank=1, call=7, hit=1),
+         "gen.call=kill(SIGSTOP)@rank=1,call=7,hit=1"),
+        (Fault(site="x.y_z", action="sleep(0.5)"), "x.y_z=sleep(0.5)"),
+        (Fault(site="meta.value", action="corrupt(callable)", chunk=0), "meta.value=corrupt(callable)@chunk=0"),
+        (Fault(site="plan.flag", action="set(3)"), "plan.flag=set(3)"),
+    ],
+)
+def test_fault_spec_round_trips(fault: Fault, spec: str) -> None:
+    assert fault.spec() == spec
+    assert Fault.parse(spec) == fault
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"site": "nodots", "action": "raise"}, "dotted name"),
+        ({"site": "a.b", "action": "explode"}, "valid: raise, exit(CODE)"),
+        ({"site": "a.b", "action": "exit"}, "needs an argument"),
+        ({"site": "a.b", "action": "exit(x)"}, "integer code"),
+        ({"site": "a.b", "action": "kill(SIGFOO)"}, "signal name"),
+        ({"site": "a.b", "action": "hang(1)"}, "takes no argument"),
+        ({"site": "a.b", "action": "raise", "hit": 0}, "hit must be an integer >= 1"),
+        ({"site": "a.b", "action": "raise", "rank": -1}, "rank must be an integer >= 0"),
+    ],
+)
+def test_bad_fault_says_what_and_valid_choices(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Fault(**kwargs)
+
+
+@pytest.mark.parametrize("spec", ["", "a.b", "a.b=raise@rank", "a.b=raise@rank=x", "a.b=raise@bogus=1", "=raise"])
+def test_bad_fault_spec_is_rejected(spec: str) -> None:
+    with pytest.raises(ValueError, match=r"bad (fault spec|trigger)"):
+        Fault.parse(spec)
+
+
+def test_parse_faults_splits_entries() -> None:
+    faults = parse_faults("a.b=raise@rank=0; c.d=hang@rank=1,chunk=3")
+    assert [f.spec() for f in faults] == ["a.b=raise@rank=0", "c.d=hang@rank=1,chunk=3"]
+
+
+def test_expect_constructors_and_signature_resolution() -> None:
+    assert Expect.crash().outcomes == {Outcome.CRASHED}
+    assert Expect.clean().outcomes == {Outcome.CLEAN}
+    assert Expect.hang().outcomes == {Outcome.HUNG}
+    assert Expect.diverge().outcomes == {Outcome.DIVERGED}
+    assert Expect.hang_or_diverge().describe() == "HUNG|DIVERGED"
+    expect = Expect.crash({0: "ROOT", "others": "PEER", "all": "TP-FATAL"})
+    resolved = {r: [p.pattern for p in pats] for r, pats in expect.signatures_for(3).items()}
+    assert resolved == {0: ["ROOT", "TP-FATAL"], 1: ["PEER", "TP-FATAL"], 2: ["PEER", "TP-FATAL"]}
+    with pytest.raises(ValueError, match="signature for rank 3 but the world size is 2"):
+        Expect.crash({3: "x"}).signatures_for(2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"outcomes": frozenset()}, "non-empty set"),
+        ({"outcomes": frozenset({Outcome.HARNESS_ERROR})}, "non-empty set of CLEAN, CRASHED, HUNG, DIVERGED"),
+        ({"outcomes": frozenset({Outcome.CRASHED}), "signatures": {"some": "x"}}, "rank number, 'others' or 'all'"),
+        ({"outcomes": frozenset({Outcome.CRASHED}), "signatures": {0: "("}}, "not a valid regex"),
+    ],
+)
+def test_bad_expect(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Expect(**kwargs)
+
+
+def _scenario(**kw) -> Scenario:
+    base = {"id": "FM-01", "fm": "FM-01", "title": "t", "proves": "preflight", "expect": Expect.crash()}
+    return Scenario(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"id": "FM 01"}, "id must look like"),
+        ({"fm": "FM-1"}, "fm must be"),
+        ({"proves": "Pre flight"}, "proves must be"),
+        ({"guardrails": "all,preflight"}, "'all,-NAME'"),
+        ({"env": {"RANK": "1"}}, "which the harness owns"),
+        ({"rank_env": {1: {"TP_FAILPOINTS": "x"}}}, "which the harness owns"),
+        ({"env": {"X": 1}}, "must map str to str"),
+        ({"chunks": 0}, "chunks must be an integer >= 1"),
+        ({"deadline_s": -1}, "deadline_s must be a number of seconds > 0"),
+        ({"faults": ("a.b=raise",)}, "faults must be Fault objects"),
+        ({"expect": "crash"}, "expect must be an Expect"),
+    ],
+)
+def test_bad_scenario_names_the_field(kwargs: dict, message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        _scenario(**kwargs)
+
+
+def test_scenario_helpers() -> None:
+    s = _scenario(id="FM-01/off", guardrails="all,-preflight", min_world_size=4,
+                  faults=(Fault(site="a.b", action="raise"), Fault(site="c.d", action="hang", rank=1)))
+    assert str(s) == "FM-01/off"
+    assert s.failpoints() == "a.b=raise;c.d=hang@rank=1"
+    assert s.guardrail_off("preflight") and not s.guardrail_off("lockstep")
+    assert _scenario(guardrails="none,+watchdog").guardrail_off("digest")
+    assert not _scenario(guardrails="none,+watchdog").guardrail_off("watchdog")
+    assert "needs world size >= 4" in s.skip_reason(2)
+    assert s.skip_reason(4) is None
+    with pytest.raises(ValueError, match="unknown signal"):
+        Interrupt(signal="SIGNOPE")
+
+
+def test_load_catalog_collects_and_rejects_duplicates(tmp_path) -> None:
+    body = textwrap.dedent("""
+        from harness import Expect, Scenario
+        SCENARIOS = [Scenario(id="{id}", fm="control", title="t", proves="control", expect=Expect.clean())]
+    """)
+    (tmp_path / "test_a.py").write_text(body.format(id="control/a"))
+    (tmp_path / "test_b.py").write_text(body.format(id="control/b"))
+    ids = [s.id for s in load_catalog(sorted(tmp_path.glob("test_*.py")))]
+    assert ids == ["control/a", "control/b"]
+    (tmp_path / "test_c.py").write_text(body.format(id="control/a"))
+    with pytest.raises(ValueError, match=r"duplicate scenario id 'control/a' in .*test_a.py and .*test_c.py"):
+        load_catalog(sorted(tmp_path.glob("test_*.py")))
