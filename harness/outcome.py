@@ -79,7 +79,9 @@ class RankResult:
     returncode: int | None
     """Raw status: >= 0 exit code, < 0 signal number negated."""
     reaped: bool = False
-    """True when the harness had to kill this rank."""
+    """True when the harness killed it (after a deadline, or frozen as expected)."""
+    frozen: bool = False
+    """True when it was an expected-frozen rank found stopped and reaped."""
     code: str | None = None
     """``code=`` of this rank's TP-FATAL line, if any."""
     fatal: str | None = None
@@ -194,7 +196,9 @@ def judge(
     ranks = [_rank_result(r, obs, texts.get(r, "")) for r in range(obs.world_size)]
     root = _root_cause(ranks, obs)
     anchor_mono, anchor = obs.anchor()
-    last_exit = max((e.mono for e in obs.exits.values() if e.mono is not None), default=None)
+    # Expected-frozen ranks were reaped by the harness: the crash is over when the last other rank exits.
+    last_exit = max((e.mono for r, e in obs.exits.items() if e.mono is not None and r not in obs.frozen_reaped),
+                    default=None)
     ttc = None
     if not obs.hung and anchor_mono is not None and last_exit is not None and len(obs.exits) == obs.world_size:
         ttc = round(max(0.0, last_exit - anchor_mono), 4)
@@ -230,7 +234,8 @@ def _rank_result(rank: int, obs: Observation, text: str) -> RankResult:
     result_ev = [ln for ln in logs.contract_lines(text) if ln.event == "result"]
     return RankResult(
         rank=rank, pid=obs.pids.get(rank), exit=exit_name(returncode) if ex else "still running",
-        returncode=returncode, reaped=bool(ex and ex.reaped), code=fatal.fields.get("code") if fatal else None,
+        returncode=returncode, reaped=bool(ex and ex.reaped), frozen=rank in obs.frozen_reaped,
+        code=fatal.fields.get("code") if fatal else None,
         fatal=fatal.raw if fatal else None,
         output_digest=result_ev[-1].fields.get("output_digest") if result_ev else None,
         stack=obs.stacks.get(rank), stack_note=obs.stack_notes.get(rank),
@@ -339,7 +344,7 @@ def _describe_rank(r: RankResult) -> str:
     elif r.returncode not in (0, None) and not r.reaped:
         notes.append("no TP-FATAL line")
     if r.reaped:
-        notes.append("reaped by harness")
+        notes.append("frozen as expected, reaped by harness" if r.frozen else "reaped by harness")
     if r.role:
         notes.append(r.role)
     return f"rank {r.rank} {r.exit}" + (f" ({', '.join(notes)})" if notes else "")

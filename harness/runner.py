@@ -88,7 +88,7 @@ def _execute(scenario: Scenario, config: RunConfig, *, ws: int, deadline_s: floa
         world_size=ws, log_dir=log_dir, env=env, rank_env=scenario.rank_env, mode=config.launch, cwd=config.cwd,
     )
     limits = Limits(deadline_s=deadline_s, run_timeout_s=scenario.run_timeout_s or config.run_timeout_s,
-                    faults_armed=bool(scenario.faults))
+                    faults_armed=bool(scenario.faults), frozen=scenario.expect.frozen)
     say = config.on_progress
     on_progress = (lambda msg: say(f"[{scenario.id}] {msg}")) if say else None
     launch = Launch(spec)

@@ -149,8 +149,14 @@ class Expect:
     """Allowed outcomes (one or more, e.g. {HUNG, DIVERGED})."""
     signatures: Mapping[int | str, str] = field(default_factory=dict)
     """Regex searched in a rank's log; key: rank number, ``"others"`` (ranks not named) or ``"all"``."""
+    frozen: frozenset[int] = frozenset()
+    """Ranks the fault freezes (SIGSTOP): they cannot exit, so once every other rank has exited the
+    harness checks they are stopped and reaps them instead of calling the run HUNG."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "frozen", frozenset(self.frozen))
+        if any(not isinstance(r, int) or r < 0 for r in self.frozen):
+            raise ValueError(f"Expect: frozen must hold rank numbers; got {sorted(self.frozen)!r}")
         outcomes = frozenset(self.outcomes)
         if not outcomes or not all(isinstance(o, Outcome) for o in outcomes) or Outcome.HARNESS_ERROR in outcomes:
             valid = ", ".join(o.name for o in Outcome if o is not Outcome.HARNESS_ERROR)
@@ -166,9 +172,9 @@ class Expect:
         object.__setattr__(self, "signatures", dict(self.signatures))
 
     @classmethod
-    def crash(cls, signatures: Mapping[int | str, str] | None = None) -> Expect:
-        """Every rank exits, at least one non-zero, within the deadline."""
-        return cls(outcomes=frozenset({Outcome.CRASHED}), signatures=signatures or {})
+    def crash(cls, signatures: Mapping[int | str, str] | None = None, *, frozen: Iterable[int] = ()) -> Expect:
+        """Every rank exits, at least one non-zero, within the deadline (``frozen`` ranks are reaped)."""
+        return cls(outcomes=frozenset({Outcome.CRASHED}), signatures=signatures or {}, frozen=frozenset(frozen))
 
     @classmethod
     def clean(cls, signatures: Mapping[int | str, str] | None = None) -> Expect:

@@ -71,6 +71,8 @@ class Limits:
     """Loop period when no exit arrives."""
     store_poll_s: float = 0.1
     """Store polling period (every tick while an interrupt is pending)."""
+    frozen: frozenset[int] = frozenset()
+    """Ranks expected to be frozen (SIGSTOP): reaped once they are all that is left."""
 
 
 @dataclass(kw_only=True)
@@ -131,6 +133,8 @@ class Observation:
     """A problem of the harness itself."""
     leftovers: list[str] = field(default_factory=list)
     """Processes still alive after every rank exited (killed)."""
+    frozen_reaped: list[int] = field(default_factory=list)
+    """Expected-frozen ranks found stopped after every other rank exited, then reaped."""
 
     def anchor(self) -> tuple[float | None, str]:
         """``(mono, name)`` that deadline and time-to-crash count from."""
@@ -267,6 +271,13 @@ class _Loop:
         return [r for r in range(self.obs.world_size) if r not in self.obs.exits]
 
     def _step(self, now: float) -> None:
+        if self.phase == RUNNING and self._only_frozen_left():
+            live = self._live()
+            self.obs.frozen_reaped = live
+            self.say(f"only frozen rank(s) {live} left, all stopped as expected: reaping them")
+            self.launch.kill_tree(signal.SIGKILL)
+            self.phase, self.phase_until_at = KILLING, now + 5.0
+            return
         if self.phase == RUNNING:
             anchor, name = self.obs.anchor()
             counts = anchor is not None and (name == "TP-FAULT" or not self.limits.faults_armed)
@@ -290,6 +301,11 @@ class _Loop:
         elif self.phase == KILLING and now >= self.phase_until_at:
             survivors = ", ".join(f"rank {r} (pid {self.obs.pids.get(r)})" for r in self._live())
             self.obs.harness_error = f"{survivors} still alive 5 s after SIGKILL"
+
+    def _only_frozen_left(self) -> bool:
+        live = self._live()
+        return (bool(self.limits.frozen) and bool(live) and set(live) <= self.limits.frozen
+                and all(self.launch.rank_status(r) == "stopped" for r in live))
 
     def _start_dump(self, now: float, what: str) -> None:
         obs = self.obs

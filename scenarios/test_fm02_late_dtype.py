@@ -10,6 +10,7 @@ comes.
 
 import pytest
 
+from fixtures.deadlines import HANG_DEADLINE_S
 from harness.scenario import Expect, Fault, Scenario
 
 pytestmark = [pytest.mark.breakit, pytest.mark.fm02]
@@ -22,8 +23,8 @@ SCENARIOS = [
              expect=Expect.crash({0: r"TP-FATAL fm=FM-02 code=UNSUPPORTED_DTYPE .*'latents'.*uint16.*gloo",
                                   "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
     Scenario(id="FM-02/off", fm="FM-02", title="uint16 latents fail mid-envelope: workers wait forever",
-             proves="preflight", guardrails="all,-preflight,-poison_on_post_header_error", faults=(FAULT,),
-             expect=Expect.hang()),
+             proves="preflight+poison_on_post_header_error", guardrails="all,-preflight,-poison_on_post_header_error", faults=(FAULT,),
+             expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
 ]
 
 

@@ -8,6 +8,7 @@ ranks. Without it rank 1 enters an all_reduce that no other rank joins.
 
 import pytest
 
+from fixtures.deadlines import HANG_DEADLINE_S
 from harness.scenario import Expect, Scenario
 
 pytestmark = [pytest.mark.breakit, pytest.mark.fm04]
@@ -19,7 +20,7 @@ SCENARIOS = [
              proves="handshake", rank_env=FLAG,
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-04 code=ENV_PARITY_MISMATCH .*env TP_SYNC_KV_STATS differs"})),
     Scenario(id="FM-04/off", fm="FM-04", title="env flag on one rank: an all_reduce nobody joins",
-             proves="handshake", guardrails="all,-handshake", rank_env=FLAG, expect=Expect.hang()),
+             proves="handshake", guardrails="all,-handshake", rank_env=FLAG, expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
 ]
 
 

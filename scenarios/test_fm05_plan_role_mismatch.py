@@ -9,6 +9,7 @@ ranks waiting on each other.
 
 import pytest
 
+from fixtures.deadlines import HANG_DEADLINE_S
 from harness.scenario import Expect, Scenario
 
 pytestmark = [pytest.mark.breakit, pytest.mark.fm05]
@@ -21,11 +22,11 @@ SCENARIOS = [
     Scenario(id="FM-05", fm="FM-05", title="plan mismatch rejected at init", proves="handshake", rank_env=PLAN,
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-05 code=PLAN_MISMATCH .*plan differs"})),
     Scenario(id="FM-05/off", fm="FM-05", title="plan mismatch unchecked: an extra collective on rank 1",
-             proves="handshake", guardrails="all,-handshake", rank_env=PLAN, expect=Expect.hang_or_diverge()),
+             proves="handshake", guardrails="all,-handshake", rank_env=PLAN, expect=Expect.hang_or_diverge(), deadline_s=HANG_DEADLINE_S),
     Scenario(id="FM-05/role", fm="FM-05", title="role mismatch (two drivers) rejected at init", proves="handshake",
              rank_env=ROLE, expect=Expect.crash({"all": r"TP-FATAL fm=FM-05 code=PLAN_MISMATCH .*driver rank"})),
     Scenario(id="FM-05/role-off", fm="FM-05", title="role mismatch unchecked: two drivers",
-             proves="handshake", guardrails="all,-handshake", rank_env=ROLE, expect=Expect.hang_or_diverge()),
+             proves="handshake", guardrails="all,-handshake", rank_env=ROLE, expect=Expect.hang_or_diverge(), deadline_s=HANG_DEADLINE_S),
 ]
 
 

@@ -4,11 +4,13 @@ Rank 1 speaks protocol 2 (``TP_PROTOCOL_VERSION_OVERRIDE=2``), which reads
 timesteps as already normalised. Guarded: the handshake publishes one verdict
 every rank reads, so every rank exits with PROTOCOL_MISMATCH naming both
 versions and who holds them. Without it the run finishes with rank 1
-computing on different timesteps: a Franken-model.
+computing on different timesteps: the output digest catches it at the
+first chunk end, and without that too it is a Franken-model.
 """
 
 import pytest
 
+from fixtures.deadlines import HANG_DEADLINE_S
 from harness.scenario import Expect, Scenario
 
 pytestmark = [pytest.mark.breakit, pytest.mark.fm06]
@@ -20,8 +22,11 @@ SCENARIOS = [
              proves="handshake", rank_env=SKEW,
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-06 code=PROTOCOL_MISMATCH .*rank\(s\) \[0\] have 1; "
                                          r"rank\(s\) \[1\] have 2"})),
+    Scenario(id="FM-06/digest", fm="FM-06", title="protocol skew unchecked at init: output digests differ",
+             proves="digest", guardrails="all,-handshake", rank_env=SKEW,
+             expect=Expect.crash({"all": r"TP-FATAL .*code=DIGEST_MISMATCH .*'output' differs"})),
     Scenario(id="FM-06/off", fm="FM-06", title="protocol 1 vs 2 unchecked: outputs diverge",
-             proves="handshake", guardrails="all,-handshake,-digest", rank_env=SKEW, expect=Expect.hang_or_diverge()),
+             proves="handshake", guardrails="all,-handshake,-digest", rank_env=SKEW, expect=Expect.hang_or_diverge(), deadline_s=HANG_DEADLINE_S),
 ]
 
 

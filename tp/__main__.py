@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config.from_env(chunks=args.chunks, reset_every=args.reset_every, backend=args.backend)
         failpoints.arm(cfg.failpoints)
+        from tp.model import ModelConfig
+
+        ModelConfig().check_world_size(cfg.world_size)
     except (config.ConfigError, failpoints.FailpointError, ValueError) as exc:
         print(f"tp: {exc}", file=sys.stderr, flush=True)
         return codes.CONFIG_EXIT

@@ -33,7 +33,7 @@ _TABLE = (
     Code(name="ENVELOPE_VIOLATION", exit=47, fm="FM-08", description="a tensor or field outside the envelope schema, or a broken invariant"),
     Code(name="DIGEST_MISMATCH", exit=48, fm="FM-11", description="ranks computed on different inputs or produced different outputs"),
     Code(name="WEIGHT_MISMATCH", exit=49, fm="FM-12", description="a rank's weight shard fingerprint differs from the expected one"),
-    Code(name="PEER_LOST", exit=50, fm="FM-13", description="a peer's heartbeat stopped or its connection broke"),
+    Code(name="PEER_LOST", exit=50, fm="FM-13", description="a peer's heartbeat stopped or its connection broke (FM-13 driver, FM-14 worker)"),
     Code(name="PEER_ABORT", exit=51, fm="none", description="another rank died on a fatal path; this rank follows it"),
     Code(name="POST_HEADER_ERROR", exit=52, fm="FM-01", description="an error after the header was sent; the group is poisoned"),
     Code(name="PROGRESS_TIMEOUT", exit=53, fm="FM-03", description="no progress inside a collective within the progress deadline"),

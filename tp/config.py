@@ -76,6 +76,8 @@ class RankConfig:
             raise ConfigError(f"invalid backend {self.backend!r} from --backend; choose gloo or nccl")
         if self.chunks < 1:
             raise ConfigError(f"invalid --chunks {self.chunks}: expected >= 1")
+        if not 0 <= self.driver_rank < self.world_size:
+            raise ConfigError(f"invalid TP_DRIVER_RANK {self.driver_rank}: expected 0..{self.world_size - 1}")
 
     @property
     def role(self) -> str:
@@ -117,6 +119,17 @@ def _flag(env: dict, name: str, default: bool) -> bool:
     return raw == "1"
 
 
+def _parity(env: dict, on: frozenset[str]) -> dict[str, str]:
+    """Env-parity values as they take effect, so unset and the default compare equal."""
+    return {
+        "TP_GUARDRAILS": guardrails.describe(on),
+        "TP_DIGEST_EVERY": str(_int(env, "TP_DIGEST_EVERY", 1, minimum=1)),
+        "TP_SYNC_KV_STATS": str(int(_flag(env, "TP_SYNC_KV_STATS", False))),
+        "TP_KV_RECOMPUTE": str(int(_flag(env, "TP_KV_RECOMPUTE", True))),
+        "TP_DRIVER_RANK": str(_int(env, "TP_DRIVER_RANK", 0)),
+    }
+
+
 def protocol_override(env: dict) -> int:
     """``TP_PROTOCOL_VERSION_OVERRIDE``: a non-negative integer, or the built-in version."""
     return _int(env, "TP_PROTOCOL_VERSION_OVERRIDE", PROTOCOL_VERSION, minimum=0)
@@ -125,8 +138,9 @@ def protocol_override(env: dict) -> int:
 def from_env(env: dict | None = None, **cli: object) -> RankConfig:
     env = dict(os.environ if env is None else env)
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        if name not in env:
-            raise ConfigError(f"{name} is not set; run under torchrun, the harness, or `python -m tp --world-size N`")
+        if not env.get(name):
+            raise ConfigError(f"{name} is not set (or empty); run under torchrun, the harness, "
+                              f"or `python -m tp --world-size N`")
     try:
         on = guardrails.parse(env.get("TP_GUARDRAILS"))
     except guardrails.GuardrailError as exc:
@@ -148,6 +162,6 @@ def from_env(env: dict | None = None, **cli: object) -> RankConfig:
         handshake_timeout_s=_seconds(env, "TP_HANDSHAKE_TIMEOUT_S", 10.0),
         collective_timeout_s=_seconds(env, "TP_COLLECTIVE_TIMEOUT_S", None),
         digest_every=_int(env, "TP_DIGEST_EVERY", 1, minimum=1),
-        env_parity={k: env.get(k, "") for k in ENV_PARITY_KEYS},
+        env_parity=_parity(env, on),
         **cli,
     )

@@ -142,7 +142,9 @@ def parse_specs(meta: dict) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
             dtype = dtype_from_name(spec[1])
         except ValueError as exc:
             raise EnvelopeError("UNSUPPORTED_DTYPE", f"tensor {spec[0]!r}: {exc}") from None
-        out.append((spec[0], dtype, tuple(int(d) for d in spec[2])))
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in spec[2]):
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"tensor {spec[0]!r}: shape {spec[2]!r} must be non-negative integers")
+        out.append((spec[0], dtype, tuple(spec[2])))
     keys = [s[0] for s in out]
     if keys != sorted(keys) or len(set(keys)) != len(keys):
         raise EnvelopeError("ENVELOPE_VIOLATION", f"tensor_specs must be sorted by key without duplicates, got {keys}")

@@ -11,6 +11,7 @@ Disarmed cost: ``failpoint()`` returns after one module-level boolean check.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -91,25 +92,35 @@ def parse(spec: str, *, where: str = "TP_FAILPOINTS") -> list[Armed]:
         triggers = {}
         for item in filter(None, (m["triggers"] or "").split(",")):
             key, _, value = item.partition("=")
-            if key not in TRIGGERS or not value.lstrip("-").isdigit():
-                raise FailpointError(f"bad trigger {item!r} in {where}; expected one of {', '.join(t + '=N' for t in TRIGGERS)}")
+            if key not in TRIGGERS or not value.lstrip("-").isdigit() or (key == "hit" and int(value) < 1):
+                raise FailpointError(f"bad trigger {item!r} in {where}; expected one of "
+                                     f"{', '.join(t + '=N' for t in TRIGGERS)} (hit counts from 1)")
             triggers[key] = int(value)
         entries.append(Armed(site=site, action=action, arg=arg, triggers=triggers))
     return entries
 
 
 def _check_arg(action: str, arg: str | None, where: str) -> None:
-    if action == "exit" and (arg is None or not arg.isdigit()):
-        raise FailpointError(f"exit needs an integer code, e.g. exit(3), in {where}")
+    if action in ("raise", "hang", "flip") and arg is not None:
+        raise FailpointError(f"{action} takes no argument, got {action}({arg}) in {where}")
+    if action == "exit" and (arg is None or not arg.isdigit() or not 0 <= int(arg) <= 255):
+        raise FailpointError(f"exit needs an integer code 0..255, e.g. exit(3), got {arg!r} in {where}")
     if action == "kill" and (arg is None or not isinstance(getattr(signal, arg, None), signal.Signals)):
         raise FailpointError(f"kill needs a signal name, e.g. kill(SIGKILL), got {arg!r} in {where}")
     if action == "sleep":
         try:
-            float(arg or "")
+            seconds = float(arg or "")
         except ValueError:
-            raise FailpointError(f"sleep needs seconds, e.g. sleep(0.5), got {arg!r} in {where}") from None
-    if action == "set" and arg is None:
+            seconds = -1.0
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise FailpointError(f"sleep needs seconds, e.g. sleep(0.5), got {arg!r} (finite, >= 0) in {where}")
+    if action == "set" and not arg:
         raise FailpointError(f"set needs a value, e.g. set(none), in {where}")
+    if action == "corrupt" and arg not in (None, "callable", "tensor", "nan"):
+        try:
+            float(arg)
+        except ValueError:
+            raise FailpointError(f"corrupt takes callable|tensor|nan or a number, got {arg!r} in {where}") from None
 
 
 def arm(spec: str, *, where: str = "TP_FAILPOINTS") -> None:

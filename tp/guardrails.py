@@ -47,5 +47,12 @@ def parse(spec: str | None, *, where: str = "TP_GUARDRAILS") -> frozenset[str]:
 
 
 def describe(on: frozenset[str]) -> str:
+    """The shortest spec that parses back to ``on`` (``all``, ``none``, ``all,-x`` or ``none,+x``)."""
     off = [name for name in NAMES if name not in on]
-    return "all" if not off else ("none" if not on else "all," + ",".join("-" + n for n in off))
+    if not off:
+        return "all"
+    if not on:
+        return "none"
+    minus = "all," + ",".join("-" + n for n in off)
+    plus = "none," + ",".join("+" + n for n in NAMES if n in on)
+    return minus if len(off) <= len(on) else plus

@@ -27,6 +27,8 @@ def spawn(*, world_size: int, argv: list[str]) -> int:
     store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=timedelta(seconds=60),
                           wait_for_workers=False)
     procs = []
+    threads = []
+    tick = threading.Event()  # never set: an interruptible poll interval
     last_lines: dict[int, str] = {}
     for rank in range(world_size):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
@@ -35,7 +37,9 @@ def spawn(*, world_size: int, argv: list[str]) -> int:
         proc = subprocess.Popen([sys.executable, "-m", "tp", *argv], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         procs.append(proc)
-        threading.Thread(target=_relay, args=(rank, proc, last_lines), daemon=True).start()
+        relay = threading.Thread(target=_relay, args=(rank, proc, last_lines), daemon=True)
+        relay.start()
+        threads.append(relay)
 
     signals = []
 
@@ -48,30 +52,28 @@ def spawn(*, world_size: int, argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    first_failure: tuple[int, int] | None = None
+    first_failure: tuple[int, int] | None = None  # (rank, returncode), in the order exits are seen
     kill_at = None
-    while any(p.poll() is None for p in procs):
-        for rank, p in enumerate(procs):
-            if p.returncode not in (None, 0) and first_failure is None:
-                first_failure = (rank, p.returncode)
-            if p.returncode is not None and kill_at is None:
-                # Once one rank is gone the rest must follow promptly; a straggler past the grace is hung.
-                kill_at = time.monotonic() + FAILURE_GRACE_S
-        if kill_at is not None and time.monotonic() > kill_at:
+    while True:
+        states = [p.poll() for p in procs]
+        now = time.monotonic()
+        for rank, code in enumerate(states):
+            if code not in (None, 0) and first_failure is None:
+                first_failure = (rank, code)
+        if all(code is not None for code in states):
+            break
+        if kill_at is None and any(code is not None for code in states):
+            # Once one rank is gone the rest must follow promptly; a straggler past the grace is hung.
+            kill_at = now + FAILURE_GRACE_S
+        if kill_at is not None and now > kill_at:
             for rank, p in enumerate(procs):
                 if p.poll() is None:
                     print(f"tp: rank {rank} still running {FAILURE_GRACE_S} s after a peer exited; killing it",
                           file=sys.stderr, flush=True)
                     os.killpg(p.pid, signal.SIGKILL)
-        try:
-            procs[0].wait(timeout=0.05) if procs[0].poll() is None else next(
-                p for p in procs if p.poll() is None).wait(timeout=0.05)
-        except (subprocess.TimeoutExpired, StopIteration):
-            pass
-    for rank, p in enumerate(procs):
-        if p.returncode != 0 and first_failure is None:
-            first_failure = (rank, p.returncode)
-    time.sleep(0)  # let relay threads drain
+        tick.wait(0.05)
+    for relay in threads:
+        relay.join(timeout=5)
     for p in procs:
         p.stdout and p.stdout.close()
     if first_failure is not None:

@@ -76,7 +76,7 @@ class Rank:
         if any(word in text for word in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")):
             suspect = self.watchdog.stalest_peer() if self.watchdog is not None else None
             who = f"rank {suspect} (stalest heartbeat)" if suspect is not None else "a peer"
-            return Fatal("PEER_LOST", f"{who} is gone: the collective failed with {text}")
+            return Fatal("PEER_LOST", f"{who} is gone: the collective failed with {text}", fm=lost_fm(suspect))
         if isinstance(exc, (RuntimeError, dist.DistBackendError)) and self.store is not None:
             return Fatal("COLLECTIVE_ERROR", text)
         return Fatal("INTERNAL_ERROR", text)
@@ -198,6 +198,11 @@ def _quantise(x: torch.Tensor) -> torch.Tensor:
 
 def _quantised_digest(x: torch.Tensor) -> int:
     return int.from_bytes(hashlib.blake2b(_quantise(x).numpy().tobytes(), digest_size=8).digest(), "little") >> 1
+
+
+def lost_fm(rank: int | None, driver_rank: int = 0) -> str:
+    """Losing the driver is FM-13, losing a worker FM-14."""
+    return "FM-13" if rank == driver_rank else ("FM-14" if rank is not None else "none")
 
 
 def bad_action(action: Action) -> Fatal:

@@ -85,7 +85,8 @@ class Watchdog:
                     # A peer that never beat yet may still be importing torch: give it the startup grace.
                     elif now - seen[r][1] > (self.peer_timeout_s if count > 0 else self.startup_grace_s):
                         self.crash.die(Fatal("PEER_LOST", f"rank {r}'s heartbeat stopped {now - seen[r][1]:.2f} s ago "
-                                             f"(peer timeout {self.peer_timeout_s} s)", cause_rank=r), dump_stack=True)
+                                             f"(peer timeout {self.peer_timeout_s} s)", cause_rank=r,
+                                             fm="FM-13" if r == 0 else "FM-14"), dump_stack=True)
             except Exception as exc:
                 if self._stop.is_set():
                     return

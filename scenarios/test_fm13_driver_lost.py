@@ -1,0 +1,41 @@
+"""FM-13: rank 0 killed or frozen, mid-idle (between chunks) or mid-chunk.
+
+Killed (SIGKILL): the kernel closes rank 0's sockets and gloo raises in every
+worker's pending collective within milliseconds; the workers turn that into
+PEER_LOST and exit. Frozen (SIGSTOP, what a wedged host or a partition looks
+like): no socket closes, so only the watchdog can tell: rank 0's heartbeat
+stops moving and every worker exits PEER_LOST after the peer timeout (2 s).
+Without the watchdog a frozen rank 0 leaves every worker waiting forever.
+"""
+
+import pytest
+
+from fixtures.deadlines import HANG_DEADLINE_S
+from harness.scenario import Expect, Fault, Scenario
+
+pytestmark = [pytest.mark.breakit, pytest.mark.fm13]
+
+KILL_IDLE = Fault(site="driver.idle", action="kill(SIGKILL)", rank=0, chunk=2)
+KILL_CHUNK = Fault(site="generator.call", action="kill(SIGKILL)", rank=0, chunk=2, hit=1)
+FREEZE_IDLE = Fault(site="driver.idle", action="kill(SIGSTOP)", rank=0, chunk=2)
+WORKERS_LOST = {0: r"TP-FAULT site=\S+ action=kill\(SIGKILL\) rank=0",
+                "others": r"TP-FATAL fm=FM-13 code=(PEER_LOST|PEER_ABORT) .*rank 0"}
+
+SCENARIOS = [
+    Scenario(id="FM-13", fm="FM-13", title="rank 0 killed mid-idle: workers exit PEER_LOST",
+             proves="watchdog", faults=(KILL_IDLE,), expect=Expect.crash(WORKERS_LOST)),
+    Scenario(id="FM-13/mid-chunk", fm="FM-13", title="rank 0 killed mid-chunk: workers exit PEER_LOST",
+             proves="watchdog", faults=(KILL_CHUNK,), expect=Expect.crash(WORKERS_LOST)),
+    Scenario(id="FM-13/frozen", fm="FM-13", title="rank 0 frozen mid-idle: heartbeat stops, workers exit",
+             proves="watchdog", faults=(FREEZE_IDLE,),
+             expect=Expect.crash({0: r"TP-FAULT site=driver.idle action=kill\(SIGSTOP\) rank=0",
+                                  "others": r"TP-FATAL fm=FM-13 code=PEER_LOST .*cause_rank=0 .*heartbeat stopped"},
+                                 frozen={0})),
+    Scenario(id="FM-13/off", fm="FM-13", title="rank 0 frozen, no watchdog: workers wait forever",
+             proves="watchdog", guardrails="all,-watchdog", faults=(FREEZE_IDLE,), expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+def test_fm13(breakit, scenario):
+    breakit.check(scenario)
