@@ -77,7 +77,7 @@ class Rank:
             suspect = self.watchdog.stalest_peer() if self.watchdog is not None else None
             who = f"rank {suspect} (stalest heartbeat)" if suspect is not None else "a peer"
             return Fatal("PEER_LOST", f"{who} is gone: the collective failed with {text}", fm=lost_fm(suspect))
-        if isinstance(exc, (RuntimeError, dist.DistBackendError)) and self.store is not None:
+        if isinstance(exc, dist.DistError) or any(w in text for w in ("gloo", "NCCL", "ProcessGroup", "Invalid scalar type")):
             return Fatal("COLLECTIVE_ERROR", text)
         return Fatal("INTERNAL_ERROR", text)
 
