@@ -196,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = report.write_summary(run_dir)
     report.update_latest(run_dir)
     shown = os.path.relpath(summary.md_path) if summary.md_path.is_relative_to(Path.cwd()) else summary.md_path
-    print(f"{'PASS' if summary.passed else 'FAIL'}: {ran} run, {failed} failed; report: {shown}")
+    print(f"{'PASS' if summary.passed else 'FAIL'}: {ran} run, {failed} failed; report: {shown} (+ report.html)")
     return 0 if summary.passed else 1
 
 

@@ -193,4 +193,4 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         rel = summary.md_path.relative_to(Path.cwd())
     except ValueError:
         pass
-    tr.write_line(f"breakit {doc['overall']}: {summary.total} scenarios, {summary.failed} failed; report: {rel}")
+    tr.write_line(f"breakit {doc['overall']}: {summary.total} scenarios, {summary.failed} failed; report: {rel} (+ report.html)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,12 @@ def write_summary(run_dir: Path) -> Summary:
     json_path, md_path = run_dir / "summary.json", run_dir / "summary.md"
     _write_json(json_path, doc)
     md_path.write_text(markdown(doc))
+    try:
+        from harness.html import write_html  # here, not at the top: html imports this module
+
+        write_html(run_dir)
+    except Exception as exc:  # the page is a convenience: the run's verdict stands without it
+        print(f"harness: report.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
     return Summary(json_path=json_path, md_path=md_path, passed=doc["overall"] == "PASS",
                    total=len(rows), failed=failed)
 

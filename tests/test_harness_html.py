@@ -1,0 +1,96 @@
+"""report.html from a synthetic run directory (no ranks started)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from harness import html as report_html
+from harness import report
+from harness.outcome import RankResult, Result
+
+
+def _init(rank: int, mono: float, role: str) -> str:
+    return "TP-EVENT " + json.dumps({"event": "init", "rank": rank, "role": role, "mono": mono})
+
+
+def _event(name: str, rank: int, mono: float, **fields) -> str:
+    return "TP-EVENT " + json.dumps({"event": name, "rank": rank, "mono": mono, **fields})
+
+
+def _scenario(run_dir, sid: str, logs: dict[int, list[str]], ranks: list[RankResult], **kw) -> None:
+    where = report.scenario_dir(run_dir, sid, len(logs))
+    for rank, lines in logs.items():
+        (where / f"rank{rank}.log").write_text("\n".join(lines) + "\n")
+    fields = {"fm": sid.split("/")[0], "title": f"{sid} title", "proves": "preflight", "guardrails": "all",
+              "faults": [], "world_size": len(logs), "chunks": 3, "backend": "gloo", "launch": "zygote",
+              "deadline_s": 8.0, "expected": ["CRASHED"], "observed": "CRASHED", "passed": True,
+              "reason": f"{sid} reason", "anchor": "TP-FAULT", "dir": str(where)} | kw
+    report.write_result(Result(id=sid, ranks=ranks, **fields), where)
+
+
+def _run(tmp_path):
+    run_dir = tmp_path / report.run_dir_name()
+    _scenario(run_dir, "FM-01", {
+        0: [_init(0, 10.0, "driver"), _event("chunk", 0, 10.2, chunk=0, calls=4, latency_ms=5.0),
+            "TP-FAULT site=driver.meta action=corrupt(callable) rank=0 chunk=1 call_id=5 mono=10.300000",
+            'TP-FATAL fm=FM-01 code=META_UNSERIALIZABLE rank=0 call_id=5 chunk=1 mono=10.301 '
+            'detail="meta holds <script>alert(1)</script>"',
+            _event("exit", 0, 10.302, exit=40)],
+        1: [_init(1, 10.05, "worker"), "free text <b>bold</b>",
+            "TP-FATAL fm=FM-01 code=PEER_ABORT rank=1 cause_rank=0 call_id=5 chunk=1 mono=10.31"],
+    }, [RankResult(rank=0, pid=1, exit="exit 40", returncode=40, code="META_UNSERIALIZABLE"),
+        RankResult(rank=1, pid=2, exit="SIGKILL", returncode=-9, code="PEER_ABORT")],
+        time_to_crash_s=0.02, reason="expected CRASHED; detail <script>alert(1)</script> & more")
+    _scenario(run_dir, "FM-01/off", {
+        0: [_init(0, 20.0, "driver"), "TP-FAULT site=driver.meta action=raise rank=0 mono=20.1"],
+        1: [_init(1, 20.0, "worker")],
+    }, [RankResult(rank=0, pid=3, exit="SIGKILL", returncode=-9, reaped=True),
+        RankResult(rank=1, pid=4, exit="SIGKILL", returncode=-9, reaped=True)],
+        expected=["HUNG"], observed="CRASHED", passed=False, deadline_s=4.0, guardrails="all,-preflight")
+    return run_dir
+
+
+def test_page_has_tables_timelines_and_escapes_everything(tmp_path) -> None:
+    run_dir = _run(tmp_path)
+    page = report_html.write_html(run_dir).read_text()
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    for sid in ("FM-01", "FM-01/off"):
+        assert f">{sid}</a> (ws2)" in page and f"{sid} title" in page
+    assert page.count("<svg") >= 2
+    assert ">META_UNSERIALIZABLE</text>" in page and ">PEER_ABORT</text>" in page
+    assert ">driver.meta</text>" in page and ">exit 40</text>" in page and "SIGKILL, reaped</text>" in page
+    assert "deadline (off scale) +8 s" in page and "TP-FAULT = 0" in page
+    assert "<script" not in page and "<b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&amp; more" in page
+    assert re.search(r'<tr class="fail"><td><a href="#s-FM-01_off-ws2">', page)
+    assert '<details id="s-FM-01_off-ws2" open>' in page and '<details id="s-FM-01-ws2">' in page
+    assert "<td>preflight</td><td>FM-01 (ws2, PASS)</td><td>FM-01/off (ws2, FAIL)</td>" in page
+    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_malformed_result_still_gives_a_page_with_an_error_row(tmp_path) -> None:
+    run_dir = _run(tmp_path)
+    (run_dir / "FM-99-ws2").mkdir()
+    (run_dir / "FM-99-ws2" / "result.json").write_text('{"schema": 1, "id": <not json')
+    (run_dir / "FM-98-ws2").mkdir()
+    (run_dir / "FM-98-ws2" / "result.json").write_text('{"schema": 1, "id": "FM-98"}')
+    page = report_html.write_html(run_dir).read_text()
+    assert '<tr class="error"><td>FM-99-ws2</td>' in page and '<tr class="error"><td>FM-98-ws2</td>' in page
+    assert "missing keys title" in page and "Overall: <b class=\"FAIL\">FAIL</b> (1 passed, 3 failed)" in page
+    assert ">FM-01</a> (ws2)" in page
+
+
+def test_write_summary_writes_the_page_and_survives_its_failure(tmp_path, monkeypatch, capsys) -> None:
+    run_dir = _run(tmp_path)
+    report.write_summary(run_dir)
+    assert (run_dir / "report.html").exists()
+    (run_dir / "report.html").unlink()
+
+    def broken(_run_dir):
+        raise RuntimeError("no disk")
+
+    monkeypatch.setattr(report_html, "write_html", broken)
+    summary = report.write_summary(run_dir)
+    assert summary.md_path.exists() and not (run_dir / "report.html").exists()
+    assert "harness: report.html not written: RuntimeError: no disk" in capsys.readouterr().err
