@@ -163,7 +163,7 @@ def test_scenarios_run_fail_skip_and_report(tester: pytest.Pytester) -> None:
         "*= tp-breakit =*",
         "FM-03 * ws2  expected CRASHED * observed CRASHED * PASS",
         "FM-03/off * ws2  expected CLEAN * observed CRASHED * FAIL",
-        "breakit FAIL: 2 scenarios, 1 failed; report: *summary.md",
+        "breakit FAIL: 2 scenarios, 1 failed; report: *summary.md (+ report.html)",
     ])
     props = {}
     for case in ET.parse(tester.path / "junit.xml").getroot().iter("testcase"):
