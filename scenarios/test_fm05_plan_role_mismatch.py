@@ -16,7 +16,6 @@ pytestmark = [pytest.mark.breakit, pytest.mark.fm05]
 
 PLAN = {1: {"TP_PLAN": "v1_full_pipeline"}}
 ROLE = {1: {"TP_DRIVER_RANK": "1"}}
-ALL_PLAN_MISMATCH = {"all": r"TP-FATAL fm=FM-05 code=PLAN_MISMATCH "}
 
 SCENARIOS = [
     Scenario(id="FM-05", fm="FM-05", title="plan mismatch rejected at init", proves="handshake", rank_env=PLAN,

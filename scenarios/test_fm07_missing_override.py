@@ -22,7 +22,9 @@ SCENARIOS = [
                                   "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
     Scenario(id="FM-07/worker", fm="FM-07", title="recompute without override refused by the workers",
              proves="clear_after_read", guardrails="all,-preflight", faults=(FAULT,),
-             expect=Expect.crash({1: r"TP-FATAL fm=FM-07 code=MISSING_OVERRIDE .*explicit None"})),
+             # Every receiver, rank 0 included (it runs its own envelope), consumes once: whoever looks first
+             # reports MISSING_OVERRIDE, the rest follow it.
+             expect=Expect.crash({"all": r"TP-FATAL fm=FM-07 code=(MISSING_OVERRIDE|PEER_ABORT) "})),
     Scenario(id="FM-07/off", fm="FM-07", title="recompute without override: stale anchor reused everywhere",
              proves="clear_after_read", guardrails="all,-preflight,-clear_after_read", faults=(FAULT,),
              expect=Expect.diverge()),

@@ -22,7 +22,7 @@ SCENARIOS = [
                                   "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=1"})),
     Scenario(id="FM-09/digest", fm="FM-09", title="stale override reused: input digests differ",
              proves="digest", guardrails="all,-clear_after_read", faults=(FAULT,),
-             expect=Expect.crash({"all": r"TP-FATAL .*code=DIGEST_MISMATCH .*'context_frames_override'"})),
+             expect=Expect.crash({"all": r"TP-FATAL .*code=(DIGEST_MISMATCH|PEER_ABORT) .*'context_frames_override'"})),
     Scenario(id="FM-09/off", fm="FM-09", title="stale override reused on one rank: Franken-model",
              proves="clear_after_read", guardrails="all,-clear_after_read,-digest", faults=(FAULT,),
              expect=Expect.diverge()),

@@ -16,7 +16,7 @@ FAULT = Fault(site="envelope.after_recv", action="corrupt", rank=1, chunk=2)
 SCENARIOS = [
     Scenario(id="FM-11", fm="FM-11", title="perturbed latents on rank 1 caught by the digest",
              proves="digest", faults=(FAULT,),
-             expect=Expect.crash({"all": r"TP-FATAL fm=FM-11 code=DIGEST_MISMATCH .*'latents' differs.*\[1\]"})),
+             expect=Expect.crash({"all": r"TP-FATAL fm=FM-11 code=(DIGEST_MISMATCH|PEER_ABORT) .*'latents' differs.*\[1\]"})),
     Scenario(id="FM-11/off", fm="FM-11", title="perturbed latents on rank 1: Franken-model",
              proves="digest", guardrails="all,-digest", faults=(FAULT,), expect=Expect.diverge()),
 ]

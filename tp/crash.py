@@ -10,6 +10,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
+import socket
 import sys
 import threading
 from datetime import timedelta
@@ -49,7 +50,7 @@ class Crash:
                 fm = fatal.fm or entry.fm
                 print(log.fatal_line(fm=fm, code=fatal.code, rank=self.rank, call_id=self.call_id, chunk=self.chunk,
                                      detail=fatal.detail, cause_rank=fatal.cause_rank), flush=True)
-                if fatal.cause_rank is None:
+                if fatal.code != "PEER_ABORT":  # a follower never claims to be the cause
                     self._publish(fatal, fm)
                 if dump_stack:
                     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
@@ -86,3 +87,40 @@ def read_abort(store: dist.Store) -> dict | None:
 def peer_abort(abort: dict) -> Fatal:
     return Fatal("PEER_ABORT", f"rank {abort['rank']} died with {abort['code']}: {abort['detail']}",
                  cause_rank=abort["rank"], fm=abort.get("fm"))
+
+
+def publish_identity(store: dist.Store, rank: int) -> None:
+    """``tp/pid/{rank}`` = "host pid": lets a peer tell *which* rank vanished."""
+    store.set(f"tp/pid/{rank}", f"{socket.gethostname()} {os.getpid()}")
+
+
+def gone_peers(store: dist.Store, *, rank: int, world_size: int) -> list[int]:
+    """Peers on this host whose process no longer runs (exited, killed, or a zombie)."""
+    host, gone = socket.gethostname(), []
+    for peer in range(world_size):
+        if peer == rank:
+            continue
+        try:
+            if not store.check([f"tp/pid/{peer}"]):
+                continue
+            peer_host, pid = store.get(f"tp/pid/{peer}").decode().split()
+        except Exception:
+            continue
+        if peer_host == host and not _running(int(pid)):
+            gone.append(peer)
+    return gone
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from datetime import timedelta
 
 import torch
@@ -21,7 +22,7 @@ import torch.distributed as dist
 
 from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, handshake, log
 from tp.config import RankConfig
-from tp.crash import Crash, Fatal, peer_abort, read_abort
+from tp.crash import Crash, Fatal, gone_peers, peer_abort, publish_identity, read_abort
 from tp.envelope import Action, EnvelopeError
 from tp.failpoints import failpoint
 from tp.generate import ChunkRunner, exchange_digests
@@ -69,17 +70,35 @@ class Rank:
         self.crash.die(fatal)
 
     def _classify(self, exc: Exception) -> Fatal:
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
+        lost = any(word in text for word in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+        # Look for vanished peers *before* the abort key: a rank that died on a fatal path published
+        # the key before exiting, so any peer seen gone here has either published by now or died hard.
+        gone = self._wait_for_gone_peer() if lost else []
         abort = read_abort(self.store) if self.store is not None else None
         if abort is not None and abort.get("rank") != self.cfg.rank:
             return peer_abort(abort)
-        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
-        if any(word in text for word in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")):
-            suspect = self.watchdog.stalest_peer() if self.watchdog is not None else None
-            who = f"rank {suspect} (stalest heartbeat)" if suspect is not None else "a peer"
+        if lost:
+            if gone:
+                suspect, who = gone[0], f"rank {', '.join(map(str, gone))} (process gone)"
+            else:  # another host, or not reaped yet: the heartbeat that moved least recently
+                suspect = self.watchdog.stalest_peer() if self.watchdog is not None else None
+                who = f"rank {suspect} (stalest heartbeat)" if suspect is not None else "a peer"
             return Fatal("PEER_LOST", f"{who} is gone: the collective failed with {text}", fm=lost_fm(suspect))
         if isinstance(exc, dist.DistError) or any(w in text for w in ("gloo", "NCCL", "ProcessGroup", "Invalid scalar type")):
             return Fatal("COLLECTIVE_ERROR", text)
         return Fatal("INTERNAL_ERROR", text)
+
+    def _wait_for_gone_peer(self, within_s: float = 0.5) -> list[int]:
+        """A closed socket arrives while the dead peer is still being torn down: poll, bounded."""
+        if self.store is None:
+            return []
+        deadline_at = time.monotonic() + within_s
+        while True:
+            gone = gone_peers(self.store, rank=self.cfg.rank, world_size=self.cfg.world_size)
+            if gone or time.monotonic() >= deadline_at:
+                return gone
+            self.stop.wait(0.01)
 
     def _connect(self) -> dist.Store:
         cfg = self.cfg
@@ -94,6 +113,7 @@ class Rank:
                   env_parity=cfg.env_parity, pid=os.getpid())
         self.store = self._connect()
         self.crash.store = self.store
+        publish_identity(self.store, cfg.rank)
         model_cfg = ModelConfig()
         model_cfg.check_world_size(cfg.world_size)
         gen = Generator(model_cfg, rank=cfg.rank, world_size=cfg.world_size, tokens_per_frame=(HEIGHT // PATCH) * (WIDTH // PATCH),

@@ -100,6 +100,7 @@ class Transport:
         if header.action != Action.INFER:
             return Envelope(header=header, meta={})
         self.on_header(f"receiving envelope of call_id {header.call_id}")
+        self.ctx["chunk"], self.ctx["call_id"] = header.chunk_index, header.call_id  # failpoint triggers
         n = header.meta_nbytes
         if n < 0:
             n = int(self._bcast(torch.empty(1, dtype=torch.int64, device=self.device)).item())
