@@ -23,7 +23,7 @@ import torch.distributed as dist
 from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, handshake, log
 from tp.config import RankConfig
 from tp.crash import Crash, Fatal, gone_peers, peer_abort, publish_identity, read_abort
-from tp.envelope import Action, EnvelopeError
+from tp.envelope import EnvelopeError
 from tp.failpoints import failpoint
 from tp.generate import ChunkRunner, exchange_digests
 from tp.model import Generator, ModelConfig, expected_fingerprints, fingerprint
@@ -61,13 +61,10 @@ class Rank:
         except EnvelopeError as exc:
             self.crash.die(Fatal(exc.code, str(exc)))
         except failpoints.InjectedFault as exc:
-            self._on_error(Fatal("FAULT_INJECTED", str(exc)))
+            self.crash.die(Fatal("FAULT_INJECTED", str(exc)))
         except Exception as exc:  # crash-only: even a bug exits with a line that says what happened
-            self._on_error(self._classify(exc))
+            self.crash.die(self._classify(exc))
         return 1
-
-    def _on_error(self, fatal: Fatal) -> None:
-        self.crash.die(fatal)
 
     def _classify(self, exc: Exception) -> Fatal:
         text = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
@@ -223,7 +220,3 @@ def _quantised_digest(x: torch.Tensor) -> int:
 def lost_fm(rank: int | None, driver_rank: int = 0) -> str:
     """Losing the driver is FM-13, losing a worker FM-14."""
     return "FM-13" if rank == driver_rank else ("FM-14" if rank is not None else "none")
-
-
-def bad_action(action: Action) -> Fatal:
-    return Fatal("ENVELOPE_VIOLATION", f"unexpected action {action.name}")
