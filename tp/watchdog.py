@@ -60,6 +60,9 @@ class Watchdog:
         return min(seen, key=lambda r: seen[r][1]) if seen else None
 
     def start(self) -> None:
+        # Beat once before any collective can start: a peer that froze before the thread's first
+        # beat would otherwise look "still starting" and get the long startup grace, not the timeout.
+        self.store.add(f"tp/hb/{self.rank}", 1)
         self._thread.start()
 
     def stop(self) -> None:
