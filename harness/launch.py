@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import os
 import queue
+import re
 import select
 import shutil
 import signal
@@ -134,7 +135,7 @@ class Launch:
         if self.spec.mode == "zygote":
             module, argv = zygote_module(self.spec.command)
             forker = zygote.shared()
-        self.store = TCPStore(HOST, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))
+        self.store = host_store(TCPStore)
         self.port = self.store.port
         env = base_env(self.spec)
         for rank in range(self.spec.world_size):
@@ -322,6 +323,41 @@ class Launch:
         self.store = None
         with _LIVE_LOCK:
             _LIVE.discard(self)
+
+
+def host_store(tcp_store):
+    """The rendezvous store, served from an IPv4-only socket on ``HOST``.
+
+    Left to itself the store listens dual-stack, so every rank's connection
+    arrives as ``::ffff:127.0.0.1``; c10d names each accepted peer with
+    ``getnameinfo``, and /etc/hosts has no entry for that mapped form, so each
+    accept costs a reverse-DNS query, and a dropped one stalls that rank's
+    store connect for the resolver's 5 s timeout. An IPv4 peer is answered
+    from /etc/hosts. (The ranks' own lookup of the server, client side, is
+    c10d's and stays.) The libuv store takes over a listening socket from
+    torch 2.8 on; with older versions it listens as before.
+    """
+    if not _store_takes_listen_fd():
+        return tcp_store(HOST, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((HOST, 0))
+        port = listener.getsockname()[1]
+    except OSError:
+        listener.close()
+        raise
+    # The store owns the socket from here on (it closes it), hence detach().
+    return tcp_store(HOST, port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30),
+                     master_listen_fd=listener.detach())
+
+
+def _store_takes_listen_fd() -> bool:
+    """True when TCPStore's default (libuv) server accepts ``master_listen_fd`` (torch >= 2.8)."""
+    import torch
+
+    version = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    return version is not None and (int(version[1]), int(version[2])) >= (2, 8)
 
 
 def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:

@@ -11,7 +11,9 @@ period and are then killed: nothing outlives the launcher.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,8 +26,7 @@ FAILURE_GRACE_S = 10.0
 def spawn(*, world_size: int, argv: list[str]) -> int:
     import torch.distributed as dist
 
-    store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=timedelta(seconds=60),
-                          wait_for_workers=False)
+    store = _host_store(dist, world_size)
     procs = []
     threads = []
     tick = threading.Event()  # never set: an interruptible poll interval
@@ -84,6 +85,35 @@ def spawn(*, world_size: int, argv: list[str]) -> int:
     if 0 in last_lines:
         print(last_lines[0], flush=True)
     return 0
+
+
+def _host_store(dist, world_size: int):
+    """The store, served from an IPv4-only socket.
+
+    Listening dual-stack (the default), each rank's connection arrives as
+    ``::ffff:127.0.0.1``, which c10d names with a reverse-DNS query (no
+    /etc/hosts entry has the mapped form); a dropped query stalls that rank's
+    connect for the resolver's 5 s timeout. An IPv4 peer is named from /etc/hosts.
+    The libuv store takes over a listening socket from torch 2.8 on; older
+    versions listen as before.
+    """
+    import torch
+
+    version = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    if version is None or (int(version[1]), int(version[2])) < (2, 8):
+        return dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=timedelta(seconds=60),
+                             wait_for_workers=False)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    except OSError:
+        listener.close()
+        raise
+    # The store owns the socket from here on (it closes it), hence detach().
+    return dist.TCPStore("127.0.0.1", port, world_size, is_master=True, timeout=timedelta(seconds=60),
+                         wait_for_workers=False, master_listen_fd=listener.detach())
 
 
 def _relay(rank: int, proc: subprocess.Popen, last_lines: dict[int, str]) -> None:
