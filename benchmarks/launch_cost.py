@@ -8,12 +8,14 @@ TP path's own work, the same in both modes.
 
 The one-time zygote start (``import torch`` in the zygote) is measured once,
 before any zygote launch, and reported apart from the per-launch numbers.
-The modes alternate launch by launch so that load drifts hit both alike.
+A third row launches ``benchmarks.noop_rank`` from the zygote: the floor of
+the mode before any TP code runs. The rows alternate launch by launch so that
+load drifts hit all alike.
 """
 
 from __future__ import annotations
 
-import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -21,13 +23,20 @@ from benchmarks.stats import summary
 from harness import logs, options, zygote
 from harness.launch import Launch, LaunchSpec
 
-MODES = ("zygote", "subprocess")
+TP_RANK = (*options.default("tp_command"), "--chunks", "1", "--backend", "gloo")
+NOOP_RANK = (sys.executable, "-m", "benchmarks.noop_rank")
+ROWS = {
+    "zygote": ("zygote", TP_RANK),
+    "subprocess": ("subprocess", TP_RANK),
+    "zygote, no-op rank (floor)": ("zygote", NOOP_RANK),
+}
+"""Row name -> (launch mode, rank command)."""
 INIT_TIMEOUT_S = 60.0
 
 
-def time_to_init(mode: str, *, world_size: int, log_dir: Path, cwd: Path) -> dict[int, float]:
-    """Start ``world_size`` healthy ranks in ``mode``; seconds from launch start to each rank's init."""
-    command = (*options.default("tp_command"), "--chunks", "1", "--backend", "gloo")
+def time_to_init(mode: str, command: tuple[str, ...], *, world_size: int, log_dir: Path,
+                 cwd: Path) -> dict[int, float]:
+    """Start ``world_size`` ranks in ``mode``; seconds from launch start to each rank's init."""
     spec = LaunchSpec(command=command, world_size=world_size, log_dir=log_dir, mode=mode, cwd=cwd,
                       env={"TP_FAILPOINTS": "", "TP_GUARDRAILS": "all"})
     launch = Launch(spec)
@@ -47,7 +56,7 @@ def time_to_init(mode: str, *, world_size: int, log_dir: Path, cwd: Path) -> dic
                     line = logs.parse_line(text)
                     if line is not None and line.event == "init" and line.mono is not None:
                         inits.setdefault(rank, line.mono - started_at)
-            time.sleep(0.002)
+            time.sleep(0.005)  # the time comes from the log line, not from when it is read
     finally:
         launch.close()
     return inits
@@ -57,7 +66,7 @@ def zygote_start() -> float:
     """Seconds until the shared zygote (torch imported) is ready; 0 if it already was."""
     started_at = time.monotonic()
     forker = zygote.shared()
-    if not forker._ready.wait(timeout=INIT_TIMEOUT_S):  # noqa: SLF001 - no public readiness wait
+    if not forker._ready.wait(timeout=INIT_TIMEOUT_S):  # the client has no public readiness wait
         raise RuntimeError(f"the zygote was not ready within {INIT_TIMEOUT_S:g} s")
     return time.monotonic() - started_at
 
@@ -66,21 +75,24 @@ def run(*, launches: int, world_size: int, work_dir: Path, cwd: Path, say) -> di
     """The ``launch`` section of bench.json."""
     start_s = zygote_start()
     say(f"launch: zygote ready in {start_s:.2f} s; {launches} launches per mode at world size {world_size}")
-    samples: dict[str, dict[int, list[float]]] = {m: {r: [] for r in range(world_size)} for m in MODES}
+    names = list(ROWS)
+    samples: dict[str, dict[int, list[float]]] = {n: {r: [] for r in range(world_size)} for n in names}
     for i in range(launches):
-        order = MODES if i % 2 == 0 else MODES[::-1]
-        for mode in order:
-            got = time_to_init(mode, world_size=world_size, log_dir=work_dir / f"{mode}-{i}", cwd=cwd)
+        for j, name in enumerate(names[i % len(names):] + names[:i % len(names)]):
+            mode, command = ROWS[name]
+            got = time_to_init(mode, command, world_size=world_size, log_dir=work_dir / f"{i}-{j}", cwd=cwd)
             for rank, seconds in got.items():
-                samples[mode][rank].append(seconds * 1e3)
+                samples[name][rank].append(seconds * 1e3)
     modes = {}
     for mode, per_rank in samples.items():
         pooled = [ms for values in per_rank.values() for ms in values]
         modes[mode] = {
+            "launch_mode": ROWS[mode][0],
+            "rank_command": " ".join(["python", *ROWS[mode][1][1:]]),
             "per_rank_ms": {str(r): summary(v, digits=2) for r, v in per_rank.items()},
             "all_ranks_ms": summary(pooled, digits=2),
         }
-    zyg = statistics.median(modes["zygote"]["all_ranks_ms"]["median"] for _ in (0,))
+    zyg = modes["zygote"]["all_ranks_ms"]["median"]
     sub = modes["subprocess"]["all_ranks_ms"]["median"]
     return {
         "world_size": world_size,

@@ -6,6 +6,7 @@ so the p95 of 20 samples lies between the 19th and the 20th.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -39,17 +40,35 @@ def summary(values: Sequence[float], *, digits: int = 4) -> dict:
 
 
 def spread(values: Sequence[float], *, digits: int = 2) -> dict:
-    """``median``, ``p25``, ``p75``, ``min``, ``max``: how much repeated measurements of one thing disagree."""
+    """``median`` with its 95 % ``ci95``, ``p25``, ``p75``, ``min``, ``max`` of repeated measurements of one thing."""
     if not values:
-        return {"n": 0, "median": None, "p25": None, "p75": None, "min": None, "max": None}
+        return {"n": 0, "median": None, "ci95": None, "p25": None, "p75": None, "min": None, "max": None}
     return {
         "n": len(values),
         "median": round(statistics.median(values), digits),
+        "ci95": [round(x, digits) for x in median_ci(values)],
         "p25": round(percentile(values, 25), digits),
         "p75": round(percentile(values, 75), digits),
         "min": round(min(values), digits),
         "max": round(max(values), digits),
     }
+
+
+def median_ci(values: Sequence[float], *, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median: order statistics from the binomial(n, 1/2).
+
+    With few values the widest interval, ``(min, max)``, may cover less than ``confidence``.
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("median_ci of no values")
+    tail = (1.0 - confidence) / 2.0
+    k, below = 0, 0.5 ** n  # P(Bin(n, 1/2) <= k)
+    while k + 1 < n / 2 and below + math.comb(n, k + 1) * 0.5 ** n <= tail:
+        k += 1
+        below += math.comb(n, k) * 0.5 ** n
+    return ordered[k], ordered[n - 1 - k]
 
 
 def load() -> list[float]:

@@ -1,0 +1,144 @@
+"""``bench.md``: the numbers of ``bench.json`` as Markdown tables, targets first."""
+
+from __future__ import annotations
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    def cell(value: object) -> str:
+        return "–" if value is None else str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _f(value: float | None, fmt: str) -> str | None:
+    return None if value is None else format(value, fmt)
+
+
+def machine(doc: dict) -> list[str]:
+    m = doc["machine"]
+    return [
+        f"{m['cpu_count']} CPUs ({m['cpus_usable']} usable, {m['cpu_model']}), torch {m['torch']}, "
+        f"Python {m['python']}, {m['platform']}.",
+        f"Load average (1/5/15 min) at start {m['load_at_start']}, at end {doc.get('load_at_end')}; "
+        f"total bench time {doc.get('total_s')} s; command `{doc['command']}`.",
+        "",
+    ]
+
+
+def targets(rows: list[dict]) -> list[str]:
+    return ["## Targets", ""] + _table(
+        ["target", "measured", "verdict", "what bounds it"],
+        [[r["target"], r["measured"], f"**{r['verdict']}**", r["bound"]] for r in rows])
+
+
+def launch(s: dict) -> list[str]:
+    rows = []
+    for name, mode in s["modes"].items():
+        for rank, st in [*mode["per_rank_ms"].items(), ("all", mode["all_ranks_ms"])]:
+            rows.append([name, rank, st["n"], _f(st["median"], ".1f"), _f(st["p95"], ".1f"), _f(st["max"], ".1f")])
+    return [f"## 1. Launch cost (world size {s['world_size']}, {s['launches_per_mode']} launches per row)", "",
+            f"Launch start (store hosting included) to each rank's `TP-EVENT init`. One-time zygote start "
+            f"(torch imported, excluded below): **{s['zygote_start_s']:.2f} s**. Subprocess / zygote "
+            f"(median): **{s['ratio_subprocess_over_zygote']}x**.", ""] + _table(
+        ["launch", "rank", "n", "median ms", "p95 ms", "max ms"], rows)
+
+
+def ttc(s: dict) -> list[str]:
+    anchors = list(s["anchors_s"])
+    header = ["scenario", "proves", "runs", "median s", "p95 s", "max s",
+              *[f"{k.replace('_', ' ')} {s['anchors_s'][k]:g} s / p95" for k in anchors], "failed runs"]
+
+    def row(r: dict) -> list[object]:
+        t = r["ttc_s"]
+        ratios = [f"{r['anchor_over_p95'][k]:,}x" if k in r["anchor_over_p95"] else None for k in anchors]
+        return [r["id"], r["proves"], r["runs"], _f(t["median"], ".3f"), _f(t["p95"], ".3f"), _f(t["max"], ".3f"),
+                *ratios, r["failed_runs"]]
+
+    lines = [f"## 2. Time to crash (world size {s['world_size']}, {s['runs_per_scenario']} serial runs per "
+             f"scenario, {s['launch']} launch)", "",
+             "Last rank's exit minus the `TP-FAULT` instant, from each run's result. Anchors: what the same "
+             "fault costs without the guardrails (collective timeouts, watchdogs), as a multiple of the p95.", ""]
+    lines += _table(header, [row(r) for r in s["scenarios"]])
+    if s.get("reference"):
+        lines += ["Reference rows (not guarded scenarios of the catalog): the frozen-peer scenarios with a "
+                  "shorter watchdog peer timeout.", ""]
+        lines += _table(header, [row(r) for r in s["reference"]])
+    return lines
+
+
+def _pct(p: dict | None, *, extremes: bool) -> str | None:
+    if p is None:
+        return None
+    text = f"{p['median']:+.2f} [{p['ci95'][0]:+.2f} … {p['ci95'][1]:+.2f}]"
+    return text + (f" (p25 {p['p25']:+.2f}, p75 {p['p75']:+.2f})" if extremes else "")
+
+
+def overhead(s: dict) -> list[str]:
+    rows = []
+    low_q = s["low_quantile"]
+    for ws, configs in s["world_sizes"].items():
+        for name, c in configs.items():
+            run, low = c["run_median_ms"], c[f"run_p{low_q}_ms"]
+            mode = name.split("/")[-1] if name.startswith("all/") else None
+            rows.append([
+                ws, name, c["guardrails"], c["digest_every"] if c["guardrails"] != "none" else "(digest off)",
+                f"{run['median']:.2f} [{run['p25']:.2f}–{run['p75']:.2f}]",
+                _pct(c["overhead_pct"], extremes=True),
+                None if c["overhead_pooled_pct"] is None else f"{c['overhead_pooled_pct']:+.2f}",
+                f"{low['median']:.2f}",
+                _pct(c[f"overhead_p{low_q}_pct"], extremes=False),
+                None if mode is None else f"≤ {s['targets_pct'][mode]:g} %",
+            ])
+    plan = ", ".join(f"ws {ws}: {p['reps']} interleaved repetitions of {p['chunks']} chunks"
+                     for ws, p in s["plan"].items())
+    return [f"## 3. Guardrail overhead per chunk ({plan}; first {s['warmup_chunks']} chunks of each run dropped, "
+            f"{s['launch']} launch)", "",
+            "Per run: the median of rank 0's `chunk_latency_ms`. Overhead per repetition: `all` over the `none` "
+            "run of the same repetition, minus 1; shown as the median over repetitions [its 95 % confidence "
+            "interval] (and the repetitions' p25, p75). Pooled: "
+            "median of every chunk of a configuration over the baseline's. The p10 columns repeat it with each "
+            "run's 10th-percentile chunk: the chunks nothing else on the box delayed.", ""] + _table(
+        ["ws", "config", "TP_GUARDRAILS", "TP_DIGEST_EVERY", "run median ms [p25–p75]",
+         "overhead % median [95 % CI] (p25, p75)", "pooled %", f"run p{low_q} ms", f"overhead % on p{low_q} [95 % CI]",
+         "target"], rows)
+
+
+def reference(s: dict) -> list[str]:
+    rows = []
+    for ws, ops in s["world_sizes"].items():
+        for name, st in ops.items():
+            rows.append([ws, name, st["median_us"], st["p95_us"], st["min_us"]])
+    pc = s["per_chunk"]
+    return [f"## 4. Reference: gloo and store latency on this box ({s['iters']} timed ops each)", "",
+            f"A steady-state chunk runs {pc['generator_calls']} generator calls = {pc['all_reduces']} all_reduces, "
+            f"{pc['envelope_broadcasts']} envelope broadcasts and, with the digest on, "
+            f"{pc['digest_all_gathers']} all_gather.", ""] + _table(
+        ["ws", "operation", "median µs", "p95 µs", "min µs"], rows)
+
+
+def suite(s: dict) -> list[str]:
+    rows = []
+    for name, run in s["runs"].items():
+        went = "; ".join(f"{k}: {v['scenarios']} scenarios, {v['seconds']:.1f} s"
+                         for k, v in sorted(run["where_time_went"].items()))
+        rows.append([name, f"{run['wall_s']:.1f}", run["pytest_summary"] or f"exit {run['returncode']}",
+                     run["load_before"], went])
+    return [f"## 5. Break-it suite wall time (target ≤ {s['target_s']:g} s)", "",
+            f"`{next(iter(s['runs'].values()))['command']}` (serial: without `-n`), reports in the bench's "
+            "own directory.", ""] + _table(["run", "wall s", "pytest", "load before", "scenario time by outcome"], rows)
+
+
+RENDERERS = {"launch": launch, "ttc": ttc, "overhead": overhead, "reference": reference, "suite": suite}
+
+
+def markdown(doc: dict, target_rows: list[dict]) -> str:
+    """The whole ``bench.md``."""
+    lines = ["# tp-breakit bench", ""] + machine(doc) + targets(target_rows)
+    for name, section in doc["sections"].items():
+        if "error" in section:
+            lines += [f"## {name}: not measured", "", f"```\n{section['error']}\n```", ""]
+        else:
+            lines += RENDERERS[name](section)
+    return "\n".join(lines).rstrip() + "\n"

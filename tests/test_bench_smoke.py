@@ -1,0 +1,89 @@
+"""``python -m benchmarks --quick``, run as a user would: every section measured, every number positive."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import SCHEMA, SECTIONS
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads((out / "bench.json").read_text()), proc.stdout, out
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def test_schema_and_machine(bench):
+    doc, _, _ = bench
+    assert doc["schema"] == SCHEMA
+    assert doc["quick"] is True
+    machine = doc["machine"]
+    assert _positive(machine["cpu_count"])
+    assert machine["torch"] and machine["python"]
+    assert list(doc["sections"]) == list(SECTIONS)
+    for name, section in doc["sections"].items():
+        assert "error" not in section, f"{name}: {section.get('error')}"
+
+
+def test_launch_numbers(bench):
+    launch = bench[0]["sections"]["launch"]
+    assert _positive(launch["zygote_start_s"])
+    assert _positive(launch["ratio_subprocess_over_zygote"])
+    for mode in ("zygote", "subprocess"):
+        stats = launch["modes"][mode]["all_ranks_ms"]
+        assert stats["n"] == 2 * launch["launches_per_mode"]
+        assert all(_positive(stats[k]) for k in ("median", "p95", "max"))
+
+
+def test_time_to_crash_numbers(bench):
+    ttc = bench[0]["sections"]["ttc"]
+    assert ttc["scenarios"], "no guarded scenario measured"
+    for row in ttc["scenarios"]:
+        assert "/" not in row["id"], "--quick measures the FMs' own ids only"
+        assert row["ttc_s"]["n"] == row["runs"] == 3, row
+        assert all(_positive(row["ttc_s"][k]) for k in ("median", "p95", "max")), row
+        assert all(_positive(v) for v in row["anchor_over_p95"].values()), row
+
+
+def test_overhead_numbers(bench):
+    overhead = bench[0]["sections"]["overhead"]
+    assert set(overhead["world_sizes"]) == {"2", "4"}
+    for rows in overhead["world_sizes"].values():
+        assert set(rows) == {"none", "all/bring-up", "all/optimised"}
+        for row in rows.values():
+            assert _positive(row["run_median_ms"]["median"])
+        for name in ("all/bring-up", "all/optimised"):
+            assert isinstance(rows[name]["overhead_pct"]["median"], float)
+
+
+def test_reference_and_suite_numbers(bench):
+    doc = bench[0]
+    for ops in doc["sections"]["reference"]["world_sizes"].values():
+        assert ops and all(_positive(op["median_us"]) for op in ops.values())
+    runs = doc["sections"]["suite"]["runs"]
+    assert runs and all(_positive(r["wall_s"]) and r["returncode"] == 0 for r in runs.values())
+
+
+def test_markdown_printed_and_written(bench):
+    doc, stdout, out = bench
+    text = (out / "bench.md").read_text()
+    assert text in stdout
+    for heading in ("## Targets", "## 1. Launch cost", "## 2. Time to crash", "## 3. Guardrail overhead",
+                    "## 4. Reference", "## 5. Break-it suite"):
+        assert heading in text
+    assert len(doc["targets"]) >= 4
+    assert all(t["verdict"] in ("met", "missed") for t in doc["targets"])
