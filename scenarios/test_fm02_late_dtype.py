@@ -20,7 +20,7 @@ FAULT = Fault(site="driver.latents", action="set(uint16)", rank=0, chunk=2)
 SCENARIOS = [
     Scenario(id="FM-02", fm="FM-02", title="uint16 latents rejected before the header",
              proves="preflight", faults=(FAULT,),
-             expect=Expect.crash({0: r"TP-FATAL fm=FM-02 code=UNSUPPORTED_DTYPE .*'latents'.*uint16.*gloo",
+             expect=Expect.crash({0: r"TP-FATAL fm=FM-02 code=UNSUPPORTED_DTYPE .*'latents'.*uint16.*(gloo|nccl)",
                                   "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
     Scenario(id="FM-02/off", fm="FM-02", title="uint16 latents fail mid-envelope: workers wait forever",
              proves="preflight+poison_on_post_header_error", guardrails="all,-preflight,-poison_on_post_header_error", faults=(FAULT,),

@@ -91,7 +91,8 @@ class Transport:
             self._bcast(tensors[key].to(self.device).contiguous())
         if aux is not None:
             self._bcast(aux.to(self.device).contiguous())
-        return Envelope(header=header, meta=meta, tensors=dict(tensors), meta_bytes=meta_bytes)
+        return Envelope(header=header, meta=meta, tensors={k: t.to(self.device) for k, t in tensors.items()},
+                        meta_bytes=meta_bytes)
 
     # -- worker side -------------------------------------------------------
 
