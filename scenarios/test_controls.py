@@ -17,7 +17,8 @@ SCENARIOS = [
              faults=(Fault(site="generator.call", action="sleep(1.0)", rank=1, chunk=2, hit=1),),
              expect=Expect.clean()),
     Scenario(id="CTL-shutdown", fm="control", title="SIGTERM to rank 0: graceful SHUTDOWN", proves="control",
-             interrupt=Interrupt(rank=0, signal="SIGTERM", after_chunk=2),
+             # Many chunks: the SIGTERM must land while chunks remain, however late the harness sees chunk 2.
+             interrupt=Interrupt(rank=0, signal="SIGTERM", after_chunk=2), chunks=40,
              expect=Expect.clean({0: r"TP-INFO SIGTERM: shutting down", "others": r"SHUTDOWN received"})),
 ]
 
