@@ -15,7 +15,7 @@ import torch
 
 from tp import ENVELOPE_VERSION, log
 from tp.crash import Fatal
-from tp.envelope import Action, EnvelopeError, Header
+from tp.envelope import Action, EnvelopeError, Header, quantise
 from tp.failpoints import failpoint
 
 DENOISING_STEPS = (1000, 750, 500, 250)
@@ -136,7 +136,7 @@ class Driver:
     def _summary(self) -> dict:
         h = hashlib.sha256()
         for _, _, decoded in self.results:
-            h.update(torch.round(decoded.double().cpu() * 1e6).to(torch.int64).numpy().tobytes())
+            h.update(quantise(decoded).numpy().tobytes())
         return {"output_digest": h.hexdigest()[:16], "chunks": len(self.latencies), "calls": self.call_id,
                 "chunk_latency_ms": [round(x, 3) for x in self.latencies], "world_size": self.cfg.world_size,
                 "delivered": len(self.results)}

@@ -212,6 +212,11 @@ def materialise(tensors: dict[str, torch.Tensor], *, backend: str, device: torch
     return out
 
 
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """Round to 1e-6: TP changes the summation order, not the answer at this precision."""
+    return torch.round(x.detach().double().cpu() * 1e6).to(torch.int64)
+
+
 def digest(t: torch.Tensor | bytes | None) -> int:
     """A signed 63-bit digest, exchangeable as one int64."""
     if t is None:

@@ -25,8 +25,15 @@ class ChunkResult:
     """The denoised latents of this chunk (identical on every healthy rank)."""
     calls: int
     """Generator calls this rank actually ran."""
-    inputs: dict[str, int]
-    """Digests of the inputs this rank actually used (``DIGEST_KEYS``)."""
+    override: torch.Tensor | None
+    """The context_frames_override this rank actually used (fresh, stale or none)."""
+
+    def input_digests(self, env: Envelope) -> dict[str, int]:
+        """Digests of the inputs this rank actually used, per ``DIGEST_KEYS``; only when they are exchanged."""
+        values = {key: digest(env.tensors.get(key)) for key in DIGEST_KEYS if key not in ("meta", "output")}
+        values["context_frames_override"] = digest(self.override)
+        values["meta"] = digest(env.meta_bytes)
+        return values
 
 
 class ChunkRunner:
@@ -68,10 +75,7 @@ class ChunkRunner:
             pred = self.gen(x, t, start_frame=start, write_cache=False, attention_bias=meta["kv_cache_attention_bias"])
             x = x + (t_next - t) / 1000.0 * pred
             calls += 1
-        inputs = {key: digest(tensors.get(key)) for key in DIGEST_KEYS if key not in ("meta", "output")}
-        inputs["context_frames_override"] = digest(override)
-        inputs["meta"] = digest(env.meta_bytes)
-        return ChunkResult(latents=x, calls=calls, inputs=inputs)
+        return ChunkResult(latents=x, calls=calls, override=override)
 
     def _take_override(self, received: torch.Tensor | None, needed: bool) -> torch.Tensor | None:
         stale = failpoint("worker.stale_override", False, **self.ctx) if self.role == "worker" else False

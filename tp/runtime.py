@@ -23,7 +23,7 @@ import torch.distributed as dist
 from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, handshake, log
 from tp.config import RankConfig
 from tp.crash import Crash, Fatal, gone_peers, peer_abort, publish_identity, read_abort
-from tp.envelope import EnvelopeError
+from tp.envelope import EnvelopeError, digest, quantise
 from tp.failpoints import failpoint
 from tp.generate import ChunkRunner, exchange_digests
 from tp.model import Generator, ModelConfig, expected_fingerprints, fingerprint
@@ -182,11 +182,12 @@ class Rank:
         if stats or cfg.plan == "v1_full_pipeline":
             # Optional extras that are collectives: every rank must agree to run them (handshake env parity).
             dist.all_reduce(result.latents.new_zeros(64))
+        output = quantise(result.latents)
         if "digest" in cfg.guardrails and env.header.chunk_index % cfg.digest_every == 0:
-            values = dict(result.inputs)
-            values["output"] = _quantised_digest(result.latents)
+            values = result.input_digests(env)
+            values["output"] = digest(output)
             exchange_digests(values, rank=cfg.rank, world_size=cfg.world_size, device=self.device)
-        self.latents_digest.update(_quantise(result.latents).numpy().tobytes())
+        self.latents_digest.update(output.numpy().tobytes())
         if self.store is not None:
             self.store.set(f"tp/progress/{cfg.rank}", f"{env.header.chunk_index} {self.ctx['call_id']}")
         self.progress.idle(f"after chunk {env.header.chunk_index}")
@@ -206,15 +207,6 @@ class Rank:
             dist.destroy_process_group()
         except Exception as exc:
             log.info(f"destroy_process_group: {exc}")
-
-
-def _quantise(x: torch.Tensor) -> torch.Tensor:
-    """Round to 1e-6: TP changes the summation order, not the answer at this precision."""
-    return torch.round(x.detach().double().cpu() * 1e6).to(torch.int64)
-
-
-def _quantised_digest(x: torch.Tensor) -> int:
-    return int.from_bytes(hashlib.blake2b(_quantise(x).numpy().tobytes(), digest_size=8).digest(), "little") >> 1
 
 
 def lost_fm(rank: int | None, driver_rank: int = 0) -> str:
