@@ -1,11 +1,20 @@
 """Start ranks: host the rendezvous store, give each rank its env and log file.
 
-Three modes, same contract (docs/CONTRACT.md §1):
+Five modes, same contract (docs/CONTRACT.md §1):
 
 * ``zygote``     fork each rank from a process that has torch imported (fast);
                  works only for ``python -m MODULE`` rank commands.
 * ``subprocess`` a plain ``Popen`` per rank.
-* ``torchrun``   one ``torchrun`` invocation whose agent hosts the store.
+* ``srun``       a plain ``Popen`` per rank with only torchrun's variables, as
+                 Slurm's ``srun`` or an MPI launcher starts them: no launcher
+                 store, rank 0 serves it, the harness connects as a client.
+* ``torchrun``   one ``torchrun`` agent (static rendezvous) that hosts the store.
+* ``torchrun-2node`` two ``torchrun`` agents on this host standing in for two
+                 nodes (c10d rendezvous, ``--nnodes 2``, half the ranks each);
+                 the agent that wins the rendezvous endpoint hosts the store.
+
+Exactly one process serves the store in every mode; every other connection,
+the harness's included, is a client.
 
 Every rank runs in its own session (process group == its pid), so the tree can
 be reaped. Every live launch is registered; ``atexit`` and ``reap_all`` kill
@@ -15,6 +24,7 @@ whatever is left, so a crashing or interrupted harness leaves no rank behind.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import os
 import queue
 import re
@@ -35,8 +45,13 @@ import psutil
 
 from harness import zygote
 
-MODES = ("zygote", "subprocess", "torchrun")
+MODES = ("zygote", "subprocess", "srun", "torchrun", "torchrun-2node")
+_TORCHRUN_NODES = {"torchrun": 1, "torchrun-2node": 2}
 HOST = "127.0.0.1"
+CLIENT_CONNECT_S = 60.0
+"""How long the harness keeps trying to reach a store a rank serves (srun mode)."""
+STORE_CALL_LIMIT_S = 1.0
+"""How long one call to a rank-served store may take before the harness stops asking it."""
 _INHERITED_DROP = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "LOCAL_WORLD_SIZE",
     "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -66,7 +81,7 @@ class LaunchSpec:
     rank_env: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
     """Extra env for single ranks, applied last."""
     mode: str = "zygote"
-    """``zygote``, ``subprocess`` or ``torchrun``."""
+    """One of ``MODES``."""
     cwd: Path = field(default_factory=Path.cwd)
     """Working directory of the ranks."""
 
@@ -112,13 +127,14 @@ class Launch:
         self.port: int | None = None
         self._procs: dict[int, psutil.Process] = {}
         self._exited: set[int] = set()
-        self._torchrun: subprocess.Popen | None = None
+        self._agents: list[subprocess.Popen] = []
+        """torchrun agents, one per stand-in node."""
         self._closed = False
 
     @property
     def hosts_store(self) -> bool:
-        """True when this process hosts the store (every mode but torchrun)."""
-        return self.spec.mode != "torchrun"
+        """True when this process serves the store (zygote and subprocess); it then outlives every rank."""
+        return self.spec.mode in ("zygote", "subprocess")
 
     # ------------------------------------------------------------------ start
 
@@ -129,14 +145,17 @@ class Launch:
         self.spec.log_dir.mkdir(parents=True, exist_ok=True)
         with _LIVE_LOCK:
             _LIVE.add(self)
-        if self.spec.mode == "torchrun":
-            self._start_torchrun(TCPStore)
+        if self.spec.mode in _TORCHRUN_NODES:
+            self._start_torchrun(TCPStore, nnodes=_TORCHRUN_NODES[self.spec.mode])
             return
         if self.spec.mode == "zygote":
             module, argv = zygote_module(self.spec.command)
             forker = zygote.shared()
-        self.store = host_store(TCPStore)
-        self.port = self.store.port
+        if self.spec.mode == "srun":
+            self.port = free_port()
+        else:
+            self.store = host_store(TCPStore)
+            self.port = self.store.port
         env = base_env(self.spec)
         for rank in range(self.spec.world_size):
             renv = {**env, **self.contract_env(rank), **self.spec.rank_env.get(rank, {})}
@@ -151,13 +170,26 @@ class Launch:
             else:
                 pid = self._popen(rank, renv, log)
             self._track(rank, pid)
+        if self.spec.mode == "srun":
+            # Rank 0 serves the store once it has imported torch: connect without blocking the supervisor.
+            threading.Thread(target=self._connect_client, args=(TCPStore,), name="harness-store-client",
+                             daemon=True).start()
+
+    def _connect_client(self, tcp_store) -> None:
+        try:
+            store = tcp_store(HOST, self.port, is_master=False, timeout=timedelta(seconds=CLIENT_CONNECT_S))
+        except Exception:  # noqa: BLE001 - rank 0 died before serving: its exit tells the story
+            return
+        if not self._closed:
+            self.store = BoundedStore(store, limit_s=STORE_CALL_LIMIT_S)
 
     def contract_env(self, rank: int) -> dict[str, str]:
-        """CONTRACT §1 variables for ``rank``."""
-        return {
-            "RANK": str(rank), "WORLD_SIZE": str(self.spec.world_size), "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": HOST, "MASTER_PORT": str(self.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
-        }
+        """CONTRACT §1 variables for ``rank``; under ``srun`` no launcher store, so rank 0 serves it."""
+        env = {"RANK": str(rank), "WORLD_SIZE": str(self.spec.world_size), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": HOST, "MASTER_PORT": str(self.port)}
+        if self.spec.mode != "srun":
+            env["TORCHELASTIC_USE_AGENT_STORE"] = "True"
+        return env
 
     def _popen(self, rank: int, env: dict, log: Path) -> int:
         with log.open("ab") as fh:
@@ -192,25 +224,33 @@ class Launch:
         except psutil.NoSuchProcess:
             pass
 
-    def _start_torchrun(self, tcp_store) -> None:
+    def _start_torchrun(self, tcp_store, *, nnodes: int) -> None:
         torchrun = shutil.which("torchrun")
+        mode = self.spec.mode
         if torchrun is None:
-            raise LaunchError("launch mode 'torchrun' needs the torchrun command on PATH")
-        with socket.socket() as sock:
-            sock.bind((HOST, 0))
-            self.port = sock.getsockname()[1]
-        env = {**base_env(self.spec), "HARNESS_LOG_DIR": str(self.spec.log_dir)}
+            raise LaunchError(f"launch mode {mode!r} needs the torchrun command on PATH")
         if self.spec.rank_env:
-            raise LaunchError("launch mode 'torchrun' cannot give single ranks extra env; use zygote or subprocess")
-        cmd = [
-            torchrun, "--nnodes=1", f"--nproc-per-node={self.spec.world_size}", "--rdzv-backend=static",
-            f"--master-addr={HOST}", f"--master-port={self.port}", "--node-rank=0", "--max-restarts=0",
-            "--no-python", "sh", "-c", _TORCHRUN_WRAPPER, "harness-rank", *self.spec.command,
-        ]
-        log = self.spec.log_dir / "torchrun.log"
-        with log.open("ab") as fh:
-            self._torchrun = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                              env=env, cwd=self.spec.cwd, start_new_session=True)
+            raise LaunchError(f"launch mode {mode!r} cannot give single ranks extra env; use zygote or subprocess")
+        if self.spec.world_size % nnodes:
+            raise LaunchError(f"launch mode {mode!r} splits the ranks over {nnodes} agents; "
+                              f"world size {self.spec.world_size} is not a multiple of {nnodes}")
+        self.port = free_port()
+        env = {**base_env(self.spec), "HARNESS_LOG_DIR": str(self.spec.log_dir)}
+        per_node = self.spec.world_size // nnodes
+        if nnodes == 1:
+            rdzv = ["--rdzv-backend=static", f"--master-addr={HOST}", f"--master-port={self.port}"]
+        else:  # what a multi-node job uses: dynamic rendezvous at one endpoint, the store shared with the ranks
+            rdzv = ["--rdzv-backend=c10d", f"--rdzv-endpoint={HOST}:{self.port}", f"--rdzv-id=harness-{self.port}",
+                    f"--local-addr={HOST}"]
+        for node in range(nnodes):
+            cmd = [torchrun, f"--nnodes={nnodes}", f"--nproc-per-node={per_node}", *rdzv, f"--node-rank={node}",
+                   "--max-restarts=0", "--no-python", "sh", "-c", _TORCHRUN_WRAPPER, "harness-rank",
+                   *self.spec.command]
+            log = self.spec.log_dir / ("torchrun.log" if nnodes == 1 else f"torchrun-node{node}.log")
+            with log.open("ab") as fh:
+                self._agents.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh,
+                                                     stderr=subprocess.STDOUT, env=env, cwd=self.spec.cwd,
+                                                     start_new_session=True))
         for rank in range(self.spec.world_size):
             threading.Thread(target=self._torchrun_wait, args=(rank,), daemon=True).start()
         self.store = tcp_store(HOST, self.port, is_master=False, timeout=timedelta(seconds=30))
@@ -219,7 +259,7 @@ class Launch:
         """Wait for a torchrun rank: its pid file, its exit, then its exit file."""
         pidfile = self.spec.log_dir / f"rank{rank}.pid"
         exitfile = self.spec.log_dir / f"rank{rank}.exit"
-        while not pidfile.exists() and self._torchrun.poll() is None:  # type: ignore[union-attr]
+        while not pidfile.exists() and any(a.poll() is None for a in self._agents):
             time.sleep(0.02)
         code = None
         if pidfile.exists():
@@ -242,9 +282,10 @@ class Launch:
 
     def settle(self, timeout_s: float = 5.0) -> None:
         """After the last rank exit: give a torchrun agent time to exit on its own."""
-        if self._torchrun is not None:
+        give_up_at = time.monotonic() + timeout_s
+        for agent in self._agents:
             try:
-                self._torchrun.wait(timeout=timeout_s)
+                agent.wait(timeout=max(0.0, give_up_at - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
 
@@ -279,8 +320,7 @@ class Launch:
         """Every live process of this launch: ranks, their descendants, their groups."""
         found: dict[int, psutil.Process] = {}
         roots = [p for r, p in self._procs.items() if r not in self._exited]
-        if self._torchrun is not None and self._torchrun.poll() is None:
-            roots.append(psutil.Process(self._torchrun.pid))
+        roots += [psutil.Process(a.pid) for a in self._agents if a.poll() is None]
         for proc in roots:
             try:
                 if proc.is_running():
@@ -289,8 +329,7 @@ class Launch:
             except psutil.NoSuchProcess:
                 continue
         groups = {p.pid for p in self._procs.values()}
-        if self._torchrun is not None:
-            groups.add(self._torchrun.pid)
+        groups.update(a.pid for a in self._agents)
         for proc in psutil.process_iter():
             try:
                 if proc.pid not in found and os.getpgid(proc.pid) in groups and proc.pid != os.getpid():
@@ -317,12 +356,46 @@ class Launch:
         self._closed = True
         procs = self.kill_tree(signal.SIGKILL)
         wait_gone(procs, timeout_s=5.0)
-        if self._torchrun is not None and self._torchrun.poll() is None:
-            self._torchrun.kill()
-            self._torchrun.wait()
+        for agent in self._agents:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
         self.store = None
         with _LIVE_LOCK:
             _LIVE.discard(self)
+
+
+class BoundedStore:
+    """A client of a store that a rank serves, whose calls give up after ``limit_s``.
+
+    c10d's client blocks for as long as a *stopped* server holds the connection
+    (``set_timeout`` bounds neither ``check`` nor ``get``: measured with a
+    SIGSTOPped server), and the supervisor must never freeze with a frozen rank
+    0. Calls run one at a time on a helper thread; once one has not answered,
+    every later call fails at once (the store is as good as gone).
+    """
+
+    def __init__(self, store, *, limit_s: float) -> None:
+        self._store, self._limit_s = store, limit_s
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="harness-store")
+        self._silent = False
+
+    def __getattr__(self, name: str):
+        method = getattr(self._store, name)
+
+        def call(*args, **kwargs):
+            if self._silent:
+                raise TimeoutError(f"the store stopped answering (a call took over {self._limit_s} s)")
+            future = self._pool.submit(method, *args, **kwargs)
+            try:
+                return future.result(timeout=self._limit_s)
+            except concurrent.futures.TimeoutError:
+                self._silent = True
+                self._pool.shutdown(wait=False)
+                raise TimeoutError(f"store.{name} did not answer within {self._limit_s} s: "
+                                   "the rank serving the store may be frozen") from None
+
+        return call
 
 
 def host_store(tcp_store):
@@ -350,6 +423,13 @@ def host_store(tcp_store):
     # The store owns the socket from here on (it closes it), hence detach().
     return tcp_store(HOST, port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30),
                      master_listen_fd=listener.detach())
+
+
+def free_port() -> int:
+    """A port free right now on ``HOST``, for a store another process will serve (torchrun picks its own the same way)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
 
 
 def _store_takes_listen_fd() -> bool:

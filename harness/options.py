@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 BACKENDS = ("gloo", "nccl")
-LAUNCH_MODES = ("zygote", "subprocess", "torchrun")
+LAUNCH_MODES = ("zygote", "subprocess", "srun", "torchrun", "torchrun-2node")
 
 
 class OptionError(ValueError):
@@ -122,7 +122,9 @@ OPTIONS: dict[str, Option] = {
                help="torch.distributed backend the ranks use: gloo (CPU) or nccl (one GPU per rank) (default gloo)"),
         Option(name="launch", metavar="MODE", label="launch mode", default="zygote", parse=_choice(LAUNCH_MODES),
                help="how ranks start: zygote (forked from a process with torch imported), "
-                    "subprocess (plain processes) or torchrun (default zygote)"),
+                    "subprocess (plain processes), srun (plain processes with only torchrun's variables: "
+                    "rank 0 serves the store, as under Slurm or MPI), torchrun (one agent) or torchrun-2node "
+                    "(two agents standing in for two nodes, c10d rendezvous) (default zygote)"),
         Option(name="report_dir", metavar="DIR", label="report dir", default="reports", parse=_path,
                help="directory that receives one run directory per session and a 'latest' link; relative to "
                     "the pytest rootdir or, for the CLI, the current directory (default reports)"),

@@ -37,7 +37,7 @@ class RunConfig:
     run_timeout_s: float = 60.0
     """Bound on a whole run when the scenario sets none."""
     launch: str = "zygote"
-    """``zygote``, ``subprocess`` or ``torchrun``."""
+    """One of ``harness.launch.MODES``."""
     tp_command: tuple[str, ...] = field(default_factory=lambda: options.default("tp_command"))
     """Command starting one rank (``--chunks N --backend B`` are appended)."""
     cwd: Path = field(default_factory=Path.cwd)

@@ -126,7 +126,7 @@ def test_precedence_marker_cli_ini_default(tester: pytest.Pytester, ini: str, ar
          "ERROR: invalid world size '0' from breakit_world_size in tox.ini: must be an integer >= 1"),
         ("", ["--breakit-backend=mpi"], "", "ERROR: invalid backend 'mpi' from --breakit-backend: valid: gloo, nccl"),
         ("", ["--breakit-launch=docker"], "",
-         "ERROR: invalid launch mode 'docker' from --breakit-launch: valid: zygote, subprocess, torchrun"),
+         "ERROR: invalid launch mode 'docker' from --breakit-launch: valid: zygote, subprocess, srun, torchrun, torchrun-2node"),
         ("", [], "deadline='5x'",
          "ERROR: invalid deadline '5x' from @pytest.mark.breakit(deadline=...) on test_m.py::test_a: *"),
         ("", [], "deadlin=5", ("ERROR: unknown keyword 'deadlin' in @pytest.mark.breakit on test_m.py::test_a; "

@@ -32,7 +32,7 @@ def test_every_weight_is_classified_colwise_rowwise_or_replicated() -> None:
     assert kinds == set(COLWISE) | set(ROWWISE) | {"w_in", "w_t", "w_out"}
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 4])
+@pytest.mark.parametrize("world_size", [1, 2, 4, 8])
 def test_shards_reassemble_into_the_full_weights(world_size: int) -> None:
     full = full_weights(CFG, torch.float64)
     shards = [shard(CFG, full, r, world_size) for r in range(world_size)]
@@ -57,10 +57,10 @@ def test_shards_reassemble_into_the_full_weights(world_size: int) -> None:
 
 
 def test_check_world_size_rejects_what_does_not_divide_heads_and_hidden() -> None:
-    for ok in (1, 2, 4):
+    for ok in (1, 2, 4, 8):  # one full 8-GPU node included
         CFG.check_world_size(ok)
-    for bad in (3, 5, 8):
-        with pytest.raises(ValueError, match=rf"world size {bad} must divide heads \(4\) and mlp_hidden \(256\); try 1, 2 or 4"):
+    for bad in (3, 5, 6, 12, 16):
+        with pytest.raises(ValueError, match=rf"world size {bad} must divide heads \(8\) and mlp_hidden \(256\); valid world sizes: 1, 2, 4, 8"):
             CFG.check_world_size(bad)
     with pytest.raises(ValueError, match="world size 3"):
         Generator(CFG, rank=0, world_size=3, tokens_per_frame=TOKENS, dtype=torch.float64, device=torch.device("cpu"))
@@ -71,7 +71,7 @@ def test_model_config_checks_heads_divide_dim() -> None:
         ModelConfig(heads=3)
 
 
-@pytest.mark.parametrize("world_size", [2, 4])
+@pytest.mark.parametrize("world_size", [2, 4, 8])
 def test_expected_fingerprints_are_per_rank_and_match_the_generator_shards(world_size: int) -> None:
     prints = expected_fingerprints(CFG, world_size, torch.float64)
     assert len(prints) == len(set(prints)) == world_size
@@ -176,7 +176,7 @@ def _run_tp(world_size: int, monkeypatch) -> tuple[list[list[torch.Tensor]], _Th
     return results, group
 
 
-@pytest.mark.parametrize("world_size", [2, 4])
+@pytest.mark.parametrize("world_size", [2, 4, 8])
 def test_tensor_parallel_output_equals_the_unsharded_generator(world_size: int, monkeypatch) -> None:
     reference, _ = _run_tp(1, monkeypatch)
     results, group = _run_tp(world_size, monkeypatch)

@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             print("tp: no RANK in the environment: pass --world-size N (>= 1) to spawn local ranks, "
                   "or run under torchrun", file=sys.stderr)
             return codes.CONFIG_EXIT
+        from tp.model import ModelConfig
+
+        try:  # refuse before spawning: every rank would load the model only to refuse it
+            ModelConfig().check_world_size(args.world_size)
+        except ValueError as exc:
+            print(f"tp: {exc}", file=sys.stderr)
+            return codes.CONFIG_EXIT
         from tp.launch import spawn
 
         return spawn(world_size=args.world_size, argv=_strip_world_size(argv))

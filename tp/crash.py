@@ -3,6 +3,12 @@
 No rank limps on after a fatal error and none waits on a peer that is gone:
 the detecting rank writes ``tp/abort`` so every peer's watchdog learns of it
 within one poll interval and exits with ``PEER_ABORT`` naming the cause.
+
+Every rank leaving on a fatal path also writes ``tp/exit/{rank}``. A rank that
+serves the store itself (rank 0 under an srun/mpirun-style launch) lingers
+until each peer has left or is gone, bounded by ``HOST_LINGER_S``: the store
+dies with its process, and a peer that had not yet read ``tp/abort`` would
+otherwise learn only "store unreachable", not the cause.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from datetime import timedelta
 
 import torch.distributed as dist
@@ -21,6 +28,16 @@ from tp import codes, log
 
 ABORT_KEY = "tp/abort"
 _ABORT_CLAIM = "tp/abort_claims"
+HOST_LINGER_S = 3.0
+"""How long a store-hosting rank waits on its fatal path for peers to leave first."""
+
+
+def exit_key(rank: int) -> str:
+    return f"tp/exit/{rank}"
+
+
+def done_key(rank: int) -> str:
+    return f"tp/done/{rank}"
 
 
 class Fatal(Exception):
@@ -35,11 +52,13 @@ class Fatal(Exception):
 class Crash:
     """Where this rank is (for the fatal line) and how it dies."""
 
-    def __init__(self, *, rank: int) -> None:
-        self.rank = rank
+    def __init__(self, *, rank: int, world_size: int = 1) -> None:
+        self.rank, self.world_size = rank, world_size
         self.chunk = -1
         self.call_id = -1
         self.store: dist.Store | None = None
+        self.hosts_store = False
+        """True when this process serves the store: its exit takes the store down for every rank."""
         self._lock = threading.Lock()
 
     def die(self, fatal: Fatal, *, dump_stack: bool = False) -> None:
@@ -54,6 +73,7 @@ class Crash:
                     self._publish(fatal, fm)
                 if dump_stack:
                     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                self._leave(fatal.cause_rank)
                 log.event("exit", rank=self.rank, code=fatal.code, exit=entry.exit)
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -71,6 +91,34 @@ class Crash:
                 self.store.set(ABORT_KEY, json.dumps(payload))
         except Exception as exc:  # the store may be gone too; exiting matters more
             log.info(f"could not publish abort: {exc}")
+
+    def _leave(self, lost: int | None) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.set(exit_key(self.rank), "1")
+            if self.hosts_store:  # a peer already known lost will not leave: do not wait for it
+                wait_for_peers(self.store, rank=self.rank, world_size=self.world_size, keys=(exit_key, done_key),
+                               within_s=HOST_LINGER_S, skip=lost)
+        except Exception as exc:
+            log.info(f"could not mark this rank's exit: {exc}")
+
+
+def wait_for_peers(store: dist.Store, *, rank: int, world_size: int, keys, within_s: float,
+                   skip: int | None = None) -> list[int]:
+    """Wait until each peer has written one of ``keys(peer)`` or its process is gone; return the stragglers.
+
+    Bounded by ``within_s``: a peer blocked with no watchdog never writes, and must not keep this rank alive.
+    """
+    deadline_at = time.monotonic() + within_s
+    pending = [r for r in range(world_size) if r not in (rank, skip)]
+    tick = threading.Event()
+    while True:
+        gone = set(gone_peers(store, rank=rank, world_size=world_size))
+        pending = [p for p in pending if p not in gone and not any(store.check([k(p)]) for k in keys)]
+        if not pending or time.monotonic() >= deadline_at:
+            return pending
+        tick.wait(0.02)
 
 
 def read_abort(store: dist.Store) -> dict | None:

@@ -1,8 +1,9 @@
-"""Rank 0: the whole pipeline per chunk, and the only source of randomness.
+"""The driver: the whole pipeline per chunk, and the only source of randomness.
 
-Conditioning, timesteps, cache decisions, latents (rank 0 draws them with a
-seeded generator and broadcasts them: randomness is data), KV recompute,
-denoise, decode (rank 0 only), advance ``current_start_frame``.
+The driver is rank 0 unless ``TP_DRIVER_RANK`` names another rank. It owns
+conditioning, timesteps, cache decisions, latents (drawn with a seeded
+generator and broadcast: randomness is data), KV recompute, denoise, decode
+(the driver only), advance ``current_start_frame``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Driver:
         start_frame = 0
         frames, tokens = self.runner.frames, gen.tokens_per_frame
         for chunk in range(cfg.chunks):
-            failpoint("driver.idle", rank=0, chunk=chunk, call_id=self.call_id)
+            failpoint("driver.idle", rank=cfg.rank, chunk=chunk, call_id=self.call_id)
             if self.rank.stop.is_set():
                 log.info(f"SIGTERM: shutting down before chunk {chunk}")
                 break
@@ -57,20 +58,20 @@ class Driver:
             recompute = (not reset) and cfg.kv_recompute
             self.rank.begin_chunk(chunk, self.call_id)
             steps = torch.tensor(DENOISING_STEPS, dtype=torch.int64)
-            n_steps = failpoint("driver.plan", len(DENOISING_STEPS), rank=0, chunk=chunk, call_id=self.call_id)
+            n_steps = failpoint("driver.plan", len(DENOISING_STEPS), rank=cfg.rank, chunk=chunk, call_id=self.call_id)
             latents = torch.randn(frames * tokens, gen.cfg.channels, dtype=torch.float64,
                                   generator=torch.Generator().manual_seed(cfg_seed(chunk))).to(gen.dtype)
-            latents = failpoint("driver.latents", latents, rank=0, chunk=chunk, call_id=self.call_id)
+            latents = failpoint("driver.latents", latents, rank=cfg.rank, chunk=chunk, call_id=self.call_id)
             if isinstance(latents, str):  # set(DTYPE): the late dtype change FM-02 is made of
                 from tp.dtypes import dtype_from_name
                 latents = torch.zeros(frames * tokens, gen.cfg.channels).to(dtype_from_name(latents))
             override = previous if recompute else None
-            override = failpoint("driver.override", override, rank=0, chunk=chunk, call_id=self.call_id) if recompute else None
+            override = failpoint("driver.override", override, rank=cfg.rank, chunk=chunk, call_id=self.call_id) if recompute else None
             tensors = {"latents": latents, "conditioning_embeds": cond, "denoising_step_list": steps}
             if override is not None:
                 tensors["context_frames_override"] = override
             aux = None
-            if failpoint("driver.aux", False, rank=0, chunk=chunk, call_id=self.call_id):
+            if failpoint("driver.aux", False, rank=cfg.rank, chunk=chunk, call_id=self.call_id):
                 aux = torch.randn(frames, tokens // 2, gen.cfg.channels, dtype=torch.float64,
                                   generator=torch.Generator().manual_seed(7)).to(gen.dtype)
             meta = {
@@ -81,7 +82,7 @@ class Driver:
                 "kv_cache_attention_bias": 0.0, "base_seed": cfg_seed(0),
                 "context_frames_override": "tensor" if override is not None else None,
             }
-            meta = failpoint("driver.meta", meta, rank=0, chunk=chunk, call_id=self.call_id)
+            meta = failpoint("driver.meta", meta, rank=cfg.rank, chunk=chunk, call_id=self.call_id)
             header = Header(action=Action.INFER, call_id=self.call_id, chunk_index=chunk, control_epoch=chunk,
                             cache_epoch=self.cache_epoch)
             env = self._send(header, meta, tensors, aux)
@@ -94,7 +95,7 @@ class Driver:
             previous = result.latents
             start_frame += frames
             self.latencies.append((time.monotonic() - t0) * 1e3)
-            log.event("chunk", rank=0, chunk=chunk, calls=result.calls, latency_ms=round(self.latencies[-1], 3),
+            log.event("chunk", rank=cfg.rank, chunk=chunk, calls=result.calls, latency_ms=round(self.latencies[-1], 3),
                       cache_epoch=self.cache_epoch)
         self.transport.send_control(Header(action=Action.SHUTDOWN, call_id=self.call_id))
         return self._summary()
@@ -120,16 +121,16 @@ class Driver:
         return self._summary()
 
     def _deliver(self, chunk: int, latents: torch.Tensor, frames: int, tokens: int) -> None:
-        """Decode (rank 0 only) and hand the frames to the output, fenced by cache epoch."""
+        """Decode (the driver only) and hand the frames to the output, fenced by cache epoch."""
         decoded = latents.reshape(frames, tokens, -1).mean(-1)
-        if failpoint("driver.late_result", False, rank=0, chunk=chunk, call_id=self.call_id) and self.results:
+        if failpoint("driver.late_result", False, rank=self.cfg.rank, chunk=chunk, call_id=self.call_id) and self.results:
             # A result computed in the previous cache epoch arrives after the hard cut.
             self._accept(*self.results[-1])
         self._accept(self.cache_epoch, chunk, decoded)
 
     def _accept(self, epoch: int, chunk: int, decoded: torch.Tensor) -> None:
         if "epoch_fence" in self.cfg.guardrails and epoch != self.cache_epoch:
-            log.event("stale_dropped", rank=0, chunk=chunk, result_epoch=epoch, cache_epoch=self.cache_epoch)
+            log.event("stale_dropped", rank=self.cfg.rank, chunk=chunk, result_epoch=epoch, cache_epoch=self.cache_epoch)
             return
         self.results.append((epoch, chunk, decoded))
 

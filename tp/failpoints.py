@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from tp import log
 
 SITES: dict[str, str] = {
-    "driver.meta": "rank 0, the meta dict before encoding (corrupt(callable|tensor|nan) adds an unencodable value)",
-    "driver.latents": "rank 0, the latents tensor before the envelope is built (set(DTYPE) casts it late)",
-    "driver.plan": "rank 0, the plan dict (corrupt: expected generator calls + 1)",
-    "driver.override": "rank 0, context_frames_override (set(none) drops it while recompute is on)",
-    "driver.aux": "rank 0, attach an ad-hoc tensor outside the envelope schema (flip)",
-    "driver.idle": "rank 0, between chunks (kill/hang here is 'mid-idle')",
-    "driver.late_result": "rank 0, a result of the old cache epoch arrives after a hard cut (flip)",
+    "driver.meta": "the driver, the meta dict before encoding (corrupt(callable|tensor|nan) adds an unencodable value)",
+    "driver.latents": "the driver, the latents tensor before the envelope is built (set(DTYPE) casts it late)",
+    "driver.plan": "the driver, the plan dict (corrupt: expected generator calls + 1)",
+    "driver.override": "the driver, context_frames_override (set(none) drops it while recompute is on)",
+    "driver.aux": "the driver, attach an ad-hoc tensor outside the envelope schema (flip)",
+    "driver.idle": "the driver, between chunks (kill/hang here is 'mid-idle')",
+    "driver.late_result": "the driver, a result of the old cache epoch arrives after a hard cut (flip)",
     "envelope.before_header": "sender, after preflight, before the header goes out",
     "envelope.after_header": "sender, after the header went out, before meta",
     "envelope.after_recv": "receiver, the received tensors dict (corrupt perturbs 'latents')",

@@ -2,8 +2,8 @@
 
 The launcher hosts the rendezvous ``TCPStore`` on an ephemeral port (as the
 torchrun agent does) and starts each rank as ``python -m tp`` with torchrun's
-variables, relaying their output with a ``[rN]`` prefix to stderr. Rank 0's
-final JSON line goes to stdout. SIGTERM/SIGINT are forwarded to rank 0, which
+variables, relaying their output with a ``[rN]`` prefix to stderr. The
+driver's final JSON line goes to stdout. SIGTERM/SIGINT are forwarded to rank 0, which
 shuts the group down gracefully; if any rank fails, the rest get a grace
 period and are then killed: nothing outlives the launcher.
 """
@@ -82,8 +82,9 @@ def spawn(*, world_size: int, argv: list[str]) -> int:
         name = signal.Signals(-code).name if code < 0 else f"exit {code}"
         print(f"tp: rank {rank} failed ({name}); see the [r{rank}] lines above", file=sys.stderr)
         return code if code > 0 else 128 - code
-    if 0 in last_lines:
-        print(last_lines[0], flush=True)
+    for rank in sorted(last_lines):  # only the driver prints a JSON line (rank 0 unless TP_DRIVER_RANK)
+        print(last_lines[rank], flush=True)
+        break
     return 0
 
 

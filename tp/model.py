@@ -25,8 +25,8 @@ import torch.nn.functional as F
 class ModelConfig:
     dim: int = 64
     """Model width (replicated activations)."""
-    heads: int = 4
-    """Attention heads; must be divisible by the world size."""
+    heads: int = 8
+    """Attention heads; must be divisible by the world size (8 covers one full 8-GPU node)."""
     layers: int = 2
     """Transformer blocks; each does three all_reduces per call."""
     mlp_hidden: int = 256
@@ -44,10 +44,15 @@ class ModelConfig:
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
 
+    def valid_world_sizes(self) -> list[int]:
+        """Every world size that splits both the heads and the MLP hidden width evenly."""
+        return [n for n in range(1, self.heads + 1) if not self.heads % n and not self.mlp_hidden % n]
+
     def check_world_size(self, world_size: int) -> None:
-        if self.heads % world_size or self.mlp_hidden % world_size:
+        if world_size < 1 or self.heads % world_size or self.mlp_hidden % world_size:
+            valid = ", ".join(map(str, self.valid_world_sizes()))
             raise ValueError(f"world size {world_size} must divide heads ({self.heads}) and "
-                             f"mlp_hidden ({self.mlp_hidden}); try 1, 2 or 4")
+                             f"mlp_hidden ({self.mlp_hidden}); valid world sizes: {valid}")
 
 
 def tp_all_reduce(partial: torch.Tensor, group: dist.ProcessGroup | None, world_size: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, handshake, log
 from tp.config import RankConfig
-from tp.crash import Crash, Fatal, gone_peers, peer_abort, publish_identity, read_abort
+from tp.crash import Crash, Fatal, done_key, exit_key, gone_peers, peer_abort, publish_identity, read_abort, wait_for_peers
 from tp.envelope import EnvelopeError, digest, quantise
 from tp.failpoints import failpoint
 from tp.generate import ChunkRunner, exchange_digests
@@ -33,12 +33,14 @@ from tp.watchdog import Progress, Watchdog
 FRAMES_PER_CHUNK = 3
 HEIGHT = WIDTH = 16
 PATCH = 4
+HOST_DONE_WAIT_S = 30.0
+"""How long a store-hosting rank keeps the store up at a clean end for peers still finishing."""
 
 
 class Rank:
     def __init__(self, cfg: RankConfig) -> None:
         self.cfg = cfg
-        self.crash = Crash(rank=cfg.rank)
+        self.crash = Crash(rank=cfg.rank, world_size=cfg.world_size)
         self.ctx = {"rank": cfg.rank, "chunk": -1, "call_id": -1}
         self.progress = Progress()
         self.device = torch.device(f"cuda:{cfg.local_rank}") if cfg.backend == "nccl" else torch.device("cpu")
@@ -81,7 +83,8 @@ class Rank:
             else:  # another host, or not reaped yet: the heartbeat that moved least recently
                 suspect = self.watchdog.stalest_peer() if self.watchdog is not None else None
                 who = f"rank {suspect} (stalest heartbeat)" if suspect is not None else "a peer"
-            return Fatal("PEER_LOST", f"{who} is gone: the collective failed with {text}", fm=lost_fm(suspect))
+            return Fatal("PEER_LOST", f"{who} is gone: the collective failed with {text}",
+                         fm=lost_fm(suspect, self.cfg.driver_rank))
         if isinstance(exc, dist.DistError) or any(w in text for w in ("gloo", "NCCL", "ProcessGroup", "Invalid scalar type")):
             return Fatal("COLLECTIVE_ERROR", text)
         return Fatal("INTERNAL_ERROR", text)
@@ -97,10 +100,14 @@ class Rank:
                 return gone
             self.stop.wait(0.01)
 
-    def _connect(self) -> dist.Store:
+    def _connect(self, *, host: bool = False) -> dist.Store:
+        """A connection to the job's one store; ``host`` serves it from this process.
+
+        Exactly one process per job serves the store (rank 0 under an srun-style launch, else the
+        torchrun agent or the harness); every other connection, on any rank, is a client.
+        """
         cfg = self.cfg
-        return dist.TCPStore(cfg.master_addr, cfg.master_port, cfg.world_size,
-                             is_master=cfg.host_store and cfg.rank == 0,
+        return dist.TCPStore(cfg.master_addr, cfg.master_port, cfg.world_size, is_master=host,
                              timeout=timedelta(seconds=max(30.0, cfg.handshake_timeout_s)), wait_for_workers=False)
 
     def _main(self) -> int:
@@ -108,8 +115,9 @@ class Rank:
         log.event("init", rank=cfg.rank, world_size=cfg.world_size, backend=cfg.backend, role=cfg.role,
                   plan=cfg.plan, protocol=cfg.protocol_version, guardrails=sorted(cfg.guardrails),
                   env_parity=cfg.env_parity, pid=os.getpid())
-        self.store = self._connect()
-        self.crash.store = self.store
+        hosts = cfg.host_store and cfg.rank == 0
+        self.store = self._connect(host=hosts)
+        self.crash.store, self.crash.hosts_store = self.store, hosts
         publish_identity(self.store, cfg.rank)
         model_cfg = ModelConfig()
         model_cfg.check_world_size(cfg.world_size)
@@ -128,6 +136,7 @@ class Rank:
             log.event("handshake", rank=cfg.rank, ok=True)
         if "watchdog" in cfg.guardrails:
             self.watchdog = Watchdog(crash=self.crash, store_factory=self._connect, rank=cfg.rank,
+                                     driver_rank=cfg.driver_rank, store_host=0 if cfg.host_store else None,
                                      world_size=cfg.world_size, heartbeat_s=cfg.heartbeat_s,
                                      peer_timeout_s=cfg.peer_timeout_s, progress_timeout_s=cfg.progress_timeout_s,
                                      progress=self.progress)
@@ -194,10 +203,17 @@ class Rank:
 
     def finish(self, summary: dict) -> None:
         cfg = self.cfg
-        if self.store is not None:
-            self.store.set(f"tp/done/{cfg.rank}", "1")
+        # Stop watching before saying done: a store-hosting rank exits once every peer is done, and a
+        # watchdog still polling then would call the vanished store a lost peer.
         if self.watchdog is not None:
             self.watchdog.stop()
+        if self.store is not None:
+            self.store.set(done_key(cfg.rank), "1")
+            if self.crash.hosts_store:
+                late = wait_for_peers(self.store, rank=cfg.rank, world_size=cfg.world_size, keys=(done_key, exit_key),
+                                      within_s=HOST_DONE_WAIT_S)
+                if late:
+                    log.info(f"ranks {late} not done {HOST_DONE_WAIT_S} s after this rank; the store goes down now")
         log.event("result", rank=cfg.rank, output_digest=self.latents_digest.hexdigest()[:16], calls=self.calls,
                   **{k: v for k, v in summary.items() if k not in ("output_digest", "calls")})
         log.event("exit", rank=cfg.rank, code="OK", exit=0)
@@ -209,6 +225,6 @@ class Rank:
             log.info(f"destroy_process_group: {exc}")
 
 
-def lost_fm(rank: int | None, driver_rank: int = 0) -> str:
+def lost_fm(rank: int | None, driver_rank: int) -> str:
     """Losing the driver is FM-13, losing a worker FM-14."""
     return "FM-13" if rank == driver_rank else ("FM-14" if rank is not None else "none")

@@ -6,6 +6,12 @@ collective holding nothing but a socket). Each poll it beats, checks
 ``peer_timeout_s`` (clock-free: counters, not timestamps, so it works across
 hosts), and checks the main thread has not been busy without progress for
 ``progress_timeout_s``.
+
+A second, store-free thread watches the first: c10d's store client blocks
+for as long as a *stopped* server holds its connection (``set_timeout`` does
+not bound ``add``/``check``), so when the rank serving the store freezes
+(rank 0 under an srun-style launch) the watchdog would freeze with it. The
+sentinel notices that the watchdog's polls stopped completing and exits.
 """
 
 from __future__ import annotations
@@ -41,18 +47,22 @@ class Progress:
 
 
 class Watchdog:
-    def __init__(self, *, crash: Crash, store_factory, rank: int, world_size: int, heartbeat_s: float,
+    def __init__(self, *, crash: Crash, store_factory, rank: int, driver_rank: int, world_size: int, heartbeat_s: float,
                  peer_timeout_s: float, progress_timeout_s: float, progress: Progress,
-                 startup_grace_s: float = 30.0) -> None:
+                 store_host: int | None = None, startup_grace_s: float = 30.0) -> None:
         self.startup_grace_s = startup_grace_s
-        self.crash, self.rank, self.world_size = crash, rank, world_size
+        self.crash, self.rank, self.driver_rank, self.world_size = crash, rank, driver_rank, world_size
         self.heartbeat_s, self.peer_timeout_s, self.progress_timeout_s = heartbeat_s, peer_timeout_s, progress_timeout_s
         self.progress = progress
         self.store: dist.Store = store_factory()
         self.store.set_timeout(timedelta(seconds=max(2.0, peer_timeout_s)))
         self.seen: dict[int, tuple[int, float]] = {}
+        self.store_host = store_host
+        """The rank that serves the store, or None when a launcher does (its loss is not a rank's)."""
+        self.polled_at = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tp-watchdog", daemon=True)
+        self._sentinel = threading.Thread(target=self._watch_polls, name="tp-watchdog-sentinel", daemon=True)
 
     def stalest_peer(self) -> int | None:
         """The peer whose heartbeat moved least recently: the likeliest to be gone."""
@@ -63,11 +73,32 @@ class Watchdog:
         # Beat once before any collective can start: a peer that froze before the thread's first
         # beat would otherwise look "still starting" and get the long startup grace, not the timeout.
         self.store.add(f"tp/hb/{self.rank}", 1)
+        self.polled_at = time.monotonic()
         self._thread.start()
+        self._sentinel.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2 * self.heartbeat_s + 1)
+        self._sentinel.join(timeout=2 * self.heartbeat_s + 1)
+
+    def _store_lost(self, why: str, *, silent: bool) -> Fatal:
+        host = self.store_host
+        if host is None or host == self.rank:
+            return Fatal("PEER_LOST", f"rendezvous store {why}")
+        who = f"rank {host}'s heartbeat stopped: the rendezvous store it serves" if silent else \
+              f"rank {host} (serving the rendezvous store) is gone: the store"
+        return Fatal("PEER_LOST", f"{who} {why}", cause_rank=host,
+                     fm="FM-13" if host == self.driver_rank else "FM-14")
+
+    def _watch_polls(self) -> None:
+        limit_s = self.peer_timeout_s + self.heartbeat_s
+        while not self._stop.wait(self.heartbeat_s):
+            silent_s = time.monotonic() - self.polled_at
+            if silent_s > limit_s and not self._stop.is_set():
+                self.crash.store = None  # publishing the abort would block on the same silent store
+                self.crash.die(self._store_lost(f"has not answered for {silent_s:.2f} s "
+                                                f"(peer timeout {self.peer_timeout_s} s)", silent=True), dump_stack=True)
 
     def _run(self) -> None:
         peers = [r for r in range(self.world_size) if r != self.rank]
@@ -89,11 +120,12 @@ class Watchdog:
                     elif now - seen[r][1] > (self.peer_timeout_s if count > 0 else self.startup_grace_s):
                         self.crash.die(Fatal("PEER_LOST", f"rank {r}'s heartbeat stopped {now - seen[r][1]:.2f} s ago "
                                              f"(peer timeout {self.peer_timeout_s} s)", cause_rank=r,
-                                             fm="FM-13" if r == 0 else "FM-14"), dump_stack=True)
+                                             fm="FM-13" if r == self.driver_rank else "FM-14"), dump_stack=True)
             except Exception as exc:
                 if self._stop.is_set():
                     return
-                self.crash.die(Fatal("PEER_LOST", f"rendezvous store unreachable: {exc}"), dump_stack=True)
+                self.crash.die(self._store_lost(f"is unreachable: {exc}", silent=False), dump_stack=True)
+            self.polled_at = time.monotonic()
             busy = self.progress.busy_since
             if busy is not None and time.monotonic() - self.progress.last > self.progress_timeout_s:
                 self.crash.die(Fatal("PROGRESS_TIMEOUT", f"no progress for {self.progress_timeout_s} s while "
