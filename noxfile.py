@@ -1,5 +1,6 @@
 """Sessions: ``breakit`` (the break-it suite), ``tests`` (unit + plugin tests),
-``lint`` (ruff), ``bench`` (speed numbers, see benchmarks/).
+``launches`` (the launch-mode matrix and a world-size-8 smoke run), ``lint`` (ruff),
+``bench`` (speed numbers, see benchmarks/).
 
 torch is installed from constraints/cpu.txt (the CPU build) so a fresh clone
 never downloads a multi-GB CUDA build. GPU runners set ``BREAKIT_SYSTEM_TORCH=1``
@@ -38,6 +39,29 @@ def tests(session: nox.Session) -> None:
     """Unit tests of tp/ and harness/, plugin and CLI black-box tests."""
     _install(session)
     session.run("python", "-m", "pytest", "tests", *session.posargs)
+
+
+# Every launch door users have, each through the scenarios that lose a rank or desync the plan.
+LAUNCH_MODES = ("zygote", "subprocess", "srun", "torchrun", "torchrun-2node")
+LAUNCH_CASES = (
+    "scenarios/test_controls.py::test_control[CTL-healthy]",
+    "scenarios/test_fm03_call_count.py::test_fm03[FM-03]",
+    "scenarios/test_fm13_driver_lost.py::test_fm13[FM-13]",
+    "scenarios/test_fm14_worker_lost.py::test_fm14[FM-14]",
+)
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def launches(session: nox.Session) -> None:
+    """The launch matrix: every launch mode x the LAUNCH_CASES at world size 2, srun-style at world size 4,
+    and a world-size-8 smoke run (one full 8-GPU node's worth of ranks)."""
+    _install(session)
+    pytest = ("python", "-m", "pytest", "-p", "no:randomly", "-q", *session.posargs)
+    for mode in LAUNCH_MODES:
+        session.run(*pytest, *LAUNCH_CASES, "--breakit-launch", mode, "--breakit-world-size", "2")
+    session.run(*pytest, *LAUNCH_CASES, "--breakit-launch", "srun", "--breakit-world-size", "4")
+    session.run(*pytest, "scenarios/test_controls.py::test_control[CTL-healthy]",
+                "scenarios/test_fm14_worker_lost.py::test_fm14[FM-14]", "--breakit-world-size", "8")
 
 
 @nox.session

@@ -106,7 +106,7 @@ class Crash:
 
 def wait_for_peers(store: dist.Store, *, rank: int, world_size: int, keys, within_s: float,
                    skip: int | None = None) -> list[int]:
-    """Wait until each peer has written one of ``keys(peer)`` or its process is gone; return the stragglers.
+    """Wait until each peer has written one of ``keys(peer)`` or its process is gone or frozen; return the stragglers.
 
     Bounded by ``within_s``: a peer blocked with no watchdog never writes, and must not keep this rank alive.
     """
@@ -114,7 +114,7 @@ def wait_for_peers(store: dist.Store, *, rank: int, world_size: int, keys, withi
     pending = [r for r in range(world_size) if r not in (rank, skip)]
     tick = threading.Event()
     while True:
-        gone = set(gone_peers(store, rank=rank, world_size=world_size))
+        gone = set(gone_peers(store, rank=rank, world_size=world_size, stopped=True))
         pending = [p for p in pending if p not in gone and not any(store.check([k(p)]) for k in keys)]
         if not pending or time.monotonic() >= deadline_at:
             return pending
@@ -142,8 +142,8 @@ def publish_identity(store: dist.Store, rank: int) -> None:
     store.set(f"tp/pid/{rank}", f"{socket.gethostname()} {os.getpid()}")
 
 
-def gone_peers(store: dist.Store, *, rank: int, world_size: int) -> list[int]:
-    """Peers on this host whose process no longer runs (exited, killed, or a zombie)."""
+def gone_peers(store: dist.Store, *, rank: int, world_size: int, stopped: bool = False) -> list[int]:
+    """Peers on this host whose process no longer runs (exited, killed, or a zombie; with ``stopped``, also frozen)."""
     host, gone = socket.gethostname(), []
     for peer in range(world_size):
         if peer == rank:
@@ -154,16 +154,16 @@ def gone_peers(store: dist.Store, *, rank: int, world_size: int) -> list[int]:
             peer_host, pid = store.get(f"tp/pid/{peer}").decode().split()
         except Exception:
             continue
-        if peer_host == host and not _running(int(pid)):
+        if peer_host == host and not _running(int(pid), dead_states=("Z", "X", "T") if stopped else ("Z", "X")):
             gone.append(peer)
     return gone
 
 
-def _running(pid: int) -> bool:
+def _running(pid: int, dead_states: tuple[str, ...]) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
+        return state not in dead_states
     except FileNotFoundError:
         return False
     except OSError:
