@@ -33,7 +33,7 @@ from pathlib import Path
 
 import psutil
 
-from harness import zygote
+from harness import lifetime, zygote
 
 MODES = ("zygote", "subprocess", "torchrun")
 HOST = "127.0.0.1"
@@ -114,6 +114,7 @@ class Launch:
         self._exited: set[int] = set()
         self._torchrun: subprocess.Popen | None = None
         self._closed = False
+        self.marker = lifetime.launch_marker()  # in every rank's env: finds what ranks left behind
 
     @property
     def hosts_store(self) -> bool:
@@ -157,6 +158,7 @@ class Launch:
         return {
             "RANK": str(rank), "WORLD_SIZE": str(self.spec.world_size), "LOCAL_RANK": str(rank),
             "MASTER_ADDR": HOST, "MASTER_PORT": str(self.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+            lifetime.LAUNCH_ENV: self.marker,
         }
 
     def _popen(self, rank: int, env: dict, log: Path) -> int:
@@ -164,7 +166,7 @@ class Launch:
             try:
                 proc = subprocess.Popen(
                     list(self.spec.command), stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                    env=env, cwd=self.spec.cwd, start_new_session=True,
+                    env=env, cwd=self.spec.cwd, start_new_session=True, preexec_fn=lifetime.child_preexec(),
                 )
             except OSError as exc:
                 raise LaunchError(f"cannot start rank {rank} with {' '.join(self.spec.command)!r}: {exc}") from None
@@ -199,7 +201,7 @@ class Launch:
         with socket.socket() as sock:
             sock.bind((HOST, 0))
             self.port = sock.getsockname()[1]
-        env = {**base_env(self.spec), "HARNESS_LOG_DIR": str(self.spec.log_dir)}
+        env = {**base_env(self.spec), "HARNESS_LOG_DIR": str(self.spec.log_dir), lifetime.LAUNCH_ENV: self.marker}
         if self.spec.rank_env:
             raise LaunchError("launch mode 'torchrun' cannot give single ranks extra env; use zygote or subprocess")
         cmd = [
@@ -210,7 +212,8 @@ class Launch:
         log = self.spec.log_dir / "torchrun.log"
         with log.open("ab") as fh:
             self._torchrun = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                              env=env, cwd=self.spec.cwd, start_new_session=True)
+                                              env=env, cwd=self.spec.cwd, start_new_session=True,
+                                              preexec_fn=lifetime.child_preexec())
         for rank in range(self.spec.world_size):
             threading.Thread(target=self._torchrun_wait, args=(rank,), daemon=True).start()
         self.store = tcp_store(HOST, self.port, is_master=False, timeout=timedelta(seconds=30))
@@ -296,6 +299,11 @@ class Launch:
                 if proc.pid not in found and os.getpgid(proc.pid) in groups and proc.pid != os.getpid():
                     found[proc.pid] = proc
             except (OSError, psutil.NoSuchProcess):
+                continue
+        for pid in lifetime.marked(lifetime.LAUNCH_ENV, self.marker):  # left their session and their parent
+            try:
+                found.setdefault(pid, psutil.Process(pid))
+            except psutil.NoSuchProcess:
                 continue
         return [p for p in found.values() if _alive(p)]
 
