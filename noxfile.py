@@ -1,6 +1,6 @@
 """Sessions: ``breakit`` (the break-it suite), ``tests`` (unit + plugin tests),
 ``lint`` (ruff), ``bench`` (speed numbers, see benchmarks/), ``fuzz`` (the
-envelope decoder, tools/fuzz_envelope.py).
+envelope decoder, tools/fuzz_envelope.py), ``soak`` (the suite N times, tools/soak.py).
 
 torch is installed from constraints/cpu.txt (the CPU build) so a fresh clone
 never downloads a multi-GB CUDA build. GPU runners set ``BREAKIT_SYSTEM_TORCH=1``
@@ -59,3 +59,10 @@ def fuzz(session: nox.Session) -> None:
     """The envelope decoder against mutated envelopes (default 20,000; ``-- --examples N --seed S``)."""
     _install(session)
     session.run("python", "-m", "tools.fuzz_envelope", *session.posargs)
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def soak(session: nox.Session) -> None:
+    """The suite N times (serial, -n 2, oversubscribed): flakes and leftovers in reports/soak/ (``-- --runs N``)."""
+    _install(session)
+    session.run("python", "-m", "tools.soak", *session.posargs)

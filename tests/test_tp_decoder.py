@@ -28,13 +28,14 @@ from tp.envelope import MAX_META_DEPTH, EnvelopeError, Limits, encode_meta
 
 REPO = Path(__file__).resolve().parents[1]
 BIG = Limits(max_meta_bytes=1 << 20, max_envelope_bytes=1 << 20)
+DEFAULT = Limits()
 
 
 def _wire(*, legacy: bool = False) -> list[torch.Tensor]:
     return valid_wire(random.Random(3), legacy=legacy)
 
 
-def _recv(wire: list[torch.Tensor], limits: Limits = Limits()) -> tuple[_Wire, EnvelopeError | None]:
+def _recv(wire: list[torch.Tensor], limits: Limits = DEFAULT) -> tuple[_Wire, EnvelopeError | None]:
     receiver = _Wire(guards="all", limits=limits, wire=wire)
     try:
         receiver.recv()
@@ -59,7 +60,7 @@ def _meta_of(wire: list[torch.Tensor]) -> dict:
     return json.loads(wire[1].numpy().tobytes())
 
 
-def _refused(wire: list[torch.Tensor], code: str, says: str, limits: Limits = Limits()) -> _Wire:
+def _refused(wire: list[torch.Tensor], code: str, says: str, limits: Limits = DEFAULT) -> _Wire:
     receiver, exc = _recv(wire, limits)
     assert exc is not None, "accepted"
     assert exc.code == code and says in str(exc), f"{exc.code}: {exc}"
