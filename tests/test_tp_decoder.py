@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.fuzz_envelope import HEADER_AND_LENGTH, _Wire, fuzz, valid_wire
+from tools.fuzz_envelope import HEADER_AND_LENGTH, WireTransport, fuzz, valid_wire
 from tp import codes
 from tp.config import DEFAULT_MAX_ENVELOPE_BYTES, DEFAULT_MAX_META_BYTES, ConfigError, from_env
 from tp.envelope import MAX_META_DEPTH, EnvelopeError, Limits, encode_meta
@@ -35,8 +35,8 @@ def _wire(*, legacy: bool = False) -> list[torch.Tensor]:
     return valid_wire(random.Random(3), legacy=legacy)
 
 
-def _recv(wire: list[torch.Tensor], limits: Limits = DEFAULT) -> tuple[_Wire, EnvelopeError | None]:
-    receiver = _Wire(guards="all", limits=limits, wire=wire)
+def _recv(wire: list[torch.Tensor], limits: Limits = DEFAULT) -> tuple[WireTransport, EnvelopeError | None]:
+    receiver = WireTransport(guards="all", limits=limits, wire=wire)
     try:
         receiver.recv()
     except EnvelopeError as exc:
@@ -60,7 +60,7 @@ def _meta_of(wire: list[torch.Tensor]) -> dict:
     return json.loads(wire[1].numpy().tobytes())
 
 
-def _refused(wire: list[torch.Tensor], code: str, says: str, limits: Limits = DEFAULT) -> _Wire:
+def _refused(wire: list[torch.Tensor], code: str, says: str, limits: Limits = DEFAULT) -> WireTransport:
     receiver, exc = _recv(wire, limits)
     assert exc is not None, "accepted"
     assert exc.code == code and says in str(exc), f"{exc.code}: {exc}"
@@ -188,7 +188,7 @@ def test_encode_refuses_what_decode_would_refuse(meta: dict, says: str) -> None:
 
 
 def test_preflight_refuses_an_envelope_over_the_cap_before_the_header() -> None:
-    sender = _Wire(guards="all", limits=Limits(max_envelope_bytes=1000))
+    sender = WireTransport(guards="all", limits=Limits(max_envelope_bytes=1000))
     with pytest.raises(EnvelopeError, match="TP_MAX_ENVELOPE_BYTES"):
         sender.send(*_send_args())
     assert sender.sent == [] and not sender.header_sent

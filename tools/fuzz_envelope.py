@@ -50,7 +50,7 @@ class OverCap(Exception):
     """The receiver allocated a buffer larger than the caps allow."""
 
 
-class _Wire(Transport):
+class WireTransport(Transport):
     """A transport whose broadcasts are a recorded (send) or scripted (receive) wire."""
 
     def __init__(self, *, guards: str, limits: Limits, wire: list[torch.Tensor] | None = None) -> None:
@@ -96,7 +96,7 @@ def valid_wire(rng: random.Random, *, legacy: bool) -> list[torch.Tensor]:
                "latents": torch.randn(48, 8, dtype=torch.float64, generator=gen)}
     if recompute:
         tensors["context_frames_override"] = torch.randn(48, 8, dtype=torch.float64, generator=gen)
-    sender = _Wire(guards="all,-preflight" if legacy else "all", limits=Limits())
+    sender = WireTransport(guards="all,-preflight" if legacy else "all", limits=Limits())
     sender.send(Header(action=Action.INFER, call_id=rng.randint(0, 99), chunk_index=1, control_epoch=1), meta,
                 tensors, None)
     return sender.sent
@@ -247,7 +247,7 @@ def fuzz(*, examples: int, seed: int) -> Tally:
         limits = rng.choice(LIMITS)
         wire = mutate(rng, rng.choice(bases)) if i % 20 else list(rng.choice(bases))
         guards = rng.choice(["all", "none", "all,-lockstep"])
-        receiver = _Wire(guards=guards, limits=limits, wire=wire)
+        receiver = WireTransport(guards=guards, limits=limits, wire=wire)
         tally.examples += 1
         try:
             env = receiver.recv()
