@@ -172,6 +172,7 @@ def serve(preload: list[str]) -> None:
                 pid = children.pop(fd)
                 code = _reap(pid, fd)
                 out.write(f"exit {pid} {code} {time.monotonic():.6f}\n".encode())
+                out.flush()  # the harness learns of the exit before the scan for what the rank left
                 _kill_orphans(set(children.values()), orphans)
                 continue
             data = os.read(0, 65536)
