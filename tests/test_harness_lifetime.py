@@ -47,7 +47,14 @@ def _kill(pids: list[int]) -> None:
 
 
 def _procs(pids: list[int]) -> list[psutil.Process]:
-    return [psutil.Process(pid) for pid in pids]
+    """The processes still there (one already gone is what the tests want)."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    return procs
 
 
 # -- die_with_parent ------------------------------------------------------------------------
@@ -179,3 +186,25 @@ def test_leftovers_are_found_by_marker_and_listed(tmp_path: Path) -> None:
     check = subprocess.run([sys.executable, "-m", "harness.lifetime", marker], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize("mode", ["subprocess", "zygote"])
+def test_closing_a_launch_kills_what_its_rank_left_in_another_session(tmp_path: Path, mode: str) -> None:
+    from harness.launch import Launch, LaunchSpec
+
+    spec = LaunchSpec(command=(sys.executable, "-m", "orphan_rank"), world_size=1, log_dir=tmp_path / "logs",
+                      env={"ORPHAN_DIR": str(tmp_path), "ORPHAN_MODE": "leave", "PYTHONPATH": str(RANKS)},
+                      mode=mode, cwd=RANKS)
+    launch = Launch(spec)
+    grandchild: list[int] = []
+    try:
+        launch.start()
+        kind, rank, code, _ = launch.events.get(timeout=60)
+        assert (kind, rank, code) == ("exit", 0, 0), (tmp_path / "logs" / "rank0.log").read_text()
+        grandchild = _wait_for(tmp_path, "*.child", 1, timeout_s=5)
+        procs = _procs(grandchild)
+        launch.close()
+        assert wait_gone(procs, timeout_s=10) == [], "a setsid grandchild outlived its launch"
+    finally:
+        launch.close()
+        _kill(grandchild)
