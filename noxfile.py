@@ -1,6 +1,7 @@
 """Sessions: ``breakit`` (the break-it suite), ``tests`` (unit + plugin tests),
 ``launches`` (the launch-mode matrix and a world-size-8 smoke run), ``lint`` (ruff),
-``bench`` (speed numbers, see benchmarks/).
+``bench`` (speed numbers, see benchmarks/), ``fuzz`` (the envelope decoder,
+tools/fuzz_envelope.py), ``soak`` (the suite N times, tools/soak.py).
 
 torch is installed from constraints/cpu.txt (the CPU build) so a fresh clone
 never downloads a multi-GB CUDA build. GPU runners set ``BREAKIT_SYSTEM_TORCH=1``
@@ -67,7 +68,7 @@ def launches(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "tp", "harness", "scenarios", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "tp", "harness", "scenarios", "tests", "benchmarks", "tools", "noxfile.py")
 
 
 @nox.session(venv_params=VENV_PARAMS)
@@ -75,3 +76,17 @@ def bench(session: nox.Session) -> None:
     """Speed numbers side by side: writes reports/bench/bench.json and bench.md."""
     _install(session)
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def fuzz(session: nox.Session) -> None:
+    """The envelope decoder against mutated envelopes (default 20,000; ``-- --examples N --seed S``)."""
+    _install(session)
+    session.run("python", "-m", "tools.fuzz_envelope", *session.posargs)
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def soak(session: nox.Session) -> None:
+    """The suite N times (serial, -n 2, oversubscribed): flakes and leftovers in reports/soak/ (``-- --runs N``)."""
+    _install(session)
+    session.run("python", "-m", "tools.soak", *session.posargs)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import psutil
 
-from harness import zygote
+from harness import lifetime, zygote
 
 MODES = ("zygote", "subprocess", "srun", "torchrun", "torchrun-2node")
 _TORCHRUN_NODES = {"torchrun": 1, "torchrun-2node": 2}
@@ -130,6 +130,7 @@ class Launch:
         self._agents: list[subprocess.Popen] = []
         """torchrun agents, one per stand-in node."""
         self._closed = False
+        self.marker = lifetime.launch_marker()  # in every rank's env: finds what ranks left behind
 
     @property
     def hosts_store(self) -> bool:
@@ -186,7 +187,7 @@ class Launch:
     def contract_env(self, rank: int) -> dict[str, str]:
         """CONTRACT §1 variables for ``rank``; under ``srun`` no launcher store, so rank 0 serves it."""
         env = {"RANK": str(rank), "WORLD_SIZE": str(self.spec.world_size), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": HOST, "MASTER_PORT": str(self.port)}
+               "MASTER_ADDR": HOST, "MASTER_PORT": str(self.port), lifetime.LAUNCH_ENV: self.marker}
         if self.spec.mode != "srun":
             env["TORCHELASTIC_USE_AGENT_STORE"] = "True"
         return env
@@ -196,7 +197,7 @@ class Launch:
             try:
                 proc = subprocess.Popen(
                     list(self.spec.command), stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                    env=env, cwd=self.spec.cwd, start_new_session=True,
+                    env=env, cwd=self.spec.cwd, start_new_session=True, preexec_fn=lifetime.child_preexec(),
                 )
             except OSError as exc:
                 raise LaunchError(f"cannot start rank {rank} with {' '.join(self.spec.command)!r}: {exc}") from None
@@ -235,7 +236,7 @@ class Launch:
             raise LaunchError(f"launch mode {mode!r} splits the ranks over {nnodes} agents; "
                               f"world size {self.spec.world_size} is not a multiple of {nnodes}")
         self.port = free_port()
-        env = {**base_env(self.spec), "HARNESS_LOG_DIR": str(self.spec.log_dir)}
+        env = {**base_env(self.spec), "HARNESS_LOG_DIR": str(self.spec.log_dir), lifetime.LAUNCH_ENV: self.marker}
         per_node = self.spec.world_size // nnodes
         if nnodes == 1:
             rdzv = ["--rdzv-backend=static", f"--master-addr={HOST}", f"--master-port={self.port}"]
@@ -250,7 +251,7 @@ class Launch:
             with log.open("ab") as fh:
                 self._agents.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh,
                                                      stderr=subprocess.STDOUT, env=env, cwd=self.spec.cwd,
-                                                     start_new_session=True))
+                                                     start_new_session=True, preexec_fn=lifetime.child_preexec()))
         for rank in range(self.spec.world_size):
             threading.Thread(target=self._torchrun_wait, args=(rank,), daemon=True).start()
         self.store = tcp_store(HOST, self.port, is_master=False, timeout=timedelta(seconds=30))
@@ -335,6 +336,11 @@ class Launch:
                 if proc.pid not in found and os.getpgid(proc.pid) in groups and proc.pid != os.getpid():
                     found[proc.pid] = proc
             except (OSError, psutil.NoSuchProcess):
+                continue
+        for pid in lifetime.marked(lifetime.LAUNCH_ENV, self.marker):  # left their session and their parent
+            try:
+                found.setdefault(pid, psutil.Process(pid))
+            except psutil.NoSuchProcess:
                 continue
         return [p for p in found.values() if _alive(p)]
 

@@ -12,6 +12,10 @@ Protocol over the zygote's stdin/stdout, one line per message:
 The zygote is the ranks' parent, so it reaps them (``waitpid`` when the
 child's pidfd becomes readable) and reports each exit status. When its stdin
 closes (the harness exited or died) it kills every live child and exits.
+Each rank dies with the zygote (``PR_SET_PDEATHSIG``), and the zygote is a
+child subreaper: whatever a rank leaves behind when it exits (a grandchild in
+a session of its own) becomes the zygote's child, and the zygote kills and
+reaps it when that rank's exit is reported (harness/lifetime.py).
 """
 
 from __future__ import annotations
@@ -28,16 +32,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness import lifetime
+
 ExitCallback = Callable[[int, "int | None", "float | None"], None]
 
 
 # --------------------------------------------------------------------- server
 
 
-def _child(req: dict, close_fds: list[int]) -> None:
+def _child(req: dict, close_fds: list[int], zygote_pid: int) -> None:
     """Runs in the forked child: become the rank and never return."""
     code = 1
     try:
+        lifetime.die_with_parent(zygote_pid)
         os.setsid()
         for fd in close_fds:
             os.close(fd)
@@ -95,15 +102,10 @@ def _child(req: dict, close_fds: list[int]) -> None:
 
 
 def _kill_all(pids: list[int]) -> None:
-    """The harness is gone: kill every child, its process group and its descendants."""
+    """The harness is gone: kill every child, its process group and its descendants (orphans included)."""
     import psutil
 
-    procs = []
-    for pid in pids:
-        try:
-            procs += [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
+    procs = psutil.Process().children(recursive=True)
     for sig in (signal.SIGCONT, signal.SIGKILL):
         for pid in pids:
             try:
@@ -115,29 +117,63 @@ def _kill_all(pids: list[int]) -> None:
                 proc.send_signal(sig)
             except psutil.Error:
                 pass
-    for pid in pids:
-        os.waitpid(pid, 0)
+    for proc in procs:
+        try:
+            os.waitpid(proc.pid, 0)
+        except ChildProcessError:  # not ours (a rank's descendant) or reaped already
+            pass
+
+
+def _kill_orphans(ranks: set[int], orphans: dict[int, int]) -> None:
+    """Kill the zygote's children that are not ranks: a rank's descendants, reparented here when their parent
+    exited. Each is reaped when its pidfd becomes readable (``orphans``: pidfd -> pid)."""
+    import psutil
+
+    known = ranks | set(orphans.values())
+    for proc in psutil.Process().children():
+        if proc.pid in known:
+            continue
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except OSError:
+            continue
+        orphans[fd] = proc.pid
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                if os.getpgid(proc.pid) == proc.pid:  # a session or group of its own: take its members too
+                    os.killpg(proc.pid, sig)
+                else:
+                    os.kill(proc.pid, sig)
+            except OSError:
+                pass
 
 
 def serve(preload: list[str]) -> None:
     """The zygote's main loop (``python -m harness.zygote torch,...``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lifetime.become_subreaper()
     for name in preload:
         __import__(name)
     out = sys.stdout.buffer
+    zygote_pid = os.getpid()
     out.write(b"ready\n")
     out.flush()
     children: dict[int, int] = {}  # pidfd -> pid
+    orphans: dict[int, int] = {}  # pidfd -> pid, for what ranks left behind
     buf = b""
     while True:
-        readable, _, _ = select.select([0, *children], [], [])
+        readable, _, _ = select.select([0, *children, *orphans], [], [])
         for fd in readable:
+            if fd in orphans:  # its own children, if any, are ours now
+                _reap(orphans.pop(fd), fd)
+                _kill_orphans(set(children.values()), orphans)
+                continue
             if fd != 0:
                 pid = children.pop(fd)
-                os.close(fd)
-                _, status = os.waitpid(pid, 0)
-                code = os.waitstatus_to_exitcode(status)
+                code = _reap(pid, fd)
                 out.write(f"exit {pid} {code} {time.monotonic():.6f}\n".encode())
+                out.flush()  # the harness learns of the exit before the scan for what the rank left
+                _kill_orphans(set(children.values()), orphans)
                 continue
             data = os.read(0, 65536)
             if not data:
@@ -154,10 +190,16 @@ def serve(preload: list[str]) -> None:
                     out.write(f"error {req['id']} fork failed: {exc}\n".encode())
                     continue
                 if pid == 0:
-                    _child(req, [*children])
+                    _child(req, [*children, *orphans], zygote_pid)
                 children[os.pidfd_open(pid)] = pid
                 out.write(f"spawned {req['id']} {pid}\n".encode())
         out.flush()
+
+
+def _reap(pid: int, fd: int) -> int:
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 # --------------------------------------------------------------------- client
@@ -188,7 +230,8 @@ class Zygote:
         with self._lock:
             if self._proc is not None:
                 return
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                   lifetime.RUN_ENV: lifetime.run_marker()}  # forked ranks' /proc/PID/environ is the zygote's
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "harness.zygote", ",".join(self.preload)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errlog,

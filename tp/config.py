@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 
 from tp import PLAN, PROTOCOL_VERSION, guardrails
 
+DEFAULT_MAX_META_BYTES = 64 * 1024
+"""Meta is ~0.7 KB per envelope; 64 KiB leaves room for richer plans and refuses what the wire cannot justify."""
+DEFAULT_MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
+"""The model's tensors are ~12 KB per envelope (48x8 latents, 8x64 embeds, float64); 64 MiB fits real geometries."""
+
 ENV_PARITY_KEYS = ("TP_GUARDRAILS", "TP_DIGEST_EVERY", "TP_SYNC_KV_STATS", "TP_KV_RECOMPUTE", "TP_DRIVER_RANK")
 """Env keys every rank must agree on: each changes which collectives a rank runs."""
 
@@ -68,6 +73,10 @@ class RankConfig:
     """Digest exchange every N chunks; 1 is bring-up mode (``TP_DIGEST_EVERY``)."""
     env_parity: dict[str, str] = field(default_factory=dict)
     """The values of ``ENV_PARITY_KEYS`` as this rank sees them."""
+    max_meta_bytes: int = DEFAULT_MAX_META_BYTES
+    """Largest envelope meta a receiver accepts, bytes (``TP_MAX_META_BYTES``)."""
+    max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES
+    """Largest sum of tensor bytes per envelope a receiver allocates (``TP_MAX_ENVELOPE_BYTES``)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -163,5 +172,7 @@ def from_env(env: dict | None = None, **cli: object) -> RankConfig:
         collective_timeout_s=_seconds(env, "TP_COLLECTIVE_TIMEOUT_S", None),
         digest_every=_int(env, "TP_DIGEST_EVERY", 1, minimum=1),
         env_parity=_parity(env, on),
+        max_meta_bytes=_int(env, "TP_MAX_META_BYTES", DEFAULT_MAX_META_BYTES, minimum=1),
+        max_envelope_bytes=_int(env, "TP_MAX_ENVELOPE_BYTES", DEFAULT_MAX_ENVELOPE_BYTES, minimum=1),
         **cli,
     )

@@ -11,11 +11,13 @@ import enum
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
 
 from tp import ENVELOPE_VERSION, KNOWN_PLANS
+from tp.config import DEFAULT_MAX_ENVELOPE_BYTES, DEFAULT_MAX_META_BYTES
 from tp.dtypes import UnsupportedDtype, dtype_from_name, dtype_name, wire_check
 
 MAGIC = 0x7470_656E_7631  # "tpenv1"
@@ -29,8 +31,16 @@ REQUIRED_META = {
     "tp_num_denoise_steps": int, "tp_expected_generator_calls": int,
     "kv_cache_attention_bias": float, "base_seed": int,
 }
+NON_NEGATIVE_META = ("height", "width", "current_start_frame", "tp_num_denoise_steps", "tp_expected_generator_calls")
 REQUIRED_TENSORS = ("conditioning_embeds", "denoising_step_list", "latents")
 OPTIONAL_TENSORS = ("context_frames_override",)
+LEGACY_META_NBYTES = -1
+"""``meta_nbytes`` of the legacy send order: the length follows as its own int64 tensor."""
+MAX_META_DEPTH = 8
+"""Nesting of objects/lists in meta; the schema needs 4 (meta -> tensor_specs -> spec -> shape)."""
+MAX_NDIM = 8
+"""Dimensions of one received tensor."""
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DIGEST_KEYS = ("meta", "conditioning_embeds", "context_frames_override", "denoising_step_list", "latents", "aux", "output")
 
 
@@ -48,6 +58,16 @@ class EnvelopeError(ValueError):
         self.code = code
 
 
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """What a receiver accepts from the wire before it allocates anything."""
+
+    max_meta_bytes: int = DEFAULT_MAX_META_BYTES
+    """Largest meta (canonical JSON bytes) per envelope (``TP_MAX_META_BYTES``)."""
+    max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES
+    """Largest sum of tensor bytes per envelope (``TP_MAX_ENVELOPE_BYTES``)."""
+
+
 @dataclass(kw_only=True)
 class Header:
     action: Action
@@ -63,6 +83,8 @@ class Header:
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> Header:
+        if t.dtype != torch.int64 or t.shape != (HEADER_LEN,):
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"header must be {HEADER_LEN} int64, got {t.dtype} {list(t.shape)}")
         v = [int(x) for x in t.cpu().tolist()]
         if v[0] != MAGIC:
             raise EnvelopeError("ENVELOPE_VIOLATION", f"header magic {v[0]:#x} != {MAGIC:#x}: the stream is out of sync")
@@ -70,7 +92,19 @@ class Header:
             action = Action(v[1])
         except ValueError:
             raise EnvelopeError("ENVELOPE_VIOLATION", f"unknown header action {v[1]}; known: {[a.name for a in Action]}") from None
+        if v[7] != 0:
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"header reserved field is {v[7]}; expected 0")
         return cls(action=action, call_id=v[2], chunk_index=v[3], control_epoch=v[4], cache_epoch=v[5], meta_nbytes=v[6])
+
+
+def check_meta_nbytes(n: int, *, limits: Limits, legacy_ok: bool = True) -> int:
+    """The meta length a header (or the legacy length tensor) announces, refused unless 0 <= n <= the cap."""
+    if legacy_ok and n == LEGACY_META_NBYTES:
+        return n
+    if not 0 <= n <= limits.max_meta_bytes:
+        raise EnvelopeError("ENVELOPE_VIOLATION", f"meta_nbytes={n} is outside [0, {limits.max_meta_bytes}] "
+                                                  "(TP_MAX_META_BYTES); the receiver allocates nothing for it")
+    return n
 
 
 @dataclass(kw_only=True)
@@ -83,23 +117,39 @@ class Envelope:
 
 # -- meta encoding ---------------------------------------------------------
 
-def check_encodable(value: object, path: str = "meta") -> None:
-    """Scalars and lists only; the error names the exact path of the bad value."""
-    if value is None or isinstance(value, (bool, int, str)):
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+
+
+def check_encodable(value: object, path: str = "meta", depth: int = 0) -> None:
+    """Scalars and lists only, as the decoder accepts them; the error names the exact path of the bad value."""
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise EnvelopeError("META_UNSERIALIZABLE", f"{path}: int {value} does not fit int64")
+        return
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise EnvelopeError("META_UNSERIALIZABLE", f"{path}: string holds a lone surrogate (not valid Unicode)")
         return
     if isinstance(value, float):
         if not math.isfinite(value):
             raise EnvelopeError("META_UNSERIALIZABLE", f"{path}: {value} is not encodable (NaN/inf are not canonical JSON)")
         return
+    if isinstance(value, (list, tuple, dict)) and depth >= MAX_META_DEPTH:
+        raise EnvelopeError("META_UNSERIALIZABLE", f"{path}: nested deeper than {MAX_META_DEPTH} levels")
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            check_encodable(item, f"{path}[{i}]")
+            check_encodable(item, f"{path}[{i}]", depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise EnvelopeError("META_UNSERIALIZABLE", f"{path}: key {key!r} is not a string")
-            check_encodable(item, f"{path}[{key!r}]")
+            check_encodable(key, f"{path}: key", depth)
+            check_encodable(item, f"{path}[{key!r}]", depth + 1)
         return
     kind = "tensor" if isinstance(value, torch.Tensor) else ("function" if callable(value) else type(value).__name__)
     raise EnvelopeError("META_UNSERIALIZABLE", f"{path}: {kind} is not encodable (meta holds scalars and lists only)")
@@ -107,21 +157,72 @@ def check_encodable(value: object, path: str = "meta") -> None:
 
 def encode_meta(meta: dict) -> bytes:
     check_encodable(meta)
+    return _canonical(meta)
+
+
+def _canonical(meta: dict) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode()
 
 
-def decode_meta(data: bytes) -> dict:
+def decode_meta(data: bytes, *, limits: Limits | None = None) -> dict:
+    """Canonical JSON only: what ``encode_meta`` writes, byte for byte; anything else is ENVELOPE_VIOLATION."""
+    limits = limits or Limits()
+    if len(data) > limits.max_meta_bytes:
+        raise EnvelopeError("ENVELOPE_VIOLATION", f"meta is {len(data)} bytes; the cap is {limits.max_meta_bytes} "
+                                                  "(TP_MAX_META_BYTES)")
+    _check_depth(data)
     try:
-        meta = json.loads(data.decode("ascii"), parse_constant=_reject_constant)
+        meta = json.loads(data.decode("ascii"), parse_constant=_reject_constant, parse_float=_finite_float,
+                          parse_int=_int64, object_pairs_hook=_unique_keys)
+        check_encodable(meta)
     except (UnicodeDecodeError, ValueError) as exc:
         raise EnvelopeError("ENVELOPE_VIOLATION", f"meta is not canonical JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise EnvelopeError("ENVELOPE_VIOLATION", f"meta must be a JSON object, got {type(meta).__name__}")
+    if _canonical(meta) != data:
+        raise EnvelopeError("ENVELOPE_VIOLATION", "meta is not canonical JSON: expected sorted keys, no whitespace, "
+                                                  "shortest number forms and \\u escapes for non-ASCII")
     return meta
+
+
+def _check_depth(data: bytes) -> None:
+    """Bounded nesting, checked on the bytes before the (recursive) parser sees them."""
+    depth = 0
+    for c in _STRING.sub(b"", data).translate(None, _NOT_BRACKET):
+        if c in b"[{":
+            depth += 1
+            if depth > MAX_META_DEPTH:
+                raise EnvelopeError("ENVELOPE_VIOLATION", f"meta nests deeper than {MAX_META_DEPTH} levels")
+        else:
+            depth -= 1
 
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not canonical JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is not finite")
+    return value
+
+
+def _int64(text: str) -> int:
+    if len(text.lstrip("-")) > 19:
+        raise ValueError(f"integer {text[:40]}... does not fit int64")
+    value = int(text)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"integer {text} does not fit int64")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        dup = sorted({k for k, _ in pairs if sum(1 for j, _ in pairs if j == k) > 1})
+        raise ValueError(f"duplicate key(s) {dup[:5]}")
+    return out
 
 
 # -- specs and validation --------------------------------------------------
@@ -130,25 +231,46 @@ def make_specs(tensors: dict[str, torch.Tensor]) -> list[list]:
     return [[key, dtype_name(t.dtype), list(t.shape)] for key, t in sorted(tensors.items())]
 
 
-def parse_specs(meta: dict) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+def parse_specs(meta: dict, *, backend: str = "gloo", limits: Limits | None = None
+                ) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """``tensor_specs`` as the receiver will allocate them: dtypes the backend carries, shapes within the cap."""
+    limits = limits or Limits()
     specs = meta.get("tensor_specs")
     if not isinstance(specs, list):
         raise EnvelopeError("ENVELOPE_VIOLATION", "meta['tensor_specs'] is missing or not a list")
-    out = []
+    out, total = [], 0
     for spec in specs:
-        if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and isinstance(spec[2], list)):
-            raise EnvelopeError("ENVELOPE_VIOLATION", f"bad tensor spec {spec!r}; expected [key, dtype, shape]")
+        if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and isinstance(spec[1], str)
+                and isinstance(spec[2], list)):
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"bad tensor spec {_short(spec)}; expected [key, dtype, shape]")
+        key, name, shape = spec
         try:
-            dtype = dtype_from_name(spec[1])
+            dtype = dtype_from_name(name if len(name) <= 32 else f"{name[:32]}...")
         except ValueError as exc:
-            raise EnvelopeError("UNSUPPORTED_DTYPE", f"tensor {spec[0]!r}: {exc}") from None
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in spec[2]):
-            raise EnvelopeError("ENVELOPE_VIOLATION", f"tensor {spec[0]!r}: shape {spec[2]!r} must be non-negative integers")
-        out.append((spec[0], dtype, tuple(spec[2])))
+            raise EnvelopeError("UNSUPPORTED_DTYPE", f"tensor {_short(key)}: {exc}") from None
+        try:
+            wire_check(backend, dtype, field=key[:60])
+        except UnsupportedDtype as exc:
+            raise EnvelopeError("UNSUPPORTED_DTYPE", str(exc)) from None
+        if len(shape) > MAX_NDIM or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"tensor {_short(key)}: shape {_short(shape)} must be at most "
+                                                      f"{MAX_NDIM} non-negative integers")
+        total += math.prod(shape) * dtype.itemsize
+        if total > limits.max_envelope_bytes:
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"tensor {_short(key)} {shape}: the envelope's tensors exceed "
+                                                      f"{limits.max_envelope_bytes} bytes (TP_MAX_ENVELOPE_BYTES)")
+        out.append((key, dtype, tuple(shape)))
     keys = [s[0] for s in out]
     if keys != sorted(keys) or len(set(keys)) != len(keys):
-        raise EnvelopeError("ENVELOPE_VIOLATION", f"tensor_specs must be sorted by key without duplicates, got {keys}")
+        raise EnvelopeError("ENVELOPE_VIOLATION", f"tensor_specs must be sorted by key without duplicates, "
+                                                  f"got {_short(keys)}")
     return out
+
+
+def _short(value: object, limit: int = 120) -> str:
+    """A wire value in an error message, bounded: the wire decides its size, not the log."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 def validate_schema(meta: dict, tensor_keys: set[str]) -> None:
@@ -161,6 +283,9 @@ def validate_schema(meta: dict, tensor_keys: set[str]) -> None:
             isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
         if not ok:
             raise EnvelopeError("ENVELOPE_VIOLATION", f"meta[{key!r}] must be {kind.__name__}, got {type(value).__name__}")
+    for key in NON_NEGATIVE_META:
+        if meta[key] < 0:
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"meta[{key!r}]={meta[key]} must be >= 0")
     if meta["tp_envelope_version"] != ENVELOPE_VERSION:
         raise EnvelopeError("PROTOCOL_MISMATCH", f"envelope version {meta['tp_envelope_version']} != {ENVELOPE_VERSION}")
     if meta["tp_plan"] not in KNOWN_PLANS:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, handshake, log
 from tp.config import RankConfig
 from tp.crash import Crash, Fatal, done_key, exit_key, gone_peers, peer_abort, publish_identity, read_abort, wait_for_peers
-from tp.envelope import EnvelopeError, digest, quantise
+from tp.envelope import EnvelopeError, Limits, digest, quantise
 from tp.failpoints import failpoint
 from tp.generate import ChunkRunner, exchange_digests
 from tp.model import Generator, ModelConfig, expected_fingerprints, fingerprint
@@ -152,7 +152,8 @@ class Rank:
                                  **({"timeout": pg_timeout} if pg_timeout else {}))
         gen.group = None
         transport = Transport(rank=cfg.rank, src=cfg.driver_rank, backend=cfg.backend, device=self.device,
-                              guards=cfg.guardrails, model_dtype=self.dtype, ctx=self.ctx)
+                              guards=cfg.guardrails, model_dtype=self.dtype, ctx=self.ctx,
+                              limits=Limits(max_meta_bytes=cfg.max_meta_bytes, max_envelope_bytes=cfg.max_envelope_bytes))
         transport.on_header = self.progress.busy
         runner = ChunkRunner(gen=gen, rank=cfg.rank, role=cfg.role, guards=cfg.guardrails, ctx=self.ctx,
                              frames_per_chunk=FRAMES_PER_CHUNK, on_call=self._on_call, kv_recompute=cfg.kv_recompute)

@@ -8,16 +8,21 @@ late failure strands the workers mid-envelope.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 
 from tp.dtypes import dtype_name
 from tp.envelope import (
     HEADER_LEN,
+    LEGACY_META_NBYTES,
     Action,
     Envelope,
     EnvelopeError,
     Header,
+    Limits,
+    check_meta_nbytes,
     decode_meta,
     encode_meta,
     make_specs,
@@ -32,8 +37,9 @@ from tp.failpoints import failpoint
 
 class Transport:
     def __init__(self, *, rank: int, src: int, backend: str, device: torch.device, guards: frozenset[str],
-                 model_dtype: torch.dtype, ctx: dict) -> None:
+                 model_dtype: torch.dtype, ctx: dict, limits: Limits | None = None) -> None:
         self.rank, self.src, self.backend, self.device, self.guards = rank, src, backend, device, guards
+        self.limits = limits or Limits()  # what a receiver accepts before it allocates
         self.model_dtype = model_dtype
         self.ctx = ctx  # rank / chunk / call_id for failpoint triggers
         self.header_sent = False
@@ -65,7 +71,8 @@ class Transport:
         tensors = materialise(tensors, backend=self.backend, device=self.device)
         meta = {**meta, "tensor_specs": make_specs(tensors)}
         meta_bytes = encode_meta(meta)
-        header.meta_nbytes = len(meta_bytes)
+        header.meta_nbytes = check_meta_nbytes(len(meta_bytes), limits=self.limits, legacy_ok=False)
+        parse_specs(meta, backend=self.backend, limits=self.limits)  # what the receivers will accept
         failpoint("envelope.before_header", **self.ctx)
         self.send_control(header)
         self.header_sent = True
@@ -102,15 +109,17 @@ class Transport:
             return Envelope(header=header, meta={})
         self.on_header(f"receiving envelope of call_id {header.call_id}")
         self.ctx["chunk"], self.ctx["call_id"] = header.chunk_index, header.call_id  # failpoint triggers
-        n = header.meta_nbytes
-        if n < 0:
-            n = int(self._bcast(torch.empty(1, dtype=torch.int64, device=self.device)).item())
+        n = check_meta_nbytes(header.meta_nbytes, limits=self.limits)
+        if n == LEGACY_META_NBYTES:
+            length = self._bcast(torch.empty(1, dtype=torch.int64, device=self.device))
+            n = check_meta_nbytes(int(length.item()), limits=self.limits, legacy_ok=False)
         meta_bytes = self._bcast(torch.empty(n, dtype=torch.uint8, device=self.device)).cpu().numpy().tobytes()
-        meta = decode_meta(meta_bytes)
-        specs = parse_specs(meta)
+        meta = decode_meta(meta_bytes, limits=self.limits)
+        specs = parse_specs(meta, backend=self.backend, limits=self.limits)
         validate_schema(meta, {key for key, _, _ in specs})
+        aux = self._legacy_aux(meta, specs)
         tensors = {key: self._bcast(torch.empty(shape, dtype=dtype, device=self.device)) for key, dtype, shape in specs}
-        if meta.get("has_aux"):
+        if aux:
             # The legacy side channel: the worker has to guess the shape.
             tensors["aux"] = self._bcast(torch.empty_like(tensors["latents"]))
         if "clear_after_read" in self.guards:
@@ -119,6 +128,18 @@ class Transport:
             validate_plan(meta, tensors["denoising_step_list"])
         tensors["latents"] = failpoint("envelope.after_recv", tensors["latents"], **self.ctx)
         return Envelope(header=header, meta=meta, tensors=tensors, meta_bytes=meta_bytes)
+
+    def _legacy_aux(self, meta: dict, specs: list) -> bool:
+        """Whether the legacy side channel follows; it is sized like ``latents`` and counts against the cap."""
+        aux = meta.get("has_aux", False)
+        if not isinstance(aux, bool):
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"meta['has_aux'] must be bool, got {type(aux).__name__}")
+        total = sum(math.prod(shape) * dtype.itemsize for key, dtype, shape in specs)
+        latents = next(math.prod(shape) * dtype.itemsize for key, dtype, shape in specs if key == "latents")
+        if aux and total + latents > self.limits.max_envelope_bytes:
+            raise EnvelopeError("ENVELOPE_VIOLATION", f"latents and its side channel exceed "
+                                                      f"{self.limits.max_envelope_bytes} bytes (TP_MAX_ENVELOPE_BYTES)")
+        return aux
 
 
 __all__ = ["Transport", "EnvelopeError", "Action", "Header"]

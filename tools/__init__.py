@@ -1,0 +1,1 @@
+"""Developer tools run by nox sessions: the envelope fuzzer, the soak runner."""
