@@ -57,7 +57,7 @@ def launches(session: nox.Session) -> None:
     """The launch matrix: every launch mode x the LAUNCH_CASES at world size 2, srun-style at world size 4,
     and a world-size-8 smoke run (one full 8-GPU node's worth of ranks)."""
     _install(session)
-    pytest = ("python", "-m", "pytest", "-p", "no:randomly", "-q", *session.posargs)
+    pytest = ("python", "-m", "pytest", "-p", "no:randomly", "-q", "-n", "2", *session.posargs)
     for mode in LAUNCH_MODES:
         session.run(*pytest, *LAUNCH_CASES, "--breakit-launch", mode, "--breakit-world-size", "2")
     session.run(*pytest, *LAUNCH_CASES, "--breakit-launch", "srun", "--breakit-world-size", "4")
