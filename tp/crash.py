@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from tp import codes, log
+from tp import codes, flight, log
 
 ABORT_KEY = "tp/abort"
 _ABORT_CLAIM = "tp/abort_claims"
@@ -54,6 +54,7 @@ class Crash:
                     self._publish(fatal, fm)
                 if dump_stack:
                     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                flight.dump(f"TP-FATAL {fatal.code}")
                 log.event("exit", rank=self.rank, code=fatal.code, exit=entry.exit)
                 sys.stdout.flush()
                 sys.stderr.flush()

@@ -7,12 +7,9 @@ SHUTDOWN, a ``result`` event on every rank and exit 0.
 
 from __future__ import annotations
 
-import faulthandler
 import hashlib
 import json
 import os
-import signal
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -20,7 +17,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, handshake, log
+from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, flight, handshake, log
 from tp.config import RankConfig
 from tp.crash import Crash, Fatal, gone_peers, peer_abort, publish_identity, read_abort
 from tp.envelope import EnvelopeError, digest, quantise
@@ -53,7 +50,8 @@ class Rank:
     # -- lifecycle -----------------------------------------------------------
 
     def main(self) -> int:
-        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        flight.install(flight.Recorder(rank=self.cfg.rank, world_size=self.cfg.world_size, ctx=self.ctx,
+                                       report_dir=os.environ.get("TP_REPORT_DIR")))
         try:
             return self._main()
         except Fatal as fatal:
@@ -181,7 +179,10 @@ class Rank:
                                                f"{env.header.chunk_index}, the plan expected {expected}")
         if stats or cfg.plan == "v1_full_pipeline":
             # Optional extras that are collectives: every rank must agree to run them (handshake env parity).
-            dist.all_reduce(result.latents.new_zeros(64))
+            stats_sum = result.latents.new_zeros(64)
+            entry = flight.enter("all_reduce", stats_sum, "chunk-end stats")
+            dist.all_reduce(stats_sum)
+            flight.leave(entry)
         output = quantise(result.latents)
         if "digest" in cfg.guardrails and env.header.chunk_index % cfg.digest_every == 0:
             values = result.input_digests(env)
@@ -200,6 +201,7 @@ class Rank:
             self.watchdog.stop()
         log.event("result", rank=cfg.rank, output_digest=self.latents_digest.hexdigest()[:16], calls=self.calls,
                   **{k: v for k, v in summary.items() if k not in ("output_digest", "calls")})
+        flight.dump("exit")
         log.event("exit", rank=cfg.rank, code="OK", exit=0)
         if cfg.role == "driver":
             print(json.dumps(summary, sort_keys=True), flush=True)
