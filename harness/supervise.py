@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import logs
+from harness import logs, trace
 from harness.launch import Launch
 from harness.scenario import Interrupt
 
@@ -135,6 +135,8 @@ class Observation:
     """Processes still alive after every rank exited (killed)."""
     frozen_reaped: list[int] = field(default_factory=list)
     """Expected-frozen ranks found stopped after every other rank exited, then reaped."""
+    traces: dict[int, dict] = field(default_factory=dict)
+    """Rank -> flight trace (CONTRACT §6) as dumped on SIGUSR1 when the run hung, before reaping."""
 
     def anchor(self) -> tuple[float | None, str]:
         """``(mono, name)`` that deadline and time-to-crash count from."""
@@ -343,6 +345,7 @@ class _Loop:
         obs = self.obs
         for rank, d in self.dumps.items():
             text = logs.read_bytes_from(obs.log_paths[rank], d["offset"])
+            text = "\n".join(ln for ln in text.splitlines() if not ln.startswith(trace.TRACE_PREFIX))
             start = min((i for i in (text.find("Thread 0x"), text.find("Current thread 0x")) if i >= 0),
                         default=0)
             pid = obs.pids.get(rank)
@@ -354,6 +357,15 @@ class _Loop:
             else:
                 obs.stack_notes[rank] = (f"rank {rank} (pid {pid}) wrote no stack within "
                                     f"{self.limits.dump_timeout_s:g} s of SIGUSR1")
+        self._snapshot_traces()
+
+    def _snapshot_traces(self) -> None:
+        """Keep the traces as the hang left them: reaping makes ranks dump again (TP-FATAL), later."""
+        obs = self.obs
+        for rank, path in obs.log_paths.items():
+            doc = trace.load(path.parent, rank, logs.read_text(path))
+            if doc is not None:
+                obs.traces[rank] = doc
 
     def _kill_leftovers(self) -> None:
         if not self.obs.hung:

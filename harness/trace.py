@@ -1,0 +1,143 @@
+"""Flight traces (docs/CONTRACT.md §6): read them, diff them, name the first divergent collective.
+
+Each rank's trace numbers its collectives from 0 (``seq``); on healthy ranks
+the n-th collective is the same everywhere. The first ``seq`` at which ranks
+disagree is where a hang or a desync starts: different op, shape, dtype or
+root; a rank that never entered it while a peer did; a rank that entered and
+never left. A TP path that writes no trace gets no line, nothing else changes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMA = "tp-flight/1"
+TRACE_PREFIX = "TP-TRACE "
+
+
+def flight_path(log_dir: Path, rank: int) -> Path:
+    return Path(log_dir) / f"flight_rank{rank}.json"
+
+
+def load(log_dir: Path, rank: int, log_text: str = "") -> dict | None:
+    """This rank's newest trace: ``flight_rank{R}.json``, else its log's last ``TP-TRACE`` line, else None."""
+    path = flight_path(log_dir, rank)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = None
+    if doc is None:
+        for line in reversed(log_text.splitlines()):
+            if line.startswith(TRACE_PREFIX):
+                try:
+                    doc = json.loads(line[len(TRACE_PREFIX):])
+                except ValueError:
+                    continue
+                break
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("entries"), list):
+        return None
+    return doc
+
+
+def load_all(log_dir: Path, world_size: int, texts: dict[int, str] | None = None) -> dict[int, dict]:
+    texts = texts or {}
+    found = {r: load(log_dir, r, texts.get(r, "")) for r in range(world_size)}
+    return {r: doc for r, doc in found.items() if doc is not None}
+
+
+@dataclass(kw_only=True)
+class Divergence:
+    """The first collective the ranks disagree on."""
+
+    seq: int
+    """The disagreeing sequence number."""
+    kind: str
+    """``mismatch`` (op/shape/dtype/root), ``never entered`` or ``never left``."""
+    line: str
+    """One line with each rank's side."""
+    sides: dict[int, str] = field(default_factory=dict)
+    """Rank -> its side of the line."""
+    blocked: dict[int, dict] = field(default_factory=dict)
+    """Rank -> the entry it entered and never left (anywhere in its trace)."""
+    marks: dict[int, float] = field(default_factory=dict)
+    """Rank -> ``mono`` where its side happened: entering this seq, or leaving its last collective."""
+
+    def to_json(self) -> dict:
+        return {"seq": self.seq, "kind": self.kind, "line": self.line,
+                "sides": {str(r): s for r, s in self.sides.items()},
+                "blocked": {str(r): e for r, e in self.blocked.items()},
+                "marks": {str(r): t for r, t in self.marks.items()}}
+
+
+def signature(entry: dict) -> tuple:
+    return (entry.get("op"), json.dumps(entry.get("shapes")), json.dumps(entry.get("dtypes")), entry.get("root"))
+
+
+def describe(entry: dict) -> str:
+    """``broadcast int64[8] (envelope header, chunk 3)``."""
+    shapes, dtypes = entry.get("shapes") or [], entry.get("dtypes") or []
+    tensors = "+".join(f"{d}[{','.join(map(str, s))}]" for d, s in zip(dtypes, shapes)) or "?"
+    root = f" root {entry['root']}" if entry.get("root") is not None else ""
+    return f"{entry.get('op', '?')}{root} {tensors} ({entry.get('site', '?')}, chunk {entry.get('chunk', '?')})"
+
+
+def _side(rank: int, doc: dict | None, entry: dict | None, note: str | None) -> str:
+    if doc is None:
+        return f"rank {rank} has no flight trace" + (f" ({note})" if note else "")
+    if entry is None:
+        entries = doc["entries"]
+        last = entries[-1] if entries else None
+        if last is None:
+            return f"rank {rank} never entered it (no collective yet)"
+        state = "still inside it" if last.get("leave") is None else "left it"
+        return f"rank {rank} never entered it (its last: seq {last['seq']} {describe(last)}, {state})"
+    text = f"rank {rank} {describe(entry)}"
+    if entry.get("leave") is None:
+        ago = float(doc.get("mono", entry["enter"])) - float(entry["enter"])
+        text += f", entered {ago:.1f} s ago, never left"
+    return text
+
+
+def first_divergence(traces: dict[int, dict], world_size: int,
+                     notes: dict[int, str] | None = None) -> Divergence | None:
+    """The first ``seq`` the traced ranks disagree on; None when they agree or nobody traced."""
+    if not traces:
+        return None
+    notes = notes or {}
+    by_seq = {r: {e["seq"]: e for e in doc["entries"] if isinstance(e, dict) and "seq" in e}
+              for r, doc in traces.items()}
+    ends = {r: int(doc.get("next_seq", max(by_seq[r], default=-1) + 1)) for r, doc in traces.items()}
+    starts = {r: min(by_seq[r], default=ends[r]) for r in traces}
+    blocked = {r: e for r, entries in by_seq.items() for e in entries.values() if e.get("leave") is None}
+    lo, hi = max(starts.values()), max(ends.values())
+    for seq in range(lo, hi):
+        present = {r: by_seq[r].get(seq) for r in traces}
+        entered = {r: e for r, e in present.items() if e is not None}
+        kind = None
+        if len({signature(e) for e in entered.values()}) > 1:
+            kind = "mismatch"
+        elif len(entered) < len(traces):
+            kind = "never entered"
+        elif any(e.get("leave") is None for e in entered.values()):
+            kind = "never left"
+        if kind is None:
+            continue
+        sides = {r: _side(r, traces.get(r), present.get(r), notes.get(r)) for r in range(world_size)}
+        marks = {}
+        for r, doc in traces.items():
+            e = present[r] or (doc["entries"][-1] if doc["entries"] else None)
+            if e is not None:
+                marks[r] = float(e["enter"] if present[r] or e.get("leave") is None else e["leave"])
+        return Divergence(seq=seq, kind=kind, line=f"seq {seq}: " + " - ".join(sides.values()), sides=sides,
+                          blocked=blocked, marks=marks)
+    return None
+
+
+def for_run(*, traces: dict[int, dict], log_dir: Path | None, world_size: int, texts: dict[int, str],
+            notes: dict[int, str]) -> Divergence | None:
+    """The run's first divergence: from the traces taken at the hang if any, else as the ranks left them."""
+    if not traces and log_dir is not None:
+        traces = load_all(log_dir, world_size, texts)
+    return first_divergence(traces, world_size, notes)

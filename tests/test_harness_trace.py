@@ -1,0 +1,72 @@
+"""harness.trace: reading flight traces and naming the first divergent collective."""
+
+from __future__ import annotations
+
+import json
+
+from harness import trace
+
+
+def _entry(seq, op="all_reduce", shape=(48, 64), dtype="float64", site="generator call 5", chunk=2, left=True,
+           root=None, enter=100.0):
+    return {"seq": seq, "op": op, "shapes": [list(shape)], "dtypes": [dtype], "root": root, "site": site,
+            "chunk": chunk, "call_id": 5, "enter": enter + seq, "leave": (enter + seq + 0.001) if left else None}
+
+
+def _doc(rank, entries, mono=200.0):
+    return {"schema": trace.SCHEMA, "rank": rank, "world_size": 2, "pid": 1, "reason": "SIGUSR1", "mono": mono,
+            "next_seq": entries[-1]["seq"] + 1 if entries else 0, "capacity": 512, "entries": entries}
+
+
+def test_agreeing_traces_have_no_divergence() -> None:
+    same = [_entry(i) for i in range(5)]
+    assert trace.first_divergence({0: _doc(0, same), 1: _doc(1, same)}, 2) is None
+
+
+def test_a_different_op_at_the_same_seq_is_named_with_both_sides() -> None:
+    r0 = [_entry(0), _entry(1, op="broadcast", shape=(8,), dtype="int64", site="envelope header", chunk=3,
+                            root=0, left=False)]
+    r1 = [_entry(0), _entry(1, left=False)]
+    div = trace.first_divergence({0: _doc(0, r0, mono=104.1), 1: _doc(1, r1, mono=104.1)}, 2)
+    assert div is not None and div.seq == 1 and div.kind == "mismatch"
+    assert div.line == ("seq 1: rank 0 broadcast root 0 int64[8] (envelope header, chunk 3), entered 3.1 s ago, "
+                        "never left - rank 1 all_reduce float64[48,64] (generator call 5, chunk 2), entered 3.1 s "
+                        "ago, never left")
+
+
+def test_a_rank_that_never_entered_is_named_with_where_it_is() -> None:
+    r0 = [_entry(0), _entry(1)]
+    r1 = [_entry(0), _entry(1), _entry(2, left=False)]
+    div = trace.first_divergence({0: _doc(0, r0), 1: _doc(1, r1)}, 2)
+    assert div.seq == 2 and div.kind == "never entered"
+    assert div.sides[0].startswith("rank 0 never entered it (its last: seq 1 all_reduce")
+    assert div.blocked == {1: r1[-1]}
+
+
+def test_a_rank_without_a_trace_and_a_peer_stuck_inside() -> None:
+    r0 = [_entry(0), _entry(1, left=False)]
+    div = trace.first_divergence({0: _doc(0, r0)}, 2, notes={1: "stopped by SIGSTOP"})
+    assert div.seq == 1 and div.kind == "never left"
+    assert div.sides[1] == "rank 1 has no flight trace (stopped by SIGSTOP)"
+
+
+def test_rings_that_start_at_different_seqs_are_compared_where_both_hold_entries() -> None:
+    r0 = [_entry(i) for i in range(3, 10)]
+    r1 = [_entry(i) for i in range(6, 10)] + [_entry(10, op="all_gather", shape=(7,), dtype="int64")]
+    div = trace.first_divergence({0: _doc(0, r0), 1: _doc(1, r1)}, 2)
+    assert div.seq == 10 and div.kind == "never entered"
+
+
+def test_no_traces_means_no_line(tmp_path) -> None:
+    assert trace.first_divergence({}, 2) is None
+    assert trace.load_all(tmp_path, 2) == {}
+
+
+def test_load_prefers_the_file_and_falls_back_to_the_last_log_line(tmp_path) -> None:
+    old, new = _doc(0, [_entry(0)]), _doc(0, [_entry(0), _entry(1)])
+    text = f"TP-TRACE {json.dumps(old)}\nnoise\nTP-TRACE {json.dumps(new)}\nTP-TRACE {{broken\n"
+    assert trace.load(tmp_path, 0, text)["next_seq"] == 2
+    (tmp_path / "flight_rank0.json").write_text(json.dumps(old))
+    assert trace.load(tmp_path, 0, text)["next_seq"] == 1
+    (tmp_path / "flight_rank1.json").write_text(json.dumps({"schema": "other", "entries": []}))
+    assert trace.load(tmp_path, 1) is None
