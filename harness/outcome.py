@@ -212,6 +212,10 @@ def judge(
         why = (why + "; " if why else "") + f"first divergent collective: {divergence.line}"
 
     sig_errors = _match_signatures(scenario, ranks, texts, obs.world_size)
+    if observed is Outcome.HUNG:
+        stopped = {r.rank for r in ranks if "stopped" in (r.stack_note or "")}
+        sig_errors += trace.check_blocked(scenario.expect, traces=obs.traces, divergence=divergence, stopped=stopped,
+                                          world_size=obs.world_size)
     missing = [(r.rank, s["regex"]) for r in ranks for s in r.signatures if not s["matched"]]
     passed = observed in scenario.expect.outcomes and not missing and not sig_errors
     expected = sorted(scenario.expect.outcomes, key=list(Outcome).index)

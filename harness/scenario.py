@@ -141,6 +141,41 @@ class Interrupt:
             raise ValueError(f"Interrupt: rank and after_chunk must be >= 0; got {self.rank}, {self.after_chunk}")
 
 
+DESYNC = "desync"
+"""``Expect.hang(blocked=DESYNC)``: some rank waits in a collective that a peer never entered (or entered
+with another op, shape or dtype), as the ranks' flight traces show (CONTRACT §6)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Blocked:
+    """Where a hung rank must be waiting, read from its flight trace (CONTRACT §6)."""
+
+    op: str | None = None
+    """Collective it must be inside, e.g. ``all_reduce`` (None = any collective)."""
+    site: str | None = None
+    """Regex searched in the entry's site, e.g. ``envelope header`` or ``generator call`` (None = any)."""
+    stopped: bool = False
+    """The rank is frozen (SIGSTOP) and cannot dump a trace: it must be found stopped instead."""
+    outside: bool = False
+    """The rank waits outside any collective (idle, or in a lock): its trace shows no open collective."""
+
+    def __post_init__(self) -> None:
+        if (self.stopped or self.outside) and (self.op or self.site) or (self.stopped and self.outside):
+            raise ValueError("Blocked: stopped=True and outside=True each stand alone; or give op/site")
+        if self.site is not None:
+            try:
+                re.compile(self.site)
+            except re.error as exc:
+                raise ValueError(f"Blocked: site is not a valid regex {self.site!r}: {exc}") from None
+
+    def describe(self) -> str:
+        if self.stopped:
+            return "stopped (SIGSTOP)"
+        if self.outside:
+            return "outside any collective"
+        return f"inside {self.op or 'a collective'}" + (f" at /{self.site}/" if self.site else "")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Expect:
     """What must happen: the allowed outcomes and log signatures per rank."""
@@ -152,6 +187,9 @@ class Expect:
     frozen: frozenset[int] = frozenset()
     """Ranks the fault freezes (SIGSTOP): they cannot exit, so once every other rank has exited the
     harness checks they are stopped and reaps them instead of calling the run HUNG."""
+    blocked: Mapping[int | str, Blocked] | str | None = None
+    """Where a HUNG run must leave its ranks: ``DESYNC``, or per rank (number, ``"others"``, ``"all"``) a
+    ``Blocked``. Checked against the flight traces taken at the hang; a hang anywhere else fails."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "frozen", frozenset(self.frozen))
@@ -170,6 +208,17 @@ class Expect:
             except (re.error, TypeError) as exc:
                 raise ValueError(f"Expect: signature for {key!r} is not a valid regex {regex!r}: {exc}") from None
         object.__setattr__(self, "signatures", dict(self.signatures))
+        if isinstance(self.blocked, str) and self.blocked != DESYNC:
+            raise ValueError(f"Expect: blocked must be DESYNC ({DESYNC!r}) or a mapping to Blocked; got {self.blocked!r}")
+        if self.blocked is not None and not isinstance(self.blocked, str):
+            for key, spec in self.blocked.items():
+                if not (key in ("others", "all") or (isinstance(key, int) and not isinstance(key, bool) and key >= 0)):
+                    raise ValueError(f"Expect: blocked key {key!r} must be a rank number, 'others' or 'all'")
+                if not isinstance(spec, Blocked):
+                    raise ValueError(f"Expect: blocked[{key!r}] must be a Blocked(op=..., site=...); got {spec!r}")
+            object.__setattr__(self, "blocked", dict(self.blocked))
+        if self.blocked is not None and Outcome.HUNG not in outcomes:
+            raise ValueError("Expect: blocked says where a hang leaves ranks; it needs HUNG among the outcomes")
 
     @classmethod
     def crash(cls, signatures: Mapping[int | str, str] | None = None, *, frozen: Iterable[int] = ()) -> Expect:
@@ -182,9 +231,10 @@ class Expect:
         return cls(outcomes=frozenset({Outcome.CLEAN}), signatures=signatures or {})
 
     @classmethod
-    def hang(cls, signatures: Mapping[int | str, str] | None = None) -> Expect:
-        """A rank is still alive at the deadline (the hazard a guardrail prevents)."""
-        return cls(outcomes=frozenset({Outcome.HUNG}), signatures=signatures or {})
+    def hang(cls, signatures: Mapping[int | str, str] | None = None, *,
+             blocked: Mapping[int | str, Blocked] | str | None = None) -> Expect:
+        """Ranks are stuck (the hazard a guardrail prevents); ``blocked`` says where they must be."""
+        return cls(outcomes=frozenset({Outcome.HUNG}), signatures=signatures or {}, blocked=blocked)
 
     @classmethod
     def diverge(cls, signatures: Mapping[int | str, str] | None = None) -> Expect:
@@ -192,9 +242,17 @@ class Expect:
         return cls(outcomes=frozenset({Outcome.DIVERGED}), signatures=signatures or {})
 
     @classmethod
-    def hang_or_diverge(cls, signatures: Mapping[int | str, str] | None = None) -> Expect:
-        """Either hazard proves the guardrail is what prevents the failure."""
-        return cls(outcomes=frozenset({Outcome.HUNG, Outcome.DIVERGED}), signatures=signatures or {})
+    def hang_or_diverge(cls, signatures: Mapping[int | str, str] | None = None, *,
+                        blocked: Mapping[int | str, Blocked] | str | None = None) -> Expect:
+        """Either hazard proves the guardrail is what prevents the failure (``blocked`` applies to a hang)."""
+        return cls(outcomes=frozenset({Outcome.HUNG, Outcome.DIVERGED}), signatures=signatures or {},
+                   blocked=blocked)
+
+    def blocked_for(self, rank: int) -> Blocked | None:
+        """This rank's ``Blocked`` (its number, else ``others``, else ``all``); None when not per rank."""
+        if not isinstance(self.blocked, dict):
+            return None
+        return self.blocked.get(rank, self.blocked.get("others", self.blocked.get("all")))
 
     def signatures_for(self, world_size: int) -> dict[int, list[re.Pattern]]:
         """Compiled regexes per rank at this world size."""

@@ -10,6 +10,7 @@ never left. A TP path that writes no trace gets no line, nothing else changes.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,3 +142,44 @@ def for_run(*, traces: dict[int, dict], log_dir: Path | None, world_size: int, t
     if not traces and log_dir is not None:
         traces = load_all(log_dir, world_size, texts)
     return first_divergence(traces, world_size, notes)
+
+
+def open_entry(doc: dict | None) -> dict | None:
+    """The collective a rank is inside: its last entry, when it has no ``leave``."""
+    entries = (doc or {}).get("entries") or []
+    return entries[-1] if entries and entries[-1].get("leave") is None else None
+
+
+def check_blocked(expect, *, traces: dict[int, dict], divergence: Divergence | None, stopped: set[int],
+                  world_size: int) -> list[str]:
+    """Why a HUNG run is not hung where ``expect.blocked`` says (empty when it is, or nothing is said)."""
+    if expect.blocked is None:
+        return []
+    if isinstance(expect.blocked, str):  # DESYNC
+        if divergence is not None and divergence.kind in ("mismatch", "never entered") and divergence.blocked:
+            return []
+        found = divergence.line if divergence else ("no flight traces" if not traces else "the traces agree")
+        return [f"the hang must leave a rank waiting in a collective its peers never entered; found: {found}"]
+    errors = []
+    for rank in range(world_size):
+        spec = expect.blocked_for(rank)
+        if spec is None:
+            continue
+        if spec.stopped:
+            if rank not in stopped:
+                errors.append(f"rank {rank} must be {spec.describe()} but was not found stopped")
+            continue
+        doc = traces.get(rank)
+        entry = open_entry(doc)
+        if doc is None:
+            errors.append(f"rank {rank} must be {spec.describe()} but left no flight trace at the hang")
+        elif spec.outside:
+            if entry is not None:
+                errors.append(f"rank {rank} must be {spec.describe()} but waits in seq {entry['seq']} {describe(entry)}")
+        elif entry is None:
+            last = doc["entries"][-1] if doc["entries"] else None
+            where = f"its last collective, seq {last['seq']} {describe(last)}, returned" if last else "no collective"
+            errors.append(f"rank {rank} must be {spec.describe()} but is in none ({where})")
+        elif (spec.op and entry.get("op") != spec.op) or (spec.site and not re.search(spec.site, str(entry.get("site")))):
+            errors.append(f"rank {rank} must be {spec.describe()} but waits in seq {entry['seq']} {describe(entry)}")
+    return errors

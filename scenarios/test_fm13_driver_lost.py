@@ -11,7 +11,7 @@ Without the watchdog a frozen rank 0 leaves every worker waiting forever.
 import pytest
 
 from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import Expect, Fault, Scenario
+from harness.scenario import Blocked, Expect, Fault, Scenario
 
 pytestmark = [pytest.mark.breakit, pytest.mark.fm13]
 
@@ -32,7 +32,8 @@ SCENARIOS = [
                                   "others": r"TP-FATAL fm=FM-13 code=(PEER_LOST|PEER_ABORT) .*rank 0's heartbeat stopped"},
                                  frozen={0})),
     Scenario(id="FM-13/off", fm="FM-13", title="rank 0 frozen, no watchdog: workers wait forever",
-             proves="watchdog", guardrails="all,-watchdog", faults=(FREEZE_IDLE,), expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
+             proves="watchdog", guardrails="all,-watchdog", faults=(FREEZE_IDLE,), expect=Expect.hang(blocked={0: Blocked(stopped=True), "others": Blocked(op="broadcast", site="envelope header")}),
+             deadline_s=HANG_DEADLINE_S),
 ]
 
 

@@ -70,3 +70,89 @@ def test_load_prefers_the_file_and_falls_back_to_the_last_log_line(tmp_path) -> 
     assert trace.load(tmp_path, 0, text)["next_seq"] == 1
     (tmp_path / "flight_rank1.json").write_text(json.dumps({"schema": "other", "entries": []}))
     assert trace.load(tmp_path, 1) is None
+
+
+# -- where a hang must leave its ranks (Expect.hang(blocked=...)) ---------------------------------
+
+from harness.scenario import DESYNC, Blocked, Expect  # noqa: E402
+
+
+def test_blocked_spec_validation() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="each stand alone"):
+        Blocked(stopped=True, op="broadcast")
+    with pytest.raises(ValueError, match="needs HUNG"):
+        Expect(outcomes=frozenset({trace_outcome("CRASHED")}), blocked=DESYNC)
+    with pytest.raises(ValueError, match="must be DESYNC"):
+        Expect.hang(blocked="somewhere")
+    with pytest.raises(ValueError, match="must be a Blocked"):
+        Expect.hang(blocked={1: "all_reduce"})
+
+
+def trace_outcome(name: str):
+    from harness.outcome import Outcome
+
+    return Outcome[name]
+
+
+def _check(expect, traces, stopped=frozenset(), ws=2):
+    div = trace.first_divergence(traces, ws)
+    return trace.check_blocked(expect, traces=traces, divergence=div, stopped=set(stopped), world_size=ws)
+
+
+def test_blocked_per_rank_passes_where_ranks_wait_and_names_what_differs() -> None:
+    r0 = _doc(0, [_entry(0), _entry(1, op="all_gather", shape=(7,), dtype="int64", site="digest exchange", left=False)])
+    r1 = _doc(1, [_entry(0), _entry(1, site="generator call 6", left=False)])
+    ok = Expect.hang(blocked={0: Blocked(op="all_gather", site="digest"), "others": Blocked(op="all_reduce")})
+    assert _check(ok, {0: r0, 1: r1}) == []
+    wrong = Expect.hang(blocked={"all": Blocked(op="broadcast", site="envelope header")})
+    errors = _check(wrong, {0: r0, 1: r1})
+    assert len(errors) == 2 and errors[0].startswith("rank 0 must be inside broadcast at /envelope header/ but waits")
+
+
+def test_a_rank_outside_any_collective_fails_a_blocked_proof() -> None:
+    r0 = _doc(0, [_entry(0), _entry(1)])
+    r1 = _doc(1, [_entry(0), _entry(1), _entry(2, left=False)])
+    errors = _check(Expect.hang(blocked={"all": Blocked()}), {0: r0, 1: r1})
+    assert errors == [f"rank 0 must be inside a collective but is in none (its last collective, seq 1 "
+                      f"{trace.describe(r0['entries'][-1])}, returned)"]
+    assert _check(Expect.hang(blocked=DESYNC), {0: r0, 1: r1}) == []
+
+
+def test_desync_needs_a_collective_a_peer_never_entered() -> None:
+    both_inside = [_entry(0), _entry(1, left=False)]
+    errors = _check(Expect.hang(blocked=DESYNC), {0: _doc(0, both_inside), 1: _doc(1, both_inside)})
+    assert errors and "found: seq 1:" in errors[0]
+    assert "no flight traces" in _check(Expect.hang(blocked=DESYNC), {})[0]
+
+
+def test_stopped_ranks_are_checked_without_a_trace() -> None:
+    r0 = _doc(0, [_entry(0, left=False)])
+    expect = Expect.hang(blocked={1: Blocked(stopped=True), "others": Blocked(op="all_reduce")})
+    assert _check(expect, {0: r0}, stopped={1}) == []
+    assert _check(expect, {0: r0}) == ["rank 1 must be stopped (SIGSTOP) but was not found stopped"]
+    assert "left no flight trace" in _check(Expect.hang(blocked={0: Blocked()}), {})[0]
+
+
+def test_a_real_hang_outside_the_stated_collective_fails_the_proof(tmp_path) -> None:
+    """Rank 0 hangs in a failpoint (no collective); rank 1 waits for the next header."""
+    from harness import Fault, Scenario
+    from harness.runner import RunConfig, run_scenario
+
+    scenario = Scenario(id="hang-elsewhere", fm="adhoc", title="test", proves="control", chunks=4,
+                        faults=(Fault(site="driver.idle", action="hang", rank=0, chunk=2),),
+                        expect=Expect.hang(blocked={"all": Blocked(op="broadcast", site="envelope header")}))
+    result = run_scenario(scenario, RunConfig(run_dir=tmp_path / "run", deadline_s=1.5))
+    assert result.observed == "HUNG" and not result.passed, result.reason
+    assert "rank 0 must be inside broadcast at /envelope header/ but is in none" in result.reason
+    assert result.divergence is not None and result.divergence["kind"] == "never entered"
+    assert result.divergence["sides"]["1"].startswith("rank 1 broadcast root 0 int64[8] (envelope header")
+
+
+def test_outside_means_no_open_collective() -> None:
+    idle = _doc(0, [_entry(0)])
+    inside = _doc(1, [_entry(0), _entry(1, left=False)])
+    expect = Expect.hang(blocked={0: Blocked(outside=True), "others": Blocked(op="all_reduce")})
+    assert _check(expect, {0: idle, 1: inside}) == []
+    assert "must be outside any collective but waits in seq 1" in _check(expect, {0: inside, 1: inside})[0]
