@@ -127,7 +127,8 @@ class Rank:
         if "watchdog" in cfg.guardrails:
             self.watchdog = Watchdog(crash=self.crash, store_factory=self._connect, rank=cfg.rank,
                                      world_size=cfg.world_size, heartbeat_s=cfg.heartbeat_s,
-                                     peer_timeout_s=cfg.peer_timeout_s, progress_timeout_s=cfg.progress_timeout_s,
+                                     peer_timeout_s=cfg.peer_timeout_s, peer_timeout_min_s=cfg.peer_timeout_min_s,
+                                     progress_timeout_s=cfg.progress_timeout_s,
                                      progress=self.progress)
             self.watchdog.start()
         if cfg.backend == "nccl":
