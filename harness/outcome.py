@@ -154,6 +154,8 @@ class Result:
     """Wall time of the whole run as the harness saw it."""
     dir: str = ""
     """Directory holding result.json and the rank logs."""
+    hang_verdict_s: float | None = None
+    """HUNG only: from the TP-FAULT instant (or first init) to the verdict, stacks and traces in hand."""
     divergence: dict | None = None
     """First divergent collective from the ranks' flight traces (``harness.trace``), if they wrote any."""
 
@@ -234,6 +236,8 @@ def judge(
         duration_s=round(obs.ended_at - obs.started_at, 3),
         backend=meta["backend"], launch=meta["launch"], dir=meta["dir"],
         divergence=divergence.to_json() if divergence is not None else None,
+        hang_verdict_s=(round(obs.verdict_at - anchor_mono, 4)
+                        if obs.hung and obs.verdict_at is not None and anchor_mono is not None else None),
     )
 
 

@@ -73,6 +73,9 @@ class Limits:
     """Store polling period (every tick while an interrupt is pending)."""
     frozen: frozenset[int] = frozenset()
     """Ranks expected to be frozen (SIGSTOP): reaped once they are all that is left."""
+    stall_s: float | None = None
+    """After the deadline's anchor, no progress for this long makes the loop probe the ranks' flight
+    traces (SIGUSR1); HUNG at once when they prove it (``harness.trace.stall_verdict``). None: deadline only."""
 
 
 @dataclass(kw_only=True)
@@ -120,7 +123,9 @@ class Observation:
     hang_reason: str = ""
     """Which deadline passed and which ranks were alive."""
     hung_at: float | None = None
-    """``time.monotonic()`` when the deadline passed; later failures are reaping's doing."""
+    """``time.monotonic()`` when the deadline passed (or the stall probe began); later failures are reaping's doing."""
+    verdict_at: float | None = None
+    """``time.monotonic()`` when HUNG was decided with stacks and traces in hand."""
     stacks: dict[int, str] = field(default_factory=dict)
     """Rank -> stacks it dumped on SIGUSR1."""
     stack_notes: dict[int, str] = field(default_factory=dict)
@@ -169,6 +174,11 @@ class _Loop:
         self.next_poll_at = start
         self.phase_until_at = 0.0
         self.dumps: dict[int, dict] = {}
+        self.last_progress_at = start  # a log line, a progress key, an exit
+        self.beat_moved_at: float | None = None  # a heartbeat counter moved (the TP path's watchdog runs)
+        self.flight_ranks: set[int] = set()  # ranks whose init event says they dump a flight trace on SIGUSR1
+        self.probe_at: float | None = None  # set while a stall probe's dumps are collected
+        self.next_probe_at = start
 
     def run(self) -> Observation:
         obs = self.obs
@@ -210,7 +220,9 @@ class _Loop:
             if kind != "exit":
                 raise RuntimeError(f"supervisor got an unknown event {event!r}")
             self.launch.mark_exited(rank)
-            self.obs.exits[rank] = RankExit(rank=rank, returncode=code, mono=mono, reaped=self.phase != RUNNING)
+            reaped = self.phase != RUNNING and self.probe_at is None
+            self.obs.exits[rank] = RankExit(rank=rank, returncode=code, mono=mono, reaped=reaped)
+            self.last_progress_at = time.monotonic()
             self.say(f"rank {rank} exited ({code})")
             try:
                 event = self.launch.events.get_nowait()
@@ -218,8 +230,11 @@ class _Loop:
                 return
 
     def _scan_logs(self) -> None:
-        for follower in self.followers.values():
-            for text in follower.read_new():
+        for rank, follower in self.followers.items():
+            new = follower.read_new()
+            if new:
+                self.last_progress_at = time.monotonic()
+            for text in new:
                 line = logs.parse_line(text)
                 if line is None:
                     continue
@@ -228,6 +243,8 @@ class _Loop:
                     self.say(line.raw)
                 elif line.event == "init" and line.mono is not None:
                     self.obs.init_mono = min(line.mono, self.obs.init_mono or line.mono)
+                    if line.fields.get("flight") == trace.SCHEMA:
+                        self.flight_ranks.add(rank)
 
     def _poll_store(self) -> None:
         store = self.launch.store
@@ -240,8 +257,12 @@ class _Loop:
                     if store.check([key]):
                         raw = store.get(key).decode(errors="replace")
                         value = int(raw) if slot is obs.heartbeats and raw.isdigit() else raw
-                        if slot is obs.progress and slot.get(rank) != value:
-                            self.say(f"rank {rank} progress {value}")
+                        if slot.get(rank) != value:
+                            if slot is obs.progress:
+                                self.say(f"rank {rank} progress {value}")
+                                self.last_progress_at = time.monotonic()
+                            else:
+                                self.beat_moved_at = time.monotonic()
                         slot[rank] = value
             if obs.abort is None and store.check(["tp/abort"]):
                 raw = store.get("tp/abort").decode(errors="replace")
@@ -290,9 +311,16 @@ class _Loop:
                 else:
                     what = f"run timeout {self.limits.run_timeout_s:g} s"
                 self._start_dump(now, what)
+            elif counts and self._stalled(now):
+                self.probe_at = now
+                self.say(f"no progress for {self.limits.stall_s:g} s: asking for flight traces (SIGUSR1)")
+                self._signal_dumps(now)
         elif self.phase == DUMPING:
             if self._dumps_done(now) or now >= self.phase_until_at:
                 self._cut_stacks()
+                if self.probe_at is not None and not self._probe_conclusive(now):
+                    return
+                self.obs.verdict_at = now
                 self.say("reaping: SIGTERM to the process tree")
                 self.launch.kill_tree(signal.SIGTERM)
                 self.phase, self.phase_until_at = REAPING, now + self.limits.grace_s
@@ -317,7 +345,11 @@ class _Loop:
         obs.hang_reason = f"{what} passed with " + ", ".join(
             f"rank {r} (pid {obs.pids.get(r)})" for r in live) + " still running"
         self.say(obs.hang_reason + "; asking for stacks (SIGUSR1)")
-        for rank in live:
+        self._signal_dumps(now)
+
+    def _signal_dumps(self, now: float) -> None:
+        obs = self.obs
+        for rank in self._live():
             status = self.launch.rank_status(rank)
             if status == "stopped":
                 obs.stack_notes[rank] = (f"rank {rank} (pid {obs.pids.get(rank)}) is stopped (SIGSTOP); "
@@ -327,6 +359,43 @@ class _Loop:
             if self.launch.signal_rank(rank, signal.SIGUSR1):
                 self.dumps[rank] = {"offset": size, "size": size, "changed_at": None}
         self.phase, self.phase_until_at = DUMPING, now + self.limits.dump_timeout_s
+
+    def _stalled(self, now: float) -> bool:
+        """Nothing progressed for the stall window and every live rank can answer with a trace (or is stopped)."""
+        stall = self.limits.stall_s
+        if stall is None or now < self.next_probe_at or now - self.last_progress_at < stall:
+            return False
+        live = self._live()
+        stopped = [r for r in live if self.launch.rank_status(r) == "stopped"]
+        if not live or any(r not in self.flight_ranks and r not in stopped for r in live):
+            return False
+        # A stopped peer is the TP path's own watchdog's to catch while the others' heartbeats still run.
+        return not (stopped and self.beat_moved_at is not None and now - self.beat_moved_at < stall)
+
+    def _probe_conclusive(self, now: float) -> bool:
+        """Judge a stall probe: HUNG when the fresh traces prove it, else back to running."""
+        obs, probe_at = self.obs, self.probe_at
+        self.probe_at = None
+        live = self._live()
+        stopped = {r for r in live if self.launch.rank_status(r) == "stopped"}
+        fresh = {r: d for r, d in obs.traces.items() if float(d.get("mono") or 0.0) >= probe_at - 1e-3}
+        exited = any(e.mono is not None and e.mono >= probe_at for e in obs.exits.values())
+        why = None if exited else trace.stall_verdict(fresh, live=live, stopped=stopped,
+                                                                      world_size=obs.world_size)
+        if why is None:
+            obs.stacks.clear()
+            obs.stack_notes.clear()
+            obs.traces.clear()
+            self.dumps.clear()
+            self.phase, self.next_probe_at = RUNNING, now + self.limits.stall_s
+            self.say("stall probe inconclusive: the traces do not show every live rank stuck; running on")
+            return False
+        _, name = obs.anchor()
+        obs.hung, obs.hung_at = True, probe_at
+        obs.hang_reason = (f"no progress for {self.limits.stall_s:g} s after {name} and the flight traces show "
+                           f"every live rank stuck: {why}")
+        self.say(obs.hang_reason)
+        return True
 
     def _dumps_done(self, now: float) -> bool:
         """A dump is done when its log grew and then stayed quiet for 0.1 s (or the rank died)."""

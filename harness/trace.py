@@ -138,10 +138,26 @@ def first_divergence(traces: dict[int, dict], world_size: int,
 
 def for_run(*, traces: dict[int, dict], log_dir: Path | None, world_size: int, texts: dict[int, str],
             notes: dict[int, str]) -> Divergence | None:
-    """The run's first divergence: from the traces taken at the hang if any, else as the ranks left them."""
+    """The run's first divergence: from the traces taken at the hang if any, else as the ranks left them.
+
+    When there is none the result still says why (kind ``agree`` or ``untraced``), so every failed
+    run's report answers "where did the ranks part?".
+    """
     if not traces and log_dir is not None:
         traces = load_all(log_dir, world_size, texts)
-    return first_divergence(traces, world_size, notes)
+    found = first_divergence(traces, world_size, notes)
+    if found is not None:
+        return found
+    untraced = [r for r in range(world_size) if r not in traces]
+    missing = f"; rank {', '.join(map(str, untraced))} left no trace" if untraced and traces else ""
+    if not traces:
+        return Divergence(seq=-1, kind="untraced", line="none known: no rank left a flight trace")
+    last = [doc["entries"][-1] for doc in traces.values() if doc["entries"]]
+    if not last:
+        return Divergence(seq=-1, kind="agree", line=f"none: no rank entered a collective{missing}")
+    top = max(last, key=lambda e: e["seq"])
+    return Divergence(seq=top["seq"], kind="agree", line=f"none: the traced ranks agree on every collective up to "
+                                                          f"seq {top['seq']} {describe(top)}{missing}")
 
 
 def open_entry(doc: dict | None) -> dict | None:
@@ -183,3 +199,44 @@ def check_blocked(expect, *, traces: dict[int, dict], divergence: Divergence | N
         elif (spec.op and entry.get("op") != spec.op) or (spec.site and not re.search(spec.site, str(entry.get("site")))):
             errors.append(f"rank {rank} must be {spec.describe()} but waits in seq {entry['seq']} {describe(entry)}")
     return errors
+
+
+def stall_verdict(traces: dict[int, dict], *, live: list[int], stopped: set[int], world_size: int) -> str | None:
+    """Why every live rank waits forever, or None when the traces do not prove it.
+
+    Every live rank that is not stopped must be inside a collective (a rank computing, sleeping or
+    idle may still come back), and that collective must be one its peers will never complete: a
+    peer stopped, exited, never entered it, or entered another op, shape, dtype or root at that
+    seq. When every peer entered the same collective it may just be slow, so that is no proof.
+    """
+    waiting = [r for r in live if r not in stopped]
+    if not waiting:
+        return None
+    by_seq = {r: {e.get("seq"): e for e in doc["entries"]} for r, doc in traces.items()}
+    parts = []
+    for rank in waiting:
+        entry = open_entry(traces.get(rank))
+        if entry is None:
+            return None
+        why = _unmatched(entry, rank, by_seq, live, stopped, world_size)
+        if why is None:
+            return None
+        parts.append(f"rank {rank} in seq {entry['seq']} {describe(entry)}, {why}")
+    return "; ".join(parts)
+
+
+def _unmatched(entry: dict, rank: int, by_seq: dict[int, dict], live: list[int], stopped: set[int],
+               world_size: int) -> str | None:
+    for peer in (p for p in range(world_size) if p != rank):
+        if peer in stopped:
+            return f"rank {peer} is stopped"
+        if peer not in live:
+            return f"rank {peer} has exited"
+        if peer not in by_seq:
+            return None  # a live peer without a trace: nothing is proven
+        theirs = by_seq[peer].get(entry["seq"])
+        if theirs is None:
+            return f"rank {peer} never entered it"
+        if signature(theirs) != signature(entry):
+            return f"rank {peer} is in {describe(theirs)} there"
+    return None

@@ -156,3 +156,70 @@ def test_outside_means_no_open_collective() -> None:
     expect = Expect.hang(blocked={0: Blocked(outside=True), "others": Blocked(op="all_reduce")})
     assert _check(expect, {0: idle, 1: inside}) == []
     assert "must be outside any collective but waits in seq 1" in _check(expect, {0: inside, 1: inside})[0]
+
+
+# -- stall verdicts -----------------------------------------------------------------------------------
+
+def test_stall_verdict_needs_every_live_rank_stuck_in_an_unmatched_collective() -> None:
+    gather = _entry(1, op="all_gather", shape=(7,), dtype="int64", site="digest exchange", left=False)
+    r0 = _doc(0, [_entry(0), gather])
+    r1 = _doc(1, [_entry(0), _entry(1, left=False)])
+    why = trace.stall_verdict({0: r0, 1: r1}, live=[0, 1], stopped=set(), world_size=2)
+    assert why is not None and "rank 0 in seq 1 all_gather int64[7] (digest exchange, chunk 2), rank 1 is in " in why
+    # Both in the same collective: it may just be slow.
+    assert trace.stall_verdict({0: r1, 1: r1}, live=[0, 1], stopped=set(), world_size=2) is None
+    # A rank outside any collective (computing, sleeping) may come back.
+    idle = _doc(0, [_entry(0), _entry(1)])
+    assert trace.stall_verdict({0: idle, 1: r1}, live=[0, 1], stopped=set(), world_size=2) is None
+    # A live peer without a trace proves nothing.
+    assert trace.stall_verdict({1: r1}, live=[0, 1], stopped=set(), world_size=2) is None
+
+
+def test_stall_verdict_counts_stopped_and_exited_peers_and_a_root_that_already_left() -> None:
+    inside = _doc(1, [_entry(0), _entry(1, left=False)])
+    assert trace.stall_verdict({1: inside}, live=[0, 1], stopped={0}, world_size=2).endswith("rank 0 is stopped")
+    assert trace.stall_verdict({1: inside}, live=[1], stopped=set(), world_size=2).endswith("rank 0 has exited")
+    # The root of a broadcast left it and moved on to compute: the receiver's data is on its way.
+    root_left = _doc(0, [_entry(0), _entry(1, op="broadcast", root=0, shape=(8,), dtype="int64")])
+    receiving = _doc(1, [_entry(0), _entry(1, op="broadcast", root=0, shape=(8,), dtype="int64", left=False)])
+    assert trace.stall_verdict({0: root_left, 1: receiving}, live=[0, 1], stopped=set(), world_size=2) is None
+
+
+def _tp_run(tmp_path, scenario, **config):
+    from harness.runner import RunConfig, run_scenario
+
+    return run_scenario(scenario, RunConfig(run_dir=tmp_path / "run", **config))
+
+
+def test_a_proven_hang_is_called_at_the_stall_not_the_deadline(tmp_path) -> None:
+    from harness import Fault, Scenario
+
+    off = Scenario(id="stall", fm="FM-03", title="test", proves="lockstep", guardrails="all,-lockstep", chunks=4,
+                   faults=(Fault(site="driver.plan", action="corrupt(-1)", rank=0, chunk=2),),
+                   expect=Expect.hang(blocked={0: Blocked(op="all_gather"), "others": Blocked(op="all_reduce")}))
+    result = _tp_run(tmp_path, off, deadline_s=30.0, stall_s=0.5)
+    assert result.observed == "HUNG" and result.passed, result.reason
+    assert "no progress for 0.5 s after TP-FAULT and the flight traces show every live rank stuck" in result.reason
+    assert result.hang_verdict_s is not None and result.hang_verdict_s < 30.0
+    assert result.ranks[0].stack and result.ranks[1].stack
+
+
+def test_a_straggler_outside_any_collective_is_not_called_hung(tmp_path) -> None:
+    from harness import Fault, Scenario
+
+    slow = Scenario(id="straggler", fm="control", title="test", proves="control", chunks=4,
+                    faults=(Fault(site="generator.call", action="sleep(1.0)", rank=1, chunk=2, hit=1),),
+                    expect=Expect.clean())
+    result = _tp_run(tmp_path, slow, stall_s=0.2)
+    assert result.observed == "CLEAN" and result.passed, result.reason
+
+
+def test_a_run_without_a_divergence_still_says_why(tmp_path) -> None:
+    same = [_entry(0), _entry(1, op="all_gather", shape=(7,), dtype="int64", site="digest exchange")]
+    (tmp_path / "flight_rank0.json").write_text(json.dumps(_doc(0, same)))
+    div = trace.for_run(traces={}, log_dir=tmp_path, world_size=2, texts={}, notes={})
+    assert div.kind == "agree" and div.line == ("none: the traced ranks agree on every collective up to seq 1 "
+                                                "all_gather int64[7] (digest exchange, chunk 2); rank 1 left no trace")
+    empty = trace.for_run(traces={0: _doc(0, []), 1: _doc(1, [])}, log_dir=None, world_size=2, texts={}, notes={})
+    assert empty.line == "none: no rank entered a collective"
+    assert trace.for_run(traces={}, log_dir=None, world_size=2, texts={}, notes={}).kind == "untraced"

@@ -105,7 +105,7 @@ class Rank:
         cfg = self.cfg
         log.event("init", rank=cfg.rank, world_size=cfg.world_size, backend=cfg.backend, role=cfg.role,
                   plan=cfg.plan, protocol=cfg.protocol_version, guardrails=sorted(cfg.guardrails),
-                  env_parity=cfg.env_parity, pid=os.getpid())
+                  env_parity=cfg.env_parity, pid=os.getpid(), flight=flight.SCHEMA)
         self.store = self._connect()
         self.crash.store = self.store
         publish_identity(self.store, cfg.rank)
