@@ -204,8 +204,9 @@ def check_blocked(expect, *, traces: dict[int, dict], divergence: Divergence | N
 def stall_verdict(traces: dict[int, dict], *, live: list[int], stopped: set[int], world_size: int) -> str | None:
     """Why every live rank waits forever, or None when the traces do not prove it.
 
-    Every live rank that is not stopped must be inside a collective (a rank computing, sleeping or
-    idle may still come back), and that collective must be one its peers will never complete: a
+    Every live rank that is not stopped must be inside a collective, or say in its trace that it is
+    ``idle`` waiting for outside input (a rank computing or sleeping may still come back), and the
+    collective of each rank inside one must be one its peers will never complete: a
     peer stopped, exited, never entered it, or entered another op, shape, dtype or root at that
     seq. When every peer entered the same collective it may just be slow, so that is no proof.
     """
@@ -217,7 +218,11 @@ def stall_verdict(traces: dict[int, dict], *, live: list[int], stopped: set[int]
     for rank in waiting:
         entry = open_entry(traces.get(rank))
         if entry is None:
-            return None
+            idle = (traces.get(rank) or {}).get("idle")
+            if not idle:
+                return None
+            parts.append(f"rank {rank} idle in no collective ({idle})")
+            continue
         why = _unmatched(entry, rank, by_seq, live, stopped, world_size)
         if why is None:
             return None

@@ -223,3 +223,13 @@ def test_a_run_without_a_divergence_still_says_why(tmp_path) -> None:
     empty = trace.for_run(traces={0: _doc(0, []), 1: _doc(1, [])}, log_dir=None, world_size=2, texts={}, notes={})
     assert empty.line == "none: no rank entered a collective"
     assert trace.for_run(traces={}, log_dir=None, world_size=2, texts={}, notes={}).kind == "untraced"
+
+
+def test_a_rank_idle_for_outside_input_counts_as_stuck_a_busy_one_does_not() -> None:
+    inside = _doc(1, [_entry(0), _entry(1, left=False)])
+    computing = _doc(0, [_entry(0)])
+    assert trace.stall_verdict({0: computing, 1: inside}, live=[0, 1], stopped=set(), world_size=2) is None
+    idle = {**computing, "idle": "waiting for the next request"}
+    why = trace.stall_verdict({0: idle, 1: inside}, live=[0, 1], stopped=set(), world_size=2)
+    assert why.startswith("rank 0 idle in no collective (waiting for the next request); rank 1 in seq 1")
+    assert why.endswith("rank 0 never entered it")

@@ -48,6 +48,8 @@ class Recorder:
         self.ring: collections.deque[list] = collections.deque(maxlen=entries)
         self.seq = 0
         self.report_dir = report_dir or None
+        self.idle: str | None = None
+        """Set while the main thread waits for outside input (a request), in no collective; dumped as ``idle``."""
         self._lock = threading.Lock()
 
     def enter(self, op: str, tensor, site: str, root: int | None = None) -> list:
@@ -68,7 +70,7 @@ class Recorder:
         entries = [_entry_json(e) for e in list(self.ring)]
         return {"schema": SCHEMA, "rank": self.rank, "world_size": self.world_size, "pid": os.getpid(),
                 "reason": reason, "mono": round(now, 6), "next_seq": self.seq, "capacity": self.ring.maxlen,
-                "entries": entries}
+                "idle": self.idle, "entries": entries}
 
     def dump(self, reason: str) -> None:
         """Write ``flight_rank{R}.json`` into the report directory, or one ``TP-TRACE`` log line."""
