@@ -27,6 +27,7 @@ from pathlib import Path
 from harness import logs, trace
 from harness.launch import Launch
 from harness.scenario import Interrupt
+from harness.stall import StallClock
 
 RUNNING, DUMPING, REAPING, KILLING = "running", "dumping", "reaping", "killing"
 
@@ -174,11 +175,8 @@ class _Loop:
         self.next_poll_at = start
         self.phase_until_at = 0.0
         self.dumps: dict[int, dict] = {}
-        self.last_progress_at = start  # a log line, a progress key, an exit
-        self.beat_moved_at: float | None = None  # a heartbeat counter moved (the TP path's watchdog runs)
-        self.flight_ranks: set[int] = set()  # ranks whose init event says they dump a flight trace on SIGUSR1
+        self.stall = StallClock(window_s=limits.stall_s, last_progress_at=start, next_probe_at=start)
         self.probe_at: float | None = None  # set while a stall probe's dumps are collected
-        self.next_probe_at = start
 
     def run(self) -> Observation:
         obs = self.obs
@@ -222,7 +220,7 @@ class _Loop:
             self.launch.mark_exited(rank)
             reaped = self.phase != RUNNING and self.probe_at is None
             self.obs.exits[rank] = RankExit(rank=rank, returncode=code, mono=mono, reaped=reaped)
-            self.last_progress_at = time.monotonic()
+            self.stall.last_progress_at = time.monotonic()
             self.say(f"rank {rank} exited ({code})")
             try:
                 event = self.launch.events.get_nowait()
@@ -233,7 +231,7 @@ class _Loop:
         for rank, follower in self.followers.items():
             new = follower.read_new()
             if new:
-                self.last_progress_at = time.monotonic()
+                self.stall.last_progress_at = time.monotonic()
             for text in new:
                 line = logs.parse_line(text)
                 if line is None:
@@ -244,7 +242,7 @@ class _Loop:
                 elif line.event == "init" and line.mono is not None:
                     self.obs.init_mono = min(line.mono, self.obs.init_mono or line.mono)
                     if line.fields.get("flight") == trace.SCHEMA:
-                        self.flight_ranks.add(rank)
+                        self.stall.flight_ranks.add(rank)
 
     def _poll_store(self) -> None:
         store = self.launch.store
@@ -260,9 +258,9 @@ class _Loop:
                         if slot.get(rank) != value:
                             if slot is obs.progress:
                                 self.say(f"rank {rank} progress {value}")
-                                self.last_progress_at = time.monotonic()
+                                self.stall.last_progress_at = time.monotonic()
                             else:
-                                self.beat_moved_at = time.monotonic()
+                                self.stall.beat_moved_at = time.monotonic()
                         slot[rank] = value
             if obs.abort is None and store.check(["tp/abort"]):
                 raw = store.get("tp/abort").decode(errors="replace")
@@ -311,7 +309,7 @@ class _Loop:
                 else:
                     what = f"run timeout {self.limits.run_timeout_s:g} s"
                 self._start_dump(now, what)
-            elif counts and self._stalled(now):
+            elif counts and self.stall.due(now, self._live(), self._stopped):
                 self.probe_at = now
                 self.say(f"no progress for {self.limits.stall_s:g} s: asking for flight traces (SIGUSR1)")
                 self._signal_dumps(now)
@@ -360,41 +358,25 @@ class _Loop:
                 self.dumps[rank] = {"offset": size, "size": size, "changed_at": None}
         self.phase, self.phase_until_at = DUMPING, now + self.limits.dump_timeout_s
 
-    def _stalled(self, now: float) -> bool:
-        """Nothing progressed for the stall window and every live rank can answer with a trace (or is stopped)."""
-        stall = self.limits.stall_s
-        if stall is None or now < self.next_probe_at or now - self.last_progress_at < stall:
-            return False
-        live = self._live()
-        stopped = [r for r in live if self.launch.rank_status(r) == "stopped"]
-        if not live or any(r not in self.flight_ranks and r not in stopped for r in live):
-            return False
-        # A stopped peer is the TP path's own watchdog's to catch while the others' heartbeats still run.
-        return not (stopped and self.beat_moved_at is not None and now - self.beat_moved_at < stall)
+    def _stopped(self) -> list[int]:
+        return [r for r in self._live() if self.launch.rank_status(r) == "stopped"]
 
     def _probe_conclusive(self, now: float) -> bool:
         """Judge a stall probe: HUNG when the fresh traces prove it, else back to running."""
         obs, probe_at = self.obs, self.probe_at
         self.probe_at = None
-        live = self._live()
-        stopped = {r for r in live if self.launch.rank_status(r) == "stopped"}
-        fresh = {r: d for r, d in obs.traces.items() if float(d.get("mono") or 0.0) >= probe_at - 1e-3}
-        exited = any(e.mono is not None and e.mono >= probe_at for e in obs.exits.values())
-        why = None if exited else trace.stall_verdict(fresh, live=live, stopped=stopped,
-                                                                      world_size=obs.world_size)
+        why = self.stall.verdict(obs, probe_at=probe_at, live=self._live(), stopped=set(self._stopped()))
         if why is None:
             obs.stacks.clear()
             obs.stack_notes.clear()
             obs.traces.clear()
             self.dumps.clear()
-            self.phase, self.next_probe_at = RUNNING, now + self.limits.stall_s
+            self.phase = RUNNING
+            self.stall.back_off(now)
             self.say("stall probe inconclusive: the traces do not show every live rank stuck; running on")
             return False
-        _, name = obs.anchor()
-        obs.hung, obs.hung_at = True, probe_at
-        obs.hang_reason = (f"no progress for {self.limits.stall_s:g} s after {name} and the flight traces show "
-                           f"every live rank stuck: {why}")
-        self.say(obs.hang_reason)
+        obs.hung, obs.hung_at, obs.hang_reason = True, probe_at, why
+        self.say(why)
         return True
 
     def _dumps_done(self, now: float) -> bool:
