@@ -137,9 +137,14 @@ def suite(section: dict) -> list[dict]:
         hung = run["where_time_went"].get("HUNG", {})
         bound = ""
         if hung:
-            bound = (f"{hung['scenarios']} guardrail-off proofs must each wait out their hang deadline "
-                     f"({', '.join(f'{d:g}' for d in hung['deadlines_s'])} s) before they may call it HUNG: "
-                     f"{hung['seconds']:.1f} s of the suite's scenario time")
+            went = run["where_time_went"]
+            scenario_s = sum(v["seconds"] for v in went.values())
+            bound = (f"{hung['scenarios']} hang proofs take {hung['seconds']:.1f} s "
+                     f"({hung['seconds'] / hung['scenarios']:.1f} s each: the stall window, the dump, reaping; "
+                     f"their deadlines {', '.join(f'{d:g}' for d in hung['deadlines_s'])} s are only the outer "
+                     f"bound); all {sum(v['scenarios'] for v in went.values())} scenarios {scenario_s:.1f} s summed over workers; the rest "
+                     f"of the wall time is pytest, the zygote and the healthy baselines; load before "
+                     f"{run.get('load_before')}")
         result = run["pytest_summary"] or f"exit {run['returncode']}"
         target_s = run.get("target_s", section["target_s"])
         out.append({
