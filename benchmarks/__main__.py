@@ -20,8 +20,19 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks import (SCHEMA, SECTIONS, crash_time, detection, launch_cost, overhead, reference, render, stats, suite,
-                        targets)
+from benchmarks import (
+    SCHEMA,
+    SECTIONS,
+    crash_time,
+    detection,
+    launch_cost,
+    overhead,
+    reference,
+    render,
+    stats,
+    suite,
+    targets,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

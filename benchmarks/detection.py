@@ -35,9 +35,9 @@ OLD_HANG_DEADLINE_S = 4.0
 
 def flight(*, iters: int, cwd: Path, say) -> dict:
     """The ``flight`` section: per-collective trace cost and its share of a chunk."""
-    from tp import flight as fl
-
     import torch
+
+    from tp import flight as fl
 
     rec = fl.Recorder(rank=0, world_size=2, ctx={"chunk": 0, "call_id": 0})
     t = torch.zeros(48, 64, dtype=torch.float64)

@@ -79,7 +79,7 @@ def signature(entry: dict) -> tuple:
 def describe(entry: dict) -> str:
     """``broadcast int64[8] (envelope header, chunk 3)``."""
     shapes, dtypes = entry.get("shapes") or [], entry.get("dtypes") or []
-    tensors = "+".join(f"{d}[{','.join(map(str, s))}]" for d, s in zip(dtypes, shapes)) or "?"
+    tensors = "+".join(f"{d}[{','.join(map(str, s))}]" for d, s in zip(dtypes, shapes, strict=False)) or "?"
     root = f" root {entry['root']}" if entry.get("root") is not None else ""
     return f"{entry.get('op', '?')}{root} {tensors} ({entry.get('site', '?')}, chunk {entry.get('chunk', '?')})"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from tp import flight
 from tp.dtypes import dtype_name
 from tp.envelope import (
     HEADER_LEN,
@@ -27,7 +28,6 @@ from tp.envelope import (
     validate_plan,
     validate_schema,
 )
-from tp import flight
 from tp.failpoints import failpoint
 
 
