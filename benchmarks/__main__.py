@@ -1,6 +1,8 @@
 """``python -m benchmarks``: measure, write ``bench.json`` and ``bench.md``, print the Markdown.
 
-The full run takes about five minutes on a 2-core box; ``--quick`` is a
+The full run takes about twelve minutes on a 2-core box (the hang and
+false-alarm sections alone about five; ``--false-alarm-runs`` and
+``--hang-runs`` size them); ``--quick`` is a
 smoke run (3 repetitions, the FMs' own ids, a short suite subset) for tests.
 Sections run one after another, never in parallel: they would time each
 other. A section that fails is recorded with its error and the rest go on;

@@ -414,7 +414,8 @@ class _Loop:
         """Keep the traces as the hang left them: reaping makes ranks dump again (TP-FATAL), later."""
         obs = self.obs
         for rank, path in obs.log_paths.items():
-            doc = trace.load(path.parent, rank, logs.read_text(path))
+            text = "" if trace.flight_path(path.parent, rank).exists() else logs.read_text(path)
+            doc = trace.load(path.parent, rank, text)
             if doc is not None:
                 obs.traces[rank] = doc
 
