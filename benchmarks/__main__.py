@@ -1,6 +1,8 @@
 """``python -m benchmarks``: measure, write ``bench.json`` and ``bench.md``, print the Markdown.
 
-The full run takes about five minutes on a 2-core box; ``--quick`` is a
+The full run takes about twelve minutes on a 2-core box (the hang and
+false-alarm sections alone about five; ``--false-alarm-runs`` and
+``--hang-runs`` size them); ``--quick`` is a
 smoke run (3 repetitions, the FMs' own ids, a short suite subset) for tests.
 Sections run one after another, never in parallel: they would time each
 other. A section that fails is recorded with its error and the rest go on;
@@ -11,6 +13,7 @@ numbers to read, not tests.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -19,7 +22,19 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks import SCHEMA, SECTIONS, crash_time, launch_cost, overhead, reference, render, stats, suite, targets
+from benchmarks import (
+    SCHEMA,
+    SECTIONS,
+    crash_time,
+    detection,
+    launch_cost,
+    overhead,
+    reference,
+    render,
+    stats,
+    suite,
+    targets,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,12 +59,25 @@ class Plan:
     """Suite runs: pytest-xdist worker counts, 1 = serial."""
     suite_marker: str
     """pytest ``-m`` expression of the suite runs."""
+    flight_iters: int = 20000
+    """Timed trace entries per batch (7 batches)."""
+    hang_runs: int = 10
+    """Runs per hang proof."""
+    hang_proofs: int | None = None
+    """Measure only the first N hang proofs of the catalog (None = all)."""
+    ttc_only: str | None = None
+    """Comma-separated scenario ids: the ``ttc`` section measures only these (``--ttc-only``)."""
+    false_alarm_runs: int = 100
+    """Healthy runs on the oversubscribed box (``--false-alarm-runs``; the issue asks for >= 500)."""
+    busy_processes: int = 4
+    """Spinning processes that oversubscribe the box during the false-alarm runs."""
 
 
 FULL = Plan(launches=12, ttc_runs=20, ttc_variants=True, ttc_reference_runs=5, overhead={2: (12, 30), 4: (3, 20)},
             reference_iters=300, suite_workers=(2, 1), suite_marker="breakit")
 QUICK = Plan(launches=3, ttc_runs=3, ttc_variants=False, ttc_reference_runs=0, overhead={2: (1, 8), 4: (1, 6)},
-             reference_iters=30, suite_workers=(1,), suite_marker="breakit and control")
+             reference_iters=30, suite_workers=(1,), suite_marker="breakit and control", flight_iters=2000,
+             hang_runs=1, hang_proofs=2, false_alarm_runs=2, busy_processes=1)
 WORLD_SIZE = 2
 
 
@@ -62,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default all)")
     p.add_argument("--no-serial-suite", action="store_true", help="time the suite with -n 2 only")
+    p.add_argument("--false-alarm-runs", type=int, default=None, metavar="N",
+                   help="healthy runs on the oversubscribed box (default 100, --quick 2; the issue asks >= 500)")
+    p.add_argument("--hang-runs", type=int, default=None, metavar="N", help="runs per hang proof (default 10)")
+    p.add_argument("--ttc-only", default=None, metavar="IDS",
+                   help="comma-separated ids the ttc section measures, e.g. FM-13/frozen,FM-14/frozen")
     return p
 
 
@@ -84,12 +117,21 @@ def _measure(name: str, plan: Plan, work: Path, no_serial: bool) -> dict:
         return launch_cost.run(launches=plan.launches, world_size=WORLD_SIZE, work_dir=work / name, **common)
     if name == "ttc":
         return crash_time.run(runs=plan.ttc_runs, world_size=WORLD_SIZE, run_dir=work / name,
-                              variants=plan.ttc_variants, reference_runs=plan.ttc_reference_runs, **common)
+                              variants=plan.ttc_variants, reference_runs=plan.ttc_reference_runs,
+                              only=plan.ttc_only, **common)
     if name == "overhead":
         return overhead.run(plan=plan.overhead, run_dir=work / name, **common)
     if name == "reference":
         return reference.run(world_sizes=tuple(plan.overhead), iters=plan.reference_iters, work_dir=work / name,
                              **common)
+    if name == "flight":
+        return detection.flight(iters=plan.flight_iters, **common)
+    if name == "hang":
+        return detection.hang(runs=plan.hang_runs, world_size=WORLD_SIZE, run_dir=work / name,
+                              limit=plan.hang_proofs, **common)
+    if name == "false_alarm":
+        return detection.false_alarm(runs=plan.false_alarm_runs, busy=plan.busy_processes, world_size=WORLD_SIZE,
+                                     run_dir=work / name, **common)
     workers = tuple(w for w in plan.suite_workers if not (no_serial and w == 1)) or plan.suite_workers[:1]
     return suite.run(modes=workers, work_dir=work / name, cwd=REPO, marker=plan.suite_marker, say=_say)
 
@@ -99,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = _sections(parser, args.sections)
     plan = QUICK if args.quick else FULL
+    for arg, field in (("false_alarm_runs", "false_alarm_runs"), ("hang_runs", "hang_runs")):
+        value = getattr(args, arg)
+        if value is not None:
+            if value < 1:
+                parser.error(f"--{arg.replace('_', '-')} must be >= 1; got {value}")
+            plan = dataclasses.replace(plan, **{field: value})
+    if args.ttc_only:
+        plan = dataclasses.replace(plan, ttc_only=args.ttc_only, ttc_variants=True)
     out = args.out.resolve()
     work = out / "runs"
     shutil.rmtree(work, ignore_errors=True)

@@ -83,9 +83,16 @@ def measure(scenario: Scenario, config: RunConfig, runs: int) -> dict:
     }
 
 
-def run(*, runs: int, world_size: int, run_dir: Path, cwd: Path, variants: bool, reference_runs: int, say) -> dict:
-    """The ``ttc`` section of bench.json."""
+def run(*, runs: int, world_size: int, run_dir: Path, cwd: Path, variants: bool, reference_runs: int, say,
+        only: str | None = None) -> dict:
+    """The ``ttc`` section of bench.json; ``only``: comma-separated ids to measure (default every guarded one)."""
     catalog = load_catalog()
+    if only:
+        wanted = {i.strip() for i in only.split(",") if i.strip()}
+        unknown = wanted - {s.id for s in catalog}
+        if unknown:
+            raise ValueError(f"--ttc-only: unknown scenario id(s) {', '.join(sorted(unknown))}; see python -m harness list")
+        catalog = [s for s in catalog if s.id in wanted]
     config = RunConfig(run_dir=run_dir, world_size=world_size, launch="zygote", cwd=cwd)
     rows, refs = [], []
     for scenario in guarded(catalog, variants=variants):

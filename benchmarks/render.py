@@ -130,7 +130,33 @@ def suite(s: dict) -> list[str]:
             "own directory.", ""] + _table(["run", "wall s", "pytest", "load before", "scenario time by outcome"], rows)
 
 
-RENDERERS = {"launch": launch, "ttc": ttc, "overhead": overhead, "reference": reference, "suite": suite}
+def flight(s: dict) -> list[str]:
+    return ["## 6. Flight trace cost", "", s["measured"] + ".", ""] + _table(
+        ["per collective µs", "collectives per chunk", "chunk ms", "cost per chunk µs", "cost %", "dump ms"],
+        [[s["per_collective_us"], s["collectives_per_chunk"], s["chunk_ms"], s["cost_per_chunk_us"], s["cost_pct"],
+          s["dump_ms"]]])
+
+
+def hang(s: dict) -> list[str]:
+    rows = [[r["id"], r["runs"], _f(r["verdict_s"]["median"], ".3f"), _f(r["verdict_s"]["p95"], ".3f"),
+             _f(r["verdict_s"]["max"], ".3f"), None if r["old_deadline_over_p95"] is None
+             else f"{r['old_deadline_over_p95']}x", r["outcomes"], r["failed_runs"]] for r in s["scenarios"]]
+    return [f"## 7. Fault -> HUNG verdict (stall window {s['stall_s']:g} s, target p95 ≤ {s['target_s']:g} s)", "",
+            s["measured"] + ".", ""] + _table(
+        ["hang proof", "runs", "median s", "p95 s", "max s", f"old deadline {s['old_deadline_s']:g} s / p95",
+         "outcomes", "failed runs"], rows)
+
+
+def false_alarm(s: dict) -> list[str]:
+    d = s["run_duration_s"]
+    return [f"## 8. False PEER_LOST on an oversubscribed box ({s['busy_processes']} busy processes, "
+            f"{s['cpus']} CPUs)", "",
+            f"{s['runs']} healthy runs (the issue asks ≥ {s['issue_asks_runs']}): **{s['peer_lost']} PEER_LOST**, "
+            f"{s['not_clean']} not CLEAN; run duration median {d['median']} s, max {d['max']} s.", ""]
+
+
+RENDERERS = {"launch": launch, "ttc": ttc, "overhead": overhead, "reference": reference, "suite": suite,
+             "flight": flight, "hang": hang, "false_alarm": false_alarm}
 
 
 def markdown(doc: dict, target_rows: list[dict]) -> str:

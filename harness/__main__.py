@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, metavar="N", help="chunks per run (default: the scenario's)")
     p.add_argument("--catalog", nargs="+", type=Path, help="scenario module files (default scenarios/test_*.py)")
     p.add_argument("-q", "--quiet", action="store_true", help="print verdicts only, no progress")
-    add(p, "world_size", "deadline", "launch", "backend", "report_dir", "tp_command")
+    add(p, "world_size", "deadline", "stall", "launch", "backend", "report_dir", "tp_command")
     p = sub.add_parser("report", help="print summary.md of a run (default: reports/latest)")
     p.add_argument("dir", nargs="?", type=Path, default=None, help="run directory or report root")
     return parser
@@ -160,7 +160,7 @@ def _replace(scenario: Scenario, overrides: dict) -> Scenario:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        settings = {n: _setting(args, n) for n in ("world_size", "deadline", "launch", "backend",
+        settings = {n: _setting(args, n) for n in ("world_size", "deadline", "stall", "launch", "backend",
                                                    "report_dir", "tp_command")}
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
@@ -174,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = settings["report_dir"] / report.run_dir_name()
     status = _Status(enabled=not args.quiet)
     config = RunConfig(run_dir=run_dir, world_size=settings["world_size"], backend=settings["backend"],
-                       deadline_s=settings["deadline"], launch=settings["launch"],
+                       deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
                        tp_command=settings["tp_command"], on_progress=status.show)
     ran = 0
     failed = 0

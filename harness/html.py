@@ -22,9 +22,10 @@ from harness.report import guardrail_table, ttc_text
 
 _NEEDED = ("id", "title", "proves", "guardrails", "world_size", "deadline_s", "expected", "observed",
            "verdict", "reason", "time_to_crash_s", "ranks")
-_COLOURS = {"init": "#15803d", "chunk": "#64748b", "fault": "#d97706", "fatal": "#b91c1c", "exit": "#111827"}
+_COLOURS = {"collective": "#2563eb", "init": "#15803d", "chunk": "#64748b", "fault": "#d97706", "fatal": "#b91c1c",
+            "exit": "#111827"}
 _W, _LEFT, _RIGHT, _LANE, _TOP = 1000, 130, 220, 60, 44
-_ORDER = ("exit", "chunk", "init", "fault", "fatal")  # drawn in this order: a fatal X stays visible on its exit
+_ORDER = ("exit", "chunk", "init", "collective", "fault", "fatal")  # drawn in this order: a fatal X stays visible on its exit
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#111827}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #cbd5e1;padding:3px 8px;text-align:left}
@@ -163,6 +164,7 @@ def _lanes(d: dict, where: Path) -> tuple[list[_Lane], str]:
                 lane.marks.append(_Mark(t, "fault", str(ln.fields.get("site", "TP-FAULT")), ln.raw))
             elif ln.kind == "TP-FATAL":
                 lane.marks.append(_Mark(t, "fatal", str(ln.fields.get("code", "TP-FATAL")), ln.raw))
+        lane.marks.extend(_divergence_marks(d, r, origin))
         if lane.start is None:
             lane.name += " (no log)"
             lanes.append(lane)
@@ -183,6 +185,16 @@ def _lanes(d: dict, where: Path) -> tuple[list[_Lane], str]:
                                 f"{label} at {_num(lane.end)} s" + (f"; {tip}" if tip else "")))
         lanes.append(lane)
     return lanes, anchor
+
+
+def _divergence_marks(d: dict, rank: int, origin: float) -> list[_Mark]:
+    """The first divergent collective (flight traces) on this rank's lane: where it entered, or its last exit."""
+    div = d.get("divergence") or {}
+    t = (div.get("marks") or {}).get(str(rank))
+    if t is None:
+        return []
+    side = (div.get("sides") or {}).get(str(rank), "")
+    return [_Mark(float(t) - origin, "collective", f"seq {div.get('seq')}", f"first divergent collective: {side}")]
 
 
 def _timeline(lanes: list[_Lane], anchor: str, deadline: float) -> str:
@@ -247,6 +259,7 @@ def _mark(m: _Mark, mx: float, y: int, taken: dict[int, list[tuple[float, float]
     c, tip = _COLOURS[m.kind], f"<title>{escape(m.tip)}</title>"
     shape = {
         "init": f'<circle cx="{mx:.1f}" cy="{y}" r="4" fill="{c}">{tip}</circle>',
+        "collective": f'<circle cx="{mx:.1f}" cy="{y}" r="5" fill="none" stroke="{c}" stroke-width="2.5">{tip}</circle>',
         "chunk": f'<line x1="{mx:.1f}" y1="{y - 6}" x2="{mx:.1f}" y2="{y + 6}" stroke="{c}" stroke-width="2">{tip}</line>',
         "fault": f'<path d="M{mx:.1f} {y - 7}l6 7-6 7-6-7z" fill="{c}">{tip}</path>',
         "fatal": f'<path d="M{mx - 5:.1f} {y - 5}l10 10m0-10l-10 10" stroke="{c}" stroke-width="2.5">{tip}</path>',
@@ -257,7 +270,7 @@ def _mark(m: _Mark, mx: float, y: int, taken: dict[int, list[tuple[float, float]
     width = 6.3 * len(m.label)
     if m.kind == "exit":
         return shape + f'<text x="{mx + 8:.1f}" y="{y + 4}">{escape(m.label)}</text>'
-    rows = (-1, -2) if m.kind in ("init", "fault") else (1, 2)
+    rows = (-1, -2) if m.kind in ("init", "fault", "collective") else (1, 2)
     left = mx - width / 2
     row = next((r for r in rows if all(b < left or a > left + width for a, b in taken.get(r, []))), rows[-1])
     taken.setdefault(row, []).append((left, left + width))
@@ -266,7 +279,8 @@ def _mark(m: _Mark, mx: float, y: int, taken: dict[int, list[tuple[float, float]
 
 
 def _legend() -> str:
-    names = {"init": "init", "chunk": "chunk end", "fault": "TP-FAULT (site)", "fatal": "TP-FATAL (code)",
+    names = {"collective": "first divergent collective (flight trace)", "init": "init", "chunk": "chunk end",
+             "fault": "TP-FAULT (site)", "fatal": "TP-FATAL (code)",
              "exit": "exit (≈ when not logged)"}
     items = "".join(f'<span style="color:{_COLOURS[k]}">&#9632; {escape(v)}</span>' for k, v in names.items())
     return (f'<p class="legend">{items}<span style="color:#7c3aed">&#9482; deadline</span> '

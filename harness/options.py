@@ -131,6 +131,10 @@ OPTIONS: dict[str, Option] = {
         Option(name="tp_command", metavar="COMMAND", label="tp command", default="python -m tp", parse=_command,
                help="command that starts one rank of the TP path under test; the harness appends "
                     "'--chunks N --backend B' (default 'python -m tp')"),
+        Option(name="stall", metavar="SECONDS", label="stall window", default="1", parse=_seconds,
+               help="HUNG as soon as no rank has progressed for this long after the fault and the ranks' "
+                    "flight traces show every live rank waiting in a collective its peers will never complete; "
+                    "the deadline stays the outer bound (default 1)"),
     )
 }
 

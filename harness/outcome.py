@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from harness import logs
+from harness import logs, trace
 
 if TYPE_CHECKING:
     from harness.scenario import Scenario
@@ -154,6 +154,10 @@ class Result:
     """Wall time of the whole run as the harness saw it."""
     dir: str = ""
     """Directory holding result.json and the rank logs."""
+    hang_verdict_s: float | None = None
+    """HUNG only: from the TP-FAULT instant (or first init) to the verdict, stacks and traces in hand."""
+    divergence: dict | None = None
+    """First divergent collective from the ranks' flight traces (``harness.trace``), if they wrote any."""
 
     @property
     def verdict(self) -> str:
@@ -205,8 +209,15 @@ def judge(
 
     digests: dict = {"per_rank": {r.rank: r.output_digest for r in ranks if r.output_digest}}
     observed, why = _observe(scenario, obs, ranks, texts, baseline, digests)
+    divergence = _divergence(obs, ranks, texts) if observed in _TRACED else None
+    if divergence is not None:
+        why = (why + "; " if why else "") + f"first divergent collective: {divergence.line}"
 
     sig_errors = _match_signatures(scenario, ranks, texts, obs.world_size)
+    if observed is Outcome.HUNG:
+        stopped = {r.rank for r in ranks if "stopped" in (r.stack_note or "")}
+        sig_errors += trace.check_blocked(scenario.expect, traces=obs.traces, divergence=divergence, stopped=stopped,
+                                          world_size=obs.world_size)
     missing = [(r.rank, s["regex"]) for r in ranks for s in r.signatures if not s["matched"]]
     passed = observed in scenario.expect.outcomes and not missing and not sig_errors
     expected = sorted(scenario.expect.outcomes, key=list(Outcome).index)
@@ -224,7 +235,19 @@ def judge(
         digests=digests, abort=obs.abort, interrupt=obs.interrupt_note,
         duration_s=round(obs.ended_at - obs.started_at, 3),
         backend=meta["backend"], launch=meta["launch"], dir=meta["dir"],
+        divergence=divergence.to_json() if divergence is not None else None,
+        hang_verdict_s=(round(obs.verdict_at - anchor_mono, 4)
+                        if obs.hung and obs.verdict_at is not None and anchor_mono is not None else None),
     )
+
+
+_TRACED = (Outcome.HUNG, Outcome.CRASHED, Outcome.DIVERGED)
+
+
+def _divergence(obs: Observation, ranks: list[RankResult], texts: dict[int, str]) -> trace.Divergence | None:
+    notes = {r.rank: "stopped by SIGSTOP" if r.frozen or "stopped" in (r.stack_note or "") else r.exit for r in ranks}
+    log_dir = next(iter(obs.log_paths.values())).parent if obs.log_paths else None
+    return trace.for_run(traces=obs.traces, log_dir=log_dir, world_size=obs.world_size, texts=texts, notes=notes)
 
 
 def _rank_result(rank: int, obs: Observation, text: str) -> RankResult:

@@ -95,6 +95,7 @@ def write_summary(run_dir: Path) -> Summary:
             "time_to_crash_s": d["time_to_crash_s"], "deadline_s": d["deadline_s"],
             "guardrails": d["guardrails"], "proves": d["proves"], "verdict": d["verdict"],
             "reason": d["reason"], "dir": os.path.relpath(d["dir"], run_dir) if d["dir"] else "",
+            "divergence": (d.get("divergence") or {}).get("line"),
         }
         for d in results
     ]
@@ -169,6 +170,10 @@ def markdown(doc: dict) -> str:
     for name, sides in doc["guardrails"].items():
         guarded, off = (_cell(", ".join(sides[k]) or "-") for k in ("guarded", "off"))
         out.append(f"| {name} | {guarded} | {off} |")
+    diverged = [r for r in doc["scenarios"] if r.get("divergence")]
+    if diverged:
+        out += ["", "## First divergent collectives (flight traces)", ""]
+        out += [f"* {_cell(r['id'])} (ws{r['world_size']}, {r['observed']}): {_cell(r['divergence'])}" for r in diverged]
     failures = [r for r in doc["scenarios"] if r["verdict"] != "PASS"]
     if failures:
         out += ["", "## Failures"]

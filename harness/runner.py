@@ -36,6 +36,8 @@ class RunConfig:
     """Deadline when neither marker nor scenario sets one."""
     run_timeout_s: float = 60.0
     """Bound on a whole run when the scenario sets none."""
+    stall_s: float | None = field(default_factory=lambda: options.default("stall"))
+    """Stall window: HUNG early once traces prove a hang and nothing progressed this long (None: deadline only)."""
     launch: str = "zygote"
     """One of ``harness.launch.MODES``."""
     tp_command: tuple[str, ...] = field(default_factory=lambda: options.default("tp_command"))
@@ -88,7 +90,7 @@ def _execute(scenario: Scenario, config: RunConfig, *, ws: int, deadline_s: floa
         world_size=ws, log_dir=log_dir, env=env, rank_env=scenario.rank_env, mode=config.launch, cwd=config.cwd,
     )
     limits = Limits(deadline_s=deadline_s, run_timeout_s=scenario.run_timeout_s or config.run_timeout_s,
-                    faults_armed=bool(scenario.faults), frozen=scenario.expect.frozen)
+                    faults_armed=bool(scenario.faults), frozen=scenario.expect.frozen, stall_s=config.stall_s)
     say = config.on_progress
     on_progress = (lambda msg: say(f"[{scenario.id}] {msg}")) if say else None
     launch = Launch(spec)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.blocked import DESYNC, Blocked  # noqa: F401 - scenario modules import them from here
 from harness.outcome import Outcome
 
 ACTIONS = {
@@ -152,6 +153,9 @@ class Expect:
     frozen: frozenset[int] = frozenset()
     """Ranks the fault freezes (SIGSTOP): they cannot exit, so once every other rank has exited the
     harness checks they are stopped and reaps them instead of calling the run HUNG."""
+    blocked: Mapping[int | str, Blocked] | str | None = None
+    """Where a HUNG run must leave its ranks: ``DESYNC``, or per rank (number, ``"others"``, ``"all"``) a
+    ``Blocked``. Checked against the flight traces taken at the hang; a hang anywhere else fails."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "frozen", frozenset(self.frozen))
@@ -170,6 +174,17 @@ class Expect:
             except (re.error, TypeError) as exc:
                 raise ValueError(f"Expect: signature for {key!r} is not a valid regex {regex!r}: {exc}") from None
         object.__setattr__(self, "signatures", dict(self.signatures))
+        if isinstance(self.blocked, str) and self.blocked != DESYNC:
+            raise ValueError(f"Expect: blocked must be DESYNC ({DESYNC!r}) or a mapping to Blocked; got {self.blocked!r}")
+        if self.blocked is not None and not isinstance(self.blocked, str):
+            for key, spec in self.blocked.items():
+                if not (key in ("others", "all") or (isinstance(key, int) and not isinstance(key, bool) and key >= 0)):
+                    raise ValueError(f"Expect: blocked key {key!r} must be a rank number, 'others' or 'all'")
+                if not isinstance(spec, Blocked):
+                    raise ValueError(f"Expect: blocked[{key!r}] must be a Blocked(op=..., site=...); got {spec!r}")
+            object.__setattr__(self, "blocked", dict(self.blocked))
+        if self.blocked is not None and Outcome.HUNG not in outcomes:
+            raise ValueError("Expect: blocked says where a hang leaves ranks; it needs HUNG among the outcomes")
 
     @classmethod
     def crash(cls, signatures: Mapping[int | str, str] | None = None, *, frozen: Iterable[int] = ()) -> Expect:
@@ -182,9 +197,10 @@ class Expect:
         return cls(outcomes=frozenset({Outcome.CLEAN}), signatures=signatures or {})
 
     @classmethod
-    def hang(cls, signatures: Mapping[int | str, str] | None = None) -> Expect:
-        """A rank is still alive at the deadline (the hazard a guardrail prevents)."""
-        return cls(outcomes=frozenset({Outcome.HUNG}), signatures=signatures or {})
+    def hang(cls, signatures: Mapping[int | str, str] | None = None, *,
+             blocked: Mapping[int | str, Blocked] | str | None = None) -> Expect:
+        """Ranks are stuck (the hazard a guardrail prevents); ``blocked`` says where they must be."""
+        return cls(outcomes=frozenset({Outcome.HUNG}), signatures=signatures or {}, blocked=blocked)
 
     @classmethod
     def diverge(cls, signatures: Mapping[int | str, str] | None = None) -> Expect:
@@ -192,9 +208,17 @@ class Expect:
         return cls(outcomes=frozenset({Outcome.DIVERGED}), signatures=signatures or {})
 
     @classmethod
-    def hang_or_diverge(cls, signatures: Mapping[int | str, str] | None = None) -> Expect:
-        """Either hazard proves the guardrail is what prevents the failure."""
-        return cls(outcomes=frozenset({Outcome.HUNG, Outcome.DIVERGED}), signatures=signatures or {})
+    def hang_or_diverge(cls, signatures: Mapping[int | str, str] | None = None, *,
+                        blocked: Mapping[int | str, Blocked] | str | None = None) -> Expect:
+        """Either hazard proves the guardrail is what prevents the failure (``blocked`` applies to a hang)."""
+        return cls(outcomes=frozenset({Outcome.HUNG, Outcome.DIVERGED}), signatures=signatures or {},
+                   blocked=blocked)
+
+    def blocked_for(self, rank: int) -> Blocked | None:
+        """This rank's ``Blocked`` (its number, else ``others``, else ``all``); None when not per rank."""
+        if not isinstance(self.blocked, dict):
+            return None
+        return self.blocked.get(rank, self.blocked.get("others", self.blocked.get("all")))
 
     def signatures_for(self, world_size: int) -> dict[int, list[re.Pattern]]:
         """Compiled regexes per rank at this world size."""

@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import logs
+from harness import logs, trace
 from harness.launch import Launch
 from harness.scenario import Interrupt
+from harness.stall import StallClock
 
 RUNNING, DUMPING, REAPING, KILLING = "running", "dumping", "reaping", "killing"
 
@@ -73,6 +74,9 @@ class Limits:
     """Store polling period (every tick while an interrupt is pending)."""
     frozen: frozenset[int] = frozenset()
     """Ranks expected to be frozen (SIGSTOP): reaped once they are all that is left."""
+    stall_s: float | None = None
+    """After the deadline's anchor, no progress for this long makes the loop probe the ranks' flight
+    traces (SIGUSR1); HUNG at once when they prove it (``harness.trace.stall_verdict``). None: deadline only."""
 
 
 @dataclass(kw_only=True)
@@ -120,7 +124,9 @@ class Observation:
     hang_reason: str = ""
     """Which deadline passed and which ranks were alive."""
     hung_at: float | None = None
-    """``time.monotonic()`` when the deadline passed; later failures are reaping's doing."""
+    """``time.monotonic()`` when the deadline passed (or the stall probe began); later failures are reaping's doing."""
+    verdict_at: float | None = None
+    """``time.monotonic()`` when HUNG was decided with stacks and traces in hand."""
     stacks: dict[int, str] = field(default_factory=dict)
     """Rank -> stacks it dumped on SIGUSR1."""
     stack_notes: dict[int, str] = field(default_factory=dict)
@@ -135,6 +141,8 @@ class Observation:
     """Processes still alive after every rank exited (killed)."""
     frozen_reaped: list[int] = field(default_factory=list)
     """Expected-frozen ranks found stopped after every other rank exited, then reaped."""
+    traces: dict[int, dict] = field(default_factory=dict)
+    """Rank -> flight trace (CONTRACT §6) as dumped on SIGUSR1 when the run hung, before reaping."""
 
     def anchor(self) -> tuple[float | None, str]:
         """``(mono, name)`` that deadline and time-to-crash count from."""
@@ -167,6 +175,8 @@ class _Loop:
         self.next_poll_at = start
         self.phase_until_at = 0.0
         self.dumps: dict[int, dict] = {}
+        self.stall = StallClock(window_s=limits.stall_s, last_progress_at=start, next_probe_at=start)
+        self.probe_at: float | None = None  # set while a stall probe's dumps are collected
 
     def run(self) -> Observation:
         obs = self.obs
@@ -208,7 +218,9 @@ class _Loop:
             if kind != "exit":
                 raise RuntimeError(f"supervisor got an unknown event {event!r}")
             self.launch.mark_exited(rank)
-            self.obs.exits[rank] = RankExit(rank=rank, returncode=code, mono=mono, reaped=self.phase != RUNNING)
+            reaped = self.phase != RUNNING and self.probe_at is None
+            self.obs.exits[rank] = RankExit(rank=rank, returncode=code, mono=mono, reaped=reaped)
+            self.stall.last_progress_at = time.monotonic()
             self.say(f"rank {rank} exited ({code})")
             try:
                 event = self.launch.events.get_nowait()
@@ -216,8 +228,11 @@ class _Loop:
                 return
 
     def _scan_logs(self) -> None:
-        for follower in self.followers.values():
-            for text in follower.read_new():
+        for rank, follower in self.followers.items():
+            new = follower.read_new()
+            if new:
+                self.stall.last_progress_at = time.monotonic()
+            for text in new:
                 line = logs.parse_line(text)
                 if line is None:
                     continue
@@ -226,6 +241,8 @@ class _Loop:
                     self.say(line.raw)
                 elif line.event == "init" and line.mono is not None:
                     self.obs.init_mono = min(line.mono, self.obs.init_mono or line.mono)
+                    if line.fields.get("flight") == trace.SCHEMA:
+                        self.stall.flight_ranks.add(rank)
 
     def _poll_store(self) -> None:
         store = self.launch.store
@@ -238,8 +255,12 @@ class _Loop:
                     if store.check([key]):
                         raw = store.get(key).decode(errors="replace")
                         value = int(raw) if slot is obs.heartbeats and raw.isdigit() else raw
-                        if slot is obs.progress and slot.get(rank) != value:
-                            self.say(f"rank {rank} progress {value}")
+                        if slot.get(rank) != value:
+                            if slot is obs.progress:
+                                self.say(f"rank {rank} progress {value}")
+                                self.stall.last_progress_at = time.monotonic()
+                            else:
+                                self.stall.beat_moved_at = time.monotonic()
                         slot[rank] = value
             if obs.abort is None and store.check(["tp/abort"]):
                 raw = store.get("tp/abort").decode(errors="replace")
@@ -288,9 +309,16 @@ class _Loop:
                 else:
                     what = f"run timeout {self.limits.run_timeout_s:g} s"
                 self._start_dump(now, what)
+            elif counts and self.stall.due(now, self._live(), self._stopped):
+                self.probe_at = now
+                self.say(f"no progress for {self.limits.stall_s:g} s: asking for flight traces (SIGUSR1)")
+                self._signal_dumps(now)
         elif self.phase == DUMPING:
             if self._dumps_done(now) or now >= self.phase_until_at:
                 self._cut_stacks()
+                if self.probe_at is not None and not self._probe_conclusive(now):
+                    return
+                self.obs.verdict_at = now
                 self.say("reaping: SIGTERM to the process tree")
                 self.launch.kill_tree(signal.SIGTERM)
                 self.phase, self.phase_until_at = REAPING, now + self.limits.grace_s
@@ -315,7 +343,11 @@ class _Loop:
         obs.hang_reason = f"{what} passed with " + ", ".join(
             f"rank {r} (pid {obs.pids.get(r)})" for r in live) + " still running"
         self.say(obs.hang_reason + "; asking for stacks (SIGUSR1)")
-        for rank in live:
+        self._signal_dumps(now)
+
+    def _signal_dumps(self, now: float) -> None:
+        obs = self.obs
+        for rank in self._live():
             status = self.launch.rank_status(rank)
             if status == "stopped":
                 obs.stack_notes[rank] = (f"rank {rank} (pid {obs.pids.get(rank)}) is stopped (SIGSTOP); "
@@ -325,6 +357,27 @@ class _Loop:
             if self.launch.signal_rank(rank, signal.SIGUSR1):
                 self.dumps[rank] = {"offset": size, "size": size, "changed_at": None}
         self.phase, self.phase_until_at = DUMPING, now + self.limits.dump_timeout_s
+
+    def _stopped(self) -> list[int]:
+        return [r for r in self._live() if self.launch.rank_status(r) == "stopped"]
+
+    def _probe_conclusive(self, now: float) -> bool:
+        """Judge a stall probe: HUNG when the fresh traces prove it, else back to running."""
+        obs, probe_at = self.obs, self.probe_at
+        self.probe_at = None
+        why = self.stall.verdict(obs, probe_at=probe_at, live=self._live(), stopped=set(self._stopped()))
+        if why is None:
+            obs.stacks.clear()
+            obs.stack_notes.clear()
+            obs.traces.clear()
+            self.dumps.clear()
+            self.phase = RUNNING
+            self.stall.back_off(now)
+            self.say("stall probe inconclusive: the traces do not show every live rank stuck; running on")
+            return False
+        obs.hung, obs.hung_at, obs.hang_reason = True, probe_at, why
+        self.say(why)
+        return True
 
     def _dumps_done(self, now: float) -> bool:
         """A dump is done when its log grew and then stayed quiet for 0.1 s (or the rank died)."""
@@ -343,6 +396,7 @@ class _Loop:
         obs = self.obs
         for rank, d in self.dumps.items():
             text = logs.read_bytes_from(obs.log_paths[rank], d["offset"])
+            text = "\n".join(ln for ln in text.splitlines() if not ln.startswith(trace.TRACE_PREFIX))
             start = min((i for i in (text.find("Thread 0x"), text.find("Current thread 0x")) if i >= 0),
                         default=0)
             pid = obs.pids.get(rank)
@@ -354,6 +408,16 @@ class _Loop:
             else:
                 obs.stack_notes[rank] = (f"rank {rank} (pid {pid}) wrote no stack within "
                                     f"{self.limits.dump_timeout_s:g} s of SIGUSR1")
+        self._snapshot_traces()
+
+    def _snapshot_traces(self) -> None:
+        """Keep the traces as the hang left them: reaping makes ranks dump again (TP-FATAL), later."""
+        obs = self.obs
+        for rank, path in obs.log_paths.items():
+            text = "" if trace.flight_path(path.parent, rank).exists() else logs.read_text(path)
+            doc = trace.load(path.parent, rank, text)
+            if doc is not None:
+                obs.traces[rank] = doc
 
     def _kill_leftovers(self) -> None:
         if not self.obs.hung:

@@ -10,7 +10,7 @@ error and waits for the next request while the workers wait mid-envelope.
 import pytest
 
 from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import Expect, Fault, Scenario
+from harness.scenario import Blocked, Expect, Fault, Scenario
 
 pytestmark = [pytest.mark.breakit, pytest.mark.fm01]
 
@@ -26,7 +26,7 @@ SCENARIOS = [
              expect=Expect.crash({0: r"TP-FATAL .*code=POST_HEADER_ERROR .*not encodable", **PEERS_FOLLOW})),
     Scenario(id="FM-01/off", fm="FM-01", title="meta failure after the header, swallowed: workers wait forever",
              proves="preflight+poison_on_post_header_error", guardrails="all,-preflight,-poison_on_post_header_error", faults=(FAULT,),
-             expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
+             expect=Expect.hang(blocked={0: Blocked(outside=True), "others": Blocked(op="broadcast", site="envelope meta")}), deadline_s=HANG_DEADLINE_S),
 ]
 
 

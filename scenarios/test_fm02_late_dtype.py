@@ -11,7 +11,7 @@ comes.
 import pytest
 
 from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import Expect, Fault, Scenario
+from harness.scenario import Blocked, Expect, Fault, Scenario
 
 pytestmark = [pytest.mark.breakit, pytest.mark.fm02]
 
@@ -24,7 +24,7 @@ SCENARIOS = [
                                   "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
     Scenario(id="FM-02/off", fm="FM-02", title="uint16 latents fail mid-envelope: workers wait forever",
              proves="preflight+poison_on_post_header_error", guardrails="all,-preflight,-poison_on_post_header_error", faults=(FAULT,),
-             expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
+             expect=Expect.hang(blocked={"all": Blocked(op="broadcast", site="tensor latents")}), deadline_s=HANG_DEADLINE_S),
 ]
 
 

@@ -10,12 +10,15 @@ Without it one rank sits in an all_reduce that nobody joins.
 import pytest
 
 from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import Expect, Fault, Scenario
+from harness.scenario import Blocked, Expect, Fault, Scenario
 
 pytestmark = [pytest.mark.breakit, pytest.mark.fm03]
 
 PLAN = Fault(site="driver.plan", action="corrupt(-1)", rank=0, chunk=2)
 SKIP = Fault(site="worker.skip_recompute", action="flip", rank=1, chunk=2)
+# The ranks with the shorter plan reach the chunk-end digest exchange; the others wait in a generator call.
+DIGESTS = Blocked(op="all_gather", site="digest exchange")
+GENERATOR = Blocked(op="all_reduce", site="generator call")
 
 SCENARIOS = [
     Scenario(id="FM-03", fm="FM-03", title="inconsistent plan rejected before the header",
@@ -23,13 +26,15 @@ SCENARIOS = [
              expect=Expect.crash({0: r"TP-FATAL fm=FM-03 code=CALL_COUNT_MISMATCH .*tp_num_denoise_steps=3",
                                   "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
     Scenario(id="FM-03/off", fm="FM-03", title="inconsistent plan: a worker runs an extra call nobody joins",
-             proves="lockstep", guardrails="all,-lockstep", faults=(PLAN,), expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
+             proves="lockstep", guardrails="all,-lockstep", faults=(PLAN,),
+             expect=Expect.hang(blocked={0: DIGESTS, "others": GENERATOR}), deadline_s=HANG_DEADLINE_S),
     Scenario(id="FM-03/skip", fm="FM-03", title="a worker skips the recompute call: counted at chunk end",
              proves="lockstep", faults=(SKIP,),
              expect=Expect.crash({1: r"TP-FATAL fm=FM-03 code=CALL_COUNT_MISMATCH .*ran 4 generator calls.*expected 5",
                                   "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=1"})),
     Scenario(id="FM-03/skip-off", fm="FM-03", title="a worker skips the recompute call: collectives desync",
-             proves="lockstep", guardrails="all,-lockstep", faults=(SKIP,), expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
+             proves="lockstep", guardrails="all,-lockstep", faults=(SKIP,),
+             expect=Expect.hang(blocked={1: DIGESTS, "others": GENERATOR}), deadline_s=HANG_DEADLINE_S),
 ]
 
 

@@ -11,7 +11,7 @@ first chunk end, and without that too it is a Franken-model.
 import pytest
 
 from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import Expect, Scenario
+from harness.scenario import DESYNC, Expect, Scenario
 
 pytestmark = [pytest.mark.breakit, pytest.mark.fm06]
 
@@ -26,7 +26,7 @@ SCENARIOS = [
              proves="digest", guardrails="all,-handshake", rank_env=SKEW,
              expect=Expect.crash({"all": r"TP-FATAL .*code=(DIGEST_MISMATCH|PEER_ABORT) .*'output' differs"})),
     Scenario(id="FM-06/off", fm="FM-06", title="protocol 1 vs 2 unchecked: outputs diverge",
-             proves="handshake", guardrails="all,-handshake,-digest", rank_env=SKEW, expect=Expect.hang_or_diverge(), deadline_s=HANG_DEADLINE_S),
+             proves="handshake", guardrails="all,-handshake,-digest", rank_env=SKEW, expect=Expect.hang_or_diverge(blocked=DESYNC), deadline_s=HANG_DEADLINE_S),
 ]
 
 

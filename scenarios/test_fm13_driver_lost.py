@@ -15,7 +15,7 @@ special; every message must name rank 1 as the lost driver.
 import pytest
 
 from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import Expect, Fault, Scenario
+from harness.scenario import Blocked, Expect, Fault, Scenario
 
 pytestmark = [pytest.mark.breakit, pytest.mark.fm13]
 
@@ -49,7 +49,8 @@ SCENARIOS = [
                                   "others": r"TP-FATAL fm=FM-13 code=(PEER_LOST|PEER_ABORT) .*rank 1's heartbeat stopped"},
                                  frozen={1})),
     Scenario(id="FM-13/off", fm="FM-13", title="rank 0 frozen, no watchdog: workers wait forever",
-             proves="watchdog", guardrails="all,-watchdog", faults=(FREEZE_IDLE,), expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
+             proves="watchdog", guardrails="all,-watchdog", faults=(FREEZE_IDLE,), expect=Expect.hang(blocked={0: Blocked(stopped=True), "others": Blocked(op="broadcast", site="envelope header")}),
+             deadline_s=HANG_DEADLINE_S),
 ]
 
 

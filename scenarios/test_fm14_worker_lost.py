@@ -11,7 +11,7 @@ Without the watchdog the frozen worker holds every other rank forever.
 import pytest
 
 from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import Expect, Fault, Scenario
+from harness.scenario import Blocked, Expect, Fault, Scenario
 
 pytestmark = [pytest.mark.breakit, pytest.mark.fm14]
 
@@ -29,7 +29,8 @@ SCENARIOS = [
                                   "others": r"TP-FATAL fm=FM-14 code=(PEER_LOST|PEER_ABORT) .*rank 1's heartbeat stopped"},
                                  frozen={1})),
     Scenario(id="FM-14/off", fm="FM-14", title="worker frozen, no watchdog: the others wait forever",
-             proves="watchdog", guardrails="all,-watchdog", faults=(FREEZE,), expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
+             proves="watchdog", guardrails="all,-watchdog", faults=(FREEZE,), expect=Expect.hang(blocked={1: Blocked(stopped=True), "others": Blocked(op="all_reduce", site="generator call")}),
+             deadline_s=HANG_DEADLINE_S),
 ]
 
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=180, check=False)  # a bound, not a speed
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads((out / "bench.json").read_text()), proc.stdout, out
 
@@ -87,3 +87,17 @@ def test_markdown_printed_and_written(bench):
         assert heading in text
     assert len(doc["targets"]) >= 4
     assert all(t["verdict"] in ("met", "missed") for t in doc["targets"])
+
+
+def test_detection_numbers(bench):
+    sections = bench[0]["sections"]
+    flight = sections["flight"]
+    assert _positive(flight["per_collective_us"]) and _positive(flight["cost_pct"])
+    assert flight["collectives_per_chunk"] >= 6  # at least the envelope broadcasts and a generator call's reduces
+    hang = sections["hang"]
+    assert len(hang["scenarios"]) == 2 and all(r["runs"] == 1 for r in hang["scenarios"])
+    assert all(_positive(r["verdict_s"]["p95"]) for r in hang["scenarios"] if r["outcomes"].get("HUNG"))
+    alarm = sections["false_alarm"]
+    assert alarm["runs"] == 2 and alarm["peer_lost"] == 0 and alarm["not_clean"] == 0
+    targets = {row["target"].split(" ")[0] for row in bench[0]["targets"]}
+    assert {"flight", "fault", "zero"} <= targets

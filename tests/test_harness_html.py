@@ -94,3 +94,22 @@ def test_write_summary_writes_the_page_and_survives_its_failure(tmp_path, monkey
     summary = report.write_summary(run_dir)
     assert summary.md_path.exists() and not (run_dir / "report.html").exists()
     assert "harness: report.html not written: RuntimeError: no disk" in capsys.readouterr().err
+
+
+def test_the_first_divergent_collective_is_marked_on_each_lane_and_listed_in_the_summary(tmp_path) -> None:
+    run_dir = tmp_path / report.run_dir_name()
+    divergence = {"seq": 37, "kind": "mismatch", "line": "seq 37: rank 0 broadcast <x> - rank 1 all_reduce",
+                  "sides": {"0": "rank 0 broadcast root 0 int64[8] (envelope header, chunk 3)",
+                            "1": "rank 1 all_reduce float64[48,64] (generator call 5, chunk 2), never left"},
+                  "blocked": {}, "marks": {"0": 20.2, "1": 20.25}}
+    _scenario(run_dir, "FM-03/off", {
+        0: [_init(0, 20.0, "driver"), "TP-FAULT site=driver.plan action=corrupt(-1) rank=0 mono=20.1"],
+        1: [_init(1, 20.0, "worker")],
+    }, [RankResult(rank=0, pid=3, exit="SIGTERM", returncode=-15, reaped=True),
+        RankResult(rank=1, pid=4, exit="SIGTERM", returncode=-15, reaped=True)],
+        expected=["HUNG"], observed="HUNG", deadline_s=4.0, divergence=divergence)
+    summary = report.write_summary(run_dir)
+    page = (run_dir / "report.html").read_text()
+    assert page.count("first divergent collective: rank ") == 2 and ">seq 37</text>" in page
+    assert "&lt;x&gt;" in page or "<x>" not in page
+    assert "* FM-03/off (ws2, HUNG): seq 37: rank 0 broadcast <x> - rank 1 all_reduce" in summary.md_path.read_text()

@@ -62,7 +62,9 @@ class RankConfig:
     heartbeat_s: float = 0.05
     """Watchdog poll/heartbeat interval (``TP_HEARTBEAT_S``)."""
     peer_timeout_s: float = 2.0
-    """A peer whose heartbeat stops this long is lost (``TP_PEER_TIMEOUT_S``)."""
+    """Ceiling of the adaptive peer timeout (``TP_PEER_TIMEOUT_S``); also the timeout until gaps are known."""
+    peer_timeout_min_s: float = 0.5
+    """Floor of the adaptive peer timeout (``TP_PEER_TIMEOUT_MIN_S``), see ``tp.liveness``."""
     progress_timeout_s: float = 60.0
     """Busy without progress this long is fatal (``TP_PROGRESS_TIMEOUT_S``)."""
     handshake_timeout_s: float = 10.0
@@ -85,6 +87,9 @@ class RankConfig:
             raise ConfigError(f"invalid backend {self.backend!r} from --backend; choose gloo or nccl")
         if self.chunks < 1:
             raise ConfigError(f"invalid --chunks {self.chunks}: expected >= 1")
+        if self.peer_timeout_min_s > self.peer_timeout_s:
+            raise ConfigError(f"invalid TP_PEER_TIMEOUT_MIN_S {self.peer_timeout_min_s:g}: must not exceed "
+                              f"TP_PEER_TIMEOUT_S {self.peer_timeout_s:g} (floor and ceiling of the peer timeout)")
         if not 0 <= self.driver_rank < self.world_size:
             raise ConfigError(f"invalid TP_DRIVER_RANK {self.driver_rank}: expected 0..{self.world_size - 1}")
 
@@ -167,6 +172,7 @@ def from_env(env: dict | None = None, **cli: object) -> RankConfig:
         sync_kv_stats=_flag(env, "TP_SYNC_KV_STATS", False),
         heartbeat_s=_seconds(env, "TP_HEARTBEAT_S", 0.05),
         peer_timeout_s=_seconds(env, "TP_PEER_TIMEOUT_S", 2.0),
+        peer_timeout_min_s=_seconds(env, "TP_PEER_TIMEOUT_MIN_S", 0.5),
         progress_timeout_s=_seconds(env, "TP_PROGRESS_TIMEOUT_S", 60.0),
         handshake_timeout_s=_seconds(env, "TP_HANDSHAKE_TIMEOUT_S", 10.0),
         collective_timeout_s=_seconds(env, "TP_COLLECTIVE_TIMEOUT_S", None),

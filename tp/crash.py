@@ -24,7 +24,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from tp import codes, log
+from tp import codes, flight, log
 
 ABORT_KEY = "tp/abort"
 _ABORT_CLAIM = "tp/abort_claims"
@@ -73,6 +73,7 @@ class Crash:
                     self._publish(fatal, fm)
                 if dump_stack:
                     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                flight.dump(f"TP-FATAL {fatal.code}")
                 self._leave(fatal.cause_rank)
                 log.event("exit", rank=self.rank, code=fatal.code, exit=entry.exit)
                 sys.stdout.flush()

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from tp import ENVELOPE_VERSION, log
+from tp import ENVELOPE_VERSION, flight, log
 from tp.crash import Fatal
 from tp.envelope import Action, EnvelopeError, Header, quantise
 from tp.failpoints import failpoint
@@ -116,6 +116,8 @@ class Driver:
 
     def _idle_after_failure(self) -> dict:
         self.rank.progress.idle("waiting for the next request")
+        if flight.recorder is not None:
+            flight.recorder.idle = "waiting for the next request"
         self.rank.stop.wait()
         self.transport.send_control(Header(action=Action.SHUTDOWN, call_id=self.call_id))
         return self._summary()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from tp import flight
 from tp.crash import Fatal
 from tp.envelope import DIGEST_KEYS, Envelope, digest
 from tp.failpoints import failpoint
@@ -100,7 +101,9 @@ def exchange_digests(values: dict[str, int], *, rank: int, world_size: int, devi
     """All-gather per-key digests; name the first key on which ranks differ."""
     mine = torch.tensor([values.get(k, 0) for k in DIGEST_KEYS], dtype=torch.int64, device=device)
     gathered = [torch.empty_like(mine) for _ in range(world_size)]
+    entry = flight.enter("all_gather", mine, "digest exchange")
     dist.all_gather(gathered, mine)
+    flight.leave(entry)
     table = torch.stack(gathered).cpu()
     for j, key in enumerate(DIGEST_KEYS):
         column = table[:, j].tolist()

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from tp import flight
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -58,7 +60,9 @@ class ModelConfig:
 def tp_all_reduce(partial: torch.Tensor, group: dist.ProcessGroup | None, world_size: int) -> torch.Tensor:
     """The one place the generator communicates: sum rowwise partials across ranks."""
     if world_size > 1:
+        entry = flight.enter("all_reduce", partial, flight.GENERATOR_SITE)
         dist.all_reduce(partial, op=dist.ReduceOp.SUM, group=group)
+        flight.leave(entry)
     return partial
 
 

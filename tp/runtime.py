@@ -7,12 +7,9 @@ SHUTDOWN, a ``result`` event on every rank and exit 0.
 
 from __future__ import annotations
 
-import faulthandler
 import hashlib
 import json
 import os
-import signal
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -20,9 +17,19 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, handshake, log
+from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, flight, handshake, log
 from tp.config import RankConfig
-from tp.crash import Crash, Fatal, done_key, exit_key, gone_peers, peer_abort, publish_identity, read_abort, wait_for_peers
+from tp.crash import (
+    Crash,
+    Fatal,
+    done_key,
+    exit_key,
+    gone_peers,
+    peer_abort,
+    publish_identity,
+    read_abort,
+    wait_for_peers,
+)
 from tp.envelope import EnvelopeError, Limits, digest, quantise
 from tp.failpoints import failpoint
 from tp.generate import ChunkRunner, exchange_digests
@@ -55,7 +62,8 @@ class Rank:
     # -- lifecycle -----------------------------------------------------------
 
     def main(self) -> int:
-        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        flight.install(flight.Recorder(rank=self.cfg.rank, world_size=self.cfg.world_size, ctx=self.ctx,
+                                       report_dir=os.environ.get("TP_REPORT_DIR")))
         try:
             return self._main()
         except Fatal as fatal:
@@ -114,7 +122,7 @@ class Rank:
         cfg = self.cfg
         log.event("init", rank=cfg.rank, world_size=cfg.world_size, backend=cfg.backend, role=cfg.role,
                   plan=cfg.plan, protocol=cfg.protocol_version, guardrails=sorted(cfg.guardrails),
-                  env_parity=cfg.env_parity, pid=os.getpid())
+                  env_parity=cfg.env_parity, pid=os.getpid(), flight=flight.SCHEMA)
         hosts = cfg.host_store and cfg.rank == 0
         self.store = self._connect(host=hosts)
         self.crash.store, self.crash.hosts_store = self.store, hosts
@@ -138,7 +146,8 @@ class Rank:
             self.watchdog = Watchdog(crash=self.crash, store_factory=self._connect, rank=cfg.rank,
                                      driver_rank=cfg.driver_rank, store_host=0 if cfg.host_store else None,
                                      world_size=cfg.world_size, heartbeat_s=cfg.heartbeat_s,
-                                     peer_timeout_s=cfg.peer_timeout_s, progress_timeout_s=cfg.progress_timeout_s,
+                                     peer_timeout_s=cfg.peer_timeout_s, peer_timeout_min_s=cfg.peer_timeout_min_s,
+                                     progress_timeout_s=cfg.progress_timeout_s,
                                      progress=self.progress)
             self.watchdog.start()
         if cfg.backend == "nccl":
@@ -191,7 +200,10 @@ class Rank:
                                                f"{env.header.chunk_index}, the plan expected {expected}")
         if stats or cfg.plan == "v1_full_pipeline":
             # Optional extras that are collectives: every rank must agree to run them (handshake env parity).
-            dist.all_reduce(result.latents.new_zeros(64))
+            stats_sum = result.latents.new_zeros(64)
+            entry = flight.enter("all_reduce", stats_sum, "chunk-end stats")
+            dist.all_reduce(stats_sum)
+            flight.leave(entry)
         output = quantise(result.latents)
         if "digest" in cfg.guardrails and env.header.chunk_index % cfg.digest_every == 0:
             values = result.input_digests(env)
@@ -217,6 +229,7 @@ class Rank:
                     log.info(f"ranks {late} not done {HOST_DONE_WAIT_S} s after this rank; the store goes down now")
         log.event("result", rank=cfg.rank, output_digest=self.latents_digest.hexdigest()[:16], calls=self.calls,
                   **{k: v for k, v in summary.items() if k not in ("output_digest", "calls")})
+        flight.dump("exit")
         log.event("exit", rank=cfg.rank, code="OK", exit=0)
         if cfg.role == "driver":
             print(json.dumps(summary, sort_keys=True), flush=True)

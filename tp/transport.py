@@ -13,6 +13,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from tp import flight
 from tp.dtypes import dtype_name
 from tp.envelope import (
     HEADER_LEN,
@@ -45,14 +46,16 @@ class Transport:
         self.header_sent = False
         self.on_header = lambda what: None  # the watchdog's progress clock starts at the header
 
-    def _bcast(self, t: torch.Tensor) -> torch.Tensor:
+    def _bcast(self, t: torch.Tensor, site: str) -> torch.Tensor:
+        entry = flight.enter("broadcast", t, site, self.src)
         dist.broadcast(t, src=self.src)
+        flight.leave(entry)
         return t
 
     # -- driver side -------------------------------------------------------
 
     def send_control(self, header: Header) -> None:
-        self._bcast(header.to_tensor().to(self.device))
+        self._bcast(header.to_tensor().to(self.device), "envelope header")
 
     def send(self, header: Header, meta: dict, tensors: dict[str, torch.Tensor], aux: torch.Tensor | None) -> Envelope:
         """Send one INFER envelope; returns what the receivers will see."""
@@ -77,9 +80,9 @@ class Transport:
         self.send_control(header)
         self.header_sent = True
         failpoint("envelope.after_header", **self.ctx)
-        self._bcast(torch.frombuffer(bytearray(meta_bytes), dtype=torch.uint8).to(self.device))
+        self._bcast(torch.frombuffer(bytearray(meta_bytes), dtype=torch.uint8).to(self.device), "envelope meta")
         for key in sorted(tensors):
-            self._bcast(tensors[key])
+            self._bcast(tensors[key], f"tensor {key}")
         return Envelope(header=header, meta=meta, tensors=tensors, meta_bytes=meta_bytes)
 
     def _send_legacy(self, header, meta, tensors, aux) -> Envelope:
@@ -92,36 +95,39 @@ class Transport:
         failpoint("envelope.after_header", **self.ctx)
         meta = {**meta, "tensor_specs": specs, "has_aux": aux is not None}
         meta_bytes = encode_meta(meta)
-        self._bcast(torch.tensor([len(meta_bytes)], dtype=torch.int64, device=self.device))
-        self._bcast(torch.frombuffer(bytearray(meta_bytes), dtype=torch.uint8).to(self.device))
+        self._bcast(torch.tensor([len(meta_bytes)], dtype=torch.int64, device=self.device), "envelope meta length")
+        self._bcast(torch.frombuffer(bytearray(meta_bytes), dtype=torch.uint8).to(self.device), "envelope meta")
         for key in sorted(tensors):
-            self._bcast(tensors[key].to(self.device).contiguous())
+            self._bcast(tensors[key].to(self.device).contiguous(), f"tensor {key}")
         if aux is not None:
-            self._bcast(aux.to(self.device).contiguous())
+            self._bcast(aux.to(self.device).contiguous(), "side channel aux")
         return Envelope(header=header, meta=meta, tensors={k: t.to(self.device) for k, t in tensors.items()},
                         meta_bytes=meta_bytes)
 
     # -- worker side -------------------------------------------------------
 
     def recv(self) -> Envelope:
-        header = Header.from_tensor(self._bcast(torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)))
+        header = Header.from_tensor(self._bcast(torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device),
+                                                   "envelope header"))
         if header.action != Action.INFER:
             return Envelope(header=header, meta={})
         self.on_header(f"receiving envelope of call_id {header.call_id}")
         self.ctx["chunk"], self.ctx["call_id"] = header.chunk_index, header.call_id  # failpoint triggers
         n = check_meta_nbytes(header.meta_nbytes, limits=self.limits)
         if n == LEGACY_META_NBYTES:
-            length = self._bcast(torch.empty(1, dtype=torch.int64, device=self.device))
+            length = self._bcast(torch.empty(1, dtype=torch.int64, device=self.device), "envelope meta length")
             n = check_meta_nbytes(int(length.item()), limits=self.limits, legacy_ok=False)
-        meta_bytes = self._bcast(torch.empty(n, dtype=torch.uint8, device=self.device)).cpu().numpy().tobytes()
+        meta_bytes = self._bcast(torch.empty(n, dtype=torch.uint8, device=self.device),
+                                 "envelope meta").cpu().numpy().tobytes()
         meta = decode_meta(meta_bytes, limits=self.limits)
         specs = parse_specs(meta, backend=self.backend, limits=self.limits)
         validate_schema(meta, {key for key, _, _ in specs})
         aux = self._legacy_aux(meta, specs)
-        tensors = {key: self._bcast(torch.empty(shape, dtype=dtype, device=self.device)) for key, dtype, shape in specs}
+        tensors = {key: self._bcast(torch.empty(shape, dtype=dtype, device=self.device), f"tensor {key}")
+                   for key, dtype, shape in specs}
         if aux:
             # The legacy side channel: the worker has to guess the shape.
-            tensors["aux"] = self._bcast(torch.empty_like(tensors["latents"]))
+            tensors["aux"] = self._bcast(torch.empty_like(tensors["latents"]), "side channel aux")
         if "clear_after_read" in self.guards:
             validate_override(meta, set(tensors))
         if "lockstep" in self.guards:

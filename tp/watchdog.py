@@ -2,9 +2,10 @@
 
 It has its own store connection (the main thread may be blocked inside a
 collective holding nothing but a socket). Each poll it beats, checks
-``tp/abort``, checks every peer's heartbeat counter moved within
-``peer_timeout_s`` (clock-free: counters, not timestamps, so it works across
-hosts), and checks the main thread has not been busy without progress for
+``tp/abort``, checks every peer's heartbeat counter moved within that peer's
+adaptive timeout (``tp.liveness``: learnt from the gaps between its beats,
+between ``peer_timeout_min_s`` and ``peer_timeout_s``; clock-free: counters,
+not timestamps, so it works across hosts), and checks the main thread has not been busy without progress for
 ``progress_timeout_s``.
 
 A second, store-free thread watches the first: c10d's store client blocks
@@ -23,6 +24,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 from tp.crash import Crash, Fatal, peer_abort, read_abort
+from tp.liveness import Arrivals
 
 
 class Progress:
@@ -49,7 +51,8 @@ class Progress:
 class Watchdog:
     def __init__(self, *, crash: Crash, store_factory, rank: int, driver_rank: int, world_size: int, heartbeat_s: float,
                  peer_timeout_s: float, progress_timeout_s: float, progress: Progress,
-                 store_host: int | None = None, startup_grace_s: float = 30.0) -> None:
+                 store_host: int | None = None, peer_timeout_min_s: float | None = None,
+                 startup_grace_s: float = 30.0) -> None:
         self.startup_grace_s = startup_grace_s
         self.crash, self.rank, self.driver_rank, self.world_size = crash, rank, driver_rank, world_size
         self.heartbeat_s, self.peer_timeout_s, self.progress_timeout_s = heartbeat_s, peer_timeout_s, progress_timeout_s
@@ -60,6 +63,8 @@ class Watchdog:
         self.store_host = store_host
         """The rank that serves the store, or None when a launcher does (its loss is not a rank's)."""
         self.polled_at = time.monotonic()
+        floor = min(peer_timeout_min_s or peer_timeout_s, peer_timeout_s)
+        self.arrivals = {r: Arrivals(floor_s=floor, ceiling_s=peer_timeout_s, expected_s=heartbeat_s) for r in range(world_size) if r != rank}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tp-watchdog", daemon=True)
         self._sentinel = threading.Thread(target=self._watch_polls, name="tp-watchdog-sentinel", daemon=True)
@@ -116,10 +121,11 @@ class Watchdog:
                     count = self.store.add(f"tp/hb/{r}", 0)
                     if count != seen[r][0]:
                         seen[r] = (count, now)
+                        self.arrivals[r].arrived(now)
                     # A peer that never beat yet may still be importing torch: give it the startup grace.
-                    elif now - seen[r][1] > (self.peer_timeout_s if count > 0 else self.startup_grace_s):
+                    elif now - seen[r][1] > (self.arrivals[r].timeout() if count > 0 else self.startup_grace_s):
                         self.crash.die(Fatal("PEER_LOST", f"rank {r}'s heartbeat stopped {now - seen[r][1]:.2f} s ago "
-                                             f"(peer timeout {self.peer_timeout_s} s)", cause_rank=r,
+                                             f"({self.arrivals[r].describe()})", cause_rank=r,
                                              fm="FM-13" if r == self.driver_rank else "FM-14"), dump_stack=True)
             except Exception as exc:
                 if self._stop.is_set():

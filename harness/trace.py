@@ -1,0 +1,247 @@
+"""Flight traces (docs/CONTRACT.md §6): read them, diff them, name the first divergent collective.
+
+Each rank's trace numbers its collectives from 0 (``seq``); on healthy ranks
+the n-th collective is the same everywhere. The first ``seq`` at which ranks
+disagree is where a hang or a desync starts: different op, shape, dtype or
+root; a rank that never entered it while a peer did; a rank that entered and
+never left. A TP path that writes no trace gets no line, nothing else changes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMA = "tp-flight/1"
+TRACE_PREFIX = "TP-TRACE "
+
+
+def flight_path(log_dir: Path, rank: int) -> Path:
+    return Path(log_dir) / f"flight_rank{rank}.json"
+
+
+def load(log_dir: Path, rank: int, log_text: str = "") -> dict | None:
+    """This rank's newest trace: ``flight_rank{R}.json``, else its log's last ``TP-TRACE`` line, else None."""
+    path = flight_path(log_dir, rank)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = None
+    if doc is None:
+        for line in reversed(log_text.splitlines()):
+            if line.startswith(TRACE_PREFIX):
+                try:
+                    doc = json.loads(line[len(TRACE_PREFIX):])
+                except ValueError:
+                    continue
+                break
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("entries"), list):
+        return None
+    return doc
+
+
+def load_all(log_dir: Path, world_size: int, texts: dict[int, str] | None = None) -> dict[int, dict]:
+    texts = texts or {}
+    found = {r: load(log_dir, r, texts.get(r, "")) for r in range(world_size)}
+    return {r: doc for r, doc in found.items() if doc is not None}
+
+
+@dataclass(kw_only=True)
+class Divergence:
+    """The first collective the ranks disagree on."""
+
+    seq: int
+    """The disagreeing sequence number."""
+    kind: str
+    """``mismatch`` (op/shape/dtype/root), ``never entered`` or ``never left``."""
+    line: str
+    """One line with each rank's side."""
+    sides: dict[int, str] = field(default_factory=dict)
+    """Rank -> its side of the line."""
+    blocked: dict[int, dict] = field(default_factory=dict)
+    """Rank -> the entry it entered and never left (anywhere in its trace)."""
+    marks: dict[int, float] = field(default_factory=dict)
+    """Rank -> ``mono`` where its side happened: entering this seq, or leaving its last collective."""
+
+    def to_json(self) -> dict:
+        return {"seq": self.seq, "kind": self.kind, "line": self.line,
+                "sides": {str(r): s for r, s in self.sides.items()},
+                "blocked": {str(r): e for r, e in self.blocked.items()},
+                "marks": {str(r): t for r, t in self.marks.items()}}
+
+
+def signature(entry: dict) -> tuple:
+    return (entry.get("op"), json.dumps(entry.get("shapes")), json.dumps(entry.get("dtypes")), entry.get("root"))
+
+
+def describe(entry: dict) -> str:
+    """``broadcast int64[8] (envelope header, chunk 3)``."""
+    shapes, dtypes = entry.get("shapes") or [], entry.get("dtypes") or []
+    tensors = "+".join(f"{d}[{','.join(map(str, s))}]" for d, s in zip(dtypes, shapes, strict=False)) or "?"
+    root = f" root {entry['root']}" if entry.get("root") is not None else ""
+    return f"{entry.get('op', '?')}{root} {tensors} ({entry.get('site', '?')}, chunk {entry.get('chunk', '?')})"
+
+
+def _side(rank: int, doc: dict | None, entry: dict | None, note: str | None) -> str:
+    if doc is None:
+        return f"rank {rank} has no flight trace" + (f" ({note})" if note else "")
+    if entry is None:
+        entries = doc["entries"]
+        last = entries[-1] if entries else None
+        if last is None:
+            return f"rank {rank} never entered it (no collective yet)"
+        state = "still inside it" if last.get("leave") is None else "left it"
+        return f"rank {rank} never entered it (its last: seq {last['seq']} {describe(last)}, {state})"
+    text = f"rank {rank} {describe(entry)}"
+    if entry.get("leave") is None:
+        ago = float(doc.get("mono", entry["enter"])) - float(entry["enter"])
+        text += f", entered {ago:.1f} s ago, never left"
+    return text
+
+
+def first_divergence(traces: dict[int, dict], world_size: int,
+                     notes: dict[int, str] | None = None) -> Divergence | None:
+    """The first ``seq`` the traced ranks disagree on; None when they agree or nobody traced."""
+    if not traces:
+        return None
+    notes = notes or {}
+    by_seq = {r: {e["seq"]: e for e in doc["entries"] if isinstance(e, dict) and "seq" in e}
+              for r, doc in traces.items()}
+    ends = {r: int(doc.get("next_seq", max(by_seq[r], default=-1) + 1)) for r, doc in traces.items()}
+    starts = {r: min(by_seq[r], default=ends[r]) for r in traces}
+    blocked = {r: e for r, entries in by_seq.items() for e in entries.values() if e.get("leave") is None}
+    lo, hi = max(starts.values()), max(ends.values())
+    for seq in range(lo, hi):
+        present = {r: by_seq[r].get(seq) for r in traces}
+        entered = {r: e for r, e in present.items() if e is not None}
+        kind = None
+        if len({signature(e) for e in entered.values()}) > 1:
+            kind = "mismatch"
+        elif len(entered) < len(traces):
+            kind = "never entered"
+        elif any(e.get("leave") is None for e in entered.values()):
+            kind = "never left"
+        if kind is None:
+            continue
+        sides = {r: _side(r, traces.get(r), present.get(r), notes.get(r)) for r in range(world_size)}
+        marks = {}
+        for r, doc in traces.items():
+            e = present[r] or (doc["entries"][-1] if doc["entries"] else None)
+            if e is not None:
+                marks[r] = float(e["enter"] if present[r] or e.get("leave") is None else e["leave"])
+        return Divergence(seq=seq, kind=kind, line=f"seq {seq}: " + " - ".join(sides.values()), sides=sides,
+                          blocked=blocked, marks=marks)
+    return None
+
+
+def for_run(*, traces: dict[int, dict], log_dir: Path | None, world_size: int, texts: dict[int, str],
+            notes: dict[int, str]) -> Divergence | None:
+    """The run's first divergence: from the traces taken at the hang if any, else as the ranks left them.
+
+    When there is none the result still says why (kind ``agree`` or ``untraced``), so every failed
+    run's report answers "where did the ranks part?".
+    """
+    if not traces and log_dir is not None:
+        traces = load_all(log_dir, world_size, texts)
+    found = first_divergence(traces, world_size, notes)
+    if found is not None:
+        return found
+    untraced = [r for r in range(world_size) if r not in traces]
+    missing = f"; rank {', '.join(map(str, untraced))} left no trace" if untraced and traces else ""
+    if not traces:
+        return Divergence(seq=-1, kind="untraced", line="none known: no rank left a flight trace")
+    last = [doc["entries"][-1] for doc in traces.values() if doc["entries"]]
+    if not last:
+        return Divergence(seq=-1, kind="agree", line=f"none: no rank entered a collective{missing}")
+    top = max(last, key=lambda e: e["seq"])
+    return Divergence(seq=top["seq"], kind="agree", line=f"none: the traced ranks agree on every collective up to "
+                                                          f"seq {top['seq']} {describe(top)}{missing}")
+
+
+def open_entry(doc: dict | None) -> dict | None:
+    """The collective a rank is inside: its last entry, when it has no ``leave``."""
+    entries = (doc or {}).get("entries") or []
+    return entries[-1] if entries and entries[-1].get("leave") is None else None
+
+
+def check_blocked(expect, *, traces: dict[int, dict], divergence: Divergence | None, stopped: set[int],
+                  world_size: int) -> list[str]:
+    """Why a HUNG run is not hung where ``expect.blocked`` says (empty when it is, or nothing is said)."""
+    if expect.blocked is None:
+        return []
+    if isinstance(expect.blocked, str):  # DESYNC
+        if divergence is not None and divergence.kind in ("mismatch", "never entered") and divergence.blocked:
+            return []
+        found = divergence.line if divergence else ("no flight traces" if not traces else "the traces agree")
+        return [f"the hang must leave a rank waiting in a collective its peers never entered; found: {found}"]
+    errors = []
+    for rank in range(world_size):
+        spec = expect.blocked_for(rank)
+        if spec is None:
+            continue
+        if spec.stopped:
+            if rank not in stopped:
+                errors.append(f"rank {rank} must be {spec.describe()} but was not found stopped")
+            continue
+        doc = traces.get(rank)
+        entry = open_entry(doc)
+        if doc is None:
+            errors.append(f"rank {rank} must be {spec.describe()} but left no flight trace at the hang")
+        elif spec.outside:
+            if entry is not None:
+                errors.append(f"rank {rank} must be {spec.describe()} but waits in seq {entry['seq']} {describe(entry)}")
+        elif entry is None:
+            last = doc["entries"][-1] if doc["entries"] else None
+            where = f"its last collective, seq {last['seq']} {describe(last)}, returned" if last else "no collective"
+            errors.append(f"rank {rank} must be {spec.describe()} but is in none ({where})")
+        elif (spec.op and entry.get("op") != spec.op) or (spec.site and not re.search(spec.site, str(entry.get("site")))):
+            errors.append(f"rank {rank} must be {spec.describe()} but waits in seq {entry['seq']} {describe(entry)}")
+    return errors
+
+
+def stall_verdict(traces: dict[int, dict], *, live: list[int], stopped: set[int], world_size: int) -> str | None:
+    """Why every live rank waits forever, or None when the traces do not prove it.
+
+    Every live rank that is not stopped must be inside a collective, or say in its trace that it is
+    ``idle`` waiting for outside input (a rank computing or sleeping may still come back), and the
+    collective of each rank inside one must be one its peers will never complete: a
+    peer stopped, exited, never entered it, or entered another op, shape, dtype or root at that
+    seq. When every peer entered the same collective it may just be slow, so that is no proof.
+    """
+    waiting = [r for r in live if r not in stopped]
+    if not waiting:
+        return None
+    by_seq = {r: {e.get("seq"): e for e in doc["entries"]} for r, doc in traces.items()}
+    parts = []
+    for rank in waiting:
+        entry = open_entry(traces.get(rank))
+        if entry is None:
+            idle = (traces.get(rank) or {}).get("idle")
+            if not idle:
+                return None
+            parts.append(f"rank {rank} idle in no collective ({idle})")
+            continue
+        why = _unmatched(entry, rank, by_seq, live, stopped, world_size)
+        if why is None:
+            return None
+        parts.append(f"rank {rank} in seq {entry['seq']} {describe(entry)}, {why}")
+    return "; ".join(parts)
+
+
+def _unmatched(entry: dict, rank: int, by_seq: dict[int, dict], live: list[int], stopped: set[int],
+               world_size: int) -> str | None:
+    for peer in (p for p in range(world_size) if p != rank):
+        if peer in stopped:
+            return f"rank {peer} is stopped"
+        if peer not in live:
+            return f"rank {peer} has exited"
+        if peer not in by_seq:
+            return None  # a live peer without a trace: nothing is proven
+        theirs = by_seq[peer].get(entry["seq"])
+        if theirs is None:
+            return f"rank {peer} never entered it"
+        if signature(theirs) != signature(entry):
+            return f"rank {peer} is in {describe(theirs)} there"
+    return None

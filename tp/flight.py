@@ -1,0 +1,150 @@
+"""The flight trace: every rank's bounded ring of its last collectives.
+
+Each collective this TP path issues goes through ``enter`` and ``leave``: a
+sequence number, the op, shapes, dtypes, root, the caller's site (envelope
+header / meta / a tensor key, generator call k, digest exchange, chunk-end
+stats), chunk, call_id, and ``time.monotonic()`` on entry and exit. A rank
+blocked in a collective has an entry with no ``leave``; ranks that disagree on
+the n-th collective show it at the same ``seq``. That is what the harness
+diffs to name the first divergent collective (docs/CONTRACT.md §6).
+
+Always on, so it must be cheap: an entry is one list holding the tensor's own
+``shape`` and ``dtype`` objects; names and JSON are made only when dumping.
+
+The ring is written on SIGUSR1, on every TP-FATAL and at a clean exit. A
+rank blocked inside a collective is inside C++ and never runs a Python signal
+handler, so SIGUSR1 is caught through ``signal.set_wakeup_fd``: the C-level
+handler writes the signal number to a pipe, and a daemon thread that reads it
+writes the dump. faulthandler is chained after it, so stacks still go to the log.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+SCHEMA = "tp-flight/1"
+DEFAULT_ENTRIES = 512
+"""Ring length: about ten chunks of collectives at world size 2."""
+
+GENERATOR_SITE = "generator call"
+"""The site of the generator's all_reduces; dumps append the call_id ("generator call 5")."""
+
+# Entry layout (a list, not an object: this runs on every collective).
+SEQ, OP, SHAPES, DTYPES, ROOT, SITE, CHUNK, CALL_ID, ENTER, LEAVE = range(10)
+
+
+class Recorder:
+    """One rank's ring. ``ctx`` is the rank's live ``{"chunk", "call_id"}`` dict."""
+
+    def __init__(self, *, rank: int, world_size: int, ctx: dict, entries: int = DEFAULT_ENTRIES,
+                 report_dir: str | None = None) -> None:
+        self.rank, self.world_size, self.ctx = rank, world_size, ctx
+        self.ring: collections.deque[list] = collections.deque(maxlen=entries)
+        self.seq = 0
+        self.report_dir = report_dir or None
+        self.idle: str | None = None
+        """Set while the main thread waits for outside input (a request), in no collective; dumped as ``idle``."""
+        self._lock = threading.Lock()
+
+    def enter(self, op: str, tensor, site: str, root: int | None = None) -> list:
+        ctx = self.ctx
+        entry = [self.seq, op, tensor.shape, tensor.dtype, root, site, ctx["chunk"], ctx["call_id"],
+                 time.monotonic(), None]
+        self.seq += 1
+        self.ring.append(entry)
+        return entry
+
+    @staticmethod
+    def leave(entry: list) -> None:
+        entry[LEAVE] = time.monotonic()
+
+    def document(self, reason: str) -> dict:
+        """The JSON document of docs/CONTRACT.md §6."""
+        now = time.monotonic()
+        entries = [_entry_json(e) for e in list(self.ring)]
+        return {"schema": SCHEMA, "rank": self.rank, "world_size": self.world_size, "pid": os.getpid(),
+                "reason": reason, "mono": round(now, 6), "next_seq": self.seq, "capacity": self.ring.maxlen,
+                "idle": self.idle, "entries": entries}
+
+    def dump(self, reason: str) -> None:
+        """Write ``flight_rank{R}.json`` into the report directory, or one ``TP-TRACE`` log line."""
+        with self._lock:
+            text = json.dumps(self.document(reason), separators=(",", ":"))
+            if self.report_dir is not None:
+                path = os.path.join(self.report_dir, f"flight_rank{self.rank}.json")
+                tmp = f"{path}.{os.getpid()}.tmp"
+                try:
+                    with open(tmp, "w") as f:  # rename: a reader never sees half a dump
+                        f.write(text)
+                    os.replace(tmp, path)
+                    return
+                except OSError as exc:
+                    sys.stdout.write(f"TP-INFO cannot write {path} ({exc}); the trace follows as a log line\n")
+            sys.stdout.write("TP-TRACE " + text + "\n")
+            sys.stdout.flush()
+
+
+def _entry_json(e: list) -> dict:
+    site = f"{e[SITE]} {e[CALL_ID]}" if e[SITE] == GENERATOR_SITE else e[SITE]
+    return {"seq": e[SEQ], "op": e[OP], "shapes": [list(e[SHAPES])], "dtypes": [str(e[DTYPES]).removeprefix("torch.")],
+            "root": e[ROOT], "site": site, "chunk": e[CHUNK], "call_id": e[CALL_ID],
+            "enter": round(e[ENTER], 6), "leave": None if e[LEAVE] is None else round(e[LEAVE], 6)}
+
+
+recorder: Recorder | None = None
+"""This process's recorder (``install`` sets it); the collective call sites record into it."""
+
+
+def enter(op: str, tensor, site: str, root: int | None = None) -> list | None:
+    return recorder.enter(op, tensor, site, root) if recorder is not None else None
+
+
+def leave(entry: list | None) -> None:
+    if entry is not None:
+        entry[LEAVE] = time.monotonic()
+
+
+def dump(reason: str) -> None:
+    """Dump the ring if there is one; never raises (it runs on the way to ``os._exit``)."""
+    if recorder is None:
+        return
+    try:
+        recorder.dump(reason)
+    except Exception as exc:  # noqa: BLE001 - a full disk must not stop a crash-only exit
+        print(f"TP-INFO flight trace dump failed: {exc}", flush=True)
+
+
+def install(rec: Recorder) -> None:
+    """Make ``rec`` the process's recorder and dump it on SIGUSR1 (then faulthandler, chained)."""
+    global recorder
+    recorder = rec
+    import faulthandler
+
+    try:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.signal(signal.SIGUSR1, lambda *_: None)  # installs the C handler that writes the wakeup fd
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread (an embedding runtime): stacks only, traces on exit
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        return
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
+    threading.Thread(target=_wakeups, args=(read_fd,), name="tp-flight", daemon=True).start()
+
+
+def _wakeups(read_fd: int) -> None:
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        if signal.SIGUSR1 in data:
+            dump("SIGUSR1")
