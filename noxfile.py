@@ -1,5 +1,6 @@
 """Sessions: ``breakit`` (the break-it suite), ``tests`` (unit + plugin tests),
-``lint`` (ruff), ``bench`` (speed numbers, see benchmarks/).
+``lint`` (ruff), ``bench`` (speed numbers, see benchmarks/), ``mutate`` (semantic
+mutants, see mutate/; nightly, not in CI: it takes minutes).
 
 torch is installed from constraints/cpu.txt (the CPU build) so a fresh clone
 never downloads a multi-GB CUDA build. GPU runners set ``BREAKIT_SYSTEM_TORCH=1``
@@ -43,7 +44,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "tp", "harness", "scenarios", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "tp", "harness", "scenarios", "tests", "benchmarks", "mutate", "noxfile.py")
 
 
 @nox.session(venv_params=VENV_PARAMS)
@@ -51,3 +52,10 @@ def bench(session: nox.Session) -> None:
     """Speed numbers side by side: writes reports/bench/bench.json and bench.md."""
     _install(session)
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def mutate(session: nox.Session) -> None:
+    """Apply each mutant of mutate/mutants.toml in a scratch copy: writes reports/mutate/mutate.json and .md."""
+    _install(session)
+    session.run("python", "-m", "mutate", *session.posargs)
