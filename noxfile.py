@@ -1,7 +1,8 @@
 """Sessions: ``breakit`` (the break-it suite), ``tests`` (unit + plugin tests),
 ``launches`` (the launch-mode matrix and a world-size-8 smoke run), ``lint`` (ruff),
 ``bench`` (speed numbers, see benchmarks/), ``fuzz`` (the envelope decoder,
-tools/fuzz_envelope.py), ``soak`` (the suite N times, tools/soak.py).
+tools/fuzz_envelope.py), ``soak`` (the suite N times, tools/soak.py), ``mutate`` (semantic
+mutants, see mutate/; nightly, not in CI: it takes minutes).
 
 torch is installed from constraints/cpu.txt (the CPU build) so a fresh clone
 never downloads a multi-GB CUDA build. GPU runners set ``BREAKIT_SYSTEM_TORCH=1``
@@ -68,7 +69,7 @@ def launches(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "tp", "harness", "scenarios", "tests", "benchmarks", "tools", "noxfile.py")
+    session.run("ruff", "check", "tp", "harness", "scenarios", "tests", "benchmarks", "tools", "mutate", "noxfile.py")
 
 
 @nox.session(venv_params=VENV_PARAMS)
@@ -90,3 +91,10 @@ def soak(session: nox.Session) -> None:
     """The suite N times (serial, -n 2, oversubscribed): flakes and leftovers in reports/soak/ (``-- --runs N``)."""
     _install(session)
     session.run("python", "-m", "tools.soak", *session.posargs)
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def mutate(session: nox.Session) -> None:
+    """Apply each mutant of mutate/mutants.toml in a scratch copy: writes reports/mutate/mutate.json and .md."""
+    _install(session)
+    session.run("python", "-m", "mutate", *session.posargs)

@@ -44,6 +44,10 @@ def ttc(section: dict) -> list[dict]:
                           f"{section['default_peer_timeout_s']:g} s) — a frozen peer closes no socket, only its "
                           f"stopped heartbeat tells; with {ref['env'].get('TP_PEER_TIMEOUT_S')} s its p95 is "
                           f"{ref['ttc_s']['p95']:.3f} s")
+        elif "TP_PROGRESS_TIMEOUT_S" in r.get("env", {}):
+            bounds.append(f"{r['id']}: the progress deadline it sets (TP_PROGRESS_TIMEOUT_S="
+                          f"{r['env']['TP_PROGRESS_TIMEOUT_S']} s) — a rank stuck in Python keeps its heartbeat, "
+                          f"only that deadline tells; p95 {r['ttc_s']['p95']:.3f} s")
         else:
             bounds.append(f"{r['id']}: p95 {r['ttc_s']['p95']:.3f} s (see its failures in bench.json)")
     guarded_ok = len(rows) - len(missed)

@@ -21,7 +21,7 @@ from harness.outcome import Result
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Scenario
 
-FM_MARKERS = tuple(f"fm{n:02d}" for n in range(1, 15))
+FM_MARKERS = tuple(f"fm{n:02d}" for n in range(1, 16))
 MARKER_KEYS = ("deadline", "world_size", "launch")
 WORKER_KEY = "breakit_run_dir"
 _SETTINGS = pytest.StashKey[dict]()

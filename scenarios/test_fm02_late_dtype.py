@@ -4,7 +4,9 @@ The latents become uint16 after the plan was made (gloo has no uint16; see
 tp/dtypes.py for the table and its source). Guarded: preflight maps every
 dtype through the backend table before the header (UNSUPPORTED_DTYPE, naming
 field, dtype and backend). Without it the send fails on rank 0 only, after
-the header and meta went out, and the workers wait for a tensor that never
+the header and meta went out: gloo itself raises (a RuntimeError, no fatal
+code), and the poison guardrail still makes the group crash
+(POST_HEADER_ERROR); without both the workers wait for a tensor that never
 comes.
 """
 
@@ -21,6 +23,10 @@ SCENARIOS = [
     Scenario(id="FM-02", fm="FM-02", title="uint16 latents rejected before the header",
              proves="preflight", faults=(FAULT,),
              expect=Expect.crash({0: r"TP-FATAL fm=FM-02 code=UNSUPPORTED_DTYPE .*'latents'.*uint16.*(gloo|nccl)",
+                                  "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
+    Scenario(id="FM-02/poison", fm="FM-02", title="the backend refuses uint16 after the header: the group is poisoned",
+             proves="poison_on_post_header_error", guardrails="all,-preflight", faults=(FAULT,),
+             expect=Expect.crash({0: r"TP-FATAL .*code=POST_HEADER_ERROR .*RuntimeError",
                                   "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
     Scenario(id="FM-02/off", fm="FM-02", title="uint16 latents fail mid-envelope: workers wait forever",
              proves="preflight+poison_on_post_header_error", guardrails="all,-preflight,-poison_on_post_header_error", faults=(FAULT,),

@@ -3,7 +3,9 @@
 Two ways in: the plan itself is inconsistent (rank 0 truncates its schedule
 to 3 steps while broadcasting 4 timesteps, so workers run one call more), or
 a worker skips the KV recompute call. Guarded: lockstep checks the plan's
-invariants on both sides and observed == expected calls at chunk end.
+invariants on both sides and observed == expected calls at chunk end; with
+preflight off the inconsistent plan reaches the workers, whose own check
+refuses it before any generator call.
 Without it one rank sits in an all_reduce that nobody joins.
 """
 
@@ -28,6 +30,14 @@ SCENARIOS = [
     Scenario(id="FM-03/off", fm="FM-03", title="inconsistent plan: a worker runs an extra call nobody joins",
              proves="lockstep", guardrails="all,-lockstep", faults=(PLAN,),
              expect=Expect.hang(blocked={0: DIGESTS, "others": GENERATOR}), deadline_s=HANG_DEADLINE_S),
+    Scenario(id="FM-03/worker", fm="FM-03", title="inconsistent plan past a driver without preflight: workers refuse it",
+             proves="lockstep", guardrails="all,-preflight", faults=(PLAN,),
+             expect=Expect.crash({"all": r"TP-FATAL fm=FM-03 code=(CALL_COUNT_MISMATCH|PEER_ABORT) "
+                                         r".*plan inconsistent: tp_num_denoise_steps=3"})),
+    Scenario(id="FM-03/worker-off", fm="FM-03", title="inconsistent plan, no preflight, no lockstep: an extra call",
+             proves="lockstep", guardrails="all,-preflight,-lockstep", faults=(PLAN,),
+             expect=Expect.hang(blocked={0: DIGESTS, "others": GENERATOR}),
+             deadline_s=HANG_DEADLINE_S),
     Scenario(id="FM-03/skip", fm="FM-03", title="a worker skips the recompute call: counted at chunk end",
              proves="lockstep", faults=(SKIP,),
              expect=Expect.crash({1: r"TP-FATAL fm=FM-03 code=CALL_COUNT_MISMATCH .*ran 4 generator calls.*expected 5",

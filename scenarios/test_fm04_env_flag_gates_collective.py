@@ -4,12 +4,15 @@ Rank 1 alone has ``TP_SYNC_KV_STATS=1``, a debug feature that all_reduces KV
 statistics at chunk end. Guarded: the init handshake compares env-parity
 keys and every rank exits with ENV_PARITY_MISMATCH naming the key and the
 ranks. Without it rank 1 enters an all_reduce that no other rank joins.
+The same at world size 4 with the last rank alone on ``TP_DIGEST_EVERY=2``:
+it skips the digest all_gather the others run on odd chunks.
+(Every env-parity key is proven one by one in tests/test_tp_env_parity.py.)
 """
 
 import pytest
 
 from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import Blocked, Expect, Scenario
+from harness.scenario import DESYNC, Blocked, Expect, Scenario
 
 # The rank with the extra chunk-end all_reduce waits in it; the others are already in the digest exchange.
 STATS_VS_DIGEST = {1: Blocked(op="all_reduce", site="chunk-end stats"),
@@ -18,6 +21,7 @@ STATS_VS_DIGEST = {1: Blocked(op="all_reduce", site="chunk-end stats"),
 pytestmark = [pytest.mark.breakit, pytest.mark.fm04]
 
 FLAG = {1: {"TP_SYNC_KV_STATS": "1"}}
+LAST = {3: {"TP_DIGEST_EVERY": "2"}}
 
 SCENARIOS = [
     Scenario(id="FM-04", fm="FM-04", title="env flag on one rank rejected at init",
@@ -25,6 +29,13 @@ SCENARIOS = [
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-04 code=ENV_PARITY_MISMATCH .*env TP_SYNC_KV_STATS differs"})),
     Scenario(id="FM-04/off", fm="FM-04", title="env flag on one rank: an all_reduce nobody joins",
              proves="handshake", guardrails="all,-handshake", rank_env=FLAG, expect=Expect.hang(blocked=STATS_VS_DIGEST), deadline_s=HANG_DEADLINE_S),
+    Scenario(id="FM-04/last-rank", fm="FM-04", title="digest cadence differs on the last of 4 ranks: rejected at init",
+             proves="handshake", rank_env=LAST, world_size=4,
+             expect=Expect.crash({"all": r"TP-FATAL fm=FM-04 code=ENV_PARITY_MISMATCH .*env TP_DIGEST_EVERY differs: "
+                                         r'rank\(s\) \[0, 1, 2\] have \\"1\\"; rank\(s\) \[3\] have \\"2\\"'})),
+    Scenario(id="FM-04/last-rank-off", fm="FM-04", title="digest cadence differs on the last of 4 ranks: a skipped all_gather",
+             proves="handshake", guardrails="all,-handshake", rank_env=LAST, world_size=4, expect=Expect.hang(blocked=DESYNC),
+             deadline_s=HANG_DEADLINE_S),
 ]
 
 

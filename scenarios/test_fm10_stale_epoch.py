@@ -4,6 +4,11 @@ At chunk 4 the driver resets its caches (a new cache epoch) and a result
 computed in the previous epoch is delivered late. Guarded: the epoch fence
 drops it (a ``stale_dropped`` event) and the output equals the healthy run.
 Without the fence the stale frames reach the output.
+
+On a worker: at chunk 5 rank 1 acts on a late duplicate of the last envelope
+before the cut at chunk 4 (cache epoch 1 while it is in epoch 2). Guarded: the
+worker's fence refuses it (STALE_EPOCH). Without the fence and the digest,
+rank 1 computes on the old chunk's inputs while the others use the new ones.
 """
 
 import pytest
@@ -13,6 +18,7 @@ from harness.scenario import Expect, Fault, Scenario
 pytestmark = [pytest.mark.breakit, pytest.mark.fm10]
 
 FAULT = Fault(site="driver.late_result", action="flip", rank=0, chunk=4)
+REPLAY = Fault(site="worker.replay", action="flip", rank=1, chunk=5)
 
 SCENARIOS = [
     Scenario(id="FM-10", fm="FM-10", title="late result of the old epoch dropped by the fence",
@@ -20,6 +26,12 @@ SCENARIOS = [
              expect=Expect.clean({0: r'"event": "stale_dropped".*"result_epoch": 1'})),
     Scenario(id="FM-10/off", fm="FM-10", title="late result of the old epoch delivered",
              proves="epoch_fence", guardrails="all,-epoch_fence", faults=(FAULT,), expect=Expect.diverge()),
+    Scenario(id="FM-10/worker", fm="FM-10", title="envelope of the old epoch reaches a worker: refused by its fence",
+             proves="epoch_fence", faults=(REPLAY,),
+             expect=Expect.crash({1: r"TP-FATAL fm=FM-10 code=STALE_EPOCH .*cache epoch 1 while this rank is in epoch 2",
+                                  "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=1"})),
+    Scenario(id="FM-10/worker-off", fm="FM-10", title="envelope of the old epoch reaches a worker: Franken-model",
+             proves="epoch_fence", guardrails="all,-epoch_fence,-digest", faults=(REPLAY,), expect=Expect.diverge()),
 ]
 
 

@@ -149,7 +149,7 @@ def test_public_surface_changes_only_on_purpose() -> None:
     assert [o.ini for o in options.OPTIONS.values()] == [
         "breakit_deadline", "breakit_world_size", "breakit_backend", "breakit_launch", "breakit_report_dir",
         "breakit_tp_command", "breakit_stall"]
-    assert plugin.FM_MARKERS == tuple(f"fm{n:02d}" for n in range(1, 15))
+    assert plugin.FM_MARKERS == tuple(f"fm{n:02d}" for n in range(1, 16))
     assert plugin.MARKER_KEYS == ("deadline", "world_size", "launch")
     assert [o.name for o in Outcome] == ["CLEAN", "CRASHED", "HUNG", "DIVERGED", "HARNESS_ERROR"]
     assert sorted(harness.__all__) == ["Expect", "Fault", "Interrupt", "Outcome", "Scenario", "load_catalog"]

@@ -64,7 +64,7 @@ def test_markers_are_registered_and_strict(tester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines([
         "@pytest.mark.breakit(deadline=S, world_size=N, launch=MODE): a tp-breakit scenario test*",
         "@pytest.mark.fm01: tp-breakit scenarios of failure mode FM-01",
-        "@pytest.mark.fm14: tp-breakit scenarios of failure mode FM-14",
+        "@pytest.mark.fm15: tp-breakit scenarios of failure mode FM-15",
         "@pytest.mark.control: tp-breakit control scenarios that must stay CLEAN",
     ])
     tester.makepyfile(test_ok="""
@@ -78,12 +78,12 @@ def test_markers_are_registered_and_strict(tester: pytest.Pytester) -> None:
     tester.runpytest("--strict-markers", "test_ok.py").assert_outcomes(passed=1)
     tester.makepyfile(test_bad="""
         import pytest
-        @pytest.mark.fm15
+        @pytest.mark.fm16
         def test_a():
             pass
     """)
     result = tester.runpytest("--strict-markers", "test_bad.py")
-    result.stdout.fnmatch_lines(["*'fm15' not found in `markers` configuration option*"])
+    result.stdout.fnmatch_lines(["*'fm16' not found in `markers` configuration option*"])
 
 
 def test_help_text_is_shared_by_option_and_ini(tester: pytest.Pytester) -> None:

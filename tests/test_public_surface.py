@@ -11,7 +11,8 @@ from tp import codes, failpoints, guardrails
 FAILPOINT_SITES = [
     "driver.aux", "driver.idle", "driver.late_result", "driver.latents", "driver.meta", "driver.override",
     "driver.plan", "envelope.after_header", "envelope.after_recv", "envelope.before_header",
-    "generator.call", "handshake.publish", "model.shard", "worker.skip_recompute", "worker.stale_override",
+    "generator.call", "handshake.publish", "model.shard", "worker.replay", "worker.skip_recompute",
+    "worker.stale_override",
 ]
 FATAL_CODES = {
     "META_UNSERIALIZABLE": 40, "UNSUPPORTED_DTYPE": 41, "CALL_COUNT_MISMATCH": 42, "ENV_PARITY_MISMATCH": 43,

@@ -233,7 +233,7 @@ def test_corrupt_on_a_dict_adds_a_value_the_encoder_rejects_by_path(arg: str | N
 
 
 def test_corrupt_with_an_unknown_kind_is_rejected_when_armed() -> None:
-    with pytest.raises(FailpointError, match="corrupt takes callable\\|tensor\\|nan or a number, got 'pickle'"):
+    with pytest.raises(FailpointError, match="corrupt takes callable\\|tensor\\|nan\\|last or a number, got 'pickle'"):
         arm("driver.meta=corrupt(pickle)")
 
 
@@ -245,6 +245,13 @@ def test_corrupt_on_a_tensor_perturbs_one_element_of_a_copy(arg: str | None, del
     assert torch.equal(t, torch.zeros(3, 2, dtype=torch.float64)), "the original must not change"
     assert out.shape == t.shape and out.dtype == t.dtype
     assert out[0, 0].item() == pytest.approx(delta) and torch.count_nonzero(out).item() == 1
+
+
+def test_corrupt_last_perturbs_the_last_element_only() -> None:
+    t = torch.zeros(3, 2, dtype=torch.float64)
+    arm("envelope.after_recv=corrupt(last)")
+    out = failpoint("envelope.after_recv", t)
+    assert out[2, 1].item() == pytest.approx(1e-3) and torch.count_nonzero(out).item() == 1
 
 
 @pytest.mark.parametrize(("value", "arg", "want"), [(4, None, 5), (4, "3", 7), (True, None, False), (False, None, True)])

@@ -36,7 +36,7 @@ _TABLE = (
     Code(name="PEER_LOST", exit=50, fm="FM-13", description="a peer's heartbeat stopped or its connection broke (FM-13 driver, FM-14 worker)"),
     Code(name="PEER_ABORT", exit=51, fm="none", description="another rank died on a fatal path; this rank follows it"),
     Code(name="POST_HEADER_ERROR", exit=52, fm="FM-01", description="an error after the header was sent; the group is poisoned"),
-    Code(name="PROGRESS_TIMEOUT", exit=53, fm="FM-03", description="no progress inside a collective within the progress deadline"),
+    Code(name="PROGRESS_TIMEOUT", exit=53, fm="FM-03", description="no progress within the progress deadline (stuck in Python, or twice that in a collective)"),
     Code(name="HANDSHAKE_TIMEOUT", exit=54, fm="FM-05", description="the init handshake did not complete within its deadline"),
     Code(name="COLLECTIVE_ERROR", exit=55, fm="none", description="a collective raised (peer gone, size mismatch, backend error)"),
     Code(name="STALE_EPOCH", exit=56, fm="FM-10", description="an envelope from an older cache epoch reached a worker"),

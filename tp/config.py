@@ -66,7 +66,7 @@ class RankConfig:
     peer_timeout_min_s: float = 0.5
     """Floor of the adaptive peer timeout (``TP_PEER_TIMEOUT_MIN_S``), see ``tp.liveness``."""
     progress_timeout_s: float = 60.0
-    """Busy without progress this long is fatal (``TP_PROGRESS_TIMEOUT_S``)."""
+    """Busy without progress this long is fatal; twice this while waiting in a collective (``TP_PROGRESS_TIMEOUT_S``)."""
     handshake_timeout_s: float = 10.0
     """Init handshake deadline (``TP_HANDSHAKE_TIMEOUT_S``)."""
     collective_timeout_s: float | None = None

@@ -46,6 +46,9 @@ class Driver:
         start_frame = 0
         frames, tokens = self.runner.frames, gen.tokens_per_frame
         for chunk in range(cfg.chunks):
+            # The driver is never legitimately idle between chunks: a rank stuck here in Python must hit the
+            # progress deadline, while the workers, waiting for a header, are idle and must not.
+            self.rank.progress.busy(f"preparing chunk {chunk}")
             failpoint("driver.idle", rank=cfg.rank, chunk=chunk, call_id=self.call_id)
             if self.rank.stop.is_set():
                 log.info(f"SIGTERM: shutting down before chunk {chunk}")

@@ -31,9 +31,11 @@ SITES: dict[str, str] = {
     "driver.late_result": "the driver, a result of the old cache epoch arrives after a hard cut (flip)",
     "envelope.before_header": "sender, after preflight, before the header goes out",
     "envelope.after_header": "sender, after the header went out, before meta",
-    "envelope.after_recv": "receiver, the received tensors dict (corrupt perturbs 'latents')",
+    "envelope.after_recv": "receiver, the received latents (corrupt perturbs element 0, corrupt(last) the last one)",
     "worker.skip_recompute": "worker, the recompute call decision (flip skips it)",
     "worker.stale_override": "worker, keeps using the previous override instead of the new one (flip)",
+    "worker.replay": "worker, runs the last envelope before the latest hard cut again instead of the received one "
+                     "(flip: a late duplicate of the old cache epoch)",
     "generator.call": "any rank, at the start of each generator call (kill/hang here is 'mid-collective')",
     "model.shard": "any rank, its weight shard after loading (corrupt perturbs one weight)",
     "handshake.publish": "any rank, its handshake record before publishing",
@@ -116,11 +118,11 @@ def _check_arg(action: str, arg: str | None, where: str) -> None:
             raise FailpointError(f"sleep needs seconds, e.g. sleep(0.5), got {arg!r} (finite, >= 0) in {where}")
     if action == "set" and not arg:
         raise FailpointError(f"set needs a value, e.g. set(none), in {where}")
-    if action == "corrupt" and arg not in (None, "callable", "tensor", "nan"):
+    if action == "corrupt" and arg not in (None, "callable", "tensor", "nan", "last"):
         try:
             float(arg)
         except ValueError:
-            raise FailpointError(f"corrupt takes callable|tensor|nan or a number, got {arg!r} in {where}") from None
+            raise FailpointError(f"corrupt takes callable|tensor|nan|last or a number, got {arg!r} in {where}") from None
 
 
 def arm(spec: str, *, where: str = "TP_FAILPOINTS") -> None:
@@ -204,8 +206,10 @@ def corrupt(value: object, arg: str | None) -> object:
             raise FailpointError(f"corrupt({kind}) on a dict; known: {', '.join(bad)}")
         return {**value, "callback" if kind == "callable" else f"bad_{kind}": bad[kind]}
     if isinstance(value, torch.Tensor):
+        # Element 0 by default; ``last`` reaches the end of the buffer, where a digest of a prefix would not look.
         out = value.clone()
-        out.view(-1)[0] += float(arg or 1e-3)
+        index = -1 if arg == "last" else 0
+        out.view(-1)[index] += 1e-3 if arg in (None, "last") else float(arg)
         return out
     if isinstance(value, bool):
         return not value

@@ -212,7 +212,10 @@ class Rank:
         self.latents_digest.update(output.numpy().tobytes())
         if self.store is not None:
             self.store.set(f"tp/progress/{cfg.rank}", f"{env.header.chunk_index} {self.ctx['call_id']}")
-        self.progress.idle(f"after chunk {env.header.chunk_index}")
+        if cfg.role == "worker":  # a worker now waits for the driver; the driver goes on working
+            self.progress.idle(f"after chunk {env.header.chunk_index}")
+        else:
+            self.progress.mark(f"after chunk {env.header.chunk_index}")
 
     def finish(self, summary: dict) -> None:
         cfg = self.cfg

@@ -13,10 +13,19 @@ for as long as a *stopped* server holds its connection (``set_timeout`` does
 not bound ``add``/``check``), so when the rank serving the store freezes
 (rank 0 under an srun-style launch) the watchdog would freeze with it. The
 sentinel notices that the watchdog's polls stopped completing and exits.
+
+Where the main thread is stuck decides who is to blame. A rank stuck in
+Python (outside any collective) is the cause: it dies at the progress
+deadline. Its peers sit in a collective waiting for it, just as long without
+progress; they get twice the deadline, so the stuck rank is the one that
+publishes the abort and is named as the cause. When every rank waits in a
+collective (a real desync) they still die, at twice the deadline.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -25,6 +34,21 @@ import torch.distributed as dist
 
 from tp.crash import Crash, Fatal, peer_abort, read_abort
 from tp.liveness import Arrivals
+
+_COLLECTIVES = os.path.join("torch", "distributed", "")
+
+
+def in_collective(frame) -> bool:
+    """True when ``frame``'s stack is inside torch.distributed (blocked in a collective on gloo).
+
+    NCCL collectives return at once and the wait happens later in a CUDA sync, so there a waiting
+    rank counts as busy in Python and the first rank past the deadline is blamed, as without this.
+    """
+    while frame is not None:
+        if _COLLECTIVES in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class Progress:
@@ -65,6 +89,7 @@ class Watchdog:
         self.polled_at = time.monotonic()
         floor = min(peer_timeout_min_s or peer_timeout_s, peer_timeout_s)
         self.arrivals = {r: Arrivals(floor_s=floor, ceiling_s=peer_timeout_s, expected_s=heartbeat_s) for r in range(world_size) if r != rank}
+        self.main_ident = threading.get_ident()  # the thread that runs the TP loop constructs the watchdog
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tp-watchdog", daemon=True)
         self._sentinel = threading.Thread(target=self._watch_polls, name="tp-watchdog-sentinel", daemon=True)
@@ -132,7 +157,18 @@ class Watchdog:
                     return
                 self.crash.die(self._store_lost(f"is unreachable: {exc}", silent=False), dump_stack=True)
             self.polled_at = time.monotonic()
-            busy = self.progress.busy_since
-            if busy is not None and time.monotonic() - self.progress.last > self.progress_timeout_s:
-                self.crash.die(Fatal("PROGRESS_TIMEOUT", f"no progress for {self.progress_timeout_s} s while "
-                                     f"'{self.progress.what}'"), dump_stack=True)
+            self._check_progress()
+
+    def _check_progress(self) -> None:
+        if self.progress.busy_since is None:
+            return
+        stalled = time.monotonic() - self.progress.last
+        if stalled <= self.progress_timeout_s:
+            return
+        waiting = in_collective(sys._current_frames().get(self.main_ident))
+        if waiting and stalled <= 2 * self.progress_timeout_s:
+            return  # a peer stuck in Python is the cause: give it the time to say so first
+        where = "waiting in a collective" if waiting else "stuck outside any collective"
+        self.crash.die(Fatal("PROGRESS_TIMEOUT", f"no progress for {stalled:.2f} s ({where}; progress timeout "
+                             f"{self.progress_timeout_s} s) while '{self.progress.what}'",
+                             fm=None if waiting else "FM-15"), dump_stack=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from tp import log
 from tp.crash import Fatal
-from tp.envelope import Action
+from tp.envelope import Action, Envelope
+from tp.failpoints import failpoint
 
 
 class Worker:
@@ -13,6 +14,8 @@ class Worker:
         self.cfg = rank.cfg
         self.cache_epoch = 0
         self.chunks = 0
+        self.last: Envelope | None = None
+        self.before_cut: Envelope | None = None  # the last envelope of the previous cache epoch
 
     def run(self) -> dict:
         while True:
@@ -25,10 +28,20 @@ class Worker:
             if header.action == Action.NOOP:
                 continue
             self.rank.begin_chunk(header.chunk_index, header.call_id)
+            env = self._delivered(env)
             self._fence(env)
             result = self.runner.run(env)
             self.rank.end_chunk(env, result, stats=self.cfg.sync_kv_stats)
+            self.last = env
             self.chunks += 1
+
+    def _delivered(self, env: Envelope) -> Envelope:
+        """The envelope this rank acts on: the received one, or (failpoint) a late duplicate from before the cut."""
+        if env.meta["tp_reset_kv_cache"]:
+            self.before_cut = self.last
+        if failpoint("worker.replay", False, **self.rank.ctx) and self.before_cut is not None:
+            return self.before_cut
+        return env
 
     def _fence(self, env) -> None:
         epoch = env.header.cache_epoch

@@ -1,0 +1,58 @@
+"""FM-15: a rank stuck in Python, outside any collective, while its heartbeat thread beats.
+
+Rank 0 blocks between chunks (a deadlocked lock, an endless loop in its own
+pipeline code): its watchdog keeps beating, so no peer can call it lost, and
+the workers wait for a header, legitimately idle. Guarded: rank 0 is busy
+while it drives, so the watchdog's progress deadline (1 s here) ends it with
+PROGRESS_TIMEOUT and the workers follow it. Without the watchdog every rank
+waits forever. The same for a worker stuck in Python mid-chunk while the
+others wait for it in an all_reduce: they are just as long without progress,
+but a rank waiting in a collective gets twice the deadline, so the stuck rank
+is the one named as the cause.
+
+And a rank stuck in Python must still learn that a peer died: rank 1 blocks
+in Python at its first generator call of chunk 2 while rank 0, half a second
+later, dies on a fatal path. Rank 1 is in no collective, so no socket tells it;
+only the abort key its watchdog reads does (PEER_ABORT within a poll, not
+PEER_LOST after the peer timeout). Without the watchdog rank 1 never exits.
+"""
+
+import pytest
+
+from fixtures.deadlines import HANG_DEADLINE_S
+from harness.scenario import Expect, Fault, Scenario
+
+pytestmark = [pytest.mark.breakit, pytest.mark.fm15]
+
+STUCK_DRIVER = Fault(site="driver.idle", action="hang", rank=0, chunk=2)
+FAST_PROGRESS = {"TP_PROGRESS_TIMEOUT_S": "1"}
+STUCK_WORKER = Fault(site="generator.call", action="hang", rank=1, chunk=2, hit=1)
+FOLLOW_1 = {"others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=1"}
+# Rank 0 fails once rank 1 is surely stuck: the sleep is the fault's own timing, not synchronisation.
+DRIVER_FAILS = (Fault(site="generator.call", action="sleep(0.5)", rank=0, chunk=2, hit=1),
+                Fault(site="generator.call", action="raise", rank=0, chunk=2, hit=1))
+
+SCENARIOS = [
+    Scenario(id="FM-15", fm="FM-15", title="rank 0 stuck in Python between chunks: progress deadline",
+             proves="watchdog", faults=(STUCK_DRIVER,), env=FAST_PROGRESS,
+             expect=Expect.crash({0: r"TP-FATAL fm=FM-15 code=PROGRESS_TIMEOUT rank=0 .*outside any collective.*preparing chunk 2",
+                                  "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
+    Scenario(id="FM-15/off", fm="FM-15", title="rank 0 stuck in Python, no watchdog: every rank waits forever",
+             proves="watchdog", guardrails="all,-watchdog", faults=(STUCK_DRIVER,), env=FAST_PROGRESS,
+             expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
+    Scenario(id="FM-15/worker", fm="FM-15", title="a worker stuck in Python mid-chunk is named, not the ranks waiting for it",
+             proves="watchdog", faults=(STUCK_WORKER,), env=FAST_PROGRESS,
+             expect=Expect.crash({1: r"TP-FATAL fm=FM-15 code=PROGRESS_TIMEOUT rank=1 .*outside any collective", **FOLLOW_1})),
+    Scenario(id="FM-15/busy-peer", fm="FM-15", title="a peer dies while rank 1 is stuck in Python: the abort key reaches it",
+             proves="watchdog", faults=(STUCK_WORKER, *DRIVER_FAILS),
+             expect=Expect.crash({0: r"TP-FATAL .*code=FAULT_INJECTED rank=0 ",
+                                  "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
+    Scenario(id="FM-15/busy-peer-off", fm="FM-15", title="a peer dies while rank 1 is stuck in Python, no watchdog",
+             proves="watchdog", guardrails="all,-watchdog", faults=(STUCK_WORKER, *DRIVER_FAILS),
+             expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+def test_fm15(breakit, scenario):
+    breakit.check(scenario)
