@@ -40,8 +40,9 @@ def _free_port() -> int:
 
 
 def _base_env(**extra: str) -> dict[str, str]:
+    """The test's env without any launcher's variables; ``TP_FAILPOINTS`` passes through when a test sets it."""
     env = {k: v for k, v in os.environ.items()
-           if k not in CONTRACT and not k.startswith(("TP_", "TORCHELASTIC_"))}
+           if k not in CONTRACT and (k == "TP_FAILPOINTS" or not k.startswith(("TP_", "TORCHELASTIC_")))}
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
@@ -179,3 +180,26 @@ def test_a_fault_on_the_second_node_crashes_the_whole_two_node_job(agents, tmp_p
     assert "code=FAULT_INJECTED rank=3" in text
     for rank in (0, 1, 2):  # each follows, naming rank 3: from the abort key, or as the peer it lost
         assert re.search(rf"TP-FATAL fm=\S+ code=(PEER_ABORT|PEER_LOST) rank={rank} cause_rank=3", text), text[-4000:]
+
+
+def test_a_fatal_error_on_the_store_host_reaches_every_peer_as_its_cause(hand_launch, monkeypatch):
+    # Rank 0 serves the store and dies on a fatal path: it must keep the store up until its peers have read
+    # the abort, or they would only learn "store unreachable" and name no cause.
+    monkeypatch.setenv("TP_FAILPOINTS", "generator.call=raise@rank=0,chunk=1,hit=1")
+    launch = hand_launch(4, chunks=8)
+    codes = launch.wait_all(RUN_LIMIT_S)
+    assert all(code != 0 for code in codes), codes
+    assert "code=FAULT_INJECTED rank=0" in launch.text(0)
+    for r in (1, 2, 3):
+        assert re.search(r"TP-FATAL fm=\S+ code=PEER_ABORT rank=\d cause_rank=0", launch.text(r)), launch.text(r)[-2000:]
+
+
+def test_a_frozen_store_host_is_named_lost_by_every_peer(hand_launch, monkeypatch):
+    # A stopped store server blocks c10d's client calls forever, the watchdog's included: only the
+    # store-free sentinel can tell, and every peer must exit naming rank 0.
+    monkeypatch.setenv("TP_FAILPOINTS", "driver.idle=kill(SIGSTOP)@rank=0,chunk=2")
+    launch = hand_launch(2, chunks=8)
+    code = launch.procs[1].wait(timeout=RUN_LIMIT_S)
+    assert code != 0
+    assert re.search(r"TP-FATAL fm=FM-13 code=PEER_LOST rank=1 cause_rank=0 .*rank 0's heartbeat stopped",
+                     launch.text(1)), launch.text(1)[-2000:]
