@@ -40,7 +40,7 @@ def breakit(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Unit tests of tp/ and harness/, plugin and CLI black-box tests."""
     _install(session)
-    session.run("python", "-m", "pytest", "tests", *session.posargs)
+    session.run("python", "-m", "pytest", "tests", "-m", "not world_size_8", *session.posargs)
 
 
 # Every launch door users have, each through the scenarios that lose a rank or desync the plan.
@@ -64,6 +64,7 @@ def launches(session: nox.Session) -> None:
     session.run(*pytest, *LAUNCH_CASES, "--breakit-launch", "srun", "--breakit-world-size", "4")
     session.run(*pytest, "scenarios/test_controls.py::test_control[CTL-healthy]",
                 "scenarios/test_fm14_worker_lost.py::test_fm14[FM-14]", "--breakit-world-size", "8")
+    session.run(*pytest, "tests/test_launch_paths.py", "-m", "world_size_8")
 
 
 @nox.session

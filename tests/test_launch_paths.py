@@ -106,7 +106,7 @@ def hand_launch(tmp_path):
         launch.close()
 
 
-@pytest.mark.parametrize("world_size", [2, 4])
+@pytest.mark.parametrize("world_size", [2, 4, pytest.param(8, marks=pytest.mark.world_size_8)])
 def test_a_hand_launch_with_only_the_env_contract_matches_one_rank(hand_launch, digest_ws1, world_size):
     launch = hand_launch(world_size)
     codes = launch.wait_all(RUN_LIMIT_S)
