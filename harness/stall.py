@@ -32,8 +32,13 @@ class StallClock:
     flight_ranks: set[int] = field(default_factory=set)
     """Ranks whose init event says they dump a flight trace on SIGUSR1."""
 
-    def due(self, now: float, live: list[int], stopped_ranks: Callable[[], list[int]]) -> bool:
-        """Whether to probe now (``stopped_ranks`` reads /proc: called only once the window has passed)."""
+    def due(self, now: float, live: list[int], stopped_ranks: Callable[[], list[int]], *, beats_visible: bool) -> bool:
+        """Whether to probe now (``stopped_ranks`` reads /proc: called only once the window has passed).
+
+        ``beats_visible`` is False when the harness cannot read the store (a rank that serves it froze or
+        died): with a stopped rank, the peers' watchdogs may be about to catch it, and only the deadline
+        may call the run HUNG.
+        """
         window = self.window_s
         if window is None or now < self.next_probe_at or now - self.last_progress_at < window:
             return False
@@ -41,6 +46,8 @@ class StallClock:
         if not live or any(r not in self.flight_ranks and r not in stopped for r in live):
             return False
         # A stopped peer is the TP path's own watchdog's to catch while the others' heartbeats still run.
+        if stopped and not beats_visible:
+            return False
         return not (stopped and self.beat_moved_at is not None and now - self.beat_moved_at < window)
 
     def back_off(self, now: float) -> None:

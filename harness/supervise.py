@@ -243,6 +243,8 @@ class _Loop:
                     self.obs.init_mono = min(line.mono, self.obs.init_mono or line.mono)
                     if line.fields.get("flight") == trace.SCHEMA:
                         self.stall.flight_ranks.add(rank)
+                elif line.event == "exit":  # on its way out: a late SIGUSR1 may meet Python's default handler
+                    self.stall.flight_ranks.discard(rank)
 
     def _poll_store(self) -> None:
         store = self.launch.store
@@ -309,7 +311,7 @@ class _Loop:
                 else:
                     what = f"run timeout {self.limits.run_timeout_s:g} s"
                 self._start_dump(now, what)
-            elif counts and self.stall.due(now, self._live(), self._stopped):
+            elif counts and self.stall.due(now, self._live(), self._stopped, beats_visible=self.launch.store is not None):
                 self.probe_at = now
                 self.say(f"no progress for {self.limits.stall_s:g} s: asking for flight traces (SIGUSR1)")
                 self._signal_dumps(now)

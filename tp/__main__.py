@@ -72,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         return codes.CONFIG_EXIT
     from tp.runtime import Rank
 
-    return Rank(cfg).main()
+    code = Rank(cfg).main()
+    # Leave without interpreter finalization, as the fatal paths do: it restores default signal handlers,
+    # so a harness's SIGUSR1 probe arriving during a slow teardown would kill a rank that ended cleanly.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _strip_world_size(argv: list[str]) -> list[str]:
