@@ -129,6 +129,9 @@ OPTIONS: dict[str, Option] = {
         Option(name="tp_command", metavar="COMMAND", label="tp command", default="python -m tp", parse=_command,
                help="command that starts one rank of the TP path under test; the harness appends "
                     "'--chunks N --backend B' (default 'python -m tp')"),
+        Option(name="startup_deadline", metavar="SECONDS", label="start-up deadline", default="30", parse=_seconds,
+               help="seconds from launch until every rank must have printed its TP-EVENT init line; a rank "
+                    "still silent then ends the run as HARNESS_ERROR with what it printed (default 30)"),
     )
 }
 

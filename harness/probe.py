@@ -1,0 +1,111 @@
+"""Ask the rank command about itself before any rank starts (docs/CONTRACT.md §1).
+
+The TP path owns its grammar: which failpoint sites, actions and guardrails
+exist, which world sizes its model splits over, which fatal code exits with
+which status. The harness checks syntax itself and asks the rank command for
+the rest (``--check-failpoints SPEC``, ``--check-guardrails SPEC``,
+``--check-world-size N``, ``--list-codes``). A bring-your-own command that does
+not answer is checked for syntax only, and the caller says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+PROBE_TIMEOUT_S = 120.0
+"""Bound on one question to the rank command (it may import torch: seconds on a busy box)."""
+
+
+class Refused(ValueError):
+    """The rank command refused an input; the message is its own one-line reason."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Answer:
+    """What the rank command said about a batch of inputs."""
+
+    answered: bool
+    """False when the command does not understand ``--check-*`` (syntax-only checking)."""
+    note: str = ""
+    """Why it did not answer (for the 'checked for syntax only' note)."""
+
+
+def check_command(command: tuple[str, ...], launch: str) -> None:
+    """Raise Refused unless ``command`` can start a rank in ``launch`` mode (an executable that exists)."""
+    if shutil.which(command[0]) is None:
+        raise Refused(f"rank command {' '.join(command)[:200]!r}: {command[0]!r} is not an executable on PATH")
+    if launch == "zygote":
+        from harness.launch import LaunchError, zygote_module
+
+        try:
+            zygote_module(command)
+        except LaunchError as exc:
+            raise Refused(str(exc)) from None
+
+
+def _run(command: tuple[str, ...], args: list[str]) -> subprocess.CompletedProcess | str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
+    try:
+        return subprocess.run([*command, *args], check=False, capture_output=True, text=True,
+                              timeout=PROBE_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{' '.join(command)!r} could not be asked: {type(exc).__name__}: {exc}"
+
+
+def _json_lines(text: str, key: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{") and key in line:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and key in doc:
+                out.append(doc)
+    return out
+
+
+def check(command: tuple[str, ...], *, failpoints: Iterable[str] = (), guardrails: Iterable[str] = (),
+          world_sizes: Iterable[int] = (), backends: Iterable[str] = ()) -> Answer:
+    """Ask ``command`` to check every input in one call; raise Refused with the first refusal."""
+    args: list[str] = []
+    for flag, values in (("--check-failpoints", failpoints), ("--check-guardrails", guardrails),
+                         ("--check-world-size", world_sizes), ("--check-backend", backends)):
+        for value in dict.fromkeys(str(v) for v in values):  # unique, in order
+            args += [flag, value]
+    if not args:
+        return Answer(answered=True)
+    proc = _run(command, args)
+    if isinstance(proc, str):
+        return Answer(answered=False, note=proc)
+    verdicts = _json_lines(proc.stdout, "check")
+    if not verdicts:
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return Answer(answered=False, note=f"{' '.join(command)!r} does not answer --check-* "
+                                           f"(exit {proc.returncode}: {last[0][:200]})")
+    for doc in verdicts:
+        if not doc.get("ok"):
+            flag = {"failpoints": "TP_FAILPOINTS", "guardrails": "TP_GUARDRAILS", "world_size": "world size",
+                    "backend": "backend"}
+            what = flag.get(doc.get("check"), doc.get("check"))
+            raise Refused(f"the TP path refuses {what} {str(doc.get('value'))[:80]!r}: {doc.get('error')}")
+    return Answer(answered=True)
+
+
+@functools.lru_cache(maxsize=8)
+def exit_codes(command: tuple[str, ...]) -> dict[str, int] | None:
+    """Fatal code -> exit status from ``command --list-codes``; None when it does not answer."""
+    proc = _run(command, ["--list-codes"])
+    if isinstance(proc, str) or proc.returncode != 0:
+        return None
+    table = {}
+    for doc in _json_lines(proc.stdout, "code"):
+        if isinstance(doc.get("exit"), int):
+            table[str(doc["code"])] = doc["exit"]
+    return table or None
