@@ -31,6 +31,7 @@ _SETTINGS = pytest.StashKey[dict]()
 _RUN_DIR = pytest.StashKey[Path]()
 _SUMMARY = pytest.StashKey[report.Summary]()
 _REFUSED = pytest.StashKey[str]()
+_LOST = pytest.StashKey[list]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -250,8 +251,9 @@ class _Tally:
         if "breakit" not in report.keywords:
             return
         if report.failed:
-            first = (report.longreprtext or "").strip().splitlines()[:1] or [""]
-            self.failures.append(f"{report.nodeid} ({report.when}): {first[0][:300]}")
+            # xdist puts "[gw0] linux -- Python ..." first: the reason is the first other line.
+            lines = [ln for ln in (report.longreprtext or "").splitlines() if ln.strip() and not ln.startswith("[gw")]
+            self.failures.append(f"{report.nodeid} ({report.when}): {(lines or [''])[0][:300]}")
         if report.when == "teardown":
             self.finished += 1
 
@@ -291,20 +293,23 @@ def _report_lost(session: pytest.Session, run_dir: Path, exc: OSError) -> None:
     lines = [f"tp-breakit: could not write the report in {run_dir}: {type(exc).__name__}: {exc}",
              f"tp-breakit: {tally.finished} scenario tests finished, {len(tally.failures)} failed:"]
     lines += [f"  FAILED {f}" for f in tally.failures] or ["  (none)"]
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    for line in lines:
-        if reporter is not None:
-            reporter.write_line(line, red=True)
-        else:
-            print(line, file=sys.stderr)
+    if session.config.pluginmanager.get_plugin("terminalreporter") is not None:
+        session.config.stash[_LOST] = lines  # shown by pytest_terminal_summary, after the progress line
+    else:
+        print("\n".join(lines), file=sys.stderr)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    tr = terminalreporter
+    lost = config.stash.get(_LOST, None)
+    if lost:
+        tr.write_sep("=", "tp-breakit: report not written", red=True)
+        for line in lost:
+            tr.write_line(line, red=True)
     summary = config.stash.get(_SUMMARY, None)
     if summary is None:
         return
-    tr = terminalreporter
     tr.write_sep("=", "tp-breakit")
     doc = json.loads(summary.json_path.read_text())
     for row in doc["scenarios"]:
