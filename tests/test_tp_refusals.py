@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ BASE = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"TP_HEARTBEAT_S": "inf"}, "invalid TP_HEARTBEAT_S 'inf': expected finite seconds > 0 and <= 86400"),
+        ({"TP_HEARTBEAT_S": "inf"}, "invalid TP_HEARTBEAT_S 'inf': expected seconds > 0 (finite, at most 86400)"),
         ({"TP_PEER_TIMEOUT_S": "inf"}, "invalid TP_PEER_TIMEOUT_S 'inf'"),
         ({"TP_PEER_TIMEOUT_S": "nan"}, "invalid TP_PEER_TIMEOUT_S 'nan'"),
         ({"TP_COLLECTIVE_TIMEOUT_S": "1e300"}, "invalid TP_COLLECTIVE_TIMEOUT_S '1e300'"),
@@ -27,12 +28,12 @@ BASE = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT
     ],
 )
 def test_env_values_must_be_finite_and_sane(env: dict, message: str) -> None:
-    with pytest.raises(config.ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
         config.from_env({**BASE, **env})
 
 
 def test_a_sleep_that_would_overflow_is_refused() -> None:
-    with pytest.raises(failpoints.FailpointError, match=r"sleep needs seconds 0\.\.86400.*in TP_FAILPOINTS"):
+    with pytest.raises(failpoints.FailpointError, match=r"sleep needs seconds.*got '1e20' \(finite, 0\.\.86400\) in TP_FAILPOINTS"):
         failpoints.parse("generator.call=sleep(1e20)")
     huge = "generator." + "x" * 120_000
     with pytest.raises(failpoints.FailpointError) as info:

@@ -108,7 +108,7 @@ def _seconds(env: dict, name: str, default: float | None) -> float | None:
     raw = env.get(name)
     if raw in (None, ""):
         return default
-    expected = f"expected finite seconds > 0 and <= {MAX_SECONDS:g}"
+    expected = f"expected seconds > 0 (finite, at most {MAX_SECONDS:g})"
     try:
         value = float(raw)
     except ValueError:

@@ -120,7 +120,8 @@ def _check_arg(action: str, arg: str | None, where: str) -> None:
         except ValueError:
             seconds = -1.0
         if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SLEEP_S):
-            raise FailpointError(f"sleep needs seconds 0..{MAX_SLEEP_S:g}, e.g. sleep(0.5), got {arg!r} in {where}")
+            raise FailpointError(f"sleep needs seconds, e.g. sleep(0.5), got {arg!r} (finite, 0..{MAX_SLEEP_S:g}) "
+                                 f"in {where}")
     if action == "set" and not arg:
         raise FailpointError(f"set needs a value, e.g. set(none), in {where}")
     if action == "corrupt" and arg not in (None, "callable", "tensor", "nan"):
