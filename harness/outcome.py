@@ -8,13 +8,12 @@ trusted: divergence is judged by comparing outputs.
 from __future__ import annotations
 
 import enum
-import re
 import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from harness import logs
+from harness import evidence, logs
 
 if TYPE_CHECKING:
     from harness.scenario import Scenario
@@ -290,7 +289,7 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None) -> tupl
             f"the TP path rejected its configuration (rank {r.rank} exit 2, CONTRACT §3): {last}"
         )
     if any(r.returncode != 0 for r in ranks):
-        unproven = _crash_evidence(scenario, obs, ranks, texts, codes)
+        unproven = evidence.unproven_crash(scenario, obs, ranks, texts, codes)
         return (Outcome.HARNESS_ERROR, unproven) if unproven else (Outcome.CRASHED, "")
     per_rank = digests["per_rank"]
     if len(set(per_rank.values())) > 1:
@@ -318,60 +317,6 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None) -> tupl
             f"run's {str(base.digest)[:12]}"
         )
     return Outcome.CLEAN, ""
-
-
-def _crash_evidence(scenario, obs, ranks, texts, codes) -> str:
-    """Why the exits do not prove a crash (empty when they do).
-
-    A crash is evidence only when, with faults armed, a fault fired (a
-    TP-FAULT line), and every rank that exited non-zero on its own did so
-    inside the contract (CONTRACT §3): a TP-FATAL line whose code exits with
-    that status, or the exit or signal its own fault (or the scenario's
-    interrupt) caused. Anything else (exit 1, a signal nobody sent, a command
-    that never ran) is the rank command failing, not the guardrail working.
-    """
-    problems = []
-    fired = obs.fault_lines or any(ln.kind == "TP-FAULT" for t in texts.values() for ln in logs.contract_lines(t))
-    if scenario.faults and not fired:
-        problems.append(f"faults were armed ({scenario.failpoints()[:200]}) but no rank printed a TP-FAULT line, "
-                        "so the fault never fired")
-    for r in ranks:
-        if r.returncode in (0, None) or r.reaped:
-            continue
-        off = _off_contract(r, texts.get(r.rank, ""), codes, scenario)
-        if off:
-            last = next((ln for ln in reversed(r.log_tail) if ln.strip()), "(empty log)")
-            problems.append(f"rank {r.rank} {r.exit} {off}; its last line: {last[:300]}")
-    if not problems:
-        return ""
-    return ("the exits are outside the contract, so this is no proof of a crash: " + "; ".join(problems)
-            + " (CONTRACT §3: a TP-FATAL line and its code's exit status, or the signal the fault itself sent)")
-
-
-def _off_contract(r: RankResult, text: str, codes: dict[str, int] | None, scenario: Scenario) -> str:
-    """Why rank ``r``'s non-zero exit is outside the contract ("" when it is inside)."""
-    if r.code:
-        if codes is None or codes.get(r.code) == r.returncode:
-            return ""
-        if r.code not in codes:
-            return f"with TP-FATAL code={r.code[:60]}, which the rank command's --list-codes does not know"
-        return f"with TP-FATAL code={r.code}, whose exit status is {codes[r.code]}"
-    actions = []
-    for line in logs.contract_lines(text):
-        if line.kind == "TP-FAULT":
-            # The line names the action; the armed spec supplies its argument if the line leaves it out.
-            actions.append(str(line.fields.get("action", "")))
-            actions += [f.action for f in scenario.faults if f.site == line.fields.get("site")]
-    for action in actions:
-        m = re.fullmatch(r"(kill|exit)\((\w+)\)", action)
-        if m and m[1] == "exit" and m[2].isdigit() and int(m[2]) == r.returncode:
-            return ""
-        if m and m[1] == "kill" and m[2] in signal.Signals.__members__ and -signal.Signals[m[2]] == r.returncode:
-            return ""
-    interrupt = scenario.interrupt
-    if interrupt is not None and interrupt.rank == r.rank and r.returncode == -signal.Signals[interrupt.signal]:
-        return ""
-    return "without a TP-FATAL line and not by its own fault's exit or signal"
 
 
 def _match_signatures(scenario, ranks, texts, world_size) -> list[str]:
