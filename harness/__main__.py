@@ -214,11 +214,12 @@ def _preflight(scenarios: list[Scenario], settings: dict) -> None:
         answer = probe.check(
             settings["tp_command"], failpoints=[s.failpoints() for s in scenarios if s.faults],
             guardrails=[s.guardrails for s in scenarios],
-            world_sizes=[s.world_size or settings["world_size"] for s in scenarios], backends=[settings["backend"]])
+            world_sizes=[s.world_size or settings["world_size"] for s in scenarios], backends=[settings["backend"]],
+            envs=[env for s in scenarios for env in probe.tp_envs(s)])
     except probe.Refused as exc:
         raise UsageError(str(exc)) from None
     if not answer.answered:
-        print(f"harness: note: fault specs, guardrails, world size and backend were checked for syntax only: "
+        print(f"harness: note: fault specs, guardrails, world size, backend and env were checked for syntax only: "
               f"{answer.note}", file=sys.stderr)
 
 

@@ -155,7 +155,7 @@ def _check_with_tp(session: pytest.Session, planned: list[tuple[Scenario, int]])
     try:
         answer = probe.check(settings["tp_command"], failpoints=[s.failpoints() for s, _ in planned if s.faults],
                              guardrails=[s.guardrails for s, _ in planned], world_sizes=[ws for _, ws in planned],
-                             backends=[settings["backend"]])
+                             backends=[settings["backend"]], envs=[e for s, _ in planned for e in probe.tp_envs(s)])
     except probe.Refused as exc:
         if not hasattr(session.config, "workerinput"):
             raise pytest.UsageError(str(exc)) from None
@@ -164,7 +164,7 @@ def _check_with_tp(session: pytest.Session, planned: list[tuple[Scenario, int]])
         return
     if not answer.answered:
         session.config.issue_config_time_warning(pytest.PytestWarning(
-            f"tp-breakit: fault specs, guardrails, world sizes and backend were checked for syntax only: "
+            f"tp-breakit: fault specs, guardrails, world sizes, backend and env were checked for syntax only: "
             f"{answer.note}"), stacklevel=2)
 
 

@@ -71,12 +71,21 @@ def _json_lines(text: str, key: str) -> list[dict]:
     return out
 
 
+def tp_envs(scenario) -> list[dict]:
+    """The TP_* variables each rank of ``scenario`` gets (shared env, then per-rank), for ``--check-env``."""
+    shared = {k: v for k, v in scenario.env.items() if k.startswith("TP_")}
+    per_rank = [{**shared, **{k: v for k, v in extra.items() if k.startswith("TP_")}}
+                for extra in scenario.rank_env.values()]
+    return [env for env in (shared, *per_rank) if env]
+
+
 def check(command: tuple[str, ...], *, failpoints: Iterable[str] = (), guardrails: Iterable[str] = (),
-          world_sizes: Iterable[int] = (), backends: Iterable[str] = ()) -> Answer:
+          world_sizes: Iterable[int] = (), backends: Iterable[str] = (), envs: Iterable[dict] = ()) -> Answer:
     """Ask ``command`` to check every input in one call; raise Refused with the first refusal."""
     args: list[str] = []
     for flag, values in (("--check-failpoints", failpoints), ("--check-guardrails", guardrails),
-                         ("--check-world-size", world_sizes), ("--check-backend", backends)):
+                         ("--check-world-size", world_sizes), ("--check-backend", backends),
+                         ("--check-env", [json.dumps(e, sort_keys=True) for e in envs if e])):
         for value in dict.fromkeys(str(v) for v in values):  # unique, in order
             args += [flag, value]
     if not args:
@@ -92,7 +101,7 @@ def check(command: tuple[str, ...], *, failpoints: Iterable[str] = (), guardrail
     for doc in verdicts:
         if not doc.get("ok"):
             flag = {"failpoints": "TP_FAILPOINTS", "guardrails": "TP_GUARDRAILS", "world_size": "world size",
-                    "backend": "backend"}
+                    "backend": "backend", "env": "env"}
             what = flag.get(doc.get("check"), doc.get("check"))
             raise Refused(f"the TP path refuses {what} {str(doc.get('value'))[:80]!r}: {doc.get('error')}")
     return Answer(answered=True)

@@ -119,6 +119,13 @@ def test_the_tp_path_refuses_what_only_it_knows(tmp_path) -> None:
     ]
     for args, message in cases:
         _refused(tmp_path, _cli(tmp_path, "run", "--expect", "crash", "--report-dir", "reports", *args), message)
+    (tmp_path / "test_env.py").write_text(textwrap.dedent("""
+        from harness import Expect, Scenario
+        SCENARIOS = [Scenario(id="CTL-env", fm="control", title="a heartbeat that never beats", proves="control",
+                              expect=Expect.clean(), rank_env={1: {"TP_HEARTBEAT_S": "inf"}})]
+    """))
+    proc = _cli(tmp_path, "run", "CTL-env", "--catalog", "test_env.py", "--report-dir", "reports")
+    _refused(tmp_path, proc, "the TP path refuses env '{\"TP_HEARTBEAT_S\": \"inf\"}': invalid TP_HEARTBEAT_S 'inf'")
 
 
 def test_a_command_that_cannot_answer_is_checked_for_syntax_only(tmp_path) -> None:

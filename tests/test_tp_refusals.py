@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,10 +56,13 @@ def test_world_size_the_model_cannot_split_is_refused_before_spawning() -> None:
 
 def test_check_flags_answer_one_json_line_per_value() -> None:
     proc = _tp("--check-failpoints", "generator.call=raise@rank=1", "--check-failpoints", "a.b=exit(999999)",
-               "--check-guardrails", "all,-preflite", "--check-world-size", "2")
+               "--check-guardrails", "all,-preflite", "--check-world-size", "2",
+               "--check-env", '{"TP_PEER_TIMEOUT_S": "inf"}', "--check-env", '{"TP_PLAN": "v1_full_pipeline"}')
     assert proc.returncode == 2
     docs = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [(d["check"], d["ok"]) for d in docs] == [("failpoints", True), ("failpoints", False),
-                                                     ("guardrails", False), ("world_size", True)]
+                                                     ("guardrails", False), ("world_size", True),
+                                                     ("env", False), ("env", True)]
+    assert "invalid TP_PEER_TIMEOUT_S 'inf'" in docs[4]["error"]
     assert "no such failpoint 'a.b'" in docs[1]["error"]
     assert "unknown guardrail 'preflite'" in docs[2]["error"]

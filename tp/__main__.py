@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="check that the model can be split over N ranks (repeatable)")
     p.add_argument("--check-backend", action="append", default=[], choices=("gloo", "nccl"),
                    help="check that this machine can run the backend (nccl: CUDA and NCCL present)")
+    p.add_argument("--check-env", action="append", default=[], metavar="JSON",
+                   help="check TP_* values of a JSON object of env variables, as a rank would read them")
     return p
 
 
@@ -47,6 +49,7 @@ def _checks(args: argparse.Namespace) -> int:
     checks += [("guardrails", v, lambda v: guardrails.parse(v)) for v in args.check_guardrails]
     checks += [("world_size", v, world_size) for v in args.check_world_size]
     checks += [("backend", v, _check_backend) for v in args.check_backend]
+    checks += [("env", v, _check_env) for v in args.check_env]
     failed = 0
     for kind, value, check in checks:
         try:
@@ -58,6 +61,21 @@ def _checks(args: argparse.Namespace) -> int:
     from tp import codes
 
     return codes.CONFIG_EXIT if failed else 0
+
+
+def _check_env(text: str) -> None:
+    """Read the TP_* variables of ``text`` (a JSON object) exactly as a rank's config would."""
+    from tp import config
+
+    try:
+        env = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not a JSON object of env variables: {exc}") from None
+    if not isinstance(env, dict):
+        raise ValueError("not a JSON object of env variables")
+    # torchrun's variables are the launcher's; stand-ins let every TP_* value be read.
+    base = {"RANK": "0", "WORLD_SIZE": "1024", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    config.from_env({**base, **{k: str(v) for k, v in env.items() if k.startswith("TP_")}})
 
 
 def _check_backend(name: str) -> None:
@@ -88,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, description in guardrails.NAMES.items():
             print(json.dumps({"guardrail": name, "description": description}))
         return 0
-    if args.check_failpoints or args.check_guardrails or args.check_world_size or args.check_backend:
+    if any((args.check_failpoints, args.check_guardrails, args.check_world_size, args.check_backend,
+            args.check_env)):
         return _checks(args)
     if args.chunks < 1 or args.reset_every < 1:
         print("tp: --chunks and --reset-every must be >= 1", file=sys.stderr)
