@@ -172,13 +172,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not planned:
         print("harness: nothing ran: every selected scenario was skipped", file=sys.stderr)
         return 1
-    _preflight(planned, settings)
+    pending = _preflight(planned, settings)
     from harness.runner import RunConfig, run_scenario
 
     if settings["launch"] == "zygote":
         from harness import zygote
 
-        zygote.shared()
+        zygote.shared()  # starts while the TP path answers: both import torch
+    _await(pending)
     run_dir = settings["report_dir"] / report.run_dir_name()
     status = _Status(enabled=not args.quiet)
     config = RunConfig(run_dir=run_dir, world_size=settings["world_size"], backend=settings["backend"],
@@ -201,8 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _finish(run_dir, planned=len(planned), interrupted=False)
 
 
-def _preflight(scenarios: list[Scenario], settings: dict) -> None:
-    """Every input the harness cannot check alone, checked before any rank (or the zygote) starts."""
+def _preflight(scenarios: list[Scenario], settings: dict) -> probe.Pending:
+    """Check what the harness can alone, then ask the TP path about the rest (in the background)."""
     root = settings["report_dir"]
     try:
         report.check_writable(root)
@@ -211,11 +212,19 @@ def _preflight(scenarios: list[Scenario], settings: dict) -> None:
                          f"{exc.strerror or exc}; pick a directory you can write") from None
     try:
         probe.check_command(settings["tp_command"], settings["launch"])
-        answer = probe.check(
-            settings["tp_command"], failpoints=[s.failpoints() for s in scenarios if s.faults],
-            guardrails=[s.guardrails for s in scenarios],
-            world_sizes=[s.world_size or settings["world_size"] for s in scenarios], backends=[settings["backend"]],
-            envs=[env for s in scenarios for env in probe.tp_envs(s)])
+    except probe.Refused as exc:
+        raise UsageError(str(exc)) from None
+    return probe.start(
+        settings["tp_command"], failpoints=[s.failpoints() for s in scenarios if s.faults],
+        guardrails=[s.guardrails for s in scenarios],
+        world_sizes=[s.world_size or settings["world_size"] for s in scenarios], backends=[settings["backend"]],
+        envs=[env for s in scenarios for env in probe.tp_envs(s)])
+
+
+def _await(pending: probe.Pending) -> None:
+    """The TP path's verdict on every input, before any rank starts."""
+    try:
+        answer = pending.answer()
     except probe.Refused as exc:
         raise UsageError(str(exc)) from None
     if not answer.answered:

@@ -149,23 +149,29 @@ def _planned(session: pytest.Session) -> list[tuple[Scenario, int]]:
     return out
 
 
-def _check_with_tp(session: pytest.Session, planned: list[tuple[Scenario, int]]) -> None:
-    """Ask the rank command about every planned scenario's inputs at once; refuse before any rank starts."""
+def _ask_tp(session: pytest.Session, planned: list[tuple[Scenario, int]]) -> probe.Pending:
+    """Ask the rank command about every planned scenario's inputs at once (answered in the background)."""
     settings = session.config.stash[_SETTINGS]
+    return probe.start(settings["tp_command"], failpoints=[s.failpoints() for s, _ in planned if s.faults],
+                       guardrails=[s.guardrails for s, _ in planned], world_sizes=[ws for _, ws in planned],
+                       backends=[settings["backend"]], envs=[e for s, _ in planned for e in probe.tp_envs(s)])
+
+
+def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
+    """True when the TP path accepts every input; a refusal is a usage error before any rank starts."""
     try:
-        answer = probe.check(settings["tp_command"], failpoints=[s.failpoints() for s, _ in planned if s.faults],
-                             guardrails=[s.guardrails for s, _ in planned], world_sizes=[ws for _, ws in planned],
-                             backends=[settings["backend"]], envs=[e for s, _ in planned for e in probe.tp_envs(s)])
+        answer = pending.answer()
     except probe.Refused as exc:
         if not hasattr(session.config, "workerinput"):
             raise pytest.UsageError(str(exc)) from None
         # An xdist worker cannot end the session with a usage error: every scenario test errors at setup.
         session.config.stash[_REFUSED] = str(exc)
-        return
+        return False
     if not answer.answered:
         session.config.issue_config_time_warning(pytest.PytestWarning(
             f"tp-breakit: fault specs, guardrails, world sizes, backend and env were checked for syntax only: "
             f"{answer.note}"), stacklevel=2)
+    return True
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -174,18 +180,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if config.option.collectonly:
         return
     planned = _planned(session)
-    if planned:
-        _check_with_tp(session, planned)
-    if _REFUSED in config.stash:
-        return
-    if planned:
-        report.write_planned(config.stash[_RUN_DIR], len(planned))
-    if config.stash[_SETTINGS]["launch"] != "zygote":
-        return
-    if any("breakit" in getattr(item, "fixturenames", ()) for item in session.items):
+    pending = _ask_tp(session, planned) if planned else None
+    launches = any("breakit" in getattr(item, "fixturenames", ()) for item in session.items)
+    if launches and config.stash[_SETTINGS]["launch"] == "zygote":
         from harness import zygote
 
-        zygote.shared()
+        zygote.shared()  # starts while the TP path answers: both import torch
+    if pending is not None and _tp_verdict(session, pending):
+        report.write_planned(config.stash[_RUN_DIR], len(planned))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

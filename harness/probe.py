@@ -79,32 +79,62 @@ def tp_envs(scenario) -> list[dict]:
     return [env for env in (shared, *per_rank) if env]
 
 
-def check(command: tuple[str, ...], *, failpoints: Iterable[str] = (), guardrails: Iterable[str] = (),
-          world_sizes: Iterable[int] = (), backends: Iterable[str] = (), envs: Iterable[dict] = ()) -> Answer:
-    """Ask ``command`` to check every input in one call; raise Refused with the first refusal."""
+class Pending:
+    """A question to the rank command, running in the background (it may import torch: seconds)."""
+
+    def __init__(self, command: tuple[str, ...], args: list[str]) -> None:
+        self.command, self.args = command, args
+        self.proc: subprocess.Popen | None = None
+        self.error = ""
+        if not args:
+            return
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
+        try:
+            self.proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         stdin=subprocess.DEVNULL, text=True, env=env)
+        except OSError as exc:
+            self.error = f"{' '.join(command)!r} could not be asked: {type(exc).__name__}: {exc}"
+
+    def answer(self) -> Answer:
+        """Wait for the verdicts; raise Refused with the first refusal."""
+        if not self.args:
+            return Answer(answered=True)
+        if self.proc is None:
+            return Answer(answered=False, note=self.error)
+        try:
+            out, err = self.proc.communicate(timeout=PROBE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            return Answer(answered=False, note=f"{' '.join(self.command)!r} did not answer in {PROBE_TIMEOUT_S:g} s")
+        verdicts = _json_lines(out, "check")
+        if not verdicts:
+            last = (err or out).strip().splitlines()[-1:] or ["no output"]
+            return Answer(answered=False, note=f"{' '.join(self.command)!r} does not answer --check-* "
+                                               f"(exit {self.proc.returncode}: {last[0][:200]})")
+        names = {"failpoints": "TP_FAILPOINTS", "guardrails": "TP_GUARDRAILS", "world_size": "world size"}
+        for doc in verdicts:
+            if not doc.get("ok"):
+                what = names.get(doc.get("check"), doc.get("check"))
+                raise Refused(f"the TP path refuses {what} {str(doc.get('value'))[:80]!r}: {doc.get('error')}")
+        return Answer(answered=True)
+
+
+def start(command: tuple[str, ...], *, failpoints: Iterable[str] = (), guardrails: Iterable[str] = (),
+          world_sizes: Iterable[int] = (), backends: Iterable[str] = (), envs: Iterable[dict] = ()) -> Pending:
+    """Ask ``command`` to check every input in one call, in the background; ``.answer()`` waits."""
     args: list[str] = []
     for flag, values in (("--check-failpoints", failpoints), ("--check-guardrails", guardrails),
                          ("--check-world-size", world_sizes), ("--check-backend", backends),
                          ("--check-env", [json.dumps(e, sort_keys=True) for e in envs if e])):
         for value in dict.fromkeys(str(v) for v in values):  # unique, in order
             args += [flag, value]
-    if not args:
-        return Answer(answered=True)
-    proc = _run(command, args)
-    if isinstance(proc, str):
-        return Answer(answered=False, note=proc)
-    verdicts = _json_lines(proc.stdout, "check")
-    if not verdicts:
-        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return Answer(answered=False, note=f"{' '.join(command)!r} does not answer --check-* "
-                                           f"(exit {proc.returncode}: {last[0][:200]})")
-    for doc in verdicts:
-        if not doc.get("ok"):
-            flag = {"failpoints": "TP_FAILPOINTS", "guardrails": "TP_GUARDRAILS", "world_size": "world size",
-                    "backend": "backend", "env": "env"}
-            what = flag.get(doc.get("check"), doc.get("check"))
-            raise Refused(f"the TP path refuses {what} {str(doc.get('value'))[:80]!r}: {doc.get('error')}")
-    return Answer(answered=True)
+    return Pending(command, args)
+
+
+def check(command: tuple[str, ...], **inputs) -> Answer:
+    """``start(command, **inputs).answer()``."""
+    return start(command, **inputs).answer()
 
 
 @functools.lru_cache(maxsize=8)
