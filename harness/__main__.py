@@ -172,14 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not planned:
         print("harness: nothing ran: every selected scenario was skipped", file=sys.stderr)
         return 1
-    pending = _preflight(planned, settings)
+    _await(_preflight(planned, settings))
     from harness.runner import RunConfig, run_scenario
 
-    if settings["launch"] == "zygote":
-        from harness import zygote
-
-        zygote.shared()  # starts while the TP path answers: both import torch
-    _await(pending)
     run_dir = settings["report_dir"] / report.run_dir_name()
     status = _Status(enabled=not args.quiet)
     config = RunConfig(run_dir=run_dir, world_size=settings["world_size"], backend=settings["backend"],
@@ -218,7 +213,7 @@ def _preflight(scenarios: list[Scenario], settings: dict) -> probe.Pending:
         settings["tp_command"], failpoints=[s.failpoints() for s in scenarios if s.faults],
         guardrails=[s.guardrails for s in scenarios],
         world_sizes=[s.world_size or settings["world_size"] for s in scenarios], backends=[settings["backend"]],
-        envs=[env for s in scenarios for env in probe.tp_envs(s)])
+        envs=[env for s in scenarios for env in probe.tp_envs(s)], launch=settings["launch"], cwd=Path.cwd())
 
 
 def _await(pending: probe.Pending) -> None:

@@ -154,7 +154,8 @@ def _ask_tp(session: pytest.Session, planned: list[tuple[Scenario, int]]) -> pro
     settings = session.config.stash[_SETTINGS]
     return probe.start(settings["tp_command"], failpoints=[s.failpoints() for s, _ in planned if s.faults],
                        guardrails=[s.guardrails for s, _ in planned], world_sizes=[ws for _, ws in planned],
-                       backends=[settings["backend"]], envs=[e for s, _ in planned for e in probe.tp_envs(s)])
+                       backends=[settings["backend"]], envs=[e for s, _ in planned for e in probe.tp_envs(s)],
+                       launch=settings["launch"], cwd=session.config.rootpath)
 
 
 def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
@@ -185,7 +186,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if launches and config.stash[_SETTINGS]["launch"] == "zygote":
         from harness import zygote
 
-        zygote.shared()  # starts while the TP path answers: both import torch
+        zygote.shared()  # the zygote forks the TP path's answer, then the ranks
     if pending is not None and _tp_verdict(session, pending):
         report.write_planned(config.stash[_RUN_DIR], len(planned))
 

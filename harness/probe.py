@@ -15,8 +15,11 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 PROBE_TIMEOUT_S = 120.0
 """Bound on one question to the rank command (it may import torch: seconds on a busy box)."""
@@ -80,38 +83,86 @@ def tp_envs(scenario) -> list[dict]:
 
 
 class Pending:
-    """A question to the rank command, running in the background (it may import torch: seconds)."""
+    """A question to the rank command, answered in the background.
 
-    def __init__(self, command: tuple[str, ...], args: list[str]) -> None:
+    In zygote mode the zygote forks the question like a rank, so it costs a
+    fork instead of a second ``import torch`` racing the zygote's own.
+    """
+
+    def __init__(self, command: tuple[str, ...], args: list[str], *, launch: str = "subprocess",
+                 cwd: Path | None = None) -> None:
         self.command, self.args = command, args
         self.proc: subprocess.Popen | None = None
         self.error = ""
+        self._forked: dict = {}
         if not args:
             return
         env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
+        if launch == "zygote":
+            self._forked = {"done": threading.Event(), "dir": tempfile.TemporaryDirectory(prefix="harness-probe-")}
+            threading.Thread(target=self._fork, args=(env, cwd or Path.cwd()), daemon=True).start()
+            return
         try:
             self.proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         stdin=subprocess.DEVNULL, text=True, env=env)
+                                         stdin=subprocess.DEVNULL, text=True, env=env, cwd=cwd)
         except OSError as exc:
             self.error = f"{' '.join(command)!r} could not be asked: {type(exc).__name__}: {exc}"
+
+    def _fork(self, env: dict, cwd: Path) -> None:
+        from harness import zygote
+        from harness.launch import zygote_module
+
+        forked = self._forked
+        log = Path(forked["dir"].name) / "probe.log"
+        forked["log"] = log
+
+        def on_exit(_pid: int, code: int | None, _mono: float | None) -> None:
+            forked["code"] = code
+            forked["done"].set()
+
+        try:
+            module, argv = zygote_module(self.command)
+            zygote.shared().spawn(module=module, argv=[*argv, *self.args], env=env, cwd=str(cwd), log=str(log),
+                                  on_exit=on_exit, timeout_s=PROBE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - any failure to ask means "did not answer"
+            self.error = f"{' '.join(self.command)!r} could not be asked: {type(exc).__name__}: {exc}"
+            forked["done"].set()
+
+    def _forked_output(self) -> tuple[str, str, int | None] | None:
+        forked = self._forked
+        if not forked["done"].wait(timeout=PROBE_TIMEOUT_S) or self.error:
+            return None
+        try:
+            out = forked["log"].read_text(errors="replace")
+        finally:
+            forked["dir"].cleanup()
+        return out, "", forked.get("code")
 
     def answer(self) -> Answer:
         """Wait for the verdicts; raise Refused with the first refusal."""
         if not self.args:
             return Answer(answered=True)
-        if self.proc is None:
+        late = f"{' '.join(self.command)!r} did not answer in {PROBE_TIMEOUT_S:g} s"
+        if self._forked:
+            got = self._forked_output()
+            if got is None:
+                return Answer(answered=False, note=self.error or late)
+            out, err, code = got
+        elif self.proc is None:
             return Answer(answered=False, note=self.error)
-        try:
-            out, err = self.proc.communicate(timeout=PROBE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            return Answer(answered=False, note=f"{' '.join(self.command)!r} did not answer in {PROBE_TIMEOUT_S:g} s")
+        else:
+            try:
+                out, err = self.proc.communicate(timeout=PROBE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+                return Answer(answered=False, note=late)
+            code = self.proc.returncode
         verdicts = _json_lines(out, "check")
         if not verdicts:
             last = (err or out).strip().splitlines()[-1:] or ["no output"]
             return Answer(answered=False, note=f"{' '.join(self.command)!r} does not answer --check-* "
-                                               f"(exit {self.proc.returncode}: {last[0][:200]})")
+                                               f"(exit {code}: {last[0][:200]})")
         names = {"failpoints": "TP_FAILPOINTS", "guardrails": "TP_GUARDRAILS", "world_size": "world size"}
         for doc in verdicts:
             if not doc.get("ok"):
@@ -121,7 +172,8 @@ class Pending:
 
 
 def start(command: tuple[str, ...], *, failpoints: Iterable[str] = (), guardrails: Iterable[str] = (),
-          world_sizes: Iterable[int] = (), backends: Iterable[str] = (), envs: Iterable[dict] = ()) -> Pending:
+          world_sizes: Iterable[int] = (), backends: Iterable[str] = (), envs: Iterable[dict] = (),
+          launch: str = "subprocess", cwd: Path | None = None) -> Pending:
     """Ask ``command`` to check every input in one call, in the background; ``.answer()`` waits."""
     args: list[str] = []
     for flag, values in (("--check-failpoints", failpoints), ("--check-guardrails", guardrails),
@@ -129,7 +181,7 @@ def start(command: tuple[str, ...], *, failpoints: Iterable[str] = (), guardrail
                          ("--check-env", [json.dumps(e, sort_keys=True) for e in envs if e])):
         for value in dict.fromkeys(str(v) for v in values):  # unique, in order
             args += [flag, value]
-    return Pending(command, args)
+    return Pending(command, args, launch=launch, cwd=cwd)
 
 
 def check(command: tuple[str, ...], **inputs) -> Answer:
