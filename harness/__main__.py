@@ -172,7 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not planned:
         print("harness: nothing ran: every selected scenario was skipped", file=sys.stderr)
         return 1
-    _await(_preflight(planned, settings))
+    pending = _preflight(planned, settings)
+    probe.overlap_store_import()
+    _await(pending)
     from harness.runner import RunConfig, run_scenario
 
     run_dir = settings["report_dir"] / report.run_dir_name()

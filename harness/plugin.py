@@ -187,6 +187,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         from harness import zygote
 
         zygote.shared()  # the zygote forks the TP path's answer, then the ranks
+    if pending is not None:
+        probe.overlap_store_import()
     if pending is not None and _tp_verdict(session, pending):
         report.write_planned(config.stash[_RUN_DIR], len(planned))
 

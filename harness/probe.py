@@ -184,6 +184,15 @@ def start(command: tuple[str, ...], *, failpoints: Iterable[str] = (), guardrail
     return Pending(command, args, launch=launch, cwd=cwd)
 
 
+def overlap_store_import() -> None:
+    """Import what hosting the store needs while the TP path answers (the first launch needs it anyway).
+
+    The zygote and the TP path's answer import torch in other processes; paying this
+    process's own import now keeps the three in parallel instead of in a row.
+    """
+    import torch.distributed  # noqa: F401
+
+
 def check(command: tuple[str, ...], **inputs) -> Answer:
     """``start(command, **inputs).answer()``."""
     return start(command, **inputs).answer()
