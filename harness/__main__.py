@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import options, report
+from harness import options, probe, report
 from harness.scenario import (
     Expect,
     Fault,
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, metavar="N", help="chunks per run (default: the scenario's)")
     p.add_argument("--catalog", nargs="+", type=Path, help="scenario module files (default scenarios/test_*.py)")
     p.add_argument("-q", "--quiet", action="store_true", help="print verdicts only, no progress")
-    add(p, "world_size", "deadline", "stall", "launch", "backend", "report_dir", "tp_command")
+    add(p, "world_size", "deadline", "stall", "launch", "backend", "report_dir", "tp_command", "startup_deadline")
     p = sub.add_parser("report", help="print summary.md of a run (default: reports/latest)")
     p.add_argument("dir", nargs="?", type=Path, default=None, help="run directory or report root")
     return parser
@@ -161,42 +161,87 @@ def _replace(scenario: Scenario, overrides: dict) -> Scenario:
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         settings = {n: _setting(args, n) for n in ("world_size", "deadline", "stall", "launch", "backend",
-                                                   "report_dir", "tp_command")}
+                                                   "report_dir", "tp_command", "startup_deadline")}
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
     scenarios = _selected(args)
+    planned = [s for s in scenarios if not s.skip_reason(settings["world_size"])]
+    for scenario in scenarios:
+        if scenario not in planned:
+            print(f"SKIP {scenario.id}: {scenario.skip_reason(settings['world_size'])}")
+    if not planned:
+        print("harness: nothing ran: every selected scenario was skipped", file=sys.stderr)
+        return 1
+    pending = _preflight(planned, settings)
+    probe.overlap_store_import()
+    _await(pending)
     from harness.runner import RunConfig, run_scenario
 
-    if settings["launch"] == "zygote":
-        from harness import zygote
-
-        zygote.shared()
     run_dir = settings["report_dir"] / report.run_dir_name()
     status = _Status(enabled=not args.quiet)
     config = RunConfig(run_dir=run_dir, world_size=settings["world_size"], backend=settings["backend"],
                        deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
-                       tp_command=settings["tp_command"], on_progress=status.show)
-    ran = 0
+                       tp_command=settings["tp_command"], startup_deadline_s=settings["startup_deadline"],
+                       on_progress=status.show)
     failed = 0
-    for scenario in scenarios:
-        skip = scenario.skip_reason(config.world_size)
-        if skip:
-            print(f"SKIP {scenario.id}: {skip}")
-            continue
-        result = run_scenario(scenario, config)
+    try:
+        for scenario in planned:
+            result = run_scenario(scenario, config)
+            status.clear()
+            failed += not result.passed
+            print(f"{result.verdict} {result.id} (ws{result.world_size}): {result.reason}")
+            if not result.passed:
+                print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
+    except KeyboardInterrupt:
         status.clear()
-        ran += 1
-        failed += not result.passed
-        print(f"{result.verdict} {result.id} (ws{result.world_size}): {result.reason}")
-        if not result.passed:
-            print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
-    if not ran:
-        print("harness: nothing ran: every selected scenario was skipped", file=sys.stderr)
+        _finish(run_dir, planned=len(planned), interrupted=True)
+        raise
+    return _finish(run_dir, planned=len(planned), interrupted=False)
+
+
+def _preflight(scenarios: list[Scenario], settings: dict) -> probe.Pending:
+    """Check what the harness can alone, then ask the TP path about the rest (in the background)."""
+    root = settings["report_dir"]
+    try:
+        report.check_writable(root)
+    except OSError as exc:
+        raise UsageError(f"report dir {str(root)!r} (--report-dir) is not writable: "
+                         f"{exc.strerror or exc}; pick a directory you can write") from None
+    try:
+        probe.check_command(settings["tp_command"], settings["launch"])
+    except probe.Refused as exc:
+        raise UsageError(str(exc)) from None
+    return probe.start(
+        settings["tp_command"], failpoints=[s.failpoints() for s in scenarios if s.faults],
+        guardrails=[s.guardrails for s in scenarios],
+        world_sizes=[s.world_size or settings["world_size"] for s in scenarios], backends=[settings["backend"]],
+        envs=[env for s in scenarios for env in probe.tp_envs(s)], launch=settings["launch"], cwd=Path.cwd())
+
+
+def _await(pending: probe.Pending) -> None:
+    """The TP path's verdict on every input, before any rank starts."""
+    try:
+        answer = pending.answer()
+    except probe.Refused as exc:
+        raise UsageError(str(exc)) from None
+    if not answer.answered:
+        print(f"harness: note: fault specs, guardrails, world size, backend and env were checked for syntax only: "
+              f"{answer.note}", file=sys.stderr)
+
+
+def _finish(run_dir: Path, *, planned: int, interrupted: bool) -> int:
+    """Write the summary; only a complete run moves ``latest``."""
+    if not any(run_dir.glob("*/result.json")) and not interrupted:
+        print("harness: nothing ran", file=sys.stderr)
         return 1
-    summary = report.write_summary(run_dir)
-    report.update_latest(run_dir)
+    summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted)
+    if summary.overall != "INCOMPLETE":
+        report.update_latest(run_dir)
     shown = os.path.relpath(summary.md_path) if summary.md_path.is_relative_to(Path.cwd()) else summary.md_path
-    print(f"{'PASS' if summary.passed else 'FAIL'}: {ran} run, {failed} failed; report: {shown} (+ report.html)")
+    if summary.overall == "INCOMPLETE":
+        print(f"harness: {summary.headline}; report: {shown} (+ report.html); 'latest' not moved", file=sys.stderr)
+    else:
+        print(f"{summary.overall}: {summary.total} run, {summary.failed} failed; report: {shown} (+ report.html)")
     return 0 if summary.passed else 1
 
 
@@ -227,6 +272,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not md.exists():
         raise UsageError(f"{run_dir} has no summary.md")
     sys.stdout.write(md.read_text())
+    try:
+        overall = json.loads((run_dir / "summary.json").read_text())["overall"]
+    except (OSError, ValueError, KeyError, TypeError):
+        overall = "unknown (summary.json missing or unreadable)"
+    if overall != "PASS":
+        print(f"harness: run {run_dir.name} is {overall}, not PASS", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -29,7 +29,7 @@ _ORDER = ("exit", "chunk", "init", "collective", "fault", "fatal")  # drawn in t
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#111827}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #cbd5e1;padding:3px 8px;text-align:left}
-th{background:#f1f5f9}tr.fail td,tr.error td{background:#fee2e2}.PASS{color:#15803d}.FAIL,.ERROR{color:#b91c1c}
+th{background:#f1f5f9}tr.fail td,tr.error td{background:#fee2e2}.PASS{color:#15803d}.FAIL,.ERROR,.INCOMPLETE{color:#b91c1c}
 td.num{text-align:right;font-variant-numeric:tabular-nums}details{margin:.6em 0;border:1px solid #cbd5e1;padding:.4em .8em}
 summary{cursor:pointer;font-weight:600}p.reason{max-width:75em}code{font-size:12px}
 svg text{font:11px system-ui,sans-serif}.legend span{margin-right:1.2em}
@@ -82,10 +82,19 @@ def _anchor_id(where: Path) -> str:
     return "s-" + re.sub(r"[^A-Za-z0-9_-]", "_", where.name)
 
 
+def _summary_overall(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("overall")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _page(run_dir: Path, docs: list[tuple[dict, Path]], errors: list[tuple[str, str]]) -> str:
     passed = sum(d["verdict"] == "PASS" for d, _ in docs)
     failed = len(docs) - passed + len(errors)
     overall = "PASS" if docs and not failed else "FAIL"
+    if _summary_overall(run_dir) == "INCOMPLETE":  # a partial run is never green, whatever ran
+        overall = "INCOMPLETE"
     e = escape
     out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>tp-breakit report {e(run_dir.name)}</title><style>{_CSS}</style></head><body>",

@@ -7,6 +7,7 @@ Only lines that start at column 0 with ``TP-EVENT``, ``TP-FAULT`` or
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,27 @@ def parse_line(line: str) -> LogLine | None:
     return LogLine(kind=kind, fields=parse_kv(rest), raw=line)
 
 
+MAX_LINE_BYTES = 4096
+"""A log line longer than this is cut (the contract's lines are far shorter)."""
+READ_CAP_BYTES = 8 << 20
+"""At most this much of one log is read for judging: its first and last halves."""
+FOLLOW_CHUNK_BYTES = 4 << 20
+"""At most this much new log is read per supervisor tick."""
+TAIL_LINE_CHARS = 1000
+"""Lines shown in result.json and on stderr (``tail``) are cut to this many characters."""
+STACK_CAP_BYTES = 64 << 10
+"""At most this much of a stack dump is kept."""
+
+
+def _cut(raw: bytes, limit: int = MAX_LINE_BYTES) -> str:
+    """One line as text, cut to ``limit`` bytes with a note saying how much was dropped."""
+    if len(raw) <= limit:
+        return raw.decode("utf-8", "replace")
+    return raw[:limit].decode("utf-8", "replace") + f" [truncated: {len(raw) - limit} bytes omitted]"
+
+
 class LogFollower:
-    """Reads a growing log file incrementally, yielding whole lines only."""
+    """Reads a growing log file incrementally, yielding whole lines only (each cut to MAX_LINE_BYTES)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -84,40 +104,65 @@ class LogFollower:
             return 0
 
     def read_new(self) -> list[str]:
-        """Whole lines written since the last call."""
+        """Whole lines written since the last call (at most FOLLOW_CHUNK_BYTES of new log per call)."""
         try:
             with self.path.open("rb") as fh:
                 fh.seek(self.offset)
-                data = fh.read()
+                data = fh.read(FOLLOW_CHUNK_BYTES)
         except FileNotFoundError:
             return []
         self.offset += len(data)
-        data = self._partial + data
-        *lines, self._partial = data.split(b"\n")
-        return [raw.decode("utf-8", "replace") for raw in lines]
+        *lines, partial = (self._partial + data).split(b"\n")
+        # A line still growing is kept only as far as it will be shown; the rest is never held.
+        self._partial = partial[:MAX_LINE_BYTES + 1]
+        return [_cut(raw) for raw in lines]
 
 
-def read_text(path: Path) -> str:
-    """The whole log as text; empty when the file is missing."""
+def read_text(path: Path, limit: int = READ_CAP_BYTES) -> str:
+    """The log as text, bounded: every line cut to MAX_LINE_BYTES, and of a log larger than
+    ``limit`` only the first and last ``limit / 2`` bytes, with a ``[truncated: N bytes omitted]``
+    line between them. Empty when the file is missing.
+    """
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size <= limit:
+                return _lines(fh.read(limit))
+            half = limit // 2
+            head = fh.read(half)
+            fh.seek(max(half, size - half))
+            tail = fh.read(half)
     except FileNotFoundError:
         return ""
+    omitted = size - len(head) - len(tail)
+    return _lines(head) + f"\n[truncated: {omitted} bytes omitted]\n" + _lines(tail)
 
 
-def read_bytes_from(path: Path, offset: int) -> str:
-    """The log's text from byte ``offset`` on (a stack dump's region)."""
+def _lines(data: bytes) -> str:
+    return "\n".join(_cut(raw) for raw in data.split(b"\n"))
+
+
+def read_bytes_from(path: Path, offset: int, limit: int = STACK_CAP_BYTES) -> str:
+    """The log's text from byte ``offset`` on (a stack dump's region), at most ``limit`` bytes of it."""
     try:
         with path.open("rb") as fh:
             fh.seek(offset)
-            return fh.read().decode("utf-8", "replace")
+            data = fh.read(limit + 1)
     except FileNotFoundError:
         return ""
+    if len(data) > limit:
+        return _lines(data[:limit]) + "\n[truncated: the rest of the dump omitted]"
+    return _lines(data)
 
 
 def tail(text: str, lines: int = 30) -> list[str]:
-    """The last ``lines`` lines of ``text``."""
-    return text.splitlines()[-lines:]
+    """The last ``lines`` lines of ``text``, each cut to TAIL_LINE_CHARS characters."""
+    out = []
+    for line in text.splitlines()[-lines:]:
+        if len(line) > TAIL_LINE_CHARS:
+            line = line[:TAIL_LINE_CHARS] + f" [truncated: {len(line) - TAIL_LINE_CHARS} characters omitted]"
+        out.append(line)
+    return out
 
 
 def contract_lines(text: str) -> list[LogLine]:

@@ -135,6 +135,9 @@ OPTIONS: dict[str, Option] = {
                help="HUNG as soon as no rank has progressed for this long after the fault and the ranks' "
                     "flight traces show every live rank waiting in a collective its peers will never complete; "
                     "the deadline stays the outer bound (default 1)"),
+        Option(name="startup_deadline", metavar="SECONDS", label="start-up deadline", default="30", parse=_seconds,
+               help="seconds from launch until every rank must have printed its TP-EVENT init line; a rank "
+                    "still silent then ends the run as HARNESS_ERROR with what it printed (default 30)"),
     )
 }
 

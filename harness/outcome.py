@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from harness import logs, trace
+from harness import evidence, logs, trace
 
 if TYPE_CHECKING:
     from harness.scenario import Scenario
@@ -189,12 +189,15 @@ def judge(
     deadline_s: float,
     baseline: Callable[[], Baseline],
     meta: dict,
+    codes: dict[str, int] | None = None,
 ) -> Result:
     """Compare what ``obs`` shows with ``scenario.expect``; build the Result.
 
     ``baseline`` is called only when every rank exited 0 (the healthy run is
     needed only to tell CLEAN from DIVERGED). ``meta`` carries run settings
-    (backend, launch, chunks, dir) copied into the result.
+    (backend, launch, chunks, dir) copied into the result. ``codes`` is the rank
+    command's fatal code -> exit status table (None: it gave none, so any
+    TP-FATAL code is taken with any non-zero exit).
     """
     texts = {r: logs.read_text(path) for r, path in obs.log_paths.items()}
     ranks = [_rank_result(r, obs, texts.get(r, "")) for r in range(obs.world_size)]
@@ -208,7 +211,7 @@ def judge(
         ttc = round(max(0.0, last_exit - anchor_mono), 4)
 
     digests: dict = {"per_rank": {r.rank: r.output_digest for r in ranks if r.output_digest}}
-    observed, why = _observe(scenario, obs, ranks, texts, baseline, digests)
+    observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes)
     divergence = _divergence(obs, ranks, texts) if observed in _TRACED else None
     if divergence is not None:
         why = (why + "; " if why else "") + f"first divergent collective: {divergence.line}"
@@ -295,7 +298,7 @@ def _root_cause(ranks: list[RankResult], obs: Observation) -> dict | None:
     return {"rank": rank, "code": None, "line": f"rank {rank} {ranks[rank].exit} without a TP-FATAL line"}
 
 
-def _observe(scenario, obs, ranks, texts, baseline, digests) -> tuple[Outcome, str]:
+def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None) -> tuple[Outcome, str]:
     """The observed outcome and, for the reason, why it was classed so."""
     if obs.harness_error:
         return Outcome.HARNESS_ERROR, obs.harness_error
@@ -309,7 +312,8 @@ def _observe(scenario, obs, ranks, texts, baseline, digests) -> tuple[Outcome, s
             f"the TP path rejected its configuration (rank {r.rank} exit 2, CONTRACT §3): {last}"
         )
     if any(r.returncode != 0 for r in ranks):
-        return Outcome.CRASHED, ""
+        unproven = evidence.unproven_crash(scenario, obs, ranks, texts, codes)
+        return (Outcome.HARNESS_ERROR, unproven) if unproven else (Outcome.CRASHED, "")
     per_rank = digests["per_rank"]
     if len(set(per_rank.values())) > 1:
         shown = ", ".join(f"rank {r} {d[:12]}" for r, d in sorted(per_rank.items()))

@@ -12,11 +12,13 @@ the command line: it is part of what the scenario proves).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
+from _pytest import junitxml
 
-from harness import options, report
+from harness import options, probe, report
 from harness.outcome import Result
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Scenario
@@ -24,9 +26,12 @@ from harness.scenario import Scenario
 FM_MARKERS = tuple(f"fm{n:02d}" for n in range(1, 16))
 MARKER_KEYS = ("deadline", "world_size", "launch")
 WORKER_KEY = "breakit_run_dir"
+TALLY_PLUGIN = "breakit-tally"
 _SETTINGS = pytest.StashKey[dict]()
 _RUN_DIR = pytest.StashKey[Path]()
 _SUMMARY = pytest.StashKey[report.Summary]()
+_REFUSED = pytest.StashKey[str]()
+_LOST = pytest.StashKey[list]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -58,6 +63,22 @@ def pytest_configure(config: pytest.Config) -> None:
         if not root.is_absolute():
             root = config.rootpath / root
         config.stash[_RUN_DIR] = root / report.run_dir_name()
+        if not config.option.collectonly:
+            _check_before_launch(root, settings)
+    config.pluginmanager.register(_Tally(), TALLY_PLUGIN)
+
+
+def _check_before_launch(root: Path, settings: dict) -> None:
+    """Report dir writable and a rank command that can start: one line, before any rank or the zygote."""
+    try:
+        probe.check_command(settings["tp_command"], settings["launch"])
+    except probe.Refused as exc:
+        raise pytest.UsageError(f"{exc} (--breakit-tp-command / --breakit-launch)") from None
+    try:
+        report.check_writable(root)
+    except OSError as exc:
+        raise pytest.UsageError(f"report dir {str(root)!r} (--breakit-report-dir) is not writable: "
+                                f"{exc.strerror or exc}; pick a directory you can write") from None
 
 
 def _resolve(config: pytest.Config, opt: options.Option):
@@ -111,15 +132,71 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     raise pytest.UsageError(str(exc)) from None
 
 
+def _planned(session: pytest.Session) -> list[tuple[Scenario, int]]:
+    """``(scenario, world size)`` of every selected scenario test that will run (not skip)."""
+    settings = session.config.stash[_SETTINGS]
+    out = []
+    for item in session.items:
+        scenario = _scenario_of(item)
+        if scenario is None or "breakit" not in getattr(item, "fixturenames", ()):
+            continue
+        marker = item.get_closest_marker("breakit")
+        ws = settings["world_size"]
+        if marker and "world_size" in marker.kwargs:
+            ws = options.OPTIONS["world_size"].validate(marker.kwargs["world_size"], "marker")
+        if not scenario.skip_reason(ws):
+            out.append((scenario, scenario.world_size or ws))
+    return out
+
+
+def _ask_tp(session: pytest.Session, planned: list[tuple[Scenario, int]]) -> probe.Pending:
+    """Ask the rank command about every planned scenario's inputs at once (answered in the background)."""
+    settings = session.config.stash[_SETTINGS]
+    return probe.start(settings["tp_command"], failpoints=[s.failpoints() for s, _ in planned if s.faults],
+                       guardrails=[s.guardrails for s, _ in planned], world_sizes=[ws for _, ws in planned],
+                       backends=[settings["backend"]], envs=[e for s, _ in planned for e in probe.tp_envs(s)],
+                       launch=settings["launch"], cwd=session.config.rootpath)
+
+
+def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
+    """True when the TP path accepts every input; a refusal is a usage error before any rank starts."""
+    try:
+        answer = pending.answer()
+    except probe.Refused as exc:
+        if not hasattr(session.config, "workerinput"):
+            raise pytest.UsageError(str(exc)) from None
+        # An xdist worker cannot end the session with a usage error: every scenario test errors at setup.
+        session.config.stash[_REFUSED] = str(exc)
+        return False
+    if not answer.answered:
+        session.config.issue_config_time_warning(pytest.PytestWarning(
+            f"tp-breakit: fault specs, guardrails, world sizes, backend and env were checked for syntax only: "
+            f"{answer.note}"), stacklevel=2)
+    return True
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the zygote while the first tests set up, if any test will launch ranks."""
+    """Check inputs with the TP path, note how many scenarios will run, start the zygote early."""
     config = session.config
-    if config.option.collectonly or config.stash[_SETTINGS]["launch"] != "zygote":
+    if config.option.collectonly:
         return
-    if any("breakit" in getattr(item, "fixturenames", ()) for item in session.items):
+    planned = _planned(session)
+    pending = _ask_tp(session, planned) if planned else None
+    launches = any("breakit" in getattr(item, "fixturenames", ()) for item in session.items)
+    if launches and config.stash[_SETTINGS]["launch"] == "zygote":
         from harness import zygote
 
-        zygote.shared()
+        zygote.shared()  # the zygote forks the TP path's answer, then the ranks
+    if pending is not None:
+        probe.overlap_store_import()
+    if pending is not None and _tp_verdict(session, pending):
+        report.write_planned(config.stash[_RUN_DIR], len(planned))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    refused = item.config.stash.get(_REFUSED, None)
+    if refused is not None and _scenario_of(item) is not None:
+        pytest.fail(f"refused before any rank started: {refused}", pytrace=False)
 
 
 class Breakit:
@@ -147,7 +224,7 @@ class Breakit:
         config = RunConfig(
             run_dir=self._request.config.stash[_RUN_DIR], world_size=s["world_size"], backend=s["backend"],
             deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"], tp_command=s["tp_command"],
-            cwd=self._request.config.rootpath,
+            startup_deadline_s=s["startup_deadline"], cwd=self._request.config.rootpath,
         )
         marker_deadline = s["marker_deadline"]
         result = run_scenario(scenario, config, deadline_s=float(marker_deadline) if marker_deadline else None)
@@ -165,23 +242,79 @@ def breakit(request: pytest.FixtureRequest, record_property) -> Breakit:
     return Breakit(request, record_property)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Controller only: aggregate results into summary.json/md and move ``latest``."""
+class _Tally:
+    """What this process saw of scenario tests: how many finished, which failed (needs no disk).
+
+    Registered as a plugin: on an xdist controller it sees every worker's reports.
+    """
+
+    def __init__(self) -> None:
+        self.finished = 0
+        self.failures: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if "breakit" not in report.keywords:
+            return
+        if report.failed:
+            # xdist puts "[gw0] linux -- Python ..." first: the reason is the first other line.
+            lines = [ln for ln in (report.longreprtext or "").splitlines() if ln.strip() and not ln.startswith("[gw")]
+            self.failures.append(f"{report.nodeid} ({report.when}): {(lines or [''])[0][:300]}")
+        if report.when == "teardown":
+            self.finished += 1
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Controller only: aggregate results into summary.json/md; only a complete run moves ``latest``.
+
+    Runs before junitxml writes its file, so the overall verdict lands there as a property.
+    """
     config = session.config
     run_dir = config.stash.get(_RUN_DIR, None)
-    if hasattr(config, "workerinput") or run_dir is None or not any(run_dir.glob("*/result.json")):
+    if hasattr(config, "workerinput") or run_dir is None:
         return
-    summary = report.write_summary(run_dir)
-    report.update_latest(run_dir)
+    planned = report.read_planned(run_dir)
+    if not planned and not any(run_dir.glob("*/result.json")):
+        return
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+    try:
+        summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted)
+        if summary.overall != "INCOMPLETE":
+            report.update_latest(run_dir)
+    except OSError as exc:
+        _report_lost(session, run_dir, exc)
+        return
     config.stash[_SUMMARY] = summary
+    xml = config.stash.get(junitxml.xml_key, None)
+    if xml is not None:
+        xml.add_global_property("breakit_overall", summary.headline)
+    if summary.overall == "INCOMPLETE" and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
+
+def _report_lost(session: pytest.Session, run_dir: Path, exc: OSError) -> None:
+    """The report could not be written (disk full...): keep the failures on the terminal, fail the session."""
+    tally = session.config.pluginmanager.get_plugin(TALLY_PLUGIN) or _Tally()
+    lines = [f"tp-breakit: could not write the report in {run_dir}: {type(exc).__name__}: {exc}",
+             f"tp-breakit: {tally.finished} scenario tests finished, {len(tally.failures)} failed:"]
+    lines += [f"  FAILED {f}" for f in tally.failures] or ["  (none)"]
+    if session.config.pluginmanager.get_plugin("terminalreporter") is not None:
+        session.config.stash[_LOST] = lines  # shown by pytest_terminal_summary, after the progress line
+    else:
+        print("\n".join(lines), file=sys.stderr)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    tr = terminalreporter
+    lost = config.stash.get(_LOST, None)
+    if lost:
+        tr.write_sep("=", "tp-breakit: report not written", red=True)
+        for line in lost:
+            tr.write_line(line, red=True)
     summary = config.stash.get(_SUMMARY, None)
     if summary is None:
         return
-    tr = terminalreporter
     tr.write_sep("=", "tp-breakit")
     doc = json.loads(summary.json_path.read_text())
     for row in doc["scenarios"]:
@@ -193,4 +326,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         rel = summary.md_path.relative_to(Path.cwd())
     except ValueError:
         pass
+    if summary.overall == "INCOMPLETE":
+        tr.write_line(f"breakit {summary.headline}; report: {rel} (+ report.html); 'latest' not moved")
+        return
     tr.write_line(f"breakit {doc['overall']}: {summary.total} scenarios, {summary.failed} failed; report: {rel} (+ report.html)")

@@ -45,6 +45,14 @@ def scenario_dir(run_dir: Path, scenario_id: str, world_size: int) -> Path:
     raise RuntimeError(f"{run_dir}: too many runs of {scenario_id} at world size {world_size}")
 
 
+def check_writable(root: Path) -> None:
+    """Raise OSError unless run directories can be created under ``root`` (before any rank starts)."""
+    root.mkdir(parents=True, exist_ok=True)
+    probe = root / f".write-check-{os.getpid()}"
+    probe.mkdir()
+    probe.rmdir()
+
+
 def _write_json(path: Path, doc: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
@@ -56,6 +64,22 @@ def write_result(result: Result, directory: Path) -> Path:
     path = directory / "result.json"
     _write_json(path, result.to_json())
     return path
+
+
+def write_planned(run_dir: Path, count: int) -> None:
+    """Record how many scenarios this run means to run (every xdist worker writes the same number)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".planned-{os.getpid()}"
+    tmp.write_text(str(count))
+    tmp.replace(run_dir / "planned")
+
+
+def read_planned(run_dir: Path) -> int | None:
+    """The count ``write_planned`` left, or None."""
+    try:
+        return int((run_dir / "planned").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def collect(run_dir: Path) -> list[dict]:
@@ -83,10 +107,26 @@ class Summary:
     """Scenarios run."""
     failed: int
     """Scenarios whose verdict is FAIL."""
+    overall: str = "FAIL"
+    """``PASS``, ``FAIL`` or ``INCOMPLETE`` (interrupted, or fewer than planned ran)."""
+    planned: int = 0
+    """Scenarios the run meant to run."""
+
+    @property
+    def headline(self) -> str:
+        """``PASS (5 passed)`` / ``INCOMPLETE (5 of 43 ran)``: the overall line of every report."""
+        if self.overall == "INCOMPLETE":
+            return f"INCOMPLETE ({self.total} of {self.planned} ran, {self.failed} failed)"
+        return f"{self.overall} ({self.total - self.failed} passed, {self.failed} failed)"
 
 
-def write_summary(run_dir: Path) -> Summary:
-    """Aggregate every result.json of ``run_dir`` into summary.json and summary.md."""
+def write_summary(run_dir: Path, *, planned: int | None = None, interrupted: bool = False) -> Summary:
+    """Aggregate every result.json of ``run_dir`` into summary.json and summary.md.
+
+    A run is INCOMPLETE, whatever its results say, when it was ``interrupted``
+    or fewer than ``planned`` scenarios ran: a partial run proves nothing
+    about the scenarios that never ran.
+    """
     results = collect(run_dir)
     rows = [
         {
@@ -100,12 +140,15 @@ def write_summary(run_dir: Path) -> Summary:
         for d in results
     ]
     failed = sum(r["verdict"] != "PASS" for r in rows)
+    planned = max(planned or 0, len(rows))
+    incomplete = interrupted or len(rows) < planned
     doc = {
         "schema": SUMMARY_SCHEMA,
         "run_dir": str(run_dir),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "overall": "PASS" if rows and not failed else "FAIL",
+        "overall": "INCOMPLETE" if incomplete else "PASS" if rows and not failed else "FAIL",
         "total": len(rows),
+        "planned": planned,
         "failed": failed,
         "scenarios": rows,
         "guardrails": guardrail_table(rows),
@@ -120,7 +163,7 @@ def write_summary(run_dir: Path) -> Summary:
     except Exception as exc:  # the page is a convenience: the run's verdict stands without it
         print(f"harness: report.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
     return Summary(json_path=json_path, md_path=md_path, passed=doc["overall"] == "PASS",
-                   total=len(rows), failed=failed)
+                   total=len(rows), failed=failed, overall=doc["overall"], planned=planned)
 
 
 def guardrail_table(rows: list[dict]) -> dict[str, dict[str, list[str]]]:
@@ -147,13 +190,20 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _counts(doc: dict) -> str:
+    passed = doc["total"] - doc["failed"]
+    if doc["overall"] == "INCOMPLETE":
+        return f"{doc['total']} of {doc.get('planned', doc['total'])} ran: {passed} passed, {doc['failed']} failed"
+    return f"{passed} passed, {doc['failed']} failed"
+
+
 def markdown(doc: dict) -> str:
     """summary.md: scenario table, guardrail table, then every failure's reason."""
     run = Path(doc["run_dir"]).name
     out = [
         f"# tp-breakit report {run}",
         "",
-        f"Overall: **{doc['overall']}** ({doc['total'] - doc['failed']} passed, {doc['failed']} failed)",
+        f"Overall: **{doc['overall']}** ({_counts(doc)})",
         "",
         "| scenario | title | expected | observed | time to crash | deadline | guardrails | verdict |",
         "|---|---|---|---|---|---|---|---|",

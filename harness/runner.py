@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness import logs, options, report
+from harness import logs, options, probe, report
 from harness.launch import Launch, LaunchError, LaunchSpec
 from harness.outcome import Baseline, Outcome, Result, judge
 from harness.scenario import Expect, Scenario
@@ -38,6 +38,8 @@ class RunConfig:
     """Bound on a whole run when the scenario sets none."""
     stall_s: float | None = field(default_factory=lambda: options.default("stall"))
     """Stall window: HUNG early once traces prove a hang and nothing progressed this long (None: deadline only)."""
+    startup_deadline_s: float = 30.0
+    """Every rank must print its init event this soon after launch (else HARNESS_ERROR)."""
     launch: str = "zygote"
     """One of ``harness.launch.MODES``."""
     tp_command: tuple[str, ...] = field(default_factory=lambda: options.default("tp_command"))
@@ -52,8 +54,8 @@ class RunConfig:
         object.__setattr__(self, "cwd", Path(self.cwd).resolve())
         for name in ("world_size", "backend", "launch"):
             options.OPTIONS[name].validate(getattr(self, name), f"RunConfig.{name}")
-        if self.deadline_s <= 0 or self.run_timeout_s <= 0:
-            raise ValueError("RunConfig: deadline_s and run_timeout_s must be > 0")
+        if self.deadline_s <= 0 or self.run_timeout_s <= 0 or self.startup_deadline_s <= 0:
+            raise ValueError("RunConfig: deadline_s, run_timeout_s and startup_deadline_s must be > 0")
 
 
 def run_scenario(scenario: Scenario, config: RunConfig, *, deadline_s: float | None = None,
@@ -72,6 +74,7 @@ def run_scenario(scenario: Scenario, config: RunConfig, *, deadline_s: float | N
         scenario, obs, deadline_s=deadline,
         baseline=lambda: healthy_baseline(config, world_size=ws, chunks=scenario.chunks),
         meta={"backend": config.backend, "launch": config.launch, "dir": str(sdir)},
+        codes=probe.exit_codes(config.tp_command),
     )
     report.write_result(result, sdir)
     return result
@@ -90,7 +93,8 @@ def _execute(scenario: Scenario, config: RunConfig, *, ws: int, deadline_s: floa
         world_size=ws, log_dir=log_dir, env=env, rank_env=scenario.rank_env, mode=config.launch, cwd=config.cwd,
     )
     limits = Limits(deadline_s=deadline_s, run_timeout_s=scenario.run_timeout_s or config.run_timeout_s,
-                    faults_armed=bool(scenario.faults), frozen=scenario.expect.frozen, stall_s=config.stall_s)
+                    faults_armed=bool(scenario.faults), frozen=scenario.expect.frozen, stall_s=config.stall_s,
+                    startup_s=config.startup_deadline_s)
     say = config.on_progress
     on_progress = (lambda msg: say(f"[{scenario.id}] {msg}")) if say else None
     launch = Launch(spec)
@@ -137,7 +141,8 @@ def _run_baseline(config: RunConfig, *, world_size: int, chunks: int, index: int
     digest = final.get("output_digest") if final else None
     result = judge(scenario, obs, deadline_s=config.deadline_s,
                    baseline=lambda: Baseline(ok=True, digest=digest, where=str(where)),
-                   meta={"backend": config.backend, "launch": config.launch, "dir": str(where)})
+                   meta={"backend": config.backend, "launch": config.launch, "dir": str(where)},
+                   codes=probe.exit_codes(config.tp_command))
     if result.observed != Outcome.CLEAN.value:
         return Baseline(ok=False, reason=f"observed {result.observed}: {result.reason}", where=str(where))
     return Baseline(ok=True, digest=digest, where=str(where))

@@ -33,6 +33,10 @@ RESERVED_ENV = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
     "TORCHELASTIC_USE_AGENT_STORE", "TP_FAILPOINTS", "TP_GUARDRAILS",
 )
+MAX_SITE_LEN = 200
+"""Longest failpoint name the harness passes on (a longer one is a mistake, not a site)."""
+MAX_SLEEP_S = 86400.0
+"""Longest ``sleep(S)``: a day; beyond it the rank's timer overflows."""
 _SITE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z0-9_]+)+$")
 _ENTRY = re.compile(r"^(?P<site>[^=@;\s]+)=(?P<name>[a-z_]+)(?:\((?P<arg>[^()]*)\))?(?:@(?P<triggers>.+))?$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$")
@@ -63,7 +67,10 @@ class Fault:
     """Only the N-th matching hit, 1-based (None = every matching hit)."""
 
     def __post_init__(self) -> None:
-        where = f"Fault(site={self.site!r})"
+        where = f"Fault(site={_show(self.site)})"
+        if len(self.site) > MAX_SITE_LEN:
+            raise ValueError(f"{where}: site is {len(self.site)} characters; a failpoint name has at most "
+                             f"{MAX_SITE_LEN}")
         if not _SITE.match(self.site):
             raise ValueError(f"{where}: site must be a dotted name like 'envelope.after_header'")
         m = re.fullmatch(r"([a-z_]+)(?:\(([^()]*)\))?", self.action)
@@ -76,12 +83,16 @@ class Fault:
             raise ValueError(f"{where}: action {name!r} needs an argument, e.g. {example}")
         if arg is not None and not allows:
             raise ValueError(f"{where}: action {name!r} takes no argument (got {self.action!r})")
-        if name == "exit" and not re.fullmatch(r"\d+", arg or ""):
-            raise ValueError(f"{where}: exit needs an integer code, e.g. exit(40); got {self.action!r}")
+        if name == "exit" and not (re.fullmatch(r"\d{1,3}", arg or "") and int(arg or 0) <= 255):
+            raise ValueError(f"{where}: exit needs an integer code 0..255, e.g. exit(40); got {_show(self.action)}")
+        if name == "set" and not (arg or "").strip():
+            raise ValueError(f"{where}: set needs a value, e.g. set(none) or set(float16); got {self.action!r}")
         if name == "kill" and (arg or "") not in _signal.Signals.__members__:
             raise ValueError(f"{where}: kill needs a signal name like SIGKILL or SIGSTOP; got {self.action!r}")
-        if name == "sleep" and not re.fullmatch(r"\d+(\.\d*)?|\.\d+", arg or ""):
-            raise ValueError(f"{where}: sleep needs seconds, e.g. sleep(0.5); got {self.action!r}")
+        if name == "sleep" and not (re.fullmatch(r"\d+(\.\d*)?|\.\d+", arg or "")
+                                    and float(arg or 0) <= MAX_SLEEP_S):
+            raise ValueError(f"{where}: sleep needs seconds 0..{MAX_SLEEP_S:g}, e.g. sleep(0.5); "
+                             f"got {_show(self.action)}")
         for trig in TRIGGERS:
             value = getattr(self, trig)
             low = 1 if trig == "hit" else 0
@@ -100,7 +111,7 @@ class Fault:
         m = _ENTRY.match(spec)
         if not m:
             raise ValueError(
-                f"bad fault spec {spec!r}; expected SITE=ACTION[(ARG)][@TRIGGER,...], "
+                f"bad fault spec {_show(spec)}; expected SITE=ACTION[(ARG)][@TRIGGER,...], "
                 "e.g. 'envelope.after_header=raise@rank=0,chunk=2'"
             )
         action = m["name"] + (f"({m['arg']})" if m["arg"] is not None else "")
@@ -109,10 +120,15 @@ class Fault:
             key, eq, value = trig.partition("=")
             if key not in TRIGGERS or not eq or not re.fullmatch(r"\d+", value):
                 raise ValueError(
-                    f"bad trigger {trig!r} in fault spec {spec!r}; valid: rank=R, chunk=C, call=K, hit=N"
+                    f"bad trigger {_show(trig)} in fault spec {_show(spec)}; valid: rank=R, chunk=C, call=K, hit=N"
                 )
             kwargs[key] = int(value)
         return cls(site=m["site"], action=action, **kwargs)
+
+
+def _show(text: str, limit: int = 80) -> str:
+    """``text`` quoted for an error message, cut to ``limit`` characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def parse_faults(spec: str) -> tuple[Fault, ...]:
@@ -367,7 +383,11 @@ def load_catalog(paths: Iterable[Path] | None = None) -> list[Scenario]:
         if spec is None or spec.loader is None:
             raise ValueError(f"cannot import scenario module {path}")
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except SystemExit as exc:  # an exit at import would end the caller silently with that status
+            raise ValueError(f"{path} called sys.exit({exc.code!r}) while being imported; a scenario "
+                             "module only declares SCENARIOS") from None
         for scenario in getattr(module, "SCENARIOS", []):
             if not isinstance(scenario, Scenario):
                 raise TypeError(f"{path}: SCENARIOS holds {scenario!r}, which is not a Scenario")

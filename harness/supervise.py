@@ -62,6 +62,8 @@ class Limits:
     """From the fault firing (or the first init) until every rank has exited."""
     run_timeout_s: float = 60.0
     """Bound on the whole run, from launch."""
+    startup_s: float = 30.0
+    """Every rank must print its init event this soon after launch, or the run is a HARNESS_ERROR."""
     faults_armed: bool = False
     """True when the deadline counts from TP-FAULT rather than the first init."""
     dump_timeout_s: float = 2.0
@@ -172,6 +174,8 @@ class _Loop:
         self.followers = {r: logs.LogFollower(p) for r, p in launch.log_paths.items()}
         self.phase = RUNNING
         self.run_timeout_at = start + limits.run_timeout_s
+        self.startup_at = start + limits.startup_s
+        self.started: set[int] = set()
         self.next_poll_at = start
         self.phase_until_at = 0.0
         self.dumps: dict[int, dict] = {}
@@ -239,8 +243,10 @@ class _Loop:
                 if line.kind == "TP-FAULT":
                     self.obs.fault_lines.append(line)
                     self.say(line.raw)
-                elif line.event == "init" and line.mono is not None:
-                    self.obs.init_mono = min(line.mono, self.obs.init_mono or line.mono)
+                elif line.event == "init":
+                    self.started.add(rank)
+                    if line.mono is not None:
+                        self.obs.init_mono = min(line.mono, self.obs.init_mono or line.mono)
                     if line.fields.get("flight") == trace.SCHEMA:
                         self.stall.flight_ranks.add(rank)
                 elif line.event == "exit":  # on its way out: a late SIGUSR1 may meet Python's default handler
@@ -301,6 +307,8 @@ class _Loop:
             self.launch.kill_tree(signal.SIGKILL)
             self.phase, self.phase_until_at = KILLING, now + 5.0
             return
+        if self.phase == RUNNING and now >= self.startup_at and self._check_started():
+            return
         if self.phase == RUNNING:
             anchor, name = self.obs.anchor()
             counts = anchor is not None and (name == "TP-FAULT" or not self.limits.faults_armed)
@@ -331,6 +339,16 @@ class _Loop:
         elif self.phase == KILLING and now >= self.phase_until_at:
             survivors = ", ".join(f"rank {r} (pid {self.obs.pids.get(r)})" for r in self._live())
             self.obs.harness_error = f"{survivors} still alive 5 s after SIGKILL"
+
+    def _check_started(self) -> bool:
+        """True (and a HARNESS_ERROR) when a live rank printed no init event by the start-up deadline."""
+        silent = [r for r in self._live() if r not in self.started]
+        if silent:
+            self.obs.harness_error = (
+                "start-up deadline: " + ", ".join(f"rank {r} (pid {self.obs.pids.get(r)})" for r in silent)
+                + f" printed no TP-EVENT init line within {self.limits.startup_s:g} s of launch (CONTRACT §2); "
+                "the rank command is not starting (its last lines are below)")
+        return bool(silent)
 
     def _only_frozen_left(self) -> bool:
         live = self._live()

@@ -140,15 +140,16 @@ def test_public_surface_changes_only_on_purpose() -> None:
         "list": ["--catalog"],
         "failpoints": ["--tp-command"],
         "run": ["--backend", "--catalog", "--chunks", "--deadline", "--expect", "--fault", "--guardrails",
-                "--launch", "--quiet", "--report-dir", "--signature", "--stall", "--tp-command", "--world-size", "-q"],
+                "--launch", "--quiet", "--report-dir", "--signature", "--stall", "--startup-deadline", "--tp-command",
+                "--world-size", "-q"],
         "report": [],
     }
     assert [o.pytest_flag for o in options.OPTIONS.values()] == [
         "--breakit-deadline", "--breakit-world-size", "--breakit-backend", "--breakit-launch",
-        "--breakit-report-dir", "--breakit-tp-command", "--breakit-stall"]
+        "--breakit-report-dir", "--breakit-tp-command", "--breakit-stall", "--breakit-startup-deadline"]
     assert [o.ini for o in options.OPTIONS.values()] == [
         "breakit_deadline", "breakit_world_size", "breakit_backend", "breakit_launch", "breakit_report_dir",
-        "breakit_tp_command", "breakit_stall"]
+        "breakit_tp_command", "breakit_stall", "breakit_startup_deadline"]
     assert plugin.FM_MARKERS == tuple(f"fm{n:02d}" for n in range(1, 16))
     assert plugin.MARKER_KEYS == ("deadline", "world_size", "launch")
     assert [o.name for o in Outcome] == ["CLEAN", "CRASHED", "HUNG", "DIVERGED", "HARNESS_ERROR"]

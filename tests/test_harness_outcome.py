@@ -74,7 +74,8 @@ def test_crash_root_cause_is_earliest_fatal_by_mono(tmp_path) -> None:
 
 
 def test_missing_signature_fails_and_failure_text_has_log_tails(tmp_path) -> None:
-    obs = _observe(tmp_path, {0: [FAULT, _fatal(0, "OTHER", 100.1)], 1: ["only text"]}, {0: 40, 1: -9})
+    killed = "TP-FAULT site=envelope.after_header action=kill(SIGKILL) rank=1 chunk=2 call_id=7 mono=100.2"
+    obs = _observe(tmp_path, {0: [FAULT, _fatal(0, "OTHER", 100.1)], 1: ["only text", killed]}, {0: 40, 1: -9})
     result = judge(_scenario(Expect.crash({"all": "TP-FATAL"})), obs, deadline_s=8.0, baseline=_no_baseline,
                    meta=META)
     assert result.observed == "CRASHED" and not result.passed
@@ -149,7 +150,8 @@ def test_summary_tables_and_latest_link(tmp_path) -> None:
         ("FM-01/off", "all,-preflight", Expect.hang(), {0: 40, 1: 51}),
     ]:
         sdir = report.scenario_dir(run_dir, sid, 2)
-        obs = _observe(sdir, {0: [FAULT, _fatal(0, "X", 100.1)], 1: []}, codes)
+        obs = _observe(sdir, {0: [FAULT, _fatal(0, "X", 100.1)], 1: [_fatal(1, "PEER_ABORT", 100.2, cause=0)]},
+                       codes)
         scenario = Scenario(id=sid, fm="FM-01", title="meta | pipe", proves="preflight", guardrails=guardrails,
                             expect=expect)
         report.write_result(judge(scenario, obs, deadline_s=8.0, baseline=_no_baseline,

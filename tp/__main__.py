@@ -21,7 +21,72 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--list-failpoints", action="store_true", help="print every failpoint site as JSON lines")
     p.add_argument("--list-codes", action="store_true", help="print every fatal code as JSON lines")
     p.add_argument("--list-guardrails", action="store_true", help="print every guardrail as JSON lines")
+    p.add_argument("--check-failpoints", action="append", default=[], metavar="SPEC",
+                   help="check a TP_FAILPOINTS value without running; one JSON verdict line (repeatable)")
+    p.add_argument("--check-guardrails", action="append", default=[], metavar="SPEC",
+                   help="check a TP_GUARDRAILS value without running (repeatable)")
+    p.add_argument("--check-world-size", action="append", default=[], type=int, metavar="N",
+                   help="check that the model can be split over N ranks (repeatable)")
+    p.add_argument("--check-backend", action="append", default=[], choices=("gloo", "nccl"),
+                   help="check that this machine can run the backend (nccl: CUDA and NCCL present)")
+    p.add_argument("--check-env", action="append", default=[], metavar="JSON",
+                   help="check TP_* values of a JSON object of env variables, as a rank would read them")
     return p
+
+
+def _checks(args: argparse.Namespace) -> int:
+    """One JSON line per ``--check-*`` value: ``{"check", "value", "ok", "error"}``; exit 2 if any fails."""
+    from tp import failpoints, guardrails
+
+    def world_size(n: int) -> None:
+        if n < 1:
+            raise ValueError(f"world size {n} must be >= 1")
+        from tp.model import ModelConfig
+
+        ModelConfig().check_world_size(n)
+
+    checks = [("failpoints", v, lambda v: failpoints.parse(v)) for v in args.check_failpoints]
+    checks += [("guardrails", v, lambda v: guardrails.parse(v)) for v in args.check_guardrails]
+    checks += [("world_size", v, world_size) for v in args.check_world_size]
+    checks += [("backend", v, _check_backend) for v in args.check_backend]
+    checks += [("env", v, _check_env) for v in args.check_env]
+    failed = 0
+    for kind, value, check in checks:
+        try:
+            check(value)
+            error = None
+        except ValueError as exc:
+            error, failed = str(exc), failed + 1
+        print(json.dumps({"check": kind, "value": value, "ok": error is None, "error": error}))
+    from tp import codes
+
+    return codes.CONFIG_EXIT if failed else 0
+
+
+def _check_env(text: str) -> None:
+    """Read the TP_* variables of ``text`` (a JSON object) exactly as a rank's config would."""
+    from tp import config
+
+    try:
+        env = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not a JSON object of env variables: {exc}") from None
+    if not isinstance(env, dict):
+        raise ValueError("not a JSON object of env variables")
+    # torchrun's variables are the launcher's; stand-ins let every TP_* value be read.
+    base = {"RANK": "0", "WORLD_SIZE": "1024", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    config.from_env({**base, **{k: str(v) for k, v in env.items() if k.startswith("TP_")}})
+
+
+def _check_backend(name: str) -> None:
+    if name != "nccl":
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not (torch.cuda.is_available() and dist.is_nccl_available()):
+        raise ValueError("backend nccl needs CUDA GPUs and a torch build with NCCL; this machine has "
+                         f"cuda={torch.cuda.is_available()} nccl={dist.is_nccl_available()}: use --backend gloo")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, description in guardrails.NAMES.items():
             print(json.dumps({"guardrail": name, "description": description}))
         return 0
+    if any((args.check_failpoints, args.check_guardrails, args.check_world_size, args.check_backend,
+            args.check_env)):
+        return _checks(args)
     if args.chunks < 1 or args.reset_every < 1:
         print("tp: --chunks and --reset-every must be >= 1", file=sys.stderr)
         return codes.CONFIG_EXIT
@@ -54,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         try:  # refuse before spawning: every rank would load the model only to refuse it
             ModelConfig().check_world_size(args.world_size)
         except ValueError as exc:
-            print(f"tp: {exc}", file=sys.stderr)
+            print(f"tp: --world-size: {exc}", file=sys.stderr)
             return codes.CONFIG_EXIT
         from tp.launch import spawn
 

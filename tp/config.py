@@ -92,6 +92,9 @@ class RankConfig:
                               f"TP_PEER_TIMEOUT_S {self.peer_timeout_s:g} (floor and ceiling of the peer timeout)")
         if not 0 <= self.driver_rank < self.world_size:
             raise ConfigError(f"invalid TP_DRIVER_RANK {self.driver_rank}: expected 0..{self.world_size - 1}")
+        if self.heartbeat_s > self.peer_timeout_s:
+            raise ConfigError(f"TP_HEARTBEAT_S {self.heartbeat_s:g} is longer than TP_PEER_TIMEOUT_S "
+                              f"{self.peer_timeout_s:g}: every peer would look lost; keep the heartbeat shorter")
 
     @property
     def role(self) -> str:
@@ -111,16 +114,21 @@ def _int(env: dict, name: str, default: int, *, minimum: int = 0) -> int:
     return value
 
 
+MAX_SECONDS = 86400.0
+"""Upper bound of every ``*_S`` variable: a day. Beyond it (or ``inf``) timers overflow at run time."""
+
+
 def _seconds(env: dict, name: str, default: float | None) -> float | None:
     raw = env.get(name)
     if raw in (None, ""):
         return default
+    expected = f"expected seconds > 0 (finite, at most {MAX_SECONDS:g})"
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"invalid {name} {raw!r}: expected seconds > 0") from None
-    if not value > 0:
-        raise ConfigError(f"invalid {name} {raw!r}: expected seconds > 0")
+        raise ConfigError(f"invalid {name} {raw!r}: {expected}") from None
+    if not 0 < value <= MAX_SECONDS:  # False for nan and inf too
+        raise ConfigError(f"invalid {name} {raw!r}: {expected}")
     return value
 
 

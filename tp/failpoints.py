@@ -43,6 +43,8 @@ SITES: dict[str, str] = {
 
 ACTIONS = ("raise", "exit", "kill", "hang", "sleep", "corrupt", "flip", "set")
 TRIGGERS = ("rank", "chunk", "call", "hit")
+MAX_SLEEP_S = 86400.0
+"""Longest ``sleep(S)``: a day (``time.sleep`` overflows far beyond it)."""
 ARMED = False
 """True iff any failpoint is armed; the only cost of a disarmed site."""
 
@@ -84,10 +86,10 @@ def parse(spec: str, *, where: str = "TP_FAILPOINTS") -> list[Armed]:
     for raw in filter(None, (part.strip() for part in spec.split(";"))):
         m = _ENTRY.match(raw)
         if not m:
-            raise FailpointError(f"malformed failpoint {raw!r} in {where}; expected SITE=ACTION[(ARG)][@k=v,...]")
+            raise FailpointError(f"malformed failpoint {_show(raw)} in {where}; expected SITE=ACTION[(ARG)][@k=v,...]")
         site, action, arg = m["site"], m["action"], m["arg"]
         if site not in SITES:
-            raise FailpointError(f"no such failpoint {site!r} in {where}; known: {', '.join(sorted(SITES))}")
+            raise FailpointError(f"no such failpoint {_show(site)} in {where}; known: {', '.join(sorted(SITES))}")
         if action not in ACTIONS:
             raise FailpointError(f"unknown failpoint action {action!r} in {where}; known: {', '.join(ACTIONS)}")
         _check_arg(action, arg, where)
@@ -102,6 +104,11 @@ def parse(spec: str, *, where: str = "TP_FAILPOINTS") -> list[Armed]:
     return entries
 
 
+def _show(text: str, limit: int = 80) -> str:
+    """``text`` quoted for an error message, cut to ``limit`` characters (a spec can be any size)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
 def _check_arg(action: str, arg: str | None, where: str) -> None:
     if action in ("raise", "hang", "flip") and arg is not None:
         raise FailpointError(f"{action} takes no argument, got {action}({arg}) in {where}")
@@ -114,8 +121,9 @@ def _check_arg(action: str, arg: str | None, where: str) -> None:
             seconds = float(arg or "")
         except ValueError:
             seconds = -1.0
-        if not (math.isfinite(seconds) and seconds >= 0):
-            raise FailpointError(f"sleep needs seconds, e.g. sleep(0.5), got {arg!r} (finite, >= 0) in {where}")
+        if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SLEEP_S):
+            raise FailpointError(f"sleep needs seconds, e.g. sleep(0.5), got {arg!r} (finite, 0..{MAX_SLEEP_S:g}) "
+                                 f"in {where}")
     if action == "set" and not arg:
         raise FailpointError(f"set needs a value, e.g. set(none), in {where}")
     if action == "corrupt" and arg not in (None, "callable", "tensor", "nan", "last"):

@@ -11,7 +11,10 @@ and ``fake.chunk`` (start of each chunk). Test knobs (env):
 * ``FAKE_GRACEFUL=1``   rank 0 turns SIGTERM into a clean shutdown of every rank;
 * ``FAKE_CHILD=group|session``  start a ``sleep`` grandchild (in the rank's
   process group, or in a session of its own) and write ``rank{R}.child.pid``;
-* ``FAKE_HANG_AT_START=1``  hang before the init event (no deadline anchor).
+* ``FAKE_HANG_AT_START=1``  hang before the init event (no deadline anchor);
+* ``FAKE_CLOSE_STDOUT=1``  close stdout and stderr at start (every contract line is lost);
+* ``FAKE_FLOOD_LINE_MB=N`` / ``FAKE_FLOOD_LINES_MB=N``  after init, write one N MB line / N MB of
+  1 KB lines to the log (a rank flooding its log).
 """
 
 from __future__ import annotations
@@ -28,8 +31,6 @@ import sys
 import threading
 import time
 from datetime import timedelta
-
-from torch.distributed import TCPStore
 
 SITES = {"fake.init": "after init, before the first chunk", "fake.chunk": "start of every chunk"}
 CODES = [{"code": "FAKE_ERROR", "exit": 40, "fm": "FM-00", "description": "a failpoint raised"},
@@ -62,6 +63,8 @@ class Rank:
         self.ws = int(os.environ["WORLD_SIZE"])
         self.chunks = chunks
         self.points = parse_failpoints(os.environ.get("TP_FAILPOINTS", ""))
+        from torch.distributed import TCPStore  # here: --list-* answers without importing torch
+
         self.store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                               timeout=timedelta(seconds=30))
         self.stop_requested = False
@@ -103,6 +106,7 @@ class Rank:
 
     def run(self) -> None:
         event("init", rank=self.rank, world_size=self.ws, master_port=int(os.environ["MASTER_PORT"]))
+        flood()
         self.failpoint("fake.init", 0)
         chunk_s = float(os.environ.get("FAKE_CHUNK_S", "0"))
         for chunk in range(self.chunks):
@@ -123,6 +127,19 @@ class Rank:
         event("exit", rank=self.rank, code=0)
         if self.rank == 0:
             print(json.dumps({"output_digest": digest, "chunks": self.done, "world_size": self.ws}), flush=True)
+
+
+def flood() -> None:
+    line_mb, lines_mb = (float(os.environ.get(k, "0")) for k in ("FAKE_FLOOD_LINE_MB", "FAKE_FLOOD_LINES_MB"))
+    out = sys.stdout.buffer
+    for _ in range(int(line_mb)):
+        out.write(b"x" * (1 << 20))
+    if line_mb:
+        out.write(b"\n")
+    block = (b"y" * 1023 + b"\n") * 1024
+    for _ in range(int(lines_mb)):
+        out.write(block)
+    out.flush()
 
 
 def write_pid(name: str, pid: int) -> None:
@@ -149,6 +166,9 @@ def main() -> None:
         for code in CODES:
             print(json.dumps(code))
         return
+    if os.environ.get("FAKE_CLOSE_STDOUT") == "1":
+        os.close(1)
+        os.close(2)
     if os.environ.get("FAKE_NO_FAULTHANDLER") != "1":
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     if os.environ.get("FAKE_CHILD"):

@@ -1,0 +1,74 @@
+"""Evidence for a verdict: when non-zero exits prove a crash (docs/CONTRACT.md §3).
+
+A break-it harness must never call a broken rank command a proof. A crash
+counts only when, with faults armed, a fault fired (a ``TP-FAULT`` line) and
+every rank that exited non-zero on its own did so inside the contract.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from typing import TYPE_CHECKING
+
+from harness import logs
+
+if TYPE_CHECKING:
+    from harness.outcome import RankResult
+    from harness.scenario import Scenario
+    from harness.supervise import Observation
+
+
+def unproven_crash(scenario: Scenario, obs: Observation, ranks: list[RankResult], texts: dict[int, str],
+                   codes: dict[str, int] | None) -> str:
+    """Why the exits do not prove a crash (empty when they do).
+
+    A crash is evidence only when, with faults armed, a fault fired (a
+    TP-FAULT line), and every rank that exited non-zero on its own did so
+    inside the contract (CONTRACT §3): a TP-FATAL line whose code exits with
+    that status, or the exit or signal its own fault (or the scenario's
+    interrupt) caused. Anything else (exit 1, a signal nobody sent, a command
+    that never ran) is the rank command failing, not the guardrail working.
+    """
+    problems = []
+    fired = obs.fault_lines or any(ln.kind == "TP-FAULT" for t in texts.values() for ln in logs.contract_lines(t))
+    if scenario.faults and not fired:
+        problems.append(f"faults were armed ({scenario.failpoints()[:200]}) but no rank printed a TP-FAULT line, "
+                        "so the fault never fired")
+    for r in ranks:
+        if r.returncode in (0, None) or r.reaped:
+            continue
+        off = off_contract(r, texts.get(r.rank, ""), codes, scenario)
+        if off:
+            last = next((ln for ln in reversed(r.log_tail) if ln.strip()), "(empty log)")
+            problems.append(f"rank {r.rank} {r.exit} {off}; its last line: {last[:300]}")
+    if not problems:
+        return ""
+    return ("the exits are outside the contract, so this is no proof of a crash: " + "; ".join(problems)
+            + " (CONTRACT §3: a TP-FATAL line and its code's exit status, or the signal the fault itself sent)")
+
+
+def off_contract(r: RankResult, text: str, codes: dict[str, int] | None, scenario: Scenario) -> str:
+    """Why rank ``r``'s non-zero exit is outside the contract ("" when it is inside)."""
+    if r.code:
+        if codes is None or codes.get(r.code) == r.returncode:
+            return ""
+        if r.code not in codes:
+            return f"with TP-FATAL code={r.code[:60]}, which the rank command's --list-codes does not know"
+        return f"with TP-FATAL code={r.code}, whose exit status is {codes[r.code]}"
+    actions = []
+    for line in logs.contract_lines(text):
+        if line.kind == "TP-FAULT":
+            # The line names the action; the armed spec supplies its argument if the line leaves it out.
+            actions.append(str(line.fields.get("action", "")))
+            actions += [f.action for f in scenario.faults if f.site == line.fields.get("site")]
+    for action in actions:
+        m = re.fullmatch(r"(kill|exit)\((\w+)\)", action)
+        if m and m[1] == "exit" and m[2].isdigit() and int(m[2]) == r.returncode:
+            return ""
+        if m and m[1] == "kill" and m[2] in signal.Signals.__members__ and -signal.Signals[m[2]] == r.returncode:
+            return ""
+    interrupt = scenario.interrupt
+    if interrupt is not None and interrupt.rank == r.rank and r.returncode == -signal.Signals[interrupt.signal]:
+        return ""
+    return "without a TP-FATAL line and not by its own fault's exit or signal"

@@ -1,0 +1,211 @@
+"""Ask the rank command about itself before any rank starts (docs/CONTRACT.md §1).
+
+The TP path owns its grammar: which failpoint sites, actions and guardrails
+exist, which world sizes its model splits over, which fatal code exits with
+which status. The harness checks syntax itself and asks the rank command for
+the rest (``--check-failpoints SPEC``, ``--check-guardrails SPEC``,
+``--check-world-size N``, ``--list-codes``). A bring-your-own command that does
+not answer is checked for syntax only, and the caller says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+PROBE_TIMEOUT_S = 120.0
+"""Bound on one question to the rank command (it may import torch: seconds on a busy box)."""
+
+
+class Refused(ValueError):
+    """The rank command refused an input; the message is its own one-line reason."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Answer:
+    """What the rank command said about a batch of inputs."""
+
+    answered: bool
+    """False when the command does not understand ``--check-*`` (syntax-only checking)."""
+    note: str = ""
+    """Why it did not answer (for the 'checked for syntax only' note)."""
+
+
+def check_command(command: tuple[str, ...], launch: str) -> None:
+    """Raise Refused unless ``command`` can start a rank in ``launch`` mode (an executable that exists)."""
+    if shutil.which(command[0]) is None:
+        raise Refused(f"rank command {' '.join(command)[:200]!r}: {command[0]!r} is not an executable on PATH")
+    if launch == "zygote":
+        from harness.launch import LaunchError, zygote_module
+
+        try:
+            zygote_module(command)
+        except LaunchError as exc:
+            raise Refused(str(exc)) from None
+
+
+def _run(command: tuple[str, ...], args: list[str]) -> subprocess.CompletedProcess | str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
+    try:
+        return subprocess.run([*command, *args], check=False, capture_output=True, text=True,
+                              timeout=PROBE_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{' '.join(command)!r} could not be asked: {type(exc).__name__}: {exc}"
+
+
+def _json_lines(text: str, key: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{") and key in line:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and key in doc:
+                out.append(doc)
+    return out
+
+
+def tp_envs(scenario) -> list[dict]:
+    """The TP_* variables each rank of ``scenario`` gets (shared env, then per-rank), for ``--check-env``."""
+    shared = {k: v for k, v in scenario.env.items() if k.startswith("TP_")}
+    per_rank = [{**shared, **{k: v for k, v in extra.items() if k.startswith("TP_")}}
+                for extra in scenario.rank_env.values()]
+    return [env for env in (shared, *per_rank) if env]
+
+
+class Pending:
+    """A question to the rank command, answered in the background.
+
+    In zygote mode the zygote forks the question like a rank, so it costs a
+    fork instead of a second ``import torch`` racing the zygote's own.
+    """
+
+    def __init__(self, command: tuple[str, ...], args: list[str], *, launch: str = "subprocess",
+                 cwd: Path | None = None) -> None:
+        self.command, self.args = command, args
+        self.proc: subprocess.Popen | None = None
+        self.error = ""
+        self._forked: dict = {}
+        if not args:
+            return
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
+        if launch == "zygote":
+            self._forked = {"done": threading.Event(), "dir": tempfile.TemporaryDirectory(prefix="harness-probe-")}
+            threading.Thread(target=self._fork, args=(env, cwd or Path.cwd()), daemon=True).start()
+            return
+        try:
+            self.proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         stdin=subprocess.DEVNULL, text=True, env=env, cwd=cwd)
+        except OSError as exc:
+            self.error = f"{' '.join(command)!r} could not be asked: {type(exc).__name__}: {exc}"
+
+    def _fork(self, env: dict, cwd: Path) -> None:
+        from harness import zygote
+        from harness.launch import zygote_module
+
+        forked = self._forked
+        log = Path(forked["dir"].name) / "probe.log"
+        forked["log"] = log
+
+        def on_exit(_pid: int, code: int | None, _mono: float | None) -> None:
+            forked["code"] = code
+            forked["done"].set()
+
+        try:
+            module, argv = zygote_module(self.command)
+            zygote.shared().spawn(module=module, argv=[*argv, *self.args], env=env, cwd=str(cwd), log=str(log),
+                                  on_exit=on_exit, timeout_s=PROBE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - any failure to ask means "did not answer"
+            self.error = f"{' '.join(self.command)!r} could not be asked: {type(exc).__name__}: {exc}"
+            forked["done"].set()
+
+    def _forked_output(self) -> tuple[str, str, int | None] | None:
+        forked = self._forked
+        if not forked["done"].wait(timeout=PROBE_TIMEOUT_S) or self.error:
+            return None
+        try:
+            out = forked["log"].read_text(errors="replace")
+        finally:
+            forked["dir"].cleanup()
+        return out, "", forked.get("code")
+
+    def answer(self) -> Answer:
+        """Wait for the verdicts; raise Refused with the first refusal."""
+        if not self.args:
+            return Answer(answered=True)
+        late = f"{' '.join(self.command)!r} did not answer in {PROBE_TIMEOUT_S:g} s"
+        if self._forked:
+            got = self._forked_output()
+            if got is None:
+                return Answer(answered=False, note=self.error or late)
+            out, err, code = got
+        elif self.proc is None:
+            return Answer(answered=False, note=self.error)
+        else:
+            try:
+                out, err = self.proc.communicate(timeout=PROBE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+                return Answer(answered=False, note=late)
+            code = self.proc.returncode
+        verdicts = _json_lines(out, "check")
+        if not verdicts:
+            last = (err or out).strip().splitlines()[-1:] or ["no output"]
+            return Answer(answered=False, note=f"{' '.join(self.command)!r} does not answer --check-* "
+                                               f"(exit {code}: {last[0][:200]})")
+        names = {"failpoints": "TP_FAILPOINTS", "guardrails": "TP_GUARDRAILS", "world_size": "world size"}
+        for doc in verdicts:
+            if not doc.get("ok"):
+                what = names.get(doc.get("check"), doc.get("check"))
+                raise Refused(f"the TP path refuses {what} {str(doc.get('value'))[:80]!r}: {doc.get('error')}")
+        return Answer(answered=True)
+
+
+def start(command: tuple[str, ...], *, failpoints: Iterable[str] = (), guardrails: Iterable[str] = (),
+          world_sizes: Iterable[int] = (), backends: Iterable[str] = (), envs: Iterable[dict] = (),
+          launch: str = "subprocess", cwd: Path | None = None) -> Pending:
+    """Ask ``command`` to check every input in one call, in the background; ``.answer()`` waits."""
+    args: list[str] = []
+    for flag, values in (("--check-failpoints", failpoints), ("--check-guardrails", guardrails),
+                         ("--check-world-size", world_sizes), ("--check-backend", backends),
+                         ("--check-env", [json.dumps(e, sort_keys=True) for e in envs if e])):
+        for value in dict.fromkeys(str(v) for v in values):  # unique, in order
+            args += [flag, value]
+    return Pending(command, args, launch=launch, cwd=cwd)
+
+
+def overlap_store_import() -> None:
+    """Import what hosting the store needs while the TP path answers (the first launch needs it anyway).
+
+    The zygote and the TP path's answer import torch in other processes; paying this
+    process's own import now keeps the three in parallel instead of in a row.
+    """
+    import torch.distributed  # noqa: F401
+
+
+def check(command: tuple[str, ...], **inputs) -> Answer:
+    """``start(command, **inputs).answer()``."""
+    return start(command, **inputs).answer()
+
+
+@functools.lru_cache(maxsize=8)
+def exit_codes(command: tuple[str, ...]) -> dict[str, int] | None:
+    """Fatal code -> exit status from ``command --list-codes``; None when it does not answer."""
+    proc = _run(command, ["--list-codes"])
+    if isinstance(proc, str) or proc.returncode != 0:
+        return None
+    table = {}
+    for doc in _json_lines(proc.stdout, "code"):
+        if isinstance(doc.get("exit"), int):
+            table[str(doc["code"])] = doc["exit"]
+    return table or None

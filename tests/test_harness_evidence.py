@@ -1,0 +1,208 @@
+"""Never a false green: a verdict needs evidence, and bad input is refused before any rank starts.
+
+Black-box through ``python -m harness`` with the stand-in rank (tests/ranks/fake_tp.py) wherever the
+real TP path is not needed; the few refusals that only the TP path can make ask the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RANKS = REPO / "tests" / "ranks"
+FAKE = ("--tp-command", "python -m fake_tp", "--report-dir", "reports")
+CRASH = ("--fault", "fake.chunk=raise@rank=0,chunk=1", "--expect", "crash")
+
+
+def _env(tmp_path: Path, **extra: str) -> dict:
+    (tmp_path / "pids").mkdir(exist_ok=True)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(RANKS)]),
+            "FAKE_PIDFILE_DIR": str(tmp_path / "pids"), **extra}
+
+
+def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], check=False, cwd=tmp_path,
+                          env=_env(tmp_path, **env), capture_output=True, text=True, timeout=120)
+
+
+def _result(tmp_path: Path) -> dict:
+    (path,) = (tmp_path / "reports").glob("2*/adhoc-ws*/result.json")  # not through 'latest'
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------- evidence for a crash
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "why"),
+    [
+        (("--tp-command", "false", "--launch", "subprocess"), {}, "rank 0 exit 1 without a TP-FATAL line"),
+        (("--tp-command", "python -m nosuchmodule"), {}, "No module named nosuchmodule"),
+        (("--tp-command", "python -m fake_tp"), {"FAKE_CLOSE_STDOUT": "1"}, "rank 0 exit 1 without a TP-FATAL"),
+    ],
+    ids=["false", "no-such-module", "closes-stdout"],
+)
+def test_a_broken_rank_command_is_never_a_proven_crash(tmp_path, args, env, why) -> None:
+    proc = _cli(tmp_path, "run", *CRASH, "--report-dir", "reports", *args, **env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = proc.stdout.splitlines()[0]
+    assert line.startswith("FAIL adhoc (ws2): expected CRASHED, observed HARNESS_ERROR"), line
+    assert "no rank printed a TP-FAULT line, so the fault never fired" in line and why in line, line
+    assert "--- rank 0 (exit 1), last lines of" in proc.stderr
+    assert _result(tmp_path)["observed"] == "HARNESS_ERROR"
+
+
+def test_exits_the_fault_caused_are_evidence(tmp_path) -> None:
+    """kill(SIG) or exit(N) from the rank's own fault is inside the contract."""
+    for fault, exit_shown in (("kill(SIGKILL)", "rank 0 SIGKILL"), ("exit(7)", "rank 0 exit 7")):
+        proc = _cli(tmp_path, "run", "--fault", f"fake.chunk={fault}@rank=0,chunk=1", "--expect", "crash",
+                    "--world-size", "1", *FAKE)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "observed CRASHED" in proc.stdout and exit_shown in proc.stdout
+
+
+# ---------------------------------------------------------------- refused before any rank starts
+
+
+def _refused(tmp_path: Path, proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr) < 2000
+    assert not list((tmp_path / "pids").iterdir()), "a rank started"
+    assert not [p for p in (tmp_path / "reports").glob("*") if p.is_dir()], "a run directory was made"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--fault", "fake.chunk=exit(999999)"), "exit needs an integer code 0..255"),
+        (("--fault", "fake.chunk=set()"), "set needs a value"),
+        (("--fault", "fake.chunk=sleep(1e20)"), "sleep needs seconds 0..86400"),
+        (("--fault", "fake." + "x" * 120_000 + "=raise"), "a failpoint name has at most 200"),
+        (("--fault", "fake.chunk=raise", "--tp-command", "nosuchcommand", "--launch", "subprocess"),
+         "'nosuchcommand' is not an executable on PATH"),
+        (("--fault", "fake.chunk=raise", "--tp-command", "false"), "launch mode 'zygote' needs a 'python -m"),
+        (("--fault", "fake.chunk=raise", "--startup-deadline", "inf"), "invalid start-up deadline 'inf'"),
+    ],
+    ids=["exit-999999", "set-empty", "sleep-1e20", "120KB-site", "no-such-command", "zygote-needs-module",
+         "startup-inf"],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message) -> None:
+    _refused(tmp_path, _cli(tmp_path, "run", "--expect", "crash", *FAKE, *args), message)
+
+
+@pytest.mark.parametrize("where", ["file", "/proc/nope"])
+def test_unwritable_report_dir_is_refused_before_the_zygote(tmp_path, where) -> None:
+    target = str(tmp_path / "a-file") if where == "file" else where
+    (tmp_path / "a-file").write_text("")
+    proc = _cli(tmp_path, "run", *CRASH, "--tp-command", "python -m fake_tp", "--report-dir", target)
+    _refused(tmp_path, proc, f"report dir {target!r} (--report-dir) is not writable")
+
+
+def test_the_tp_path_refuses_what_only_it_knows(tmp_path) -> None:
+    """Sites, guardrail names, world size and backend are the TP path's own lists: it is asked."""
+    cases = [
+        (("--fault", "generator.cal=raise"), "no such failpoint 'generator.cal' in TP_FAILPOINTS; known: "),
+        (("--fault", "generator.call=raise", "--guardrails", "all,-preflite"),
+         "unknown guardrail 'preflite' in TP_GUARDRAILS; known: preflight,"),
+        (("--fault", "generator.call=raise", "--world-size", "12", "--backend", "nccl"),
+         "the TP path refuses world size '12'"),
+    ]
+    for args, message in cases:
+        _refused(tmp_path, _cli(tmp_path, "run", "--expect", "crash", "--report-dir", "reports", *args), message)
+    (tmp_path / "test_env.py").write_text(textwrap.dedent("""
+        from harness import Expect, Scenario
+        SCENARIOS = [Scenario(id="CTL-env", fm="control", title="a heartbeat that never beats", proves="control",
+                              expect=Expect.clean(), rank_env={1: {"TP_HEARTBEAT_S": "inf"}})]
+    """))
+    proc = _cli(tmp_path, "run", "CTL-env", "--catalog", "test_env.py", "--report-dir", "reports")
+    _refused(tmp_path, proc, "the TP path refuses env '{\"TP_HEARTBEAT_S\": \"inf\"}': invalid TP_HEARTBEAT_S 'inf'")
+
+
+def test_a_command_that_cannot_answer_is_checked_for_syntax_only(tmp_path) -> None:
+    proc = _cli(tmp_path, "run", *CRASH, *FAKE)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "checked for syntax only: " in proc.stderr and "does not answer --check-*" in proc.stderr
+
+
+def test_catalog_that_exits_at_import_is_an_error(tmp_path) -> None:
+    (tmp_path / "test_exits.py").write_text("import sys\nsys.exit(0)\n")
+    for command in (("list",), ("run", "FM-01", *FAKE)):
+        proc = _cli(tmp_path, *command, "--catalog", "test_exits.py")
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "test_exits.py called sys.exit(0) while being imported" in proc.stderr
+
+
+def test_a_rank_that_never_starts_ends_at_the_startup_deadline(tmp_path) -> None:
+    began = time.monotonic()
+    proc = _cli(tmp_path, "run", "--expect", "clean", "--startup-deadline", "1", "--world-size", "1", *FAKE,
+                FAKE_HANG_AT_START="1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "observed HARNESS_ERROR" in proc.stdout
+    assert "start-up deadline: rank 0 (pid" in proc.stdout and "within 1 s of launch" in proc.stdout
+    assert time.monotonic() - began < 30  # the 60 s run timeout did not decide it
+    (pidfile,) = (tmp_path / "pids").glob("rank0.pid")
+    assert not psutil.pid_exists(int(pidfile.read_text())), "the silent rank was left running"
+
+
+# ---------------------------------------------------------------- bounded logs
+
+
+def test_a_flooding_rank_cannot_flood_the_report(tmp_path) -> None:
+    proc = _cli(tmp_path, "run", "--fault", "fake.chunk=raise@rank=0,chunk=1", "--expect", "clean", *FAKE,
+                FAKE_FLOOD_LINE_MB="40")
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(proc.stdout) + len(proc.stderr) < 200_000
+    (path,) = (tmp_path / "reports").glob("2*/adhoc-ws2/result.json")
+    assert path.stat().st_size < 200_000
+    doc = json.loads(path.read_text())
+    assert doc["observed"] == "CRASHED"  # the contract lines after the flood were still read
+    assert any("[truncated: " in line for line in doc["ranks"][0]["log_tail"])
+
+
+# ---------------------------------------------------------------- partial runs
+
+
+CATALOG = textwrap.dedent("""
+    from harness import Expect, Scenario
+
+    SCENARIOS = [Scenario(id=f"CTL-{n}", fm="control", title="healthy", proves="control", expect=Expect.clean(),
+                          env={"FAKE_CHUNK_S": "0.3"}) for n in range(3)]
+""")
+
+
+def test_an_interrupted_cli_run_is_incomplete_and_latest_stays(tmp_path) -> None:
+    (tmp_path / "test_cat.py").write_text(CATALOG)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "CTL-0", "CTL-1", "CTL-2", "--catalog",
+                             "test_cat.py", *FAKE], cwd=tmp_path, env=_env(tmp_path), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        give_up_at = time.monotonic() + 60
+        while not list((tmp_path / "reports").glob("*/CTL-0-ws2/result.json")):
+            assert time.monotonic() < give_up_at and proc.poll() is None, "the first scenario never finished"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out + err
+    assert "INCOMPLETE (1 of 3 ran" in err and "'latest' not moved" in err, err
+    assert not (tmp_path / "reports" / "latest").exists()
+    (run_dir,) = [p for p in (tmp_path / "reports").iterdir() if p.is_dir()]
+    doc = json.loads((run_dir / "summary.json").read_text())
+    assert (doc["overall"], doc["total"], doc["planned"]) == ("INCOMPLETE", 1, 3)
+    assert "Overall: **INCOMPLETE** (1 of 3 ran" in (run_dir / "summary.md").read_text()
+    shown = _cli(tmp_path, "report", str(run_dir))
+    assert shown.returncode == 1 and "is INCOMPLETE, not PASS" in shown.stderr
