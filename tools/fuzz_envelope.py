@@ -61,7 +61,7 @@ class WireTransport(Transport):
         self.wire = list(wire or [])
         self.allocated: list[int] = []
 
-    def _bcast(self, t: torch.Tensor) -> torch.Tensor:
+    def _bcast(self, t: torch.Tensor, site: str = "") -> torch.Tensor:
         if self.rank == 0:
             self.sent.append(t.detach().clone())
             return t
