@@ -18,7 +18,7 @@ from pathlib import Path
 
 from harness import logs
 from harness.outcome import RESULT_SCHEMA
-from harness.report import guardrail_table, ttc_text
+from harness.rows import guardrail_table, ttc_text
 
 _NEEDED = ("id", "title", "proves", "guardrails", "world_size", "deadline_s", "expected", "observed",
            "verdict", "reason", "time_to_crash_s", "ranks")

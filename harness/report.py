@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.html import write_html
 from harness.outcome import RESULT_SCHEMA, Result
-from harness.scenario import guardrail_off
+from harness.rows import guardrail_table, ttc_text  # noqa: F401 - ttc_text is part of this module's API
 
 SUMMARY_SCHEMA = 1
 
@@ -157,33 +158,11 @@ def write_summary(run_dir: Path, *, planned: int | None = None, interrupted: boo
     _write_json(json_path, doc)
     md_path.write_text(markdown(doc))
     try:
-        from harness.html import write_html  # here, not at the top: html imports this module
-
         write_html(run_dir)
     except Exception as exc:  # the page is a convenience: the run's verdict stands without it
         print(f"harness: report.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
     return Summary(json_path=json_path, md_path=md_path, passed=doc["overall"] == "PASS",
                    total=len(rows), failed=failed, overall=doc["overall"], planned=planned)
-
-
-def guardrail_table(rows: list[dict]) -> dict[str, dict[str, list[str]]]:
-    """Guardrail -> {"guarded": [...], "off": [...]}: the scenarios that proved it."""
-    table: dict[str, dict[str, list[str]]] = {}
-    for row in rows:
-        if row["proves"] in ("control", "adhoc"):
-            continue
-        for name in row["proves"].split("+"):
-            side = "off" if guardrail_off(row["guardrails"], name) else "guarded"
-            entry = table.setdefault(name, {"guarded": [], "off": []})
-            entry[side].append(f"{row['id']} (ws{row['world_size']}, {row['verdict']})")
-    return dict(sorted(table.items()))
-
-
-def ttc_text(row: dict) -> str:
-    """Time to crash for a table: only a crash has one (JSON keeps every run's time to last exit)."""
-    if row["observed"] != "CRASHED" or row["time_to_crash_s"] is None:
-        return "-"
-    return f"{row['time_to_crash_s']:.3f} s"
 
 
 def _cell(value: object) -> str:

@@ -90,7 +90,7 @@ def test_write_summary_writes_the_page_and_survives_its_failure(tmp_path, monkey
     def broken(_run_dir):
         raise RuntimeError("no disk")
 
-    monkeypatch.setattr(report_html, "write_html", broken)
+    monkeypatch.setattr(report, "write_html", broken)
     summary = report.write_summary(run_dir)
     assert summary.md_path.exists() and not (run_dir / "report.html").exists()
     assert "harness: report.html not written: RuntimeError: no disk" in capsys.readouterr().err
