@@ -25,10 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import lifetime
 from mutate.mutants import Mutant
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,9 +90,15 @@ def _env() -> dict[str, str]:
 
 def pytest(copy: Path, selection: tuple[str, ...], timeout_s: float, *, extra: tuple[str, ...] = PYTEST_ARGS
            ) -> tuple[int | None, str]:
-    """Run pytest in ``copy``; ``(exit status or None on timeout, output)``. Nothing outlives the call."""
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", *extra, *selection], cwd=copy, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    """Run pytest in ``copy``; ``(exit status or None on timeout, output)``. Nothing outlives the call.
+
+    Killing pytest's process group is not enough: tests start ranks in sessions of their own. Every
+    process of the run carries a fresh ``BREAKIT_RUN`` marker, and whatever still carries it is killed.
+    """
+    marker = f"mutate-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *extra, *selection], cwd=copy,
+                            env=_env() | {lifetime.RUN_ENV: marker}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout_s)
         return proc.returncode, out
@@ -102,6 +110,16 @@ def pytest(copy: Path, selection: tuple[str, ...], timeout_s: float, *, extra: t
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        _kill_marked(marker)
+
+
+def _kill_marked(marker: str) -> None:
+    for pid in lifetime.marked(lifetime.RUN_ENV, marker):
+        for sig in (signal.SIGCONT, signal.SIGKILL):  # a stopped rank must not stay stopped and alive
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
 
 
 def mutated_modules(mutants: list[Mutant]) -> list[str]:
