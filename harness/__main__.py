@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="world sizes to draw from (default 2,4)")
     p.add_argument("--faults-per-run", default="1..3", metavar="LO..HI", help="faults per schedule (default 1..3)")
     p.add_argument("--sites", default="", metavar="SITE[,SITE...]", help="only these failpoint sites")
+    p.add_argument("--max-shrink", type=int, default=24, metavar="N", help="runs spent shrinking each violation "
+                   "(default 24)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for every rank (repeatable), e.g. a test-only TP_TEST_PLANT")
     add(p, "deadline", "stall", "launch", "backend", "report_dir", "tp_command")
@@ -272,7 +274,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     try:
         doc = explore.explore(seed=args.seed, runs=runs, budget_s=args.budget, world_sizes=sizes,
                               faults_per_run=(int(m[1]), int(m[2] or m[1])), config=config, env=_env(args.env),
-                              tp_env=tp_env, only_sites=tuple(filter(None, args.sites.split(","))),
+                              tp_env=tp_env, only_sites=tuple(filter(None, args.sites.split(","))), max_shrink=args.max_shrink,
                               say=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (RuntimeError, ValueError) as exc:
         raise UsageError(str(exc)) from None

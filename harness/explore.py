@@ -217,7 +217,8 @@ def same_failure(a: Result, b: Result) -> bool:
 
 def explore(*, seed: int, runs: int | None, budget_s: float | None, world_sizes: tuple[int, ...],
             faults_per_run: tuple[int, int], config, env: dict[str, str], tp_env: dict[str, str],
-            only_sites: tuple[str, ...] = (), say: Callable[[str], None] = lambda _: None) -> dict:
+            only_sites: tuple[str, ...] = (), max_shrink: int = 24,
+            say: Callable[[str], None] = lambda _: None) -> dict:
     """Run schedules until ``runs`` or ``budget_s``; shrink each violation; write explore.json/.md; return it."""
     from harness import explore_report
     from harness.runner import run_scenario
@@ -242,7 +243,8 @@ def explore(*, seed: int, runs: int | None, budget_s: float | None, world_sizes:
         result, broken = run(schedule, f"explore/{index:04d}")
         tally.add(index, schedule, result, broken)
         if broken:
-            tally.violations.append(_shrunk(index, schedule, result, broken, sites, run, config, say))
+            tally.violations.append(_shrunk(index, schedule, result, broken, sites, run, config, say,
+                                                   max_shrink))
         index += 1
         elapsed = time.monotonic() - tally.started
         say(f"explore: {index} runs, {len(tally.violations)} violations, {index / elapsed:.2f} runs/s, "
@@ -253,7 +255,7 @@ def explore(*, seed: int, runs: int | None, budget_s: float | None, world_sizes:
         "progress_timeout_s": PROGRESS_TIMEOUT_S, "handshake_timeout_s": HANDSHAKE_TIMEOUT_S, "chunks": CHUNKS, "rules": invariant.RULES})
 
 
-def _shrunk(index, schedule, result, broken, sites, run, config, say) -> dict:
+def _shrunk(index, schedule, result, broken, sites, run, config, say, max_shrink) -> dict:
     say(f"explore: run {index} broke the invariant ({broken[0][:120]}); shrinking")
     n = 0
 
@@ -263,7 +265,7 @@ def _shrunk(index, schedule, result, broken, sites, run, config, say) -> dict:
         got, why = run(cand, f"shrink/{index:04d}-{n:02d}")
         return bool(why) and same_failure(got, result)
 
-    small, tries = shrink(schedule, sites, violates)
+    small, tries = shrink(schedule, sites, violates, max_runs=max_shrink)
     final, final_broken = run(small, f"shrink/{index:04d}-final")
     if not final_broken:  # flaky on a loaded box: report the original, which did break
         small, final, final_broken = schedule, result, broken
