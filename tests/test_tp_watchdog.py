@@ -34,7 +34,7 @@ def _watchdog(*, stalled_for: float, busy: bool = True) -> Watchdog:
     progress = Progress()
     (progress.busy if busy else progress.idle)("generator denoise call 7")
     progress.last = time.monotonic() - stalled_for
-    return Watchdog(crash=_Crash(), store_factory=dist.HashStore, rank=0, world_size=1, heartbeat_s=0.05,
+    return Watchdog(crash=_Crash(), store_factory=dist.HashStore, rank=0, driver_rank=0, world_size=1, heartbeat_s=0.05,
                     peer_timeout_s=2.0, progress_timeout_s=TIMEOUT_S, progress=progress)
 
 
