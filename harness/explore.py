@@ -114,13 +114,13 @@ def generate(seed: int, index: int, sites: list[dict], *, world_sizes: tuple[int
     """Schedule ``index`` of ``seed``: a pure function of its arguments (replayable alone)."""
     rng = random.Random(f"{seed}:{index}")
     deck = pairs(sites)
-    # Walk the (site, action) deck in a seeded order, so a short run covers as many pairs as it has faults.
+    # Each schedule's first fault walks the (site, action) deck in a seeded order: N schedules cover N pairs.
     order = random.Random(f"{seed}:deck").sample(range(len(deck)), len(deck))
     ws = rng.choice(world_sizes)
     n = rng.randint(*faults_per_run)
     faults = []
     for k in range(n):
-        site, action = deck[order[(index * faults_per_run[1] + k) % len(deck)]] if k == 0 else rng.choice(deck)
+        site, action = deck[order[index % len(deck)]] if k == 0 else rng.choice(deck)
         faults.append(_fault(rng, site, action, ws))
     return Schedule(world_size=ws, faults=tuple(faults))
 
@@ -141,7 +141,7 @@ def _fault(rng: random.Random, site: dict, action: dict, ws: int) -> Fault:
     return Fault(site=site["site"], action=text, **trig)
 
 
-def shrink_candidates(s: Schedule, sites: list[dict]) -> list[Schedule]:
+def shrink_candidates(s: Schedule) -> list[Schedule]:
     """Smaller schedules, most promising first: fewer faults, smaller world, earlier chunk, lower hit."""
     out = [replace(s, faults=s.faults[:i] + s.faults[i + 1:]) for i in range(len(s.faults))] if len(s.faults) > 1 else []
     if s.world_size > 2:
@@ -162,14 +162,14 @@ def _rerank(f: Fault, ws: int) -> Fault:
     return f if f.rank is None or f.rank < ws else replace(f, rank=ws - 1)
 
 
-def shrink(s: Schedule, sites: list[dict], violates: Callable[[Schedule], bool], *, max_runs: int = 24
+def shrink(s: Schedule, violates: Callable[[Schedule], bool], *, max_runs: int = 24
            ) -> tuple[Schedule, int]:
     """Greedy: take the first smaller candidate that still violates, until none does or runs run out."""
     runs = 0
     improved = True
     while improved and runs < max_runs:
         improved = False
-        for cand in shrink_candidates(s, sites):
+        for cand in shrink_candidates(s):
             if runs >= max_runs:
                 break
             runs += 1
@@ -243,7 +243,7 @@ def explore(*, seed: int, runs: int | None, budget_s: float | None, world_sizes:
         result, broken = run(schedule, f"explore/{index:04d}")
         tally.add(index, schedule, result, broken)
         if broken:
-            tally.violations.append(_shrunk(index, schedule, result, broken, sites, run, config, say,
+            tally.violations.append(_shrunk(index, schedule, result, broken, run, config, say,
                                                    max_shrink))
         index += 1
         elapsed = time.monotonic() - tally.started
@@ -255,7 +255,7 @@ def explore(*, seed: int, runs: int | None, budget_s: float | None, world_sizes:
         "progress_timeout_s": PROGRESS_TIMEOUT_S, "handshake_timeout_s": HANDSHAKE_TIMEOUT_S, "chunks": CHUNKS, "rules": invariant.RULES})
 
 
-def _shrunk(index, schedule, result, broken, sites, run, config, say, max_shrink) -> dict:
+def _shrunk(index, schedule, result, broken, run, config, say, max_shrink) -> dict:
     say(f"explore: run {index} broke the invariant ({broken[0][:120]}); shrinking")
     n = 0
 
@@ -265,7 +265,7 @@ def _shrunk(index, schedule, result, broken, sites, run, config, say, max_shrink
         got, why = run(cand, f"shrink/{index:04d}-{n:02d}")
         return bool(why) and same_failure(got, result)
 
-    small, tries = shrink(schedule, sites, violates, max_runs=max_shrink)
+    small, tries = shrink(schedule, violates, max_runs=max_shrink)
     final, final_broken = run(small, f"shrink/{index:04d}-final")
     if not final_broken:  # flaky on a loaded box: report the original, which did break
         small, final, final_broken = schedule, result, broken

@@ -72,10 +72,10 @@ def test_shrinking_finds_the_smallest_schedule_that_still_violates() -> None:
         runs.append(s)
         return any(f.site == "envelope.after_recv" and f.action == "corrupt(last)" for f in s.faults)
 
-    small, tries = explore.shrink(big, SITES, violates, max_runs=200)
+    small, tries = explore.shrink(big, violates, max_runs=200)
     assert small == explore.Schedule(world_size=2, faults=(replace(culprit, rank=1, chunk=0, hit=1),))
     assert tries == len(runs) < 200
-    assert explore.shrink(big, SITES, violates, max_runs=2)[1] == 2
+    assert explore.shrink(big, violates, max_runs=2)[1] == 2
 
 
 def _result(observed: str, exits: list[tuple[int | None, str | None]], **kw) -> Result:
