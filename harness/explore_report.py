@@ -62,7 +62,8 @@ def coverage(runs: list[dict], sites: list[dict]) -> dict:
         "per_action": per_action,
         "pairs_fired": sum(1 for c in pairs.values() if c["fired"]),
         "pairs_total": len(pairs),
-        "never_fired": sorted(p for p, c in pairs.items() if not c["fired"]),
+        "never_fired": sorted(p for p, c in pairs.items() if c["scheduled"] and not c["fired"]),
+        "never_scheduled": sorted(p for p, c in pairs.items() if not c["scheduled"]),
         "sites_fired": sorted(s for s, c in per_site.items() if c["fired"]),
     }
 
@@ -109,6 +110,9 @@ def markdown(doc: dict) -> str:
     lines += [f"| {s} | {c['scheduled']} | {c['fired']} |" for s, c in cov["per_site"].items()]
     lines += ["", "## Per action", "", "| action | scheduled | fired |", "|---|---|---|"]
     lines += [f"| {a} | {c['scheduled']} | {c['fired']} |" for a, c in cov["per_action"].items()]
-    lines += ["", "## Never fired", "", ", ".join(cov["never_fired"]) or "None.", "", "## Rules", ""]
+    lines += ["", "## Scheduled but never fired (another fault ended the run first, or the trigger never matched)",
+              "", ", ".join(cov["never_fired"]) or "None.", "",
+              "## Never scheduled (a longer budget reaches them)", "", ", ".join(cov["never_scheduled"]) or "None.",
+              "", "## Rules", ""]
     lines += [f"- **{name}**: {reason}" for name, reason in m["rules"].items()]
     return "\n".join(lines) + "\n"
