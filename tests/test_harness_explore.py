@@ -166,3 +166,20 @@ def test_a_planted_guardrail_bug_is_found_shrunk_and_reproduced_alone(tmp_path: 
         " --env TP_TEST_PLANT=digest_first_byte", "") + f" -q --report-dir {tmp_path / 'healthy'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert healthy.returncode == 0 and "observed CRASHED" in healthy.stdout, healthy.stdout + healthy.stderr
+
+
+def test_the_report_counts_coverage_and_the_time_to_crash_distribution() -> None:
+    from harness import explore_report
+
+    sites = [{"site": "a.b", "actions": [{"action": "raise"}, {"action": "hang"}]},
+             {"site": "c.d", "actions": [{"action": "flip"}]}]
+    runs = [{"schedule": {"faults": ["a.b=raise@rank=0", "c.d=flip@rank=1,chunk=2"]}, "fired": ["a.b=raise"]},
+            {"schedule": {"faults": ["a.b=raise@rank=1"]}, "fired": ["a.b=raise"]}]
+    cov = explore_report.coverage(runs, sites)
+    assert cov["pairs"]["a.b=raise"] == {"scheduled": 2, "fired": 2}
+    assert cov["never_fired"] == ["c.d=flip"] and cov["never_scheduled"] == ["a.b=hang"]
+    assert cov["per_site"]["a.b"] == {"scheduled": 2, "fired": 2} and cov["sites_fired"] == ["a.b"]
+    assert cov["per_action"]["flip"] == {"scheduled": 1, "fired": 0}
+    dist = explore_report.distribution([3.0, 1.0, 2.0, 10.0])
+    assert dist == {"count": 4, "min": 1.0, "median": 2.5, "p90": 10.0, "max": 10.0}
+    assert explore_report.distribution([]) == {"count": 0}
