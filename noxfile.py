@@ -1,6 +1,6 @@
 """Sessions: ``breakit`` (the break-it suite), ``tests`` (unit + plugin tests),
 ``launches`` (the launch-mode matrix and a world-size-8 smoke run), ``lint`` (ruff),
-``bench`` (speed numbers, see benchmarks/), ``fuzz`` (the envelope decoder,
+``bench`` (speed numbers, see benchmarks/), ``explore`` (random fault schedules, one invariant), ``fuzz`` (the envelope decoder,
 tools/fuzz_envelope.py), ``soak`` (the suite N times, tools/soak.py), ``mutate`` (semantic
 mutants, see mutate/; nightly, not in CI: it takes minutes).
 
@@ -66,6 +66,14 @@ def launches(session: nox.Session) -> None:
     session.run(*pytest, "scenarios/test_controls.py::test_control[CTL-healthy]",
                 "scenarios/test_fm14_worker_lost.py::test_fm14[FM-14]", "--breakit-world-size", "8")
     session.run(*pytest, "tests/test_launch_paths.py", "-m", "world_size_8")
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def explore(session: nox.Session) -> None:
+    """Random fault schedules against one invariant (harness/explore.py); default: seed 1, 60 s, world sizes 2 and 4.
+    Exits 1 on any violation, each shrunk to a one-line reproducer in reports/<run>/explore.md."""
+    _install(session)
+    session.run("python", "-m", "harness", "explore", *(session.posargs or ("--seed", "1", "--budget", "60")))
 
 
 @nox.session

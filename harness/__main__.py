@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness list|failpoints|run|report``.
+"""Command line: ``python -m harness list|failpoints|run|explore|report``.
 
 Bad input (unknown scenario, bad fault spec, bad deadline, world size < 1)
 prints one line to stderr and exits 2 before any rank starts. ``run`` exits 0
@@ -21,6 +21,7 @@ from harness.scenario import (
     Fault,
     Scenario,
     default_catalog_paths,
+    frozen_by,
     load_catalog,
 )
 
@@ -39,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m harness", description="tp-breakit: break TP ranks on purpose, judge the outcome")
-    sub = parser.add_subparsers(dest="command", metavar="{list,failpoints,run,report}")
+    sub = parser.add_subparsers(dest="command", metavar="{list,failpoints,run,explore,report}")
 
     def add(p: argparse.ArgumentParser, *names: str) -> None:
         for name in names:
@@ -61,8 +62,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--guardrails", metavar="SPEC", help="TP_GUARDRAILS for the run(s), e.g. all,-preflight")
     p.add_argument("--chunks", type=int, metavar="N", help="chunks per run (default: the scenario's)")
     p.add_argument("--catalog", nargs="+", type=Path, help="scenario module files (default scenarios/test_*.py)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="ad hoc: extra environment for every rank, e.g. TP_PROGRESS_TIMEOUT_S=1 (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="print verdicts only, no progress")
     add(p, "world_size", "deadline", "stall", "launch", "backend", "report_dir", "tp_command", "startup_deadline")
+    p = sub.add_parser("explore", help="random fault schedules against one invariant, violations shrunk")
+    p.add_argument("--seed", type=int, default=1, help="the same seed gives the same schedules (default 1)")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="stop starting schedules after this long")
+    p.add_argument("--runs", type=int, metavar="N", help="stop after N schedules (default: 20 without --budget)")
+    p.add_argument("--world-sizes", "--world-size", dest="world_sizes", default="2,4", metavar="N[,N...]",
+                   help="world sizes to draw from (default 2,4)")
+    p.add_argument("--faults-per-run", default="1..3", metavar="LO..HI", help="faults per schedule (default 1..3)")
+    p.add_argument("--sites", default="", metavar="SITE[,SITE...]", help="only these failpoint sites")
+    p.add_argument("--max-shrink", type=int, default=24, metavar="N", help="runs spent shrinking each violation "
+                   "(default 24)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment for every rank (repeatable), e.g. a test-only TP_TEST_PLANT")
+    add(p, "deadline", "stall", "launch", "backend", "report_dir", "tp_command")
     p = sub.add_parser("report", help="print summary.md of a run (default: reports/latest)")
     p.add_argument("dir", nargs="?", type=Path, default=None, help="run directory or report root")
     return parser
@@ -120,6 +136,8 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
         raise UsageError("--fault needs --expect crash|clean|hang|diverge")
     if args.ids and (args.fault or args.expect or args.signature):
         raise UsageError("give scenario ids or an ad-hoc --fault/--expect, not both")
+    if args.env and not args.expect:
+        raise UsageError("--env belongs to an ad-hoc run: add --fault/--expect")
     if args.signature and not args.expect:
         raise UsageError("--signature belongs to an ad-hoc run: add --expect")
     if args.chunks is not None and args.chunks < 1:
@@ -133,8 +151,12 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
                 key, regex = (int(m[1]) if m[1].isdigit() else m[1], m[2]) if m else ("all", item)
                 signatures[key] = regex
             title = "ad hoc: " + ("; ".join(f.spec() for f in faults) or "no fault")
+            expect = EXPECTS[args.expect](signatures)
+            frozen = frozen_by(faults)
+            if frozen and args.expect == "crash":  # a rank the fault stops cannot exit: reap it once it is alone
+                expect = Expect.crash(signatures, frozen=frozen)
             scenarios = [Scenario(id="adhoc", fm="adhoc", title=title, proves="adhoc", faults=faults,
-                                  expect=EXPECTS[args.expect](signatures))]
+                                  expect=expect, env=_env(args.env))]
         elif args.ids:
             catalog = _catalog(args.catalog)
             scenarios = []
@@ -150,6 +172,16 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
         return [_replace(s, overrides) for s in scenarios]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise UsageError(f"bad --env {item!r}: expected NAME=VALUE, e.g. TP_PROGRESS_TIMEOUT_S=1")
+        env[name] = value
+    return env
 
 
 def _replace(scenario: Scenario, overrides: dict) -> Scenario:
@@ -262,6 +294,45 @@ class _Status:
             sys.stderr.flush()
 
 
+def cmd_explore(args: argparse.Namespace) -> int:
+    from harness import explore, zygote
+    from harness.runner import RunConfig
+
+    try:
+        settings = {n: _setting(args, n) for n in ("deadline", "stall", "launch", "backend", "report_dir",
+                                                   "tp_command")}
+        sizes = tuple(options.OPTIONS["world_size"].validate(w, "--world-size") for w in args.world_sizes.split(","))
+    except options.OptionError as exc:
+        raise UsageError(str(exc)) from None
+    m = re.fullmatch(r"(\d+)(?:\.\.(\d+))?", args.faults_per_run)
+    if not m or not 1 <= int(m[1]) <= int(m[2] or m[1]):
+        raise UsageError(f"bad --faults-per-run {args.faults_per_run!r}: expected LO..HI, e.g. 1..3 (LO >= 1)")
+    if (args.runs is not None and args.runs < 1) or (args.budget is not None and not args.budget > 0):
+        raise UsageError("--runs must be >= 1 and --budget > 0 seconds")
+    runs = args.runs if args.runs is not None or args.budget is not None else 20
+    if settings["launch"] == "zygote":
+        zygote.shared()
+    config = RunConfig(run_dir=settings["report_dir"] / report.run_dir_name(), backend=settings["backend"],
+                       deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
+                       tp_command=settings["tp_command"])
+    tp_env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
+    try:
+        doc = explore.explore(seed=args.seed, runs=runs, budget_s=args.budget, world_sizes=sizes,
+                              faults_per_run=(int(m[1]), int(m[2] or m[1])), config=config, env=_env(args.env),
+                              tp_env=tp_env, only_sites=tuple(filter(None, args.sites.split(","))), max_shrink=args.max_shrink,
+                              say=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    report.update_latest(config.run_dir)
+    cov = doc["coverage"]
+    print(f"explore: seed {args.seed}: {doc['schedules']} schedules in {doc['elapsed_s']} s, verdicts "
+          f"{doc['verdicts']}, {cov['pairs_fired']}/{cov['pairs_total']} site=action pairs fired, "
+          f"{len(doc['violations'])} violations; report: {config.run_dir / 'explore.md'}")
+    for v in doc["violations"]:
+        print(f"VIOLATION (run {v['index']}, {v['observed']}): {v['reproducer']}")
+    return 1 if doc["violations"] else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     where = args.dir or options.default("report_dir")
     try:
@@ -285,7 +356,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    commands = {"list": cmd_list, "failpoints": cmd_failpoints, "run": cmd_run, "report": cmd_report}
+    commands = {"list": cmd_list, "failpoints": cmd_failpoints, "run": cmd_run, "explore": cmd_explore,
+                "report": cmd_report}
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

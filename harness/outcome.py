@@ -158,6 +158,8 @@ class Result:
     """HUNG only: from the TP-FAULT instant (or first init) to the verdict, stacks and traces in hand."""
     divergence: dict | None = None
     """First divergent collective from the ranks' flight traces (``harness.trace``), if they wrote any."""
+    leftovers: list[str] = field(default_factory=list)
+    """Processes of the run still alive after every rank was reaped (the harness killed them)."""
 
     @property
     def verdict(self) -> str:
@@ -239,6 +241,7 @@ def judge(
         duration_s=round(obs.ended_at - obs.started_at, 3),
         backend=meta["backend"], launch=meta["launch"], dir=meta["dir"],
         divergence=divergence.to_json() if divergence is not None else None,
+        leftovers=list(obs.leftovers),
         hang_verdict_s=(round(obs.verdict_at - anchor_mono, 4)
                         if obs.hung and obs.verdict_at is not None and anchor_mono is not None else None),
     )

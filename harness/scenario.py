@@ -136,6 +136,11 @@ def parse_faults(spec: str) -> tuple[Fault, ...]:
     return tuple(Fault.parse(entry) for entry in spec.split(";") if entry.strip())
 
 
+def frozen_by(faults: Iterable[Fault]) -> frozenset[int]:
+    """Ranks a ``kill(SIGSTOP)`` fault freezes: they cannot exit, the harness reaps them (``Expect.frozen``)."""
+    return frozenset(f.rank for f in faults if f.action == "kill(SIGSTOP)" and f.rank is not None)
+
+
 def _action_forms() -> list[str]:
     return ["raise", "exit(CODE)", "kill(SIGNAME)", "hang", "sleep(SECONDS)", "corrupt[(ARG)]", "flip", "set(VALUE)"]
 

@@ -15,6 +15,12 @@ in Python at its first generator call of chunk 2 while rank 0, half a second
 later, dies on a fatal path. Rank 1 is in no collective, so no socket tells it;
 only the abort key its watchdog reads does (PEER_ABORT within a poll, not
 PEER_LOST after the peer timeout). Without the watchdog rank 1 never exits.
+
+And a rank stuck in Python before the handshake (found by ``python -m harness
+explore``): the watchdog now starts before the model loads, so the abort rank
+0 publishes when its handshake times out reaches rank 1 (PEER_ABORT, one peer
+timeout after the verdict, which every rank that can read it dies of first).
+Before, rank 1 had no watchdog yet and never exited.
 """
 
 import pytest
@@ -31,6 +37,9 @@ FOLLOW_1 = {"others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=1"}
 # Rank 0 fails once rank 1 is surely stuck: the sleep is the fault's own timing, not synchronisation.
 DRIVER_FAILS = (Fault(site="generator.call", action="sleep(0.5)", rank=0, chunk=2, hit=1),
                 Fault(site="generator.call", action="raise", rank=0, chunk=2, hit=1))
+
+STUCK_IN_HANDSHAKE = Fault(site="handshake.publish", action="hang", rank=1, hit=1)
+FAST_HANDSHAKE = {"TP_HANDSHAKE_TIMEOUT_S": "2"}
 
 SCENARIOS = [
     Scenario(id="FM-15", fm="FM-15", title="rank 0 stuck in Python between chunks: progress deadline",
@@ -49,6 +58,13 @@ SCENARIOS = [
                                   "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
     Scenario(id="FM-15/busy-peer-off", fm="FM-15", title="a peer dies while rank 1 is stuck in Python, no watchdog",
              proves="watchdog", guardrails="all,-watchdog", faults=(STUCK_WORKER, *DRIVER_FAILS),
+             expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
+    Scenario(id="FM-15/handshake", fm="FM-15", title="a rank stuck in Python before its handshake reads the abort",
+             proves="watchdog", faults=(STUCK_IN_HANDSHAKE,), env=FAST_HANDSHAKE,
+             expect=Expect.crash({0: r"TP-FATAL .*code=HANDSHAKE_TIMEOUT rank=0 .*rank\(s\) \[1\] did not publish",
+                                  1: r"TP-FATAL .*code=PEER_ABORT rank=1 cause_rank=0"})),
+    Scenario(id="FM-15/handshake-off", fm="FM-15", title="a rank stuck in Python before its handshake, no watchdog",
+             proves="watchdog", guardrails="all,-watchdog", faults=(STUCK_IN_HANDSHAKE,), env=FAST_HANDSHAKE,
              expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
 ]
 

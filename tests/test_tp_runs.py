@@ -212,11 +212,19 @@ def _list(flag: str) -> list[dict]:
 
 
 def test_list_failpoints_matches_the_sites_written_in_the_source() -> None:
-    from tp.failpoints import SITES
+    from tp.failpoints import SITES, parse
 
     listed = _list("--list-failpoints")
-    assert all(set(row) == {"site", "description"} and row["description"] for row in listed)
+    assert all(set(row) == {"site", "description", "actions", "ranks", "chunked"} and row["description"]
+               for row in listed)
     assert [row["site"] for row in listed] == list(SITES)
+    for row in listed:  # every declared action and argument is one the site's parser accepts
+        assert row["ranks"] in ("driver", "workers", "any") and isinstance(row["chunked"], bool)
+        for action in row["actions"]:
+            args = action.get("args")
+            values = args if isinstance(args, list) else ["0.5"] if args == "seconds" else [None]
+            for value in values:
+                parse(f"{row['site']}={action['action']}" + (f"({value})" if value is not None else ""))
     written = set()
     for path in TP.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     from tp import codes, failpoints, guardrails
 
     if args.list_failpoints:
-        for site, description in failpoints.SITES.items():
-            print(json.dumps({"site": site, "description": description}))
+        for site in failpoints.SITES:
+            print(json.dumps(failpoints.declared(site)))
         return 0
     if args.list_codes:
         for c in codes.CODES.values():

@@ -42,6 +42,39 @@ SITES: dict[str, str] = {
 }
 
 ACTIONS = ("raise", "exit", "kill", "hang", "sleep", "corrupt", "flip", "set")
+
+# What can be broken where (``python -m tp --list-failpoints``, CONTRACT §4): the actions that mean something at
+# each site, their arguments (a list: the values worth trying, null = no argument; a word: its type), which ranks
+# pass the site, and whether it fires per chunk (handshake and weight loading happen once, before chunk 0).
+_PROCESS = ({"action": "raise"}, {"action": "exit", "args": ["3", "0"]},
+            {"action": "kill", "args": ["SIGKILL", "SIGSTOP"]}, {"action": "hang"}, {"action": "sleep", "args": "seconds"})
+_ONCE = {"ranks": "any", "chunked": False}
+BREAKABLE: dict[str, dict] = {
+    "driver.meta": {"ranks": "driver", "data": ({"action": "corrupt", "args": ["callable", "tensor", "nan"]},)},
+    "driver.latents": {"ranks": "driver", "data": ({"action": "set", "args": ["uint16"]},)},
+    "driver.plan": {"ranks": "driver", "data": ({"action": "corrupt", "args": ["1", "-1"]},)},
+    "driver.override": {"ranks": "driver", "data": ({"action": "set", "args": ["none"]},)},
+    "driver.aux": {"ranks": "driver", "data": ({"action": "flip"},)},
+    "driver.idle": {"ranks": "driver"},
+    "driver.late_result": {"ranks": "driver", "data": ({"action": "flip"},)},
+    "envelope.before_header": {"ranks": "driver"},
+    "envelope.after_header": {"ranks": "driver"},
+    "envelope.after_recv": {"ranks": "workers", "data": ({"action": "corrupt", "args": [None, "last"]},)},
+    "worker.skip_recompute": {"ranks": "workers", "data": ({"action": "flip"},)},
+    "worker.stale_override": {"ranks": "workers", "data": ({"action": "flip"},)},
+    "worker.replay": {"ranks": "workers", "data": ({"action": "flip"},)},
+    "generator.call": {"ranks": "any"},
+    "model.shard": {**_ONCE, "data": ({"action": "corrupt", "args": [None]},)},
+    "handshake.publish": dict(_ONCE),
+}
+
+
+def declared(site: str) -> dict:
+    """The ``--list-failpoints`` line of ``site``: description, actions with their arguments, ranks, chunked."""
+    spec = BREAKABLE[site]
+    return {"site": site, "description": SITES[site], "actions": [dict(a) for a in (*_PROCESS, *spec.get("data", ()))],
+            "ranks": spec["ranks"], "chunked": spec.get("chunked", True)}
+
 TRIGGERS = ("rank", "chunk", "call", "hit")
 MAX_SLEEP_S = 86400.0
 """Longest ``sleep(S)``: a day (``time.sleep`` overflows far beyond it)."""

@@ -127,6 +127,16 @@ class Rank:
         self.store = self._connect(host=hosts)
         self.crash.store, self.crash.hosts_store = self.store, hosts
         publish_identity(self.store, cfg.rank)
+        # Before the model loads and the handshake runs: a rank stuck in Python there (a hung failpoint, a
+        # deadlocked import) must still read the abort its peers publish when their handshake times out.
+        if "watchdog" in cfg.guardrails:
+            self.watchdog = Watchdog(crash=self.crash, store_factory=self._connect, rank=cfg.rank,
+                                     driver_rank=cfg.driver_rank, store_host=0 if cfg.host_store else None,
+                                     world_size=cfg.world_size, heartbeat_s=cfg.heartbeat_s,
+                                     peer_timeout_s=cfg.peer_timeout_s, peer_timeout_min_s=cfg.peer_timeout_min_s,
+                                     progress_timeout_s=cfg.progress_timeout_s,
+                                     progress=self.progress)
+            self.watchdog.start()
         model_cfg = ModelConfig()
         model_cfg.check_world_size(cfg.world_size)
         gen = Generator(model_cfg, rank=cfg.rank, world_size=cfg.world_size, tokens_per_frame=(HEIGHT // PATCH) * (WIDTH // PATCH),
@@ -142,14 +152,8 @@ class Rank:
             handshake.run(self.store, rank=cfg.rank, world_size=cfg.world_size, record=record,
                           timeout_s=cfg.handshake_timeout_s, expected_fingerprints=expected)
             log.event("handshake", rank=cfg.rank, ok=True)
-        if "watchdog" in cfg.guardrails:
-            self.watchdog = Watchdog(crash=self.crash, store_factory=self._connect, rank=cfg.rank,
-                                     driver_rank=cfg.driver_rank, store_host=0 if cfg.host_store else None,
-                                     world_size=cfg.world_size, heartbeat_s=cfg.heartbeat_s,
-                                     peer_timeout_s=cfg.peer_timeout_s, peer_timeout_min_s=cfg.peer_timeout_min_s,
-                                     progress_timeout_s=cfg.progress_timeout_s,
-                                     progress=self.progress)
-            self.watchdog.start()
+        if self.watchdog is not None:
+            self.watchdog.settle()
         if cfg.backend == "nccl":
             from tp.dtypes import NCCL_ENV_KNOBS
 

@@ -90,6 +90,9 @@ class Watchdog:
         floor = min(peer_timeout_min_s or peer_timeout_s, peer_timeout_s)
         self.arrivals = {r: Arrivals(floor_s=floor, ceiling_s=peer_timeout_s, expected_s=heartbeat_s) for r in range(world_size) if r != rank}
         self.main_ident = threading.get_ident()  # the thread that runs the TP loop constructs the watchdog
+        self.settled = False
+        """False until the handshake is over: until then the main thread's own verdict goes first (see _defer)."""
+        self._first_fatal_at: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tp-watchdog", daemon=True)
         self._sentinel = threading.Thread(target=self._watch_polls, name="tp-watchdog-sentinel", daemon=True)
@@ -106,6 +109,23 @@ class Watchdog:
         self.polled_at = time.monotonic()
         self._thread.start()
         self._sentinel.start()
+
+    def settle(self) -> None:
+        """The handshake is over: from now on a lost peer or an abort is fatal at once."""
+        self.settled = True
+
+    def _defer(self, now: float) -> bool:
+        """During the handshake, hold a verdict for one peer timeout.
+
+        Rank 0 publishes the handshake verdict and then the abort; every rank must die of the verdict's own
+        code (PLAN_MISMATCH...), which its main thread reads within milliseconds. Only a main thread that
+        cannot read it (stuck in Python) is still alive a peer timeout later, and then the abort ends it.
+        """
+        if self.settled:
+            return False
+        if self._first_fatal_at is None:
+            self._first_fatal_at = now
+        return now - self._first_fatal_at < self.peer_timeout_s
 
     def stop(self) -> None:
         self._stop.set()
@@ -137,7 +157,7 @@ class Watchdog:
             try:
                 self.store.add(f"tp/hb/{self.rank}", 1)
                 abort = read_abort(self.store)
-                if abort is not None and abort.get("rank") != self.rank:
+                if abort is not None and abort.get("rank") != self.rank and not self._defer(time.monotonic()):
                     self.crash.die(peer_abort(abort), dump_stack=True)
                 now = time.monotonic()
                 for r in peers:
@@ -148,7 +168,8 @@ class Watchdog:
                         seen[r] = (count, now)
                         self.arrivals[r].arrived(now)
                     # A peer that never beat yet may still be importing torch: give it the startup grace.
-                    elif now - seen[r][1] > (self.arrivals[r].timeout() if count > 0 else self.startup_grace_s):
+                    elif (now - seen[r][1] > (self.arrivals[r].timeout() if count > 0 else self.startup_grace_s)
+                          and not self._defer(now)):
                         self.crash.die(Fatal("PEER_LOST", f"rank {r}'s heartbeat stopped {now - seen[r][1]:.2f} s ago "
                                              f"({self.arrivals[r].describe()})", cause_rank=r,
                                              fm="FM-13" if r == self.driver_rank else "FM-14"), dump_stack=True)

@@ -1,0 +1,279 @@
+"""``python -m harness explore``: seeded random fault schedules, one invariant, shrinking and replay.
+
+The generator draws schedules (sites x actions x triggers x world sizes x
+1..3 faults) from what the TP path declares (``--list-failpoints``), with a
+``random.Random(seed)`` per schedule index: the same seed gives the same
+schedules, and schedule ``i`` can be rebuilt alone. Each schedule runs through
+``harness.runner.run_scenario`` with every guardrail on and is checked by
+``harness.invariant.check``. A violation is shrunk greedily (fewer faults, a
+smaller world size, an earlier chunk, a lower hit) to the smallest schedule
+that still violates the same way, then printed as a one-line reproducer.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from harness import invariant
+from harness.outcome import Outcome, Result
+from harness.scenario import Expect, Fault, Scenario, frozen_by
+
+CHUNKS = 4
+"""Chunks per explored run: enough for two hard cuts (reset every 4 is the TP default), short enough for many runs."""
+PROGRESS_TIMEOUT_S = 1.0
+"""``TP_PROGRESS_TIMEOUT_S`` of explored runs: a rank stuck in Python is found in seconds, not a minute."""
+HANDSHAKE_TIMEOUT_S = 3.0
+"""``TP_HANDSHAKE_TIMEOUT_S`` of explored runs: a rank lost before or during the handshake is noticed only by this
+timeout (no watchdog runs yet), and the TP default of 10 s is beyond the harness's 8 s deadline."""
+SLEEPS = (0.2, 1.5)
+"""Straggler delays tried for ``sleep``: under half the progress timeout (rule short-sleep), and over it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """One explored run: the faults to arm and the world size."""
+
+    world_size: int
+    """Ranks."""
+    faults: tuple[Fault, ...]
+    """Failpoints armed together."""
+    chunks: int = CHUNKS
+    """Chunks the run drives."""
+    env: tuple[tuple[str, str], ...] = ()
+    """Extra rank environment (``--env``), besides the progress timeout."""
+
+    def rank_env(self) -> dict[str, str]:
+        """The environment every rank gets."""
+        return {"TP_PROGRESS_TIMEOUT_S": f"{PROGRESS_TIMEOUT_S:g}", "TP_HANDSHAKE_TIMEOUT_S": f"{HANDSHAKE_TIMEOUT_S:g}",
+                **dict(self.env)}
+
+    def expect(self) -> Expect:
+        """What the runner supervises for: CLEAN or CRASHED, ranks frozen by SIGSTOP reaped when alone."""
+        allowed, _ = invariant.allowed_outcomes(self.faults, progress_timeout_s=PROGRESS_TIMEOUT_S)
+        if allowed == {"CLEAN"}:
+            return Expect.clean()
+        return Expect.crash(frozen=frozen_by(self.faults))
+
+    def scenario(self, sid: str) -> Scenario:
+        """This schedule as an ad-hoc scenario with every guardrail on."""
+        return Scenario(id=sid, fm="adhoc", title="explore: " + "; ".join(f.spec() for f in self.faults),
+                        proves="adhoc", faults=self.faults, expect=self.expect(), chunks=self.chunks,
+                        world_size=self.world_size, env=self.rank_env())
+
+    def reproducer(self, *, launch: str = "zygote") -> str:
+        """The one-line ``python -m harness run`` command that runs this schedule alone."""
+        expect = "clean" if self.expect().outcomes == {Outcome.CLEAN} else "crash"
+        words = ["python", "-m", "harness", "run"]
+        for f in self.faults:
+            words += ["--fault", f.spec()]
+        words += ["--expect", expect, "--world-size", str(self.world_size), "--chunks", str(self.chunks)]
+        for k, v in self.rank_env().items():
+            words += ["--env", f"{k}={v}"]
+        if launch != "zygote":
+            words += ["--launch", launch]
+        return shlex.join(words)
+
+    def to_json(self) -> dict:
+        """The schedule as recorded in reports."""
+        return {"world_size": self.world_size, "chunks": self.chunks, "faults": [f.spec() for f in self.faults],
+                "env": dict(self.env)}
+
+
+def declared_sites(tp_command: tuple[str, ...], env: dict[str, str]) -> list[dict]:
+    """Ask the TP path what can be broken (``--list-failpoints``); raises RuntimeError saying why not."""
+    command = [*tp_command, "--list-failpoints"]
+    try:
+        proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"cannot run {shlex.join(command)!r}: {exc}") from None
+    if proc.returncode != 0:
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"{shlex.join(command)!r} exited {proc.returncode}: {last[0]}")
+    sites = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    usable = [s for s in sites if s.get("actions")]
+    if not usable:
+        raise RuntimeError(f"{shlex.join(command)!r} declares no actions for any site (CONTRACT §1 "
+                           "'--list-failpoints'): nothing to explore")
+    return usable
+
+
+def pairs(sites: list[dict]) -> list[tuple[dict, dict]]:
+    """Every (site, action) the TP path declares."""
+    return [(s, a) for s in sites for a in s["actions"]]
+
+
+def generate(seed: int, index: int, sites: list[dict], *, world_sizes: tuple[int, ...],
+             faults_per_run: tuple[int, int]) -> Schedule:
+    """Schedule ``index`` of ``seed``: a pure function of its arguments (replayable alone)."""
+    rng = random.Random(f"{seed}:{index}")
+    deck = pairs(sites)
+    # Each schedule's first fault walks the (site, action) deck in a seeded order: N schedules cover N pairs.
+    order = random.Random(f"{seed}:deck").sample(range(len(deck)), len(deck))
+    ws = rng.choice(world_sizes)
+    n = rng.randint(*faults_per_run)
+    faults = []
+    for k in range(n):
+        site, action = deck[order[index % len(deck)]] if k == 0 else rng.choice(deck)
+        faults.append(_fault(rng, site, action, ws))
+    return Schedule(world_size=ws, faults=tuple(faults))
+
+
+def _fault(rng: random.Random, site: dict, action: dict, ws: int) -> Fault:
+    args = action.get("args")
+    arg = rng.choice(args) if isinstance(args, list) else rng.choice(SLEEPS) if args == "seconds" else None
+    text = action["action"] + (f"({arg})" if arg is not None else "")
+    ranks = {"driver": [0], "workers": list(range(1, ws))}.get(site.get("ranks"), list(range(ws)))
+    trig: dict[str, int | None] = {"rank": rng.choice(ranks or [0])}
+    if site.get("chunked", True):
+        if rng.random() < 0.15:
+            trig["call"] = rng.randrange(CHUNKS * 6)
+        else:
+            trig["chunk"] = rng.randrange(CHUNKS)
+    roll = rng.random()
+    trig["hit"] = 1 if roll < 0.5 else rng.randint(2, 3) if roll < 0.7 else None
+    return Fault(site=site["site"], action=text, **trig)
+
+
+def shrink_candidates(s: Schedule) -> list[Schedule]:
+    """Smaller schedules, most promising first: fewer faults, smaller world, earlier chunk, lower hit."""
+    out = [replace(s, faults=s.faults[:i] + s.faults[i + 1:]) for i in range(len(s.faults))] if len(s.faults) > 1 else []
+    if s.world_size > 2:
+        out.append(replace(s, world_size=2, faults=tuple(_rerank(f, 2) for f in s.faults)))
+    for i, f in enumerate(s.faults):
+        smaller = []
+        if f.chunk:
+            smaller += [replace(f, chunk=c) for c in dict.fromkeys((0, f.chunk // 2, f.chunk - 1)) if c < f.chunk]
+        if f.call:
+            smaller += [replace(f, call=c) for c in dict.fromkeys((0, f.call // 2, f.call - 1)) if c < f.call]
+        if f.hit and f.hit > 1:
+            smaller += [replace(f, hit=h) for h in range(1, f.hit)]
+        out += [replace(s, faults=s.faults[:i] + (g,) + s.faults[i + 1:]) for g in smaller]
+    return out
+
+
+def _rerank(f: Fault, ws: int) -> Fault:
+    return f if f.rank is None or f.rank < ws else replace(f, rank=ws - 1)
+
+
+def shrink(s: Schedule, violates: Callable[[Schedule], bool], *, max_runs: int = 24
+           ) -> tuple[Schedule, int]:
+    """Greedy: take the first smaller candidate that still violates, until none does or runs run out."""
+    runs = 0
+    improved = True
+    while improved and runs < max_runs:
+        improved = False
+        for cand in shrink_candidates(s):
+            if runs >= max_runs:
+                break
+            runs += 1
+            if violates(cand):
+                s, improved = cand, True
+                break
+    return s, runs
+
+
+@dataclass(kw_only=True)
+class Tally:
+    """What an exploration saw so far (the report is built from it)."""
+
+    runs: list[dict] = field(default_factory=list)
+    """Per run: index, schedule, observed, time_to_crash_s, fired (site=action pairs seen firing), violations."""
+    violations: list[dict] = field(default_factory=list)
+    """Per violation: the original and the shrunk schedule, what broke, the reproducer."""
+    started: float = field(default_factory=time.monotonic)
+    """Monotonic start."""
+
+    def add(self, index: int, schedule: Schedule, result: Result, broken: list[str]) -> None:
+        """Record one run."""
+        self.runs.append({"index": index, "schedule": schedule.to_json(), "observed": result.observed,
+                          "time_to_crash_s": result.time_to_crash_s, "fired": sorted(fired(result)),
+                          "violations": broken, "dir": result.dir})
+
+
+def fired(result: Result) -> set[str]:
+    """``site=action`` of every TP-FAULT line the ranks printed (the fault acted)."""
+    from harness import logs
+
+    out = set()
+    for r in result.ranks:
+        for line in logs.contract_lines(logs.read_text(Path(r.log))) if r.log else ():
+            if line.kind == "TP-FAULT":
+                action = str(line.fields.get("action", "")).partition("(")[0]
+                out.add(f"{line.fields.get('site')}={action}")
+    return out
+
+
+def same_failure(a: Result, b: Result) -> bool:
+    """Shrinking keeps a candidate only if it breaks the invariant the way the original did: same outcome."""
+    return a.observed == b.observed
+
+
+def explore(*, seed: int, runs: int | None, budget_s: float | None, world_sizes: tuple[int, ...],
+            faults_per_run: tuple[int, int], config, env: dict[str, str], tp_env: dict[str, str],
+            only_sites: tuple[str, ...] = (), max_shrink: int = 24,
+            say: Callable[[str], None] = lambda _: None) -> dict:
+    """Run schedules until ``runs`` or ``budget_s``; shrink each violation; write explore.json/.md; return it."""
+    from harness import explore_report
+    from harness.runner import run_scenario
+
+    sites = declared_sites(config.tp_command, tp_env)
+    if only_sites:
+        unknown = sorted(set(only_sites) - {s["site"] for s in sites})
+        if unknown:
+            raise ValueError(f"unknown site(s) {', '.join(unknown)}; declared: {', '.join(s['site'] for s in sites)}")
+        sites = [s for s in sites if s["site"] in only_sites]
+    extra = tuple(sorted(env.items()))
+    tally = Tally()
+
+    def run(schedule: Schedule, sid: str) -> tuple[Result, list[str]]:
+        result = run_scenario(schedule.scenario(sid), config)
+        return result, invariant.check(result, schedule.faults, progress_timeout_s=PROGRESS_TIMEOUT_S)
+
+    index = 0
+    while (runs is None or index < runs) and (budget_s is None or time.monotonic() - tally.started < budget_s):
+        schedule = replace(generate(seed, index, sites, world_sizes=world_sizes, faults_per_run=faults_per_run),
+                           env=extra)
+        result, broken = run(schedule, f"explore/{index:04d}")
+        tally.add(index, schedule, result, broken)
+        if broken:
+            tally.violations.append(_shrunk(index, schedule, result, broken, run, config, say,
+                                                   max_shrink))
+        index += 1
+        elapsed = time.monotonic() - tally.started
+        say(f"explore: {index} runs, {len(tally.violations)} violations, {index / elapsed:.2f} runs/s, "
+            f"{elapsed:.0f} s")
+    return explore_report.write(tally, sites=sites, run_dir=config.run_dir, meta={
+        "seed": seed, "runs": runs, "budget_s": budget_s, "world_sizes": list(world_sizes),
+        "faults_per_run": list(faults_per_run), "launch": config.launch, "backend": config.backend,
+        "progress_timeout_s": PROGRESS_TIMEOUT_S, "handshake_timeout_s": HANDSHAKE_TIMEOUT_S, "chunks": CHUNKS, "rules": invariant.RULES})
+
+
+def _shrunk(index, schedule, result, broken, run, config, say, max_shrink) -> dict:
+    say(f"explore: run {index} broke the invariant ({broken[0][:120]}); shrinking")
+    n = 0
+
+    def violates(cand: Schedule) -> bool:
+        nonlocal n
+        n += 1
+        got, why = run(cand, f"shrink/{index:04d}-{n:02d}")
+        return bool(why) and same_failure(got, result)
+
+    small, tries = shrink(schedule, violates, max_runs=max_shrink)
+    final, final_broken = run(small, f"shrink/{index:04d}-final")
+    if not final_broken:  # flaky on a loaded box: report the original, which did break
+        small, final, final_broken = schedule, result, broken
+    record = {"index": index, "schedule": schedule.to_json(), "shrunk": small.to_json(), "shrink_runs": tries,
+              "observed": final.observed, "violations": final_broken, "dir": final.dir,
+              "reproducer": small.reproducer(launch=config.launch)}
+    path = config.run_dir / "violations" / f"{index:04d}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    say(f"explore: VIOLATION at run {index}, shrunk in {tries} runs; reproduce with:\n  {record['reproducer']}")
+    return record
