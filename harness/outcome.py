@@ -205,12 +205,7 @@ def judge(
     ranks = [_rank_result(r, obs, texts.get(r, "")) for r in range(obs.world_size)]
     root = _root_cause(ranks, obs)
     anchor_mono, anchor = obs.anchor()
-    # Expected-frozen ranks were reaped by the harness: the crash is over when the last other rank exits.
-    last_exit = max((e.mono for r, e in obs.exits.items() if e.mono is not None and r not in obs.frozen_reaped),
-                    default=None)
-    ttc = None
-    if not obs.hung and anchor_mono is not None and last_exit is not None and len(obs.exits) == obs.world_size:
-        ttc = round(max(0.0, last_exit - anchor_mono), 4)
+    ttc = _time_to_crash(obs, anchor_mono)
 
     digests: dict = {"per_rank": {r.rank: r.output_digest for r in ranks if r.output_digest}}
     observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes)
@@ -248,6 +243,16 @@ def judge(
 
 
 _TRACED = (Outcome.HUNG, Outcome.CRASHED, Outcome.DIVERGED)
+
+
+def _time_to_crash(obs: Observation, anchor_mono: float | None) -> float | None:
+    """The last rank's exit minus the anchor; None unless every rank exited and nothing hung."""
+    # Expected-frozen ranks were reaped by the harness: the crash is over when the last other rank exits.
+    last_exit = max((e.mono for r, e in obs.exits.items() if e.mono is not None and r not in obs.frozen_reaped),
+                    default=None)
+    if obs.hung or anchor_mono is None or last_exit is None or len(obs.exits) != obs.world_size:
+        return None
+    return round(max(0.0, last_exit - anchor_mono), 4)
 
 
 def _divergence(obs: Observation, ranks: list[RankResult], texts: dict[int, str]) -> trace.Divergence | None:

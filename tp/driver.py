@@ -62,21 +62,13 @@ class Driver:
             self.rank.begin_chunk(chunk, self.call_id)
             steps = torch.tensor(DENOISING_STEPS, dtype=torch.int64)
             n_steps = failpoint("driver.plan", len(DENOISING_STEPS), rank=cfg.rank, chunk=chunk, call_id=self.call_id)
-            latents = torch.randn(frames * tokens, gen.cfg.channels, dtype=torch.float64,
-                                  generator=torch.Generator().manual_seed(cfg_seed(chunk))).to(gen.dtype)
-            latents = failpoint("driver.latents", latents, rank=cfg.rank, chunk=chunk, call_id=self.call_id)
-            if isinstance(latents, str):  # set(DTYPE): the late dtype change FM-02 is made of
-                from tp.dtypes import dtype_from_name
-                latents = torch.zeros(frames * tokens, gen.cfg.channels).to(dtype_from_name(latents))
+            latents = self._latents(chunk)
             override = previous if recompute else None
             override = failpoint("driver.override", override, rank=cfg.rank, chunk=chunk, call_id=self.call_id) if recompute else None
             tensors = {"latents": latents, "conditioning_embeds": cond, "denoising_step_list": steps}
             if override is not None:
                 tensors["context_frames_override"] = override
-            aux = None
-            if failpoint("driver.aux", False, rank=cfg.rank, chunk=chunk, call_id=self.call_id):
-                aux = torch.randn(frames, tokens // 2, gen.cfg.channels, dtype=torch.float64,
-                                  generator=torch.Generator().manual_seed(7)).to(gen.dtype)
+            aux = self._aux(chunk)
             meta = {
                 "tp_plan": cfg.plan, "tp_envelope_version": ENVELOPE_VERSION, "height": 16, "width": 16,
                 "current_start_frame": start_frame, "init_cache": chunk == 0, "manage_cache": True,
@@ -102,6 +94,25 @@ class Driver:
                       cache_epoch=self.cache_epoch)
         self.transport.send_control(Header(action=Action.SHUTDOWN, call_id=self.call_id))
         return self._summary()
+
+    def _latents(self, chunk: int) -> torch.Tensor:
+        """This chunk's noise: the driver's randomness, sent as data."""
+        gen, rows = self.runner.gen, self.runner.frames * self.runner.gen.tokens_per_frame
+        latents = torch.randn(rows, gen.cfg.channels, dtype=torch.float64,
+                              generator=torch.Generator().manual_seed(cfg_seed(chunk))).to(gen.dtype)
+        latents = failpoint("driver.latents", latents, rank=self.cfg.rank, chunk=chunk, call_id=self.call_id)
+        if isinstance(latents, str):  # set(DTYPE): the late dtype change FM-02 is made of
+            from tp.dtypes import dtype_from_name
+            latents = torch.zeros(rows, gen.cfg.channels).to(dtype_from_name(latents))
+        return latents
+
+    def _aux(self, chunk: int) -> torch.Tensor | None:
+        """The legacy side channel outside the envelope's schema (FM-08), only when ``driver.aux`` flips."""
+        if not failpoint("driver.aux", False, rank=self.cfg.rank, chunk=chunk, call_id=self.call_id):
+            return None
+        gen = self.runner.gen
+        return torch.randn(self.runner.frames, gen.tokens_per_frame // 2, gen.cfg.channels, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(7)).to(gen.dtype)
 
     def _send(self, header, meta, tensors, aux):
         try:

@@ -27,20 +27,9 @@ def spawn(*, world_size: int, argv: list[str]) -> int:
     import torch.distributed as dist
 
     store = _host_store(dist, world_size)
-    procs = []
-    threads = []
     tick = threading.Event()  # never set: an interruptible poll interval
     last_lines: dict[int, str] = {}
-    for rank in range(world_size):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
-               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        proc = subprocess.Popen([sys.executable, "-m", "tp", *argv], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        procs.append(proc)
-        relay = threading.Thread(target=_relay, args=(rank, proc, last_lines), daemon=True)
-        relay.start()
-        threads.append(relay)
+    procs, threads = _start_ranks(world_size, store.port, argv, last_lines)
 
     signals = []
 
@@ -86,6 +75,22 @@ def spawn(*, world_size: int, argv: list[str]) -> int:
         print(last_lines[rank], flush=True)
         break
     return 0
+
+
+def _start_ranks(world_size: int, port: int, argv: list[str], last_lines: dict[int, str]):
+    """Every rank as ``python -m tp`` with torchrun's variables, its output relayed by a thread of its own."""
+    procs, threads = [], []
+    for rank in range(world_size):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        proc = subprocess.Popen([sys.executable, "-m", "tp", *argv], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        procs.append(proc)
+        relay = threading.Thread(target=_relay, args=(rank, proc, last_lines), daemon=True)
+        relay.start()
+        threads.append(relay)
+    return procs, threads
 
 
 def _host_store(dist, world_size: int):
