@@ -32,7 +32,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from tp.crash import Crash, Fatal, peer_abort, read_abort
+from tp.crash import Crash, Fatal, done_key, peer_abort, read_abort
 from tp.liveness import Arrivals
 
 _COLLECTIVES = os.path.join("torch", "distributed", "")
@@ -161,7 +161,7 @@ class Watchdog:
                     self.crash.die(peer_abort(abort), dump_stack=True)
                 now = time.monotonic()
                 for r in peers:
-                    if self.store.check([f"tp/done/{r}"]):
+                    if self.store.check([done_key(r)]):
                         continue
                     count = self.store.add(f"tp/hb/{r}", 0)
                     if count != seen[r][0]:
