@@ -18,7 +18,7 @@ import dataclasses
 from pathlib import Path
 
 from benchmarks.stats import summary
-from harness.outcome import Outcome
+from harness.result import Outcome
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Scenario, load_catalog
 

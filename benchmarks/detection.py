@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.stats import summary
-from harness.outcome import Outcome
+from harness.result import Outcome
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Expect, Scenario, load_catalog
 

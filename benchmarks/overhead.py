@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.stats import percentile, spread, summary
 from harness import logs
-from harness.outcome import Outcome
+from harness.result import Outcome
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Expect, Scenario
 

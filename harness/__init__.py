@@ -5,7 +5,7 @@ Scenario modules need only this package's top level::
     from harness import Expect, Fault, Interrupt, Outcome, Scenario
 """
 
-from harness.outcome import Outcome
+from harness.result import Outcome
 from harness.scenario import Expect, Fault, Interrupt, Scenario, load_catalog
 
 __all__ = ["Expect", "Fault", "Interrupt", "Outcome", "Scenario", "load_catalog"]

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from harness import logs
 
 if TYPE_CHECKING:
-    from harness.outcome import RankResult
+    from harness.observation import Observation
+    from harness.result import RankResult
     from harness.scenario import Scenario
-    from harness.supervise import Observation
 
 
 def unproven_crash(scenario: Scenario, obs: Observation, ranks: list[RankResult], texts: dict[int, str],

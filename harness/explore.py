@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness import invariant
-from harness.outcome import Outcome, Result
+from harness.result import Outcome, Result
 from harness.scenario import Expect, Fault, Scenario, frozen_by
 
 CHUNKS = 4

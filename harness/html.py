@@ -17,7 +17,7 @@ from html import escape
 from pathlib import Path
 
 from harness import logs
-from harness.outcome import RESULT_SCHEMA
+from harness.result import RESULT_SCHEMA
 from harness.rows import guardrail_table, ttc_text
 
 _NEEDED = ("id", "title", "proves", "guardrails", "world_size", "deadline_s", "expected", "observed",

@@ -7,7 +7,7 @@ the fault's own exit or signal), every other rank following on a fatal path.
 Never HUNG, DIVERGED or HARNESS_ERROR, never a rank outside the crash-only
 contract (CONTRACT §3), never a process left behind.
 
-The checker reads only the judged ``Result`` (``harness.outcome``): what
+The checker reads only the judged ``Result`` (``harness.result``): what
 the harness observed, never the TP path's opinion of itself.
 """
 
@@ -17,7 +17,7 @@ import re
 import signal
 from collections.abc import Iterable
 
-from harness.outcome import Outcome, Result
+from harness.result import Outcome, Result
 from harness.scenario import Fault
 
 # Faults that by their nature end other than "CLEAN or a proper crash": each rule, with its reason. The checker

@@ -19,7 +19,7 @@ import pytest
 from _pytest import junitxml
 
 from harness import options, probe, report
-from harness.outcome import Result
+from harness.result import Result
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Scenario
 

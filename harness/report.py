@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.html import write_html
-from harness.outcome import RESULT_SCHEMA, Result
+from harness.result import RESULT_SCHEMA, Result
 from harness.rows import guardrail_table, ttc_text  # noqa: F401 - ttc_text is part of this module's API
 
 SUMMARY_SCHEMA = 1

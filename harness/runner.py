@@ -17,9 +17,11 @@ from pathlib import Path
 
 from harness import logs, options, probe, report
 from harness.launch import Launch, LaunchError, LaunchSpec
-from harness.outcome import Baseline, Outcome, Result, judge
+from harness.observation import Observation
+from harness.outcome import judge
+from harness.result import Baseline, Outcome, Result
 from harness.scenario import Expect, Scenario
-from harness.supervise import Limits, Observation, harness_signals, supervise
+from harness.supervise import Limits, harness_signals, supervise
 
 
 @dataclass(frozen=True, kw_only=True)

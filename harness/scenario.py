@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.blocked import DESYNC, Blocked  # noqa: F401 - scenario modules import them from here
-from harness.outcome import Outcome
+from harness.result import Outcome
 
 ACTIONS = {
     # name: (argument required?, argument allowed?)

@@ -21,11 +21,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from harness import logs, trace
 from harness.launch import Launch
+from harness.observation import Observation, RankExit
 from harness.scenario import Interrupt
 from harness.stall import StallClock
 
@@ -79,81 +79,6 @@ class Limits:
     stall_s: float | None = None
     """After the deadline's anchor, no progress for this long makes the loop probe the ranks' flight
     traces (SIGUSR1); HUNG at once when they prove it (``harness.trace.stall_verdict``). None: deadline only."""
-
-
-@dataclass(kw_only=True)
-class RankExit:
-    """How and when one rank exited."""
-
-    rank: int
-    """Rank number."""
-    returncode: int | None
-    """Exit code, negative signal number, or None when unknown."""
-    mono: float | None
-    """``time.monotonic()`` when the exit was observed."""
-    reaped: bool = False
-    """True when the harness killed it after a deadline."""
-
-
-@dataclass(kw_only=True)
-class Observation:
-    """What the supervisor saw; the verdict is computed from this and the logs."""
-
-    world_size: int
-    """Number of ranks."""
-    pids: dict[int, int]
-    """Rank -> pid."""
-    log_paths: dict[int, Path]
-    """Rank -> log file."""
-    started_at: float
-    """``time.monotonic()`` when supervision began."""
-    ended_at: float = 0.0
-    """``time.monotonic()`` when the last rank was gone."""
-    exits: dict[int, RankExit] = field(default_factory=dict)
-    """Rank -> exit."""
-    fault_lines: list[logs.LogLine] = field(default_factory=list)
-    """Every TP-FAULT line seen."""
-    init_mono: float | None = None
-    """Earliest ``mono`` of a TP-EVENT init."""
-    progress: dict[int, str] = field(default_factory=dict)
-    """Last ``tp/progress/{rank}`` value."""
-    heartbeats: dict[int, int] = field(default_factory=dict)
-    """Last ``tp/hb/{rank}`` counter."""
-    abort: dict | None = None
-    """Parsed ``tp/abort`` value."""
-    hung: bool = False
-    """True when a deadline passed with ranks alive."""
-    hang_reason: str = ""
-    """Which deadline passed and which ranks were alive."""
-    hung_at: float | None = None
-    """``time.monotonic()`` when the deadline passed (or the stall probe began); later failures are reaping's doing."""
-    verdict_at: float | None = None
-    """``time.monotonic()`` when HUNG was decided with stacks and traces in hand."""
-    stacks: dict[int, str] = field(default_factory=dict)
-    """Rank -> stacks it dumped on SIGUSR1."""
-    stack_notes: dict[int, str] = field(default_factory=dict)
-    """Rank -> why it has no stack (stopped, no faulthandler, silent)."""
-    interrupt_sent: bool = False
-    """True when the scenario's interrupt was delivered."""
-    interrupt_note: str | None = None
-    """What the interrupt did, or why it was not sent."""
-    harness_error: str | None = None
-    """A problem of the harness itself."""
-    leftovers: list[str] = field(default_factory=list)
-    """Processes still alive after every rank exited (killed)."""
-    frozen_reaped: list[int] = field(default_factory=list)
-    """Expected-frozen ranks found stopped after every other rank exited, then reaped."""
-    traces: dict[int, dict] = field(default_factory=dict)
-    """Rank -> flight trace (CONTRACT §6) as dumped on SIGUSR1 when the run hung, before reaping."""
-
-    def anchor(self) -> tuple[float | None, str]:
-        """``(mono, name)`` that deadline and time-to-crash count from."""
-        monos = [ln.mono for ln in self.fault_lines if ln.mono is not None]
-        if monos:
-            return min(monos), "TP-FAULT"
-        if self.init_mono is not None:
-            return self.init_mono, "init"
-        return None, ""
 
 
 def supervise(launch: Launch, *, limits: Limits, interrupt: Interrupt | None = None,

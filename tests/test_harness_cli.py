@@ -131,7 +131,7 @@ def test_public_surface_changes_only_on_purpose() -> None:
     import harness
     from harness import options, plugin
     from harness.__main__ import _parser
-    from harness.outcome import Outcome
+    from harness.result import Outcome
 
     subparsers = next(a for a in _parser()._actions if a.dest == "command")
     cli = {name: sorted(s for a in p._actions for s in a.option_strings if s not in ("-h", "--help"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness import explore, invariant
-from harness.outcome import RankResult, Result
+from harness.result import RankResult, Result
 from harness.scenario import Fault
 from tp import failpoints
 

@@ -7,7 +7,7 @@ import re
 
 from harness import html as report_html
 from harness import report
-from harness.outcome import RankResult, Result
+from harness.result import RankResult, Result
 
 
 def _init(rank: int, mono: float, role: str) -> str:

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from harness import Expect, Fault, Outcome, Scenario, report
-from harness.outcome import Baseline, exit_name, judge
-from harness.supervise import Observation, RankExit
+from harness.observation import Observation, RankExit
+from harness.outcome import judge
+from harness.result import Baseline, exit_name
 
 FAULT = "TP-FAULT site=envelope.after_header action=raise rank=0 chunk=2 call_id=7 mono=100.000000"
 

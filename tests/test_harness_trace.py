@@ -91,7 +91,7 @@ def test_blocked_spec_validation() -> None:
 
 
 def trace_outcome(name: str):
-    from harness.outcome import Outcome
+    from harness.result import Outcome
 
     return Outcome[name]
 
