@@ -2,10 +2,13 @@
 
 Scenario modules need only this package's top level::
 
-    from harness import Expect, Fault, Interrupt, Outcome, Scenario
+    from harness import Blocked, Expect, Fault, Scenario, peers_follow
 """
 
+from harness.blocked import DESYNC, Blocked
+from harness.fault import Fault
 from harness.result import Outcome
-from harness.scenario import Expect, Fault, Interrupt, Scenario, load_catalog
+from harness.scenario import Expect, Interrupt, Scenario, load_catalog, peers_follow
 
-__all__ = ["Expect", "Fault", "Interrupt", "Outcome", "Scenario", "load_catalog"]
+__all__ = ["DESYNC", "Blocked", "Expect", "Fault", "Interrupt", "Outcome", "Scenario", "load_catalog",
+           "peers_follow"]

@@ -8,6 +8,7 @@ iff every verdict passed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -16,14 +17,8 @@ import sys
 from pathlib import Path
 
 from harness import options, probe, report
-from harness.scenario import (
-    Expect,
-    Fault,
-    Scenario,
-    default_catalog_paths,
-    frozen_by,
-    load_catalog,
-)
+from harness.fault import Fault, frozen_by
+from harness.scenario import Expect, Scenario, default_catalog_paths, load_catalog
 
 EXPECTS = {"crash": Expect.crash, "clean": Expect.clean, "hang": Expect.hang, "diverge": Expect.diverge,
            "hang_or_diverge": Expect.hang_or_diverge}
@@ -151,7 +146,8 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
                 key, regex = (int(m[1]) if m[1].isdigit() else m[1], m[2]) if m else ("all", item)
                 signatures[key] = regex
             title = "ad hoc: " + ("; ".join(f.spec() for f in faults) or "no fault")
-            expect = EXPECTS[args.expect](signatures)
+            # An ad-hoc run's deadline is --deadline's, not the hang default a catalog scenario gets.
+            expect = dataclasses.replace(EXPECTS[args.expect](signatures), deadline_s=None)
             frozen = frozen_by(faults)
             if frozen and args.expect == "crash":  # a rank the fault stops cannot exit: reap it once it is alone
                 expect = Expect.crash(signatures, frozen=frozen)
@@ -185,8 +181,6 @@ def _env(items: list[str]) -> dict[str, str]:
 
 
 def _replace(scenario: Scenario, overrides: dict) -> Scenario:
-    import dataclasses
-
     return dataclasses.replace(scenario, **overrides) if overrides else scenario
 
 
@@ -241,13 +235,10 @@ def _preflight(scenarios: list[Scenario], settings: dict) -> probe.Pending:
                          f"{exc.strerror or exc}; pick a directory you can write") from None
     try:
         probe.check_command(settings["tp_command"], settings["launch"])
+        return probe.ask(settings["tp_command"], [(s, s.world_size or settings["world_size"]) for s in scenarios],
+                         backend=settings["backend"], launch=settings["launch"], cwd=Path.cwd())
     except probe.Refused as exc:
         raise UsageError(str(exc)) from None
-    return probe.start(
-        settings["tp_command"], failpoints=[s.failpoints() for s in scenarios if s.faults],
-        guardrails=[s.guardrails for s in scenarios],
-        world_sizes=[s.world_size or settings["world_size"] for s in scenarios], backends=[settings["backend"]],
-        envs=[env for s in scenarios for env in probe.tp_envs(s)], launch=settings["launch"], cwd=Path.cwd())
 
 
 def _await(pending: probe.Pending) -> None:

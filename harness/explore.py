@@ -22,8 +22,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness import invariant
+from harness.fault import Fault, frozen_by
 from harness.result import Outcome, Result
-from harness.scenario import Expect, Fault, Scenario, frozen_by
+from harness.scenario import Expect, Scenario
 
 CHUNKS = 4
 """Chunks per explored run: enough for two hard cuts (reset every 4 is the TP default), short enough for many runs."""

@@ -17,8 +17,8 @@ import re
 import signal
 from collections.abc import Iterable
 
+from harness.fault import Fault
 from harness.result import Outcome, Result
-from harness.scenario import Fault
 
 # Faults that by their nature end other than "CLEAN or a proper crash": each rule, with its reason. The checker
 # cites a rule by name wherever it applies one; nothing else in the checker makes exceptions.

@@ -110,13 +110,20 @@ def _scenario_of(item: pytest.Item) -> Scenario | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Validate ``breakit`` marker keywords; mark scenario tests ``breakit`` + ``fmNN``/``control``."""
+    """Validate ``breakit`` marker keywords; mark scenario tests ``breakit`` + ``fmNN``/``control``
+    (registered here for any failure mode, so ``-m fm03`` selects and ``--strict-markers`` holds)."""
+    registered = set(FM_MARKERS)
     for item in items:
         scenario = _scenario_of(item)
         if scenario is not None:
             item.add_marker("breakit")
             fm_marker = scenario.fm.lower().replace("-", "")
-            if fm_marker in FM_MARKERS or fm_marker == "control":
+            if fm_marker != "adhoc":
+                if fm_marker not in registered and fm_marker != "control":
+                    # A catalog module for a new failure mode needs no marker registration of its own.
+                    config.addinivalue_line("markers", f"{fm_marker}: tp-breakit scenarios of failure mode "
+                                                       f"{scenario.fm}")
+                    registered.add(fm_marker)
                 item.add_marker(fm_marker)
         for marker in item.iter_markers("breakit"):
             for key, value in marker.kwargs.items():
@@ -149,13 +156,23 @@ def _planned(session: pytest.Session) -> list[tuple[Scenario, int]]:
     return out
 
 
-def _ask_tp(session: pytest.Session, planned: list[tuple[Scenario, int]]) -> probe.Pending:
-    """Ask the rank command about every planned scenario's inputs at once (answered in the background)."""
+def _refuse(session: pytest.Session, why: str) -> None:
+    """A usage error before any rank starts; in an xdist worker (which cannot end the session with one:
+    the controller would crash) every scenario test errors at setup instead."""
+    if not hasattr(session.config, "workerinput"):
+        raise pytest.UsageError(why)
+    session.config.stash[_REFUSED] = why
+
+
+def _ask_tp(session: pytest.Session, planned: list[tuple[Scenario, int]]) -> probe.Pending | None:
+    """Check every planned scenario's ranks, then ask the rank command about the rest (in the background)."""
     settings = session.config.stash[_SETTINGS]
-    return probe.start(settings["tp_command"], failpoints=[s.failpoints() for s, _ in planned if s.faults],
-                       guardrails=[s.guardrails for s, _ in planned], world_sizes=[ws for _, ws in planned],
-                       backends=[settings["backend"]], envs=[e for s, _ in planned for e in probe.tp_envs(s)],
-                       launch=settings["launch"], cwd=session.config.rootpath)
+    try:
+        return probe.ask(settings["tp_command"], planned, backend=settings["backend"], launch=settings["launch"],
+                         cwd=session.config.rootpath)
+    except probe.Refused as exc:
+        _refuse(session, str(exc))
+        return None
 
 
 def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
@@ -163,10 +180,7 @@ def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
     try:
         answer = pending.answer()
     except probe.Refused as exc:
-        if not hasattr(session.config, "workerinput"):
-            raise pytest.UsageError(str(exc)) from None
-        # An xdist worker cannot end the session with a usage error: every scenario test errors at setup.
-        session.config.stash[_REFUSED] = str(exc)
+        _refuse(session, str(exc))
         return False
     if not answer.answered:
         session.config.issue_config_time_warning(pytest.PytestWarning(
@@ -183,7 +197,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     planned = _planned(session)
     pending = _ask_tp(session, planned) if planned else None
     launches = any("breakit" in getattr(item, "fixturenames", ()) for item in session.items)
-    if launches and config.stash[_SETTINGS]["launch"] == "zygote":
+    if pending is not None and launches and config.stash[_SETTINGS]["launch"] == "zygote":
         from harness import zygote
 
         zygote.shared()  # the zygote forks the TP path's answer, then the ranks

@@ -20,6 +20,10 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.scenario import Scenario
 
 PROBE_TIMEOUT_S = 120.0
 """Bound on one question to the rank command (it may import torch: seconds on a busy box)."""
@@ -74,7 +78,7 @@ def _json_lines(text: str, key: str) -> list[dict]:
     return out
 
 
-def tp_envs(scenario) -> list[dict]:
+def tp_envs(scenario: Scenario) -> list[dict]:
     """The TP_* variables each rank of ``scenario`` gets (shared env, then per-rank), for ``--check-env``."""
     shared = {k: v for k, v in scenario.env.items() if k.startswith("TP_")}
     per_rank = [{**shared, **{k: v for k, v in extra.items() if k.startswith("TP_")}}
@@ -90,8 +94,10 @@ class Pending:
     """
 
     def __init__(self, command: tuple[str, ...], args: list[str], *, launch: str = "subprocess",
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, labels: dict[tuple[str, str], str] | None = None) -> None:
         self.command, self.args = command, args
+        self.labels = labels or {}
+        """``(check, value)`` -> what a refusal names instead of the raw value (``proves 'x' of FM-01``)."""
         self.proc: subprocess.Popen | None = None
         self.error = ""
         self._forked: dict = {}
@@ -166,22 +172,48 @@ class Pending:
         names = {"failpoints": "TP_FAILPOINTS", "guardrails": "TP_GUARDRAILS", "world_size": "world size"}
         for doc in verdicts:
             if not doc.get("ok"):
-                what = names.get(doc.get("check"), doc.get("check"))
-                raise Refused(f"the TP path refuses {what} {str(doc.get('value'))[:80]!r}: {doc.get('error')}")
+                label = self.labels.get((str(doc.get("check")), str(doc.get("value"))))
+                what = label or f"{names.get(doc.get('check'), doc.get('check'))} {str(doc.get('value'))[:80]!r}"
+                raise Refused(f"the TP path refuses {what}: {doc.get('error')}")
         return Answer(answered=True)
 
 
 def start(command: tuple[str, ...], *, failpoints: Iterable[str] = (), guardrails: Iterable[str] = (),
           world_sizes: Iterable[int] = (), backends: Iterable[str] = (), envs: Iterable[dict] = (),
-          launch: str = "subprocess", cwd: Path | None = None) -> Pending:
-    """Ask ``command`` to check every input in one call, in the background; ``.answer()`` waits."""
+          proves: Iterable[tuple[str, str]] = (), launch: str = "subprocess", cwd: Path | None = None) -> Pending:
+    """Ask ``command`` to check every input in one call, in the background; ``.answer()`` waits.
+
+    ``proves`` holds ``(guardrail name, scenario id)`` pairs: each name is asked as ``TP_GUARDRAILS
+    none,+NAME`` (the TP path's list of guardrails is the only one), and a refusal names the scenario.
+    """
+    labels = {("guardrails", f"none,+{name}"): f"proves={name!r} of scenario {sid} (asked as TP_GUARDRAILS "
+                                                f"'none,+{name}')" for name, sid in proves}
     args: list[str] = []
-    for flag, values in (("--check-failpoints", failpoints), ("--check-guardrails", guardrails),
+    for flag, values in (("--check-failpoints", failpoints),
+                         ("--check-guardrails", [*guardrails, *(f"none,+{name}" for name, _ in proves)]),
                          ("--check-world-size", world_sizes), ("--check-backend", backends),
                          ("--check-env", [json.dumps(e, sort_keys=True) for e in envs if e])):
         for value in dict.fromkeys(str(v) for v in values):  # unique, in order
             args += [flag, value]
-    return Pending(command, args, launch=launch, cwd=cwd)
+    return Pending(command, args, launch=launch, cwd=cwd, labels=labels)
+
+
+def ask(command: tuple[str, ...], planned: Iterable[tuple[Scenario, int]], *, backend: str, launch: str,
+        cwd: Path | None = None) -> Pending:
+    """Check what the harness knows itself (every named rank below the world size, Refused at once),
+    then ask ``command`` about the rest of every ``(scenario, world size)``: faults, guardrails, the
+    guardrails ``proves`` names, world sizes, backend and TP_* env (in the background)."""
+    planned = list(planned)
+    for scenario, world_size in planned:
+        try:
+            scenario.check_ranks(world_size)
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+    return start(command, failpoints=[s.failpoints() for s, _ in planned if s.faults],
+                 guardrails=[s.guardrails for s, _ in planned], world_sizes=[ws for _, ws in planned],
+                 backends=[backend], envs=[env for s, _ in planned for env in tp_envs(s)],
+                 proves=dict.fromkeys((name, s.id) for s, _ in planned for name in s.guardrails_proven()),
+                 launch=launch, cwd=cwd)
 
 
 def overlap_store_import() -> None:

@@ -1,5 +1,6 @@
-"""Declarations: what to break (``Fault``), how (``Interrupt``), what must happen
-(``Expect``), all bundled in a ``Scenario``; plus the catalog loader.
+"""Declarations: what to break (``Fault``, from ``harness.fault``), how
+(``Interrupt``), what must happen (``Expect``), all bundled in a ``Scenario``;
+plus the catalog loader.
 
 Everything here is data, validated in ``__post_init__`` so a typo in a scenario
 module fails at import with a message naming the field and the valid choices.
@@ -14,135 +15,35 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.blocked import DESYNC, Blocked  # noqa: F401 - scenario modules import them from here
+from harness.blocked import DESYNC, Blocked
+from harness.fault import Fault
 from harness.result import Outcome
 
-ACTIONS = {
-    # name: (argument required?, argument allowed?)
-    "raise": (False, True),
-    "exit": (True, True),
-    "kill": (True, True),
-    "hang": (False, False),
-    "sleep": (True, True),
-    "corrupt": (False, True),
-    "flip": (False, False),
-    "set": (True, True),
-}
-TRIGGERS = ("rank", "chunk", "call", "hit")
 RESERVED_ENV = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
     "TORCHELASTIC_USE_AGENT_STORE", "TP_FAILPOINTS", "TP_GUARDRAILS",
 )
-MAX_SITE_LEN = 200
-"""Longest failpoint name the harness passes on (a longer one is a mistake, not a site)."""
-MAX_SLEEP_S = 86400.0
-"""Longest ``sleep(S)``: a day; beyond it the rank's timer overflows."""
-_SITE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z0-9_]+)+$")
-_ENTRY = re.compile(r"^(?P<site>[^=@;\s]+)=(?P<name>[a-z_]+)(?:\((?P<arg>[^()]*)\))?(?:@(?P<triggers>.+))?$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$")
 _FM = re.compile(r"^(FM-\d{2}|control|adhoc)$")
+HANG_DEADLINE_S = 4.0
+"""Deadline of a guardrail-off proof that must hang (``Expect.hang``).
+
+A hang can only be observed by waiting: the stall verdict (``harness.trace.stall_verdict``) calls it
+about a second after the fault when the flight traces prove it; this is the outer bound for a hang they
+cannot prove (a rank idle outside any collective, a TP path without traces). 4 s is ~400x the guarded
+time-to-crash on gloo (~0.01 s) and 2x the watchdog's peer timeout (2 s), so nothing that would still
+have crashed by itself is mislabelled HUNG, while the suite stays fast."""
+NOT_GUARDRAILS = ("control", "adhoc")
+"""``proves`` values that name no guardrail."""
 _GUARDRAIL_NAME = r"[a-z][a-z0-9_]*"
 _PROVES = re.compile(rf"^{_GUARDRAIL_NAME}(\+{_GUARDRAIL_NAME})*$")
 _GUARDRAILS = re.compile(rf"^(all|none)(,[+-]{_GUARDRAIL_NAME})*$")
 
 
-@dataclass(frozen=True, kw_only=True)
-class Fault:
-    """One failpoint to arm in the ranks (``TP_FAILPOINTS`` entry, CONTRACT §4)."""
-
-    site: str
-    """Dotted failpoint name written in the TP path, e.g. ``envelope.after_header``."""
-    action: str
-    """``raise``, ``exit(40)``, ``kill(SIGKILL)``, ``hang``, ``sleep(0.5)``, ``corrupt[(ARG)]``, ``flip``, ``set(V)``.
-
-    See CONTRACT §4; the TP path decides what each action means at each site.
-    """
-    rank: int | None = None
-    """Only on this rank (None = every rank)."""
-    chunk: int | None = None
-    """Only in this chunk."""
-    call: int | None = None
-    """Only for this call_id."""
-    hit: int | None = None
-    """Only the N-th matching hit, 1-based (None = every matching hit)."""
-
-    def __post_init__(self) -> None:
-        where = f"Fault(site={_show(self.site)})"
-        if len(self.site) > MAX_SITE_LEN:
-            raise ValueError(f"{where}: site is {len(self.site)} characters; a failpoint name has at most "
-                             f"{MAX_SITE_LEN}")
-        if not _SITE.match(self.site):
-            raise ValueError(f"{where}: site must be a dotted name like 'envelope.after_header'")
-        m = re.fullmatch(r"([a-z_]+)(?:\(([^()]*)\))?", self.action)
-        if not m or m.group(1) not in ACTIONS:
-            raise ValueError(f"{where}: unknown action {self.action!r}; valid: {', '.join(_action_forms())}")
-        name, arg = m.group(1), m.group(2)
-        needs, allows = ACTIONS[name]
-        if arg is None and needs:
-            example = _action_forms()[list(ACTIONS).index(name)]
-            raise ValueError(f"{where}: action {name!r} needs an argument, e.g. {example}")
-        if arg is not None and not allows:
-            raise ValueError(f"{where}: action {name!r} takes no argument (got {self.action!r})")
-        if name == "exit" and not (re.fullmatch(r"\d{1,3}", arg or "") and int(arg or 0) <= 255):
-            raise ValueError(f"{where}: exit needs an integer code 0..255, e.g. exit(40); got {_show(self.action)}")
-        if name == "set" and not (arg or "").strip():
-            raise ValueError(f"{where}: set needs a value, e.g. set(none) or set(float16); got {self.action!r}")
-        if name == "kill" and (arg or "") not in _signal.Signals.__members__:
-            raise ValueError(f"{where}: kill needs a signal name like SIGKILL or SIGSTOP; got {self.action!r}")
-        if name == "sleep" and not (re.fullmatch(r"\d+(\.\d*)?|\.\d+", arg or "")
-                                    and float(arg or 0) <= MAX_SLEEP_S):
-            raise ValueError(f"{where}: sleep needs seconds 0..{MAX_SLEEP_S:g}, e.g. sleep(0.5); "
-                             f"got {_show(self.action)}")
-        for trig in TRIGGERS:
-            value = getattr(self, trig)
-            low = 1 if trig == "hit" else 0
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-                raise ValueError(f"{where}: {trig} must be an integer >= {low} or None; got {value!r}")
-
-    def spec(self) -> str:
-        """This fault as a ``TP_FAILPOINTS`` entry, e.g. ``envelope.after_header=raise@rank=0,chunk=2``."""
-        triggers = [f"{t}={getattr(self, t)}" for t in TRIGGERS if getattr(self, t) is not None]
-        return f"{self.site}={self.action}" + (f"@{','.join(triggers)}" if triggers else "")
-
-    @classmethod
-    def parse(cls, spec: str) -> Fault:
-        """Parse one ``SITE=ACTION[(ARG)][@TRIGGER,...]`` entry (inverse of ``spec()``)."""
-        spec = spec.strip()
-        m = _ENTRY.match(spec)
-        if not m:
-            raise ValueError(
-                f"bad fault spec {_show(spec)}; expected SITE=ACTION[(ARG)][@TRIGGER,...], "
-                "e.g. 'envelope.after_header=raise@rank=0,chunk=2'"
-            )
-        action = m["name"] + (f"({m['arg']})" if m["arg"] is not None else "")
-        kwargs: dict[str, int] = {}
-        for trig in (m["triggers"] or "").split(",") if m["triggers"] else ():
-            key, eq, value = trig.partition("=")
-            if key not in TRIGGERS or not eq or not re.fullmatch(r"\d+", value):
-                raise ValueError(
-                    f"bad trigger {_show(trig)} in fault spec {_show(spec)}; valid: rank=R, chunk=C, call=K, hit=N"
-                )
-            kwargs[key] = int(value)
-        return cls(site=m["site"], action=action, **kwargs)
-
-
-def _show(text: str, limit: int = 80) -> str:
-    """``text`` quoted for an error message, cut to ``limit`` characters."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
-
-
-def parse_faults(spec: str) -> tuple[Fault, ...]:
-    """Parse a whole ``;``-separated ``TP_FAILPOINTS`` value."""
-    return tuple(Fault.parse(entry) for entry in spec.split(";") if entry.strip())
-
-
-def frozen_by(faults: Iterable[Fault]) -> frozenset[int]:
-    """Ranks a ``kill(SIGSTOP)`` fault freezes: they cannot exit, the harness reaps them (``Expect.frozen``)."""
-    return frozenset(f.rank for f in faults if f.action == "kill(SIGSTOP)" and f.rank is not None)
-
-
-def _action_forms() -> list[str]:
-    return ["raise", "exit(CODE)", "kill(SIGNAME)", "hang", "sleep(SECONDS)", "corrupt[(ARG)]", "flip", "set(VALUE)"]
+def peers_follow(cause_rank: int) -> str:
+    """Signature of a rank that exits because ``cause_rank`` failed first (CONTRACT §2: ``PEER_ABORT`` naming
+    the cause), e.g. ``Expect.crash({0: r"code=META_UNSERIALIZABLE", "others": peers_follow(0)})``."""
+    return rf"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank={cause_rank}\b"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +78,8 @@ class Expect:
     blocked: Mapping[int | str, Blocked] | str | None = None
     """Where a HUNG run must leave its ranks: ``DESYNC``, or per rank (number, ``"others"``, ``"all"``) a
     ``Blocked``. Checked against the flight traces taken at the hang; a hang anywhere else fails."""
+    deadline_s: float | None = None
+    """Deadline this expectation needs (``hang`` defaults it to ``HANG_DEADLINE_S``); None: the configured one."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "frozen", frozenset(self.frozen))
@@ -204,6 +107,8 @@ class Expect:
                 if not isinstance(spec, Blocked):
                     raise ValueError(f"Expect: blocked[{key!r}] must be a Blocked(op=..., site=...); got {spec!r}")
             object.__setattr__(self, "blocked", dict(self.blocked))
+        if self.deadline_s is not None and (not isinstance(self.deadline_s, (int, float)) or self.deadline_s <= 0):
+            raise ValueError(f"Expect: deadline_s must be a number of seconds > 0 or None; got {self.deadline_s!r}")
         if self.blocked is not None and Outcome.HUNG not in outcomes:
             raise ValueError("Expect: blocked says where a hang leaves ranks; it needs HUNG among the outcomes")
 
@@ -219,9 +124,11 @@ class Expect:
 
     @classmethod
     def hang(cls, signatures: Mapping[int | str, str] | None = None, *,
-             blocked: Mapping[int | str, Blocked] | str | None = None) -> Expect:
+             blocked: Mapping[int | str, Blocked] | str | None = None,
+             deadline_s: float | None = HANG_DEADLINE_S) -> Expect:
         """Ranks are stuck (the hazard a guardrail prevents); ``blocked`` says where they must be."""
-        return cls(outcomes=frozenset({Outcome.HUNG}), signatures=signatures or {}, blocked=blocked)
+        return cls(outcomes=frozenset({Outcome.HUNG}), signatures=signatures or {}, blocked=blocked,
+                   deadline_s=deadline_s)
 
     @classmethod
     def diverge(cls, signatures: Mapping[int | str, str] | None = None) -> Expect:
@@ -230,10 +137,11 @@ class Expect:
 
     @classmethod
     def hang_or_diverge(cls, signatures: Mapping[int | str, str] | None = None, *,
-                        blocked: Mapping[int | str, Blocked] | str | None = None) -> Expect:
+                        blocked: Mapping[int | str, Blocked] | str | None = None,
+                        deadline_s: float | None = HANG_DEADLINE_S) -> Expect:
         """Either hazard proves the guardrail is what prevents the failure (``blocked`` applies to a hang)."""
         return cls(outcomes=frozenset({Outcome.HUNG, Outcome.DIVERGED}), signatures=signatures or {},
-                   blocked=blocked)
+                   blocked=blocked, deadline_s=deadline_s)
 
     def blocked_for(self, rank: int) -> Blocked | None:
         """This rank's ``Blocked`` (its number, else ``others``, else ``all``); None when not per rank."""
@@ -265,14 +173,14 @@ class Scenario:
 
     id: str
     """Unique id: ``FM-01`` for the guarded proof, ``FM-01/off`` for the guardrail-off proof."""
-    fm: str
-    """Failure mode ``FM-NN``, ``control`` or ``adhoc``."""
     title: str
     """One line for reports."""
     proves: str
     """Guardrail this scenario proves (``lockstep``; several joined by ``+``), or ``control``."""
     expect: Expect
     """Allowed outcomes and log signatures."""
+    fm: str = ""
+    """Failure mode ``FM-NN``, ``control`` or ``adhoc``; empty: the id's first part (``FM-01/off`` -> ``FM-01``)."""
     guardrails: str = "all"
     """``TP_GUARDRAILS``: ``all``, ``none``, ``all,-preflight``, ``none,+watchdog``."""
     faults: tuple[Fault, ...] = ()
@@ -290,7 +198,7 @@ class Scenario:
     chunks: int = 6
     """Chunks per run (``--chunks``)."""
     deadline_s: float | None = None
-    """Seconds from fault (or init) until every rank must have exited; None = configured."""
+    """Seconds from fault (or init) until every rank must have exited; None = the expectation's, else configured."""
     run_timeout_s: float | None = None
     """Bound on the whole run; None = 60 s."""
 
@@ -298,8 +206,11 @@ class Scenario:
         where = f"Scenario(id={self.id!r})"
         if not isinstance(self.id, str) or not _ID.match(self.id):
             raise ValueError(f"{where}: id must look like 'FM-01' or 'FM-01/off'")
+        if not self.fm and _FM.match(self.id.split("/")[0]):
+            object.__setattr__(self, "fm", self.id.split("/")[0])
         if not _FM.match(self.fm):
-            raise ValueError(f"{where}: fm must be 'FM-NN', 'control' or 'adhoc'; got {self.fm!r}")
+            raise ValueError(f"{where}: fm must be 'FM-NN', 'control' or 'adhoc' (given, or the id's first part); "
+                             f"got {self.fm!r}")
         if not _PROVES.match(self.proves):
             raise ValueError(
                 f"{where}: proves must be a guardrail name (e.g. 'lockstep') or 'control'; got {self.proves!r}"
@@ -329,6 +240,8 @@ class Scenario:
                 raise ValueError(f"{where}: {name} must be a number of seconds > 0; got {value!r}")
         if self.interrupt is not None and not isinstance(self.interrupt, Interrupt):
             raise ValueError(f"{where}: interrupt must be an Interrupt(...) or None")
+        if self.deadline_s is None:
+            object.__setattr__(self, "deadline_s", self.expect.deadline_s)
 
     def __str__(self) -> str:
         return self.id
@@ -340,6 +253,26 @@ class Scenario:
     def guardrail_off(self, name: str) -> bool:
         """True when ``name`` is switched off by this scenario's guardrails spec."""
         return guardrail_off(self.guardrails, name)
+
+    def guardrails_proven(self) -> list[str]:
+        """The guardrail names ``proves`` claims (none for ``control`` and ``adhoc``): the TP path's to check."""
+        return [] if self.proves in NOT_GUARDRAILS else self.proves.split("+")
+
+    def check_ranks(self, world_size: int) -> None:
+        """Raise ValueError naming the field when a rank this scenario names is not below ``world_size``."""
+        named = [(f"faults[{i}] {f.spec()!r}", f.rank) for i, f in enumerate(self.faults) if f.rank is not None]
+        named += [(f"rank_env[{r}]", r) for r in self.rank_env]
+        named += [(f"Expect signature for rank {r}", r) for r in self.expect.signatures if isinstance(r, int)]
+        named += [(f"Expect frozen rank {r}", r) for r in self.expect.frozen]
+        if isinstance(self.expect.blocked, dict):
+            named += [(f"Expect blocked rank {r}", r) for r in self.expect.blocked if isinstance(r, int)]
+        if self.interrupt is not None:
+            named.append(("interrupt", self.interrupt.rank))
+        for what, rank in named:
+            if rank >= world_size:
+                raise ValueError(f"scenario {self.id}: {what} names rank {rank}, but it runs at world size "
+                                 f"{world_size} (ranks 0..{world_size - 1}); fix the rank or set world_size= / "
+                                 "min_world_size=")
 
     def skip_reason(self, world_size: int) -> str | None:
         """Why this scenario cannot run at ``world_size`` (None when it can)."""

@@ -85,16 +85,20 @@ def _refused(tmp_path: Path, proc: subprocess.CompletedProcess, message: str) ->
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (("--fault", "fake.chunk=boom"), "the TP path refuses TP_FAILPOINTS 'fake.chunk=boom': unknown failpoint "
+                                         "action 'boom' in TP_FAILPOINTS; known: raise, exit"),
         (("--fault", "fake.chunk=exit(999999)"), "exit needs an integer code 0..255"),
         (("--fault", "fake.chunk=set()"), "set needs a value"),
-        (("--fault", "fake.chunk=sleep(1e20)"), "sleep needs seconds 0..86400"),
+        (("--fault", "fake.chunk=sleep(1e20)"), "sleep needs seconds, e.g. sleep(0.5), got '1e20'"),
+        (("--fault", "fake.chunk=raise@rank=2"), "faults[0] 'fake.chunk=raise@rank=2' names rank 2, but it runs at "
+                                                 "world size 2"),
         (("--fault", "fake." + "x" * 120_000 + "=raise"), "a failpoint name has at most 200"),
         (("--fault", "fake.chunk=raise", "--tp-command", "nosuchcommand", "--launch", "subprocess"),
          "'nosuchcommand' is not an executable on PATH"),
         (("--fault", "fake.chunk=raise", "--tp-command", "false"), "launch mode 'zygote' needs a 'python -m"),
         (("--fault", "fake.chunk=raise", "--startup-deadline", "inf"), "invalid start-up deadline 'inf'"),
     ],
-    ids=["exit-999999", "set-empty", "sleep-1e20", "120KB-site", "no-such-command", "zygote-needs-module",
+    ids=["unknown-action", "exit-999999", "set-empty", "sleep-1e20", "rank-2-of-2", "120KB-site", "no-such-command", "zygote-needs-module",
          "startup-inf"],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message) -> None:
@@ -127,10 +131,18 @@ def test_the_tp_path_refuses_what_only_it_knows(tmp_path) -> None:
     """))
     proc = _cli(tmp_path, "run", "CTL-env", "--catalog", "test_env.py", "--report-dir", "reports")
     _refused(tmp_path, proc, "the TP path refuses env '{\"TP_HEARTBEAT_S\": \"inf\"}': invalid TP_HEARTBEAT_S 'inf'")
+    (tmp_path / "test_proves.py").write_text(textwrap.dedent("""
+        from harness import Expect, Scenario
+        SCENARIOS = [Scenario(id="FM-13/typo", title="a guardrail nobody has", proves="watchdgo",
+                              expect=Expect.clean())]
+    """))
+    proc = _cli(tmp_path, "run", "FM-13/typo", "--catalog", "test_proves.py", "--report-dir", "reports")
+    _refused(tmp_path, proc, "the TP path refuses proves='watchdgo' of scenario FM-13/typo (asked as TP_GUARDRAILS "
+                             "'none,+watchdgo'): unknown guardrail 'watchdgo'")
 
 
 def test_a_command_that_cannot_answer_is_checked_for_syntax_only(tmp_path) -> None:
-    proc = _cli(tmp_path, "run", *CRASH, *FAKE)
+    proc = _cli(tmp_path, "run", *CRASH, *FAKE, FAKE_NO_CHECKS="1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "checked for syntax only: " in proc.stderr and "does not answer --check-*" in proc.stderr
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness import explore, invariant
+from harness.fault import Fault
 from harness.result import RankResult, Result
-from harness.scenario import Fault
 from tp import failpoints
 
 REPO = Path(__file__).resolve().parent.parent

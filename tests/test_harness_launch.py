@@ -26,6 +26,7 @@ def _config(tmp_path: Path, **kw) -> RunConfig:
 
 def _scenario(expect: Expect, **kw) -> Scenario:
     kw.setdefault("id", "t")
+    kw.setdefault("deadline_s", 1.0)  # a hang here is the fake rank's: no need for Expect.hang's default
     return Scenario(fm="FM-14", title="test", proves="watchdog", expect=expect, **kw)
 
 
@@ -119,7 +120,7 @@ def test_config_rejected_by_the_rank_is_a_harness_error(tmp_path) -> None:
     scenario = _scenario(Expect.crash(), world_size=1, faults=(Fault(site="fake.nope", action="raise"),))
     result = run_scenario(scenario, _config(tmp_path))
     assert result.observed == "HARNESS_ERROR" and not result.passed
-    assert "unknown failpoint 'fake.nope=raise'" in result.reason
+    assert "no such failpoint 'fake.nope' in TP_FAILPOINTS; known: fake.chunk, fake.init" in result.reason
 
 
 @pytest.mark.parametrize(

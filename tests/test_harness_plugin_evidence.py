@@ -145,3 +145,63 @@ def test_bad_settings_are_usage_errors(tester: pytest.Pytester, option: str) -> 
     message = ("report dir '*a-file' (--breakit-report-dir) is not writable: *" if "report" in option
                else "ERROR: invalid start-up deadline '0' from --breakit-startup-deadline*")
     result.stderr.fnmatch_lines([f"*{message}"])
+
+
+REFUSED_AT_COLLECTION = textwrap.dedent("""
+    import pytest
+    from harness import Expect, Fault, Scenario
+
+    SCENARIOS = [
+        Scenario(id="FM-14/{id}", title="refused", proves="{proves}", expect=Expect.crash(),
+                 faults=(Fault(site="fake.chunk", action="raise", rank={rank}, chunk=1),)),
+    ]
+
+    @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+    def test_refused(breakit, scenario):
+        breakit.check(scenario)
+""")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"id": "rank", "proves": "watchdog", "rank": 2},
+         "scenario FM-14/rank: faults[[]0[]] 'fake.chunk=raise@rank=2,chunk=1' names rank 2, but it runs at world size 2*"),
+        ({"id": "proves", "proves": "watchdgo", "rank": 0},
+         "the TP path refuses proves='watchdgo' of scenario FM-14/proves (asked as TP_GUARDRAILS 'none,+watchdgo'): "
+         "unknown guardrail 'watchdgo' in TP_GUARDRAILS; known: preflight, *"),
+    ],
+    ids=["fault-rank", "proves-typo"],
+)
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_what_no_rank_could_run_is_refused_before_any_starts(tester, fields, message, workers) -> None:
+    tester.makepyfile(test_bad=REFUSED_AT_COLLECTION.format(**fields))
+    result = tester.runpytest_subprocess(*FAKE, "--breakit-report-dir=out", *workers)
+    if workers:
+        # An xdist worker cannot end the session with a usage error (the controller would crash): the
+        # scenario test fails at setup with the same one line.
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines([f"*refused before any rank started: {message}"])
+        assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    else:
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert not (tester.path / "out").exists() or not any((tester.path / "out").glob("*/*/result.json"))
+
+
+def test_a_catalog_module_for_a_new_failure_mode_needs_no_marker_of_its_own(tester: pytest.Pytester) -> None:
+    tester.makepyfile(test_fm99_new="""
+        import pytest
+        from harness import Expect, Scenario
+
+        SCENARIOS = [Scenario(id="FM-99", title="a new failure mode", proves="watchdog", expect=Expect.clean())]
+
+        @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+        def test_fm99(breakit, scenario):
+            breakit.check(scenario)
+
+        def test_other():
+            pass
+    """)
+    result = tester.runpytest_subprocess(*FAKE, "--strict-markers", "-m", "fm99", "--breakit-report-dir=out")
+    result.assert_outcomes(passed=1, deselected=1)

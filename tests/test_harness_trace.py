@@ -140,10 +140,10 @@ def test_a_real_hang_outside_the_stated_collective_fails_the_proof(tmp_path) -> 
     from harness import Fault, Scenario
     from harness.runner import RunConfig, run_scenario
 
-    scenario = Scenario(id="hang-elsewhere", fm="adhoc", title="test", proves="control", chunks=4,
+    scenario = Scenario(id="hang-elsewhere", fm="adhoc", title="test", proves="control", chunks=4, deadline_s=1.5,
                         faults=(Fault(site="driver.idle", action="hang", rank=0, chunk=2),),
                         expect=Expect.hang(blocked={"all": Blocked(op="broadcast", site="envelope header")}))
-    result = run_scenario(scenario, RunConfig(run_dir=tmp_path / "run", deadline_s=1.5))
+    result = run_scenario(scenario, RunConfig(run_dir=tmp_path / "run"))
     assert result.observed == "HUNG" and not result.passed, result.reason
     assert "rank 0 must be inside broadcast at /envelope header/ but is in none" in result.reason
     assert result.divergence is not None and result.divergence["kind"] == "never entered"
@@ -195,9 +195,10 @@ def test_a_proven_hang_is_called_at_the_stall_not_the_deadline(tmp_path) -> None
     from harness import Fault, Scenario
 
     off = Scenario(id="stall", fm="FM-03", title="test", proves="lockstep", guardrails="all,-lockstep", chunks=4,
+                   deadline_s=30.0,
                    faults=(Fault(site="driver.plan", action="corrupt(-1)", rank=0, chunk=2),),
                    expect=Expect.hang(blocked={0: Blocked(op="all_gather"), "others": Blocked(op="all_reduce")}))
-    result = _tp_run(tmp_path, off, deadline_s=30.0, stall_s=0.5)
+    result = _tp_run(tmp_path, off, stall_s=0.5)
     assert result.observed == "HUNG" and result.passed, result.reason
     assert "no progress for 0.5 s after TP-FAULT and the flight traces show every live rank stuck" in result.reason
     assert result.hang_verdict_s is not None and result.hang_verdict_s < 30.0

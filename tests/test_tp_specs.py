@@ -138,12 +138,14 @@ def test_a_bad_entry_anywhere_rejects_the_whole_spec_and_keeps_the_old_arming() 
 
 @pytest.mark.parametrize("spec", [
     f"{SITE}=sleep(-1)", f"{SITE}=sleep(nan)", f"{SITE}=sleep(inf)", f"{SITE}=set()",
-    f"{SITE}=raise@hit=0", f"{SITE}=exit(256)",
-], ids=["sleep-negative", "sleep-nan", "sleep-inf", "set-empty", "hit-zero", "exit-over-255"])
+    f"{SITE}=raise@hit=0", f"{SITE}=exit(256)", f"{SITE}=raise@rank=-1", f"{SITE}=raise@chunk=-2",
+], ids=["sleep-negative", "sleep-nan", "sleep-inf", "set-empty", "hit-zero", "exit-over-255", "rank-negative",
+        "chunk-negative"])
 def test_specs_that_could_never_act_as_written_are_rejected_at_start(spec: str) -> None:
     # Each of these parses today and then misbehaves only when it fires (time.sleep raises
     # ValueError/OverflowError inside the rank; set() injects ''; hit is 1-based so hit=0 never
-    # fires; exit status 256 wraps to 0 = "clean"). A malformed spec must fail at start.
+    # fires; exit status 256 wraps to 0 = "clean"; no rank or chunk is negative). A malformed spec must
+    # fail at start.
     with pytest.raises(FailpointError):
         parse(spec)
 

@@ -113,25 +113,31 @@ _armed: dict[str, list[Armed]] = {}
 _lock = threading.Lock()
 
 
-def parse(spec: str, *, where: str = "TP_FAILPOINTS") -> list[Armed]:
-    """Parse a spec; errors name ``where`` and list the valid choices."""
+def parse(spec: str, *, where: str = "TP_FAILPOINTS", sites: dict[str, str] | None = None) -> list[Armed]:
+    """Parse a spec; errors name ``where`` and list the valid choices.
+
+    ``sites`` defaults to this TP path's ``SITES``; a stand-in TP path passes its own, so one grammar
+    holds for both.
+    """
+    sites = SITES if sites is None else sites
     entries = []
     for raw in filter(None, (part.strip() for part in spec.split(";"))):
         m = _ENTRY.match(raw)
         if not m:
             raise FailpointError(f"malformed failpoint {_show(raw)} in {where}; expected SITE=ACTION[(ARG)][@k=v,...]")
         site, action, arg = m["site"], m["action"], m["arg"]
-        if site not in SITES:
-            raise FailpointError(f"no such failpoint {_show(site)} in {where}; known: {', '.join(sorted(SITES))}")
+        if site not in sites:
+            raise FailpointError(f"no such failpoint {_show(site)} in {where}; known: {', '.join(sorted(sites))}")
         if action not in ACTIONS:
             raise FailpointError(f"unknown failpoint action {action!r} in {where}; known: {', '.join(ACTIONS)}")
         _check_arg(action, arg, where)
         triggers = {}
         for item in filter(None, (m["triggers"] or "").split(",")):
             key, _, value = item.partition("=")
-            if key not in TRIGGERS or not value.lstrip("-").isdigit() or (key == "hit" and int(value) < 1):
+            # A negative rank, chunk or call never matches: refusing it beats an armed fault that never fires.
+            if key not in TRIGGERS or not value.isdigit() or (key == "hit" and int(value) < 1):
                 raise FailpointError(f"bad trigger {item!r} in {where}; expected one of "
-                                     f"{', '.join(t + '=N' for t in TRIGGERS)} (hit counts from 1)")
+                                     f"{', '.join(t + '=N' for t in TRIGGERS)} with N >= 0 (hit counts from 1)")
             triggers[key] = int(value)
         entries.append(Armed(site=site, action=action, arg=arg, triggers=triggers))
     return entries

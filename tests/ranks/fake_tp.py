@@ -8,6 +8,7 @@ and ``fake.chunk`` (start of each chunk). Test knobs (env):
 * ``FAKE_CHUNK_S``      seconds of "compute" per chunk;
 * ``FAKE_SALT``         mixed into this rank's digest (divergence);
 * ``FAKE_NO_FAULTHANDLER=1``  do not register faulthandler on SIGUSR1;
+* ``FAKE_NO_CHECKS=1``  do not answer ``--check-*`` (a TP path the harness can check for syntax only);
 * ``FAKE_GRACEFUL=1``   rank 0 turns SIGTERM into a clean shutdown of every rank;
 * ``FAKE_CHILD=group|session``  start a ``sleep`` grandchild (in the rank's
   process group, or in a session of its own) and write ``rank{R}.child.pid``;
@@ -24,13 +25,16 @@ import faulthandler
 import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
+
+# The stand-in shares the TP path's fault grammar (``tp.failpoints``) from this checkout, whatever the cwd.
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
 SITES = {"fake.init": "after init, before the first chunk", "fake.chunk": "start of every chunk"}
 CODES = [{"code": "FAKE_ERROR", "exit": 40, "fm": "FM-00", "description": "a failpoint raised"},
@@ -45,16 +49,35 @@ def event(name: str, **fields) -> None:
     emit("TP-EVENT", json.dumps({"event": name, "mono": time.monotonic(), "wall": time.time(), **fields}))
 
 
-def parse_failpoints(spec: str) -> list[dict]:
-    points = []
-    for entry in filter(None, (e.strip() for e in spec.split(";"))):
-        m = re.fullmatch(r"([\w.]+)=(\w+)(?:\(([^()]*)\))?(?:@(.*))?", entry)
-        if not m or m[1] not in SITES:
-            print(f"TP_FAILPOINTS: unknown failpoint {entry!r}; known: {', '.join(SITES)}", file=sys.stderr)
-            sys.exit(2)
-        triggers = dict(t.split("=") for t in m[4].split(",")) if m[4] else {}
-        points.append({"site": m[1], "action": m[2], "arg": m[3], **{k: int(v) for k, v in triggers.items()}})
-    return points
+def parse_failpoints(spec: str, where: str = "TP_FAILPOINTS") -> list:
+    """The TP path's own fault grammar (``tp.failpoints``) over this stand-in's two sites."""
+    from tp import failpoints
+
+    return failpoints.parse(spec, where=where, sites=SITES)
+
+
+def check(args: argparse.Namespace) -> int:
+    """``--check-*``: one JSON verdict line per value, exit 2 if any is refused (CONTRACT §1)."""
+    from tp import guardrails
+
+    def world_size(n: int) -> None:
+        if n < 1:
+            raise ValueError(f"world size {n} must be >= 1")
+
+    checks = [("failpoints", v, parse_failpoints) for v in args.check_failpoints]
+    checks += [("guardrails", v, guardrails.parse) for v in args.check_guardrails]
+    checks += [("world_size", v, world_size) for v in args.check_world_size]
+    checks += [(kind, v, lambda _v: None) for kind, values in (("backend", args.check_backend),
+                                                               ("env", args.check_env)) for v in values]
+    failed = 0
+    for kind, value, checker in checks:
+        try:
+            checker(value)
+            error = None
+        except ValueError as exc:
+            error, failed = str(exc), failed + 1
+        print(json.dumps({"check": kind, "value": value, "ok": error is None, "error": error}))
+    return 2 if failed else 0
 
 
 class Rank:
@@ -62,7 +85,11 @@ class Rank:
         self.rank = int(os.environ["RANK"])
         self.ws = int(os.environ["WORLD_SIZE"])
         self.chunks = chunks
-        self.points = parse_failpoints(os.environ.get("TP_FAILPOINTS", ""))
+        try:
+            self.points = parse_failpoints(os.environ.get("TP_FAILPOINTS", ""))
+        except ValueError as exc:
+            print(f"fake_tp: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
         from torch.distributed import TCPStore  # here: --list-* answers without importing torch
 
         self.store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
@@ -80,11 +107,12 @@ class Rank:
 
     def failpoint(self, site: str, chunk: int) -> None:
         for fp in self.points:
-            if fp["site"] != site or fp.get("rank", self.rank) != self.rank or fp.get("chunk", chunk) != chunk:
+            when = fp.triggers
+            if fp.site != site or when.get("rank", self.rank) != self.rank or when.get("chunk", chunk) != chunk:
                 continue
-            emit("TP-FAULT", f"site={site} action={fp['action']} rank={self.rank} chunk={chunk} "
+            emit("TP-FAULT", f"site={site} action={fp.action} rank={self.rank} chunk={chunk} "
                              f"call_id={chunk} mono={time.monotonic():.6f}")
-            action, arg = fp["action"], fp["arg"]
+            action, arg = fp.action, fp.arg
             if action == "raise":
                 self.fatal("FAKE_ERROR", 40, chunk)
             elif action == "exit":
@@ -157,7 +185,14 @@ def main() -> None:
     parser.add_argument("--backend", default="gloo")
     parser.add_argument("--list-failpoints", action="store_true")
     parser.add_argument("--list-codes", action="store_true")
+    if os.environ.get("FAKE_NO_CHECKS") != "1":
+        for flag, kind in (("--check-failpoints", str), ("--check-guardrails", str), ("--check-world-size", int),
+                           ("--check-backend", str), ("--check-env", str)):
+            parser.add_argument(flag, action="append", default=[], type=kind)
     args = parser.parse_args()
+    if any(getattr(args, name, None) for name in ("check_failpoints", "check_guardrails", "check_world_size",
+                                                    "check_backend", "check_env")):
+        sys.exit(check(args))
     if args.list_failpoints:
         for site, description in SITES.items():
             print(json.dumps({"site": site, "description": description}))
