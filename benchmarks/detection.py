@@ -30,7 +30,7 @@ from harness.scenario import Expect, Scenario, load_catalog
 TRACE_TARGET_PCT = 0.2
 HANG_TARGET_S = 1.5
 OLD_HANG_DEADLINE_S = 4.0
-"""The fixed deadline every hang proof waited out before stall verdicts (fixtures/deadlines.py)."""
+"""The fixed deadline every hang proof waited out before stall verdicts (``harness.scenario.HANG_DEADLINE_S``)."""
 
 
 def flight(*, iters: int, cwd: Path, say) -> dict:

@@ -7,9 +7,7 @@ a graceful shutdown (SIGTERM to rank 0 after chunk 2: SHUTDOWN, all exit 0).
 
 import pytest
 
-from harness.scenario import Expect, Fault, Interrupt, Scenario
-
-pytestmark = [pytest.mark.breakit, pytest.mark.control]
+from harness import Expect, Fault, Interrupt, Scenario
 
 SCENARIOS = [
     Scenario(id="CTL-healthy", fm="control", title="healthy run", proves="control", expect=Expect.clean()),

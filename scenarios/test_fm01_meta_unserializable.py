@@ -9,24 +9,20 @@ error and waits for the next request while the workers wait mid-envelope.
 
 import pytest
 
-from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import Blocked, Expect, Fault, Scenario
-
-pytestmark = [pytest.mark.breakit, pytest.mark.fm01]
+from harness import Blocked, Expect, Fault, Scenario, peers_follow
 
 FAULT = Fault(site="driver.meta", action="corrupt(callable)", rank=0, chunk=2)
-PEERS_FOLLOW = {"others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"}
 
 SCENARIOS = [
-    Scenario(id="FM-01", fm="FM-01", title="meta holds a callable: rejected before the header",
+    Scenario(id="FM-01", title="meta holds a callable: rejected before the header",
              proves="preflight", faults=(FAULT,),
-             expect=Expect.crash({0: r"TP-FATAL fm=FM-01 code=META_UNSERIALIZABLE .*callback", **PEERS_FOLLOW})),
-    Scenario(id="FM-01/poison", fm="FM-01", title="meta failure after the header poisons the group",
+             expect=Expect.crash({0: r"TP-FATAL fm=FM-01 code=META_UNSERIALIZABLE .*callback", "others": peers_follow(0)})),
+    Scenario(id="FM-01/poison", title="meta failure after the header poisons the group",
              proves="poison_on_post_header_error", guardrails="all,-preflight", faults=(FAULT,),
-             expect=Expect.crash({0: r"TP-FATAL .*code=POST_HEADER_ERROR .*not encodable", **PEERS_FOLLOW})),
-    Scenario(id="FM-01/off", fm="FM-01", title="meta failure after the header, swallowed: workers wait forever",
+             expect=Expect.crash({0: r"TP-FATAL .*code=POST_HEADER_ERROR .*not encodable", "others": peers_follow(0)})),
+    Scenario(id="FM-01/off", title="meta failure after the header, swallowed: workers wait forever",
              proves="preflight+poison_on_post_header_error", guardrails="all,-preflight,-poison_on_post_header_error", faults=(FAULT,),
-             expect=Expect.hang(blocked={0: Blocked(outside=True), "others": Blocked(op="broadcast", site="envelope meta")}), deadline_s=HANG_DEADLINE_S),
+             expect=Expect.hang(blocked={0: Blocked(outside=True), "others": Blocked(op="broadcast", site="envelope meta")})),
 ]
 
 

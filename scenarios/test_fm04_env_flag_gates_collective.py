@@ -11,31 +11,28 @@ it skips the digest all_gather the others run on odd chunks.
 
 import pytest
 
-from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import DESYNC, Blocked, Expect, Scenario
+from harness import DESYNC, Blocked, Expect, Scenario
 
 # The rank with the extra chunk-end all_reduce waits in it; the others are already in the digest exchange.
 STATS_VS_DIGEST = {1: Blocked(op="all_reduce", site="chunk-end stats"),
                    "others": Blocked(op="all_gather", site="digest exchange")}
 
-pytestmark = [pytest.mark.breakit, pytest.mark.fm04]
 
 FLAG = {1: {"TP_SYNC_KV_STATS": "1"}}
 LAST = {3: {"TP_DIGEST_EVERY": "2"}}
 
 SCENARIOS = [
-    Scenario(id="FM-04", fm="FM-04", title="env flag on one rank rejected at init",
+    Scenario(id="FM-04", title="env flag on one rank rejected at init",
              proves="handshake", rank_env=FLAG,
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-04 code=ENV_PARITY_MISMATCH .*env TP_SYNC_KV_STATS differs"})),
-    Scenario(id="FM-04/off", fm="FM-04", title="env flag on one rank: an all_reduce nobody joins",
-             proves="handshake", guardrails="all,-handshake", rank_env=FLAG, expect=Expect.hang(blocked=STATS_VS_DIGEST), deadline_s=HANG_DEADLINE_S),
-    Scenario(id="FM-04/last-rank", fm="FM-04", title="digest cadence differs on the last of 4 ranks: rejected at init",
+    Scenario(id="FM-04/off", title="env flag on one rank: an all_reduce nobody joins",
+             proves="handshake", guardrails="all,-handshake", rank_env=FLAG, expect=Expect.hang(blocked=STATS_VS_DIGEST)),
+    Scenario(id="FM-04/last-rank", title="digest cadence differs on the last of 4 ranks: rejected at init",
              proves="handshake", rank_env=LAST, world_size=4,
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-04 code=ENV_PARITY_MISMATCH .*env TP_DIGEST_EVERY differs: "
                                          r'rank\(s\) \[0, 1, 2\] have \\"1\\"; rank\(s\) \[3\] have \\"2\\"'})),
-    Scenario(id="FM-04/last-rank-off", fm="FM-04", title="digest cadence differs on the last of 4 ranks: a skipped all_gather",
-             proves="handshake", guardrails="all,-handshake", rank_env=LAST, world_size=4, expect=Expect.hang(blocked=DESYNC),
-             deadline_s=HANG_DEADLINE_S),
+    Scenario(id="FM-04/last-rank-off", title="digest cadence differs on the last of 4 ranks: a skipped all_gather",
+             proves="handshake", guardrails="all,-handshake", rank_env=LAST, world_size=4, expect=Expect.hang(blocked=DESYNC)),
 ]
 
 

@@ -9,8 +9,7 @@ ranks waiting on each other.
 
 import pytest
 
-from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import Blocked, Expect, Scenario
+from harness import Blocked, Expect, Scenario
 
 # The rank with the extra chunk-end all_reduce waits in it; the others are already in the digest exchange.
 STATS_VS_DIGEST = {1: Blocked(op="all_reduce", site="chunk-end stats"),
@@ -21,21 +20,19 @@ STATS_VS_DIGEST = {1: Blocked(op="all_reduce", site="chunk-end stats"),
 TWO_DRIVERS = {0: Blocked(op="broadcast", site="envelope header"), 1: Blocked(op="broadcast", site="envelope header"),
                "others": Blocked(op="broadcast", site="envelope (header|meta)")}
 
-pytestmark = [pytest.mark.breakit, pytest.mark.fm05]
 
 PLAN = {1: {"TP_PLAN": "v1_full_pipeline"}}
 ROLE = {1: {"TP_DRIVER_RANK": "1"}}
 
 SCENARIOS = [
-    Scenario(id="FM-05", fm="FM-05", title="plan mismatch rejected at init", proves="handshake", rank_env=PLAN,
+    Scenario(id="FM-05", title="plan mismatch rejected at init", proves="handshake", rank_env=PLAN,
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-05 code=PLAN_MISMATCH .*plan differs"})),
-    Scenario(id="FM-05/off", fm="FM-05", title="plan mismatch unchecked: an extra collective on rank 1",
-             proves="handshake", guardrails="all,-handshake", rank_env=PLAN, expect=Expect.hang_or_diverge(blocked=STATS_VS_DIGEST), deadline_s=HANG_DEADLINE_S),
-    Scenario(id="FM-05/role", fm="FM-05", title="role mismatch (two drivers) rejected at init", proves="handshake",
+    Scenario(id="FM-05/off", title="plan mismatch unchecked: an extra collective on rank 1",
+             proves="handshake", guardrails="all,-handshake", rank_env=PLAN, expect=Expect.hang_or_diverge(blocked=STATS_VS_DIGEST)),
+    Scenario(id="FM-05/role", title="role mismatch (two drivers) rejected at init", proves="handshake",
              rank_env=ROLE, expect=Expect.crash({"all": r"TP-FATAL fm=FM-05 code=PLAN_MISMATCH .*driver rank"})),
-    Scenario(id="FM-05/role-off", fm="FM-05", title="role mismatch unchecked: two drivers",
-             proves="handshake", guardrails="all,-handshake", rank_env=ROLE, expect=Expect.hang_or_diverge(blocked=TWO_DRIVERS),
-             deadline_s=HANG_DEADLINE_S),
+    Scenario(id="FM-05/role-off", title="role mismatch unchecked: two drivers",
+             proves="handshake", guardrails="all,-handshake", rank_env=ROLE, expect=Expect.hang_or_diverge(blocked=TWO_DRIVERS)),
 ]
 
 

@@ -10,23 +10,20 @@ first chunk end, and without that too it is a Franken-model.
 
 import pytest
 
-from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import DESYNC, Expect, Scenario
-
-pytestmark = [pytest.mark.breakit, pytest.mark.fm06]
+from harness import DESYNC, Expect, Scenario
 
 SKEW = {1: {"TP_PROTOCOL_VERSION_OVERRIDE": "2"}}
 
 SCENARIOS = [
-    Scenario(id="FM-06", fm="FM-06", title="protocol 1 vs 2: every rank exits at init",
+    Scenario(id="FM-06", title="protocol 1 vs 2: every rank exits at init",
              proves="handshake", rank_env=SKEW,
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-06 code=PROTOCOL_MISMATCH .*rank\(s\) \[0[^]]*\] have 1; "
                                          r"rank\(s\) \[1\] have 2"})),
-    Scenario(id="FM-06/digest", fm="FM-06", title="protocol skew unchecked at init: output digests differ",
+    Scenario(id="FM-06/digest", title="protocol skew unchecked at init: output digests differ",
              proves="digest", guardrails="all,-handshake", rank_env=SKEW,
              expect=Expect.crash({"all": r"TP-FATAL .*code=(DIGEST_MISMATCH|PEER_ABORT) .*'output' differs"})),
-    Scenario(id="FM-06/off", fm="FM-06", title="protocol 1 vs 2 unchecked: outputs diverge",
-             proves="handshake", guardrails="all,-handshake,-digest", rank_env=SKEW, expect=Expect.hang_or_diverge(blocked=DESYNC), deadline_s=HANG_DEADLINE_S),
+    Scenario(id="FM-06/off", title="protocol 1 vs 2 unchecked: outputs diverge",
+             proves="handshake", guardrails="all,-handshake,-digest", rank_env=SKEW, expect=Expect.hang_or_diverge(blocked=DESYNC)),
 ]
 
 

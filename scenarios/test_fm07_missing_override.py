@@ -9,23 +9,21 @@ digest can see it, only a comparison with the healthy output.
 
 import pytest
 
-from harness.scenario import Expect, Fault, Scenario
-
-pytestmark = [pytest.mark.breakit, pytest.mark.fm07]
+from harness import Expect, Fault, Scenario, peers_follow
 
 FAULT = Fault(site="driver.override", action="set(none)", rank=0, chunk=2)
 
 SCENARIOS = [
-    Scenario(id="FM-07", fm="FM-07", title="recompute without override refused before the header",
+    Scenario(id="FM-07", title="recompute without override refused before the header",
              proves="preflight", faults=(FAULT,),
              expect=Expect.crash({0: r"TP-FATAL fm=FM-07 code=MISSING_OVERRIDE ",
-                                  "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
-    Scenario(id="FM-07/worker", fm="FM-07", title="recompute without override refused by the workers",
+                                  "others": peers_follow(0)})),
+    Scenario(id="FM-07/worker", title="recompute without override refused by the workers",
              proves="clear_after_read", guardrails="all,-preflight", faults=(FAULT,),
              # Every receiver, rank 0 included (it runs its own envelope), consumes once: whoever looks first
              # reports MISSING_OVERRIDE, the rest follow it.
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-07 code=(MISSING_OVERRIDE|PEER_ABORT) "})),
-    Scenario(id="FM-07/off", fm="FM-07", title="recompute without override: stale anchor reused everywhere",
+    Scenario(id="FM-07/off", title="recompute without override: stale anchor reused everywhere",
              proves="clear_after_read", guardrails="all,-preflight,-clear_after_read", faults=(FAULT,),
              expect=Expect.diverge()),
 ]

@@ -10,21 +10,19 @@ without that too the run finishes as a Franken-model.
 
 import pytest
 
-from harness.scenario import Expect, Fault, Scenario
-
-pytestmark = [pytest.mark.breakit, pytest.mark.fm08]
+from harness import Expect, Fault, Scenario, peers_follow
 
 FAULT = Fault(site="driver.aux", action="flip", rank=0, chunk=2)
 
 SCENARIOS = [
-    Scenario(id="FM-08", fm="FM-08", title="tensor outside the envelope schema refused",
+    Scenario(id="FM-08", title="tensor outside the envelope schema refused",
              proves="preflight", faults=(FAULT,),
              expect=Expect.crash({0: r"TP-FATAL fm=FM-08 code=ENVELOPE_VIOLATION .*\['aux'\] are not in the envelope schema",
-                                  "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
-    Scenario(id="FM-08/digest", fm="FM-08", title="side-channel tensor read with a guessed shape: digest catches it",
+                                  "others": peers_follow(0)})),
+    Scenario(id="FM-08/digest", title="side-channel tensor read with a guessed shape: digest catches it",
              proves="digest", guardrails="all,-preflight", faults=(FAULT,),
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-11 code=(DIGEST_MISMATCH|PEER_ABORT) .*'aux'"})),
-    Scenario(id="FM-08/off", fm="FM-08", title="side-channel tensor read with a guessed shape: Franken-model",
+    Scenario(id="FM-08/off", title="side-channel tensor read with a guessed shape: Franken-model",
              proves="digest", guardrails="all,-preflight,-digest", faults=(FAULT,), expect=Expect.diverge()),
 ]
 

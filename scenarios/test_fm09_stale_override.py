@@ -9,21 +9,19 @@ rank 1 anchored on the wrong frames.
 
 import pytest
 
-from harness.scenario import Expect, Fault, Scenario
-
-pytestmark = [pytest.mark.breakit, pytest.mark.fm09]
+from harness import Expect, Fault, Scenario, peers_follow
 
 FAULT = Fault(site="worker.stale_override", action="flip", rank=1, chunk=2)
 
 SCENARIOS = [
-    Scenario(id="FM-09", fm="FM-09", title="stale override impossible: consumed on read",
+    Scenario(id="FM-09", title="stale override impossible: consumed on read",
              proves="clear_after_read", faults=(FAULT,),
              expect=Expect.crash({1: r"TP-FATAL fm=FM-07 code=MISSING_OVERRIDE .*clear_after_read",
-                                  "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=1"})),
-    Scenario(id="FM-09/digest", fm="FM-09", title="stale override reused: input digests differ",
+                                  "others": peers_follow(1)})),
+    Scenario(id="FM-09/digest", title="stale override reused: input digests differ",
              proves="digest", guardrails="all,-clear_after_read", faults=(FAULT,),
              expect=Expect.crash({"all": r"TP-FATAL .*code=(DIGEST_MISMATCH|PEER_ABORT) .*'context_frames_override'"})),
-    Scenario(id="FM-09/off", fm="FM-09", title="stale override reused on one rank: Franken-model",
+    Scenario(id="FM-09/off", title="stale override reused on one rank: Franken-model",
              proves="clear_after_read", guardrails="all,-clear_after_read,-digest", faults=(FAULT,),
              expect=Expect.diverge()),
 ]

@@ -9,23 +9,21 @@ tensor: the digest covers every byte and every rank.
 
 import pytest
 
-from harness.scenario import Expect, Fault, Scenario
-
-pytestmark = [pytest.mark.breakit, pytest.mark.fm11]
+from harness import Expect, Fault, Scenario
 
 FAULT = Fault(site="envelope.after_recv", action="corrupt", rank=1, chunk=2)
 LAST = Fault(site="envelope.after_recv", action="corrupt(last)", rank=3, chunk=2)
 
 SCENARIOS = [
-    Scenario(id="FM-11", fm="FM-11", title="perturbed latents on rank 1 caught by the digest",
+    Scenario(id="FM-11", title="perturbed latents on rank 1 caught by the digest",
              proves="digest", faults=(FAULT,),
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-11 code=(DIGEST_MISMATCH|PEER_ABORT) .*'latents' differs.*\[1\]"})),
-    Scenario(id="FM-11/off", fm="FM-11", title="perturbed latents on rank 1: Franken-model",
+    Scenario(id="FM-11/off", title="perturbed latents on rank 1: Franken-model",
              proves="digest", guardrails="all,-digest", faults=(FAULT,), expect=Expect.diverge()),
-    Scenario(id="FM-11/last", fm="FM-11", title="last element perturbed on the last of 4 ranks: caught by the digest",
+    Scenario(id="FM-11/last", title="last element perturbed on the last of 4 ranks: caught by the digest",
              proves="digest", faults=(LAST,), world_size=4,
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-11 code=(DIGEST_MISMATCH|PEER_ABORT) .*'latents' differs.*\[3\]"})),
-    Scenario(id="FM-11/last-off", fm="FM-11", title="last element perturbed on the last of 4 ranks: Franken-model",
+    Scenario(id="FM-11/last-off", title="last element perturbed on the last of 4 ranks: Franken-model",
              proves="digest", guardrails="all,-digest", faults=(LAST,), world_size=4, expect=Expect.diverge()),
 ]
 

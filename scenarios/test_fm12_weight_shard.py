@@ -7,17 +7,15 @@ and the handshake fails with WEIGHT_MISMATCH. Without it the model runs.
 
 import pytest
 
-from harness.scenario import Expect, Fault, Scenario
-
-pytestmark = [pytest.mark.breakit, pytest.mark.fm12]
+from harness import Expect, Fault, Scenario
 
 FAULT = Fault(site="model.shard", action="corrupt", rank=1)
 
 SCENARIOS = [
-    Scenario(id="FM-12", fm="FM-12", title="corrupt weight shard rejected at init",
+    Scenario(id="FM-12", title="corrupt weight shard rejected at init",
              proves="handshake", faults=(FAULT,),
              expect=Expect.crash({"all": r"TP-FATAL fm=FM-12 code=WEIGHT_MISMATCH .*rank 1 weight shard"})),
-    Scenario(id="FM-12/off", fm="FM-12", title="corrupt weight shard unchecked: Franken-model",
+    Scenario(id="FM-12/off", title="corrupt weight shard unchecked: Franken-model",
              proves="handshake", guardrails="all,-handshake", faults=(FAULT,), expect=Expect.diverge()),
 ]
 

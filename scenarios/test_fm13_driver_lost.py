@@ -14,10 +14,7 @@ special; every message must name rank 1 as the lost driver.
 
 import pytest
 
-from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import Blocked, Expect, Fault, Scenario
-
-pytestmark = [pytest.mark.breakit, pytest.mark.fm13]
+from harness import Blocked, Expect, Fault, Scenario
 
 KILL_IDLE = Fault(site="driver.idle", action="kill(SIGKILL)", rank=0, chunk=2)
 KILL_CHUNK = Fault(site="generator.call", action="kill(SIGKILL)", rank=0, chunk=2, hit=1)
@@ -30,27 +27,26 @@ KILL_DRIVER_1 = Fault(site="driver.idle", action="kill(SIGKILL)", rank=1, chunk=
 FREEZE_DRIVER_1 = Fault(site="driver.idle", action="kill(SIGSTOP)", rank=1, chunk=2)
 
 SCENARIOS = [
-    Scenario(id="FM-13", fm="FM-13", title="rank 0 killed mid-idle: workers exit PEER_LOST",
+    Scenario(id="FM-13", title="rank 0 killed mid-idle: workers exit PEER_LOST",
              proves="watchdog", faults=(KILL_IDLE,), expect=Expect.crash(WORKERS_LOST)),
-    Scenario(id="FM-13/mid-chunk", fm="FM-13", title="rank 0 killed mid-chunk: workers exit PEER_LOST",
+    Scenario(id="FM-13/mid-chunk", title="rank 0 killed mid-chunk: workers exit PEER_LOST",
              proves="watchdog", faults=(KILL_CHUNK,), expect=Expect.crash(WORKERS_LOST)),
-    Scenario(id="FM-13/frozen", fm="FM-13", title="rank 0 frozen mid-idle: heartbeat stops, workers exit",
+    Scenario(id="FM-13/frozen", title="rank 0 frozen mid-idle: heartbeat stops, workers exit",
              proves="watchdog", faults=(FREEZE_IDLE,),
              expect=Expect.crash({0: r"TP-FAULT site=driver.idle action=kill\(SIGSTOP\) rank=0",
                                   "others": r"TP-FATAL fm=FM-13 code=(PEER_LOST|PEER_ABORT) .*rank 0's heartbeat stopped"},
                                  frozen={0})),
-    Scenario(id="FM-13/driver-rank-1", fm="FM-13", title="the driver on rank 1 killed mid-idle: the others exit",
+    Scenario(id="FM-13/driver-rank-1", title="the driver on rank 1 killed mid-idle: the others exit",
              proves="watchdog", env=DRIVER_1, faults=(KILL_DRIVER_1,),
              expect=Expect.crash({1: r"TP-FAULT site=driver.idle action=kill\(SIGKILL\) rank=1",
                                   "others": r"TP-FATAL fm=FM-13 code=(PEER_LOST|PEER_ABORT) .*rank 1\b"})),
-    Scenario(id="FM-13/driver-rank-1-frozen", fm="FM-13", title="the driver on rank 1 frozen: the others exit",
+    Scenario(id="FM-13/driver-rank-1-frozen", title="the driver on rank 1 frozen: the others exit",
              proves="watchdog", env=DRIVER_1, faults=(FREEZE_DRIVER_1,),
              expect=Expect.crash({1: r"TP-FAULT site=driver.idle action=kill\(SIGSTOP\) rank=1",
                                   "others": r"TP-FATAL fm=FM-13 code=(PEER_LOST|PEER_ABORT) .*rank 1's heartbeat stopped"},
                                  frozen={1})),
-    Scenario(id="FM-13/off", fm="FM-13", title="rank 0 frozen, no watchdog: workers wait forever",
-             proves="watchdog", guardrails="all,-watchdog", faults=(FREEZE_IDLE,), expect=Expect.hang(blocked={0: Blocked(stopped=True), "others": Blocked(op="broadcast", site="envelope header")}),
-             deadline_s=HANG_DEADLINE_S),
+    Scenario(id="FM-13/off", title="rank 0 frozen, no watchdog: workers wait forever",
+             proves="watchdog", guardrails="all,-watchdog", faults=(FREEZE_IDLE,), expect=Expect.hang(blocked={0: Blocked(stopped=True), "others": Blocked(op="broadcast", site="envelope header")})),
 ]
 
 

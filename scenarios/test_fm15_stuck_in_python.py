@@ -25,15 +25,11 @@ Before, rank 1 had no watchdog yet and never exited.
 
 import pytest
 
-from fixtures.deadlines import HANG_DEADLINE_S
-from harness.scenario import Expect, Fault, Scenario
-
-pytestmark = [pytest.mark.breakit, pytest.mark.fm15]
+from harness import Expect, Fault, Scenario, peers_follow
 
 STUCK_DRIVER = Fault(site="driver.idle", action="hang", rank=0, chunk=2)
 FAST_PROGRESS = {"TP_PROGRESS_TIMEOUT_S": "1"}
 STUCK_WORKER = Fault(site="generator.call", action="hang", rank=1, chunk=2, hit=1)
-FOLLOW_1 = {"others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=1"}
 # Rank 0 fails once rank 1 is surely stuck: the sleep is the fault's own timing, not synchronisation.
 DRIVER_FAILS = (Fault(site="generator.call", action="sleep(0.5)", rank=0, chunk=2, hit=1),
                 Fault(site="generator.call", action="raise", rank=0, chunk=2, hit=1))
@@ -42,30 +38,30 @@ STUCK_IN_HANDSHAKE = Fault(site="handshake.publish", action="hang", rank=1, hit=
 FAST_HANDSHAKE = {"TP_HANDSHAKE_TIMEOUT_S": "2"}
 
 SCENARIOS = [
-    Scenario(id="FM-15", fm="FM-15", title="rank 0 stuck in Python between chunks: progress deadline",
+    Scenario(id="FM-15", title="rank 0 stuck in Python between chunks: progress deadline",
              proves="watchdog", faults=(STUCK_DRIVER,), env=FAST_PROGRESS,
              expect=Expect.crash({0: r"TP-FATAL fm=FM-15 code=PROGRESS_TIMEOUT rank=0 .*outside any collective.*preparing chunk 2",
-                                  "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
-    Scenario(id="FM-15/off", fm="FM-15", title="rank 0 stuck in Python, no watchdog: every rank waits forever",
+                                  "others": peers_follow(0)})),
+    Scenario(id="FM-15/off", title="rank 0 stuck in Python, no watchdog: every rank waits forever",
              proves="watchdog", guardrails="all,-watchdog", faults=(STUCK_DRIVER,), env=FAST_PROGRESS,
-             expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
-    Scenario(id="FM-15/worker", fm="FM-15", title="a worker stuck in Python mid-chunk is named, not the ranks waiting for it",
+             expect=Expect.hang()),
+    Scenario(id="FM-15/worker", title="a worker stuck in Python mid-chunk is named, not the ranks waiting for it",
              proves="watchdog", faults=(STUCK_WORKER,), env=FAST_PROGRESS,
-             expect=Expect.crash({1: r"TP-FATAL fm=FM-15 code=PROGRESS_TIMEOUT rank=1 .*outside any collective", **FOLLOW_1})),
-    Scenario(id="FM-15/busy-peer", fm="FM-15", title="a peer dies while rank 1 is stuck in Python: the abort key reaches it",
+             expect=Expect.crash({1: r"TP-FATAL fm=FM-15 code=PROGRESS_TIMEOUT rank=1 .*outside any collective", "others": peers_follow(1)})),
+    Scenario(id="FM-15/busy-peer", title="a peer dies while rank 1 is stuck in Python: the abort key reaches it",
              proves="watchdog", faults=(STUCK_WORKER, *DRIVER_FAILS),
              expect=Expect.crash({0: r"TP-FATAL .*code=FAULT_INJECTED rank=0 ",
-                                  "others": r"TP-FATAL .*code=PEER_ABORT rank=\d+ cause_rank=0"})),
-    Scenario(id="FM-15/busy-peer-off", fm="FM-15", title="a peer dies while rank 1 is stuck in Python, no watchdog",
+                                  "others": peers_follow(0)})),
+    Scenario(id="FM-15/busy-peer-off", title="a peer dies while rank 1 is stuck in Python, no watchdog",
              proves="watchdog", guardrails="all,-watchdog", faults=(STUCK_WORKER, *DRIVER_FAILS),
-             expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
-    Scenario(id="FM-15/handshake", fm="FM-15", title="a rank stuck in Python before its handshake reads the abort",
+             expect=Expect.hang()),
+    Scenario(id="FM-15/handshake", title="a rank stuck in Python before its handshake reads the abort",
              proves="watchdog", faults=(STUCK_IN_HANDSHAKE,), env=FAST_HANDSHAKE,
              expect=Expect.crash({0: r"TP-FATAL .*code=HANDSHAKE_TIMEOUT rank=0 .*rank\(s\) \[1\] did not publish",
                                   1: r"TP-FATAL .*code=PEER_ABORT rank=1 cause_rank=0"})),
-    Scenario(id="FM-15/handshake-off", fm="FM-15", title="a rank stuck in Python before its handshake, no watchdog",
+    Scenario(id="FM-15/handshake-off", title="a rank stuck in Python before its handshake, no watchdog",
              proves="watchdog", guardrails="all,-watchdog", faults=(STUCK_IN_HANDSHAKE,), env=FAST_HANDSHAKE,
-             expect=Expect.hang(), deadline_s=HANG_DEADLINE_S),
+             expect=Expect.hang()),
 ]
 
 
