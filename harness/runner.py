@@ -60,15 +60,14 @@ class RunConfig:
             raise ValueError("RunConfig: deadline_s, run_timeout_s and startup_deadline_s must be > 0")
 
 
-def run_scenario(scenario: Scenario, config: RunConfig, *, deadline_s: float | None = None,
-                 world_size: int | None = None) -> Result:
+def run_scenario(scenario: Scenario, config: RunConfig, *, deadline_s: float | None = None) -> Result:
     """Run ``scenario`` and return its judged Result (also written as result.json).
 
     Deadline precedence: ``deadline_s`` argument (a pytest marker) >
     ``scenario.deadline_s`` > ``config.deadline_s``. World size:
-    ``scenario.world_size`` > ``world_size`` argument > ``config.world_size``.
+    ``scenario.world_size`` > ``config.world_size``.
     """
-    ws = scenario.world_size or world_size or config.world_size
+    ws = scenario.world_size or config.world_size
     deadline = deadline_s or scenario.deadline_s or config.deadline_s
     sdir = report.scenario_dir(config.run_dir, scenario.id, ws)
     obs = _execute(scenario, config, ws=ws, deadline_s=deadline, log_dir=sdir)

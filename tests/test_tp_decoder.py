@@ -92,10 +92,11 @@ def test_the_legacy_length_tensor_is_held_to_the_same_cap(n: int) -> None:
     assert receiver.allocated == [64, 8]
 
 
-def test_a_nonzero_reserved_header_field_is_refused() -> None:
+@pytest.mark.parametrize("slot", [4, 7])
+def test_a_nonzero_reserved_header_field_is_refused(slot: int) -> None:
     wire = _wire()
-    wire[0][7] = 1
-    _refused(wire, "ENVELOPE_VIOLATION", "reserved field is 1")
+    wire[0][slot] = 1
+    _refused(wire, "ENVELOPE_VIOLATION", f"reserved field {slot} is 1")
 
 
 # -- meta: canonical JSON only --------------------------------------------------------------

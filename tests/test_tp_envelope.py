@@ -67,7 +67,7 @@ def _raises(code: str, fn, *args, **kwargs) -> str:
 
 @pytest.mark.parametrize("action", list(Action))
 def test_header_round_trips_through_its_int64_tensor(action: Action) -> None:
-    header = Header(action=action, call_id=41, chunk_index=7, control_epoch=7, cache_epoch=3, meta_nbytes=512)
+    header = Header(action=action, call_id=41, chunk_index=7, cache_epoch=3, meta_nbytes=512)
     t = header.to_tensor()
     assert t.dtype == torch.int64 and t.shape == (HEADER_LEN,) == (len(HEADER_FIELDS),)
     assert int(t[0]) == MAGIC and int(t[-1]) == 0

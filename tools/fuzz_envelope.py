@@ -97,7 +97,7 @@ def valid_wire(rng: random.Random, *, legacy: bool) -> list[torch.Tensor]:
     if recompute:
         tensors["context_frames_override"] = torch.randn(48, 8, dtype=torch.float64, generator=gen)
     sender = WireTransport(guards="all,-preflight" if legacy else "all", limits=Limits())
-    sender.send(Header(action=Action.INFER, call_id=rng.randint(0, 99), chunk_index=1, control_epoch=1), meta,
+    sender.send(Header(action=Action.INFER, call_id=rng.randint(0, 99), chunk_index=1), meta,
                 tensors, None)
     return sender.sent
 

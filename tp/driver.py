@@ -78,8 +78,7 @@ class Driver:
                 "context_frames_override": "tensor" if override is not None else None,
             }
             meta = failpoint("driver.meta", meta, rank=cfg.rank, chunk=chunk, call_id=self.call_id)
-            header = Header(action=Action.INFER, call_id=self.call_id, chunk_index=chunk, control_epoch=chunk,
-                            cache_epoch=self.cache_epoch)
+            header = Header(action=Action.INFER, call_id=self.call_id, chunk_index=chunk, cache_epoch=self.cache_epoch)
             env = self._send(header, meta, tensors, aux)
             if env is None:
                 return self._idle_after_failure()

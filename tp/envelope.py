@@ -22,7 +22,10 @@ from tp.config import DEFAULT_MAX_ENVELOPE_BYTES, DEFAULT_MAX_META_BYTES
 from tp.dtypes import UnsupportedDtype, dtype_from_name, dtype_name, wire_check
 
 MAGIC = 0x7470_656E_7631  # "tpenv1"
-HEADER_FIELDS = ("magic", "action", "call_id", "chunk_index", "control_epoch", "cache_epoch", "meta_nbytes", "reserved")
+# Slots 4 and 7 are reserved: zero on the wire, refused otherwise, so a sender that means something by them
+# (a newer layout) is caught at the header rather than misread.
+HEADER_FIELDS = ("magic", "action", "call_id", "chunk_index", "reserved", "cache_epoch", "meta_nbytes", "reserved")
+RESERVED_SLOTS = tuple(i for i, name in enumerate(HEADER_FIELDS) if name == "reserved")
 HEADER_LEN = len(HEADER_FIELDS)
 
 REQUIRED_META = {
@@ -74,12 +77,11 @@ class Header:
     action: Action
     call_id: int
     chunk_index: int = -1
-    control_epoch: int = 0
     cache_epoch: int = 0
     meta_nbytes: int = 0
 
     def to_tensor(self) -> torch.Tensor:
-        return torch.tensor([MAGIC, int(self.action), self.call_id, self.chunk_index, self.control_epoch,
+        return torch.tensor([MAGIC, int(self.action), self.call_id, self.chunk_index, 0,
                              self.cache_epoch, self.meta_nbytes, 0], dtype=torch.int64)
 
     @classmethod
@@ -93,9 +95,10 @@ class Header:
             action = Action(v[1])
         except ValueError:
             raise EnvelopeError("ENVELOPE_VIOLATION", f"unknown header action {v[1]}; known: {[a.name for a in Action]}") from None
-        if v[7] != 0:
-            raise EnvelopeError("ENVELOPE_VIOLATION", f"header reserved field is {v[7]}; expected 0")
-        return cls(action=action, call_id=v[2], chunk_index=v[3], control_epoch=v[4], cache_epoch=v[5], meta_nbytes=v[6])
+        for slot in RESERVED_SLOTS:
+            if v[slot] != 0:
+                raise EnvelopeError("ENVELOPE_VIOLATION", f"header reserved field {slot} is {v[slot]}; expected 0")
+        return cls(action=action, call_id=v[2], chunk_index=v[3], cache_epoch=v[5], meta_nbytes=v[6])
 
 
 def check_meta_nbytes(n: int, *, limits: Limits, legacy_ok: bool = True) -> int:

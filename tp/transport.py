@@ -147,5 +147,3 @@ class Transport:
                                                       f"{self.limits.max_envelope_bytes} bytes (TP_MAX_ENVELOPE_BYTES)")
         return aux
 
-
-__all__ = ["Transport", "EnvelopeError", "Action", "Header"]
