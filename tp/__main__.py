@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +51,11 @@ def _checks(args: argparse.Namespace) -> int:
     checks += [("world_size", v, world_size) for v in args.check_world_size]
     checks += [("backend", v, _check_backend) for v in args.check_backend]
     checks += [("env", v, _check_env) for v in args.check_env]
+    return answer_checks(checks)
+
+
+def answer_checks(checks: list[tuple[str, object, Callable[[object], object]]]) -> int:
+    """Run each ``(kind, value, check)``: one JSON verdict line each (CONTRACT §1); 2 if any raised ValueError."""
     failed = 0
     for kind, value, check in checks:
         try:

@@ -59,6 +59,7 @@ def parse_failpoints(spec: str, where: str = "TP_FAILPOINTS") -> list:
 def check(args: argparse.Namespace) -> int:
     """``--check-*``: one JSON verdict line per value, exit 2 if any is refused (CONTRACT §1)."""
     from tp import guardrails
+    from tp.__main__ import answer_checks
 
     def world_size(n: int) -> None:
         if n < 1:
@@ -69,15 +70,7 @@ def check(args: argparse.Namespace) -> int:
     checks += [("world_size", v, world_size) for v in args.check_world_size]
     checks += [(kind, v, lambda _v: None) for kind, values in (("backend", args.check_backend),
                                                                ("env", args.check_env)) for v in values]
-    failed = 0
-    for kind, value, checker in checks:
-        try:
-            checker(value)
-            error = None
-        except ValueError as exc:
-            error, failed = str(exc), failed + 1
-        print(json.dumps({"check": kind, "value": value, "ok": error is None, "error": error}))
-    return 2 if failed else 0
+    return answer_checks(checks)
 
 
 class Rank:
