@@ -162,21 +162,22 @@ REFUSED_AT_COLLECTION = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize(
-    ("fields", "message"),
-    [
-        ({"id": "rank", "proves": "watchdog", "rank": 2},
-         "scenario FM-14/rank: faults[[]0[]] 'fake.chunk=raise@rank=2,chunk=1' names rank 2, but it runs at world size 2*"),
-        ({"id": "proves", "proves": "watchdgo", "rank": 0},
-         "the TP path refuses proves='watchdgo' of scenario FM-14/proves (asked as TP_GUARDRAILS 'none,+watchdgo'): "
-         "unknown guardrail 'watchdgo' in TP_GUARDRAILS; known: preflight, *"),
-    ],
-    ids=["fault-rank", "proves-typo"],
-)
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
-def test_what_no_rank_could_run_is_refused_before_any_starts(tester, fields, message, workers) -> None:
+RANK_2_OF_2 = ({"id": "rank", "proves": "watchdog", "rank": 2},
+               "scenario FM-14/rank: faults[[]0[]] 'fake.chunk=raise@rank=2,chunk=1' names rank 2, but it runs at "
+               "world size 2*")
+PROVES_TYPO = ({"id": "proves", "proves": "watchdgo", "rank": 0},
+               "the TP path refuses proves='watchdgo' of scenario FM-14/proves (asked as TP_GUARDRAILS "
+               "'none,+watchdgo'): unknown guardrail 'watchdgo' in TP_GUARDRAILS; known: preflight, *")
+
+
+# Under xdist the refusal takes one path whatever refused (plugin._refuse): one cause shows it.
+@pytest.mark.parametrize(("case", "workers"), [(RANK_2_OF_2, []), (PROVES_TYPO, []), (RANK_2_OF_2, ["-n", "2"])],
+                         ids=["fault-rank", "proves-typo", "fault-rank-xdist"])
+def test_what_no_rank_could_run_is_refused_before_any_starts(tester, case, workers) -> None:
+    fields, message = case
     tester.makepyfile(test_bad=REFUSED_AT_COLLECTION.format(**fields))
-    result = tester.runpytest_subprocess(*FAKE, "--breakit-report-dir=out", *workers)
+    # subprocess launch: the answer comes from a plain `python -m fake_tp --check-*`, no zygote importing torch.
+    result = tester.runpytest_subprocess(*FAKE, "--breakit-report-dir=out", "--breakit-launch=subprocess", *workers)
     if workers:
         # An xdist worker cannot end the session with a usage error (the controller would crash): the
         # scenario test fails at setup with the same one line.

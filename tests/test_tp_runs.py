@@ -77,7 +77,9 @@ def _launch(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, st
     return proc.returncode, out, err
 
 
-# -- clean runs at world size 1, 2, 4 -----------------------------------------------
+# -- clean runs at world size 1 and 2 ----------------------------------------------
+# World size 4 is test_launch_paths.py's hand launch: it must match one rank's digest and exit 0 with the
+# digest guardrail comparing every rank's output each chunk, so a second ws-4 run here proved nothing more.
 
 @functools.cache
 def _clean_run(world_size: int) -> tuple[int, str, str]:
@@ -85,7 +87,7 @@ def _clean_run(world_size: int) -> tuple[int, str, str]:
     return _launch("--world-size", str(world_size), "--chunks", "8")
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 4])
+@pytest.mark.parametrize("world_size", [1, 2])
 def test_a_clean_run_exits_0_with_a_summary_line(world_size: int) -> None:
     rc, out, err = _clean_run(world_size)
     assert rc == 0, err[-3000:]
@@ -104,12 +106,12 @@ def test_a_clean_run_exits_0_with_a_summary_line(world_size: int) -> None:
             assert kinds.count("chunk") == 8
 
 
-def test_world_sizes_1_2_4_print_the_same_output_digest() -> None:
-    assert [_clean_run(ws)[0] for ws in (1, 2, 4)] == [0, 0, 0]
-    summaries = {ws: json.loads(_clean_run(ws)[1].strip().splitlines()[-1]) for ws in (1, 2, 4)}
+def test_world_sizes_1_and_2_print_the_same_output_digest() -> None:
+    assert [_clean_run(ws)[0] for ws in (1, 2)] == [0, 0]
+    summaries = {ws: json.loads(_clean_run(ws)[1].strip().splitlines()[-1]) for ws in (1, 2)}
     assert len({s["output_digest"] for s in summaries.values()}) == 1, summaries
     latents = {ws: {e["output_digest"] for r in range(ws) for e in _events(_clean_run(ws)[2], prefix=f"[r{r}] ")
-                    if e["event"] == "result"} for ws in (1, 2, 4)}
+                    if e["event"] == "result"} for ws in (1, 2)}
     assert all(len(d) == 1 for d in latents.values()), f"ranks of one run disagree: {latents}"
     assert len(set().union(*latents.values())) == 1, f"final latents differ across world sizes: {latents}"
 
