@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import options, probe, report
+from harness import delta, options, probe, report
 from harness.scenario import (
     Expect,
     Fault,
@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="ad hoc: extra environment for every rank, e.g. TP_PROGRESS_TIMEOUT_S=1 (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="print verdicts only, no progress")
+    p.add_argument("--baseline", type=Path, metavar="DIR", help="run to compare with (default: the last green "
+                   "run of the same configuration in the report dir)")
     add(p, "world_size", "deadline", "stall", "launch", "backend", "report_dir", "tp_command", "startup_deadline")
     p = sub.add_parser("explore", help="random fault schedules against one invariant, violations shrunk")
     p.add_argument("--seed", type=int, default=1, help="the same seed gives the same schedules (default 1)")
@@ -81,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     add(p, "deadline", "stall", "launch", "backend", "report_dir", "tp_command")
     p = sub.add_parser("report", help="print summary.md of a run (default: reports/latest)")
     p.add_argument("dir", nargs="?", type=Path, default=None, help="run directory or report root")
+    p.add_argument("--baseline", type=Path, metavar="A", help="compare run A with the run DIR instead: verdict "
+                   "flips, scenarios added or removed, time-to-crash regressions; exit 1 if anything regressed")
     return parser
 
 
@@ -196,6 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                    "report_dir", "tp_command", "startup_deadline")}
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
+    baseline = _baseline_dir(args.baseline)
     scenarios = _selected(args)
     planned = [s for s in scenarios if not s.skip_reason(settings["world_size"])]
     for scenario in scenarios:
@@ -226,9 +231,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
     except KeyboardInterrupt:
         status.clear()
-        _finish(run_dir, planned=len(planned), interrupted=True)
+        _finish(run_dir, planned=len(planned), interrupted=True, baseline=baseline)
         raise
-    return _finish(run_dir, planned=len(planned), interrupted=False)
+    return _finish(run_dir, planned=len(planned), interrupted=False, baseline=baseline)
+
+
+def _baseline_dir(given: Path | None) -> Path | None:
+    """``--baseline`` as a run directory (a report root means its 'latest'), checked before any rank starts."""
+    if given is None:
+        return None
+    try:
+        return report.find_run_dir(given)
+    except FileNotFoundError as exc:
+        raise UsageError(f"--baseline: {exc}") from None
 
 
 def _preflight(scenarios: list[Scenario], settings: dict) -> probe.Pending:
@@ -261,14 +276,17 @@ def _await(pending: probe.Pending) -> None:
               f"{answer.note}", file=sys.stderr)
 
 
-def _finish(run_dir: Path, *, planned: int, interrupted: bool) -> int:
+def _finish(run_dir: Path, *, planned: int, interrupted: bool, baseline: Path | None = None) -> int:
     """Write the summary; only a complete run moves ``latest``."""
     if not any(run_dir.glob("*/result.json")) and not interrupted:
         print("harness: nothing ran", file=sys.stderr)
         return 1
-    summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted)
+    summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted, baseline=baseline)
     if summary.overall != "INCOMPLETE":
         report.update_latest(run_dir)
+    d = json.loads(summary.json_path.read_text()).get("delta") or {}
+    for line in delta.lines(d) if d else ():
+        print(("baseline delta: " if not line.startswith(" ") else "") + line)
     shown = os.path.relpath(summary.md_path) if summary.md_path.is_relative_to(Path.cwd()) else summary.md_path
     if summary.overall == "INCOMPLETE":
         print(f"harness: {summary.headline}; report: {shown} (+ report.html); 'latest' not moved", file=sys.stderr)
@@ -339,6 +357,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         run_dir = report.find_run_dir(where)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
+    if args.baseline is not None:
+        return _compare(_baseline_dir(args.baseline), run_dir)
     md = run_dir / "summary.md"
     if not md.exists():
         raise UsageError(f"{run_dir} has no summary.md")
@@ -351,6 +371,19 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"harness: run {run_dir.name} is {overall}, not PASS", file=sys.stderr)
         return 1
     return 0
+
+
+def _compare(before_dir: Path, after_dir: Path) -> int:
+    """``report --baseline A B``: the delta from run A to run B; exit 1 when B regressed."""
+    docs = []
+    for path in (before_dir, after_dir):
+        try:
+            docs.append(json.loads((path / "summary.json").read_text()))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: no readable summary.json ({exc})") from None
+    d = delta.compare(docs[0], docs[1], baseline=str(before_dir))
+    print(f"{after_dir.name} ({docs[1].get('overall')}) " + "\n".join(delta.lines(d)))
+    return 1 if delta.regressed(d) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from _pytest import junitxml
 
-from harness import options, probe, report
+from harness import delta, options, probe, report
 from harness.outcome import Result
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Scenario
@@ -39,6 +39,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for opt in options.OPTIONS.values():
         group.addoption(opt.pytest_flag, dest=opt.ini, default=None, metavar=opt.metavar, help=opt.help)
         parser.addini(opt.ini, help=opt.help, default=None)
+    group.addoption("--breakit-baseline", dest="breakit_baseline", default=None, metavar="DIR",
+                    help="run directory to compare this run with (default: the last green run of the same "
+                         "configuration in the report dir); the delta heads every report")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,7 +68,18 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_RUN_DIR] = root / report.run_dir_name()
         if not config.option.collectonly:
             _check_before_launch(root, settings)
+            _check_baseline(config)
     config.pluginmanager.register(_Tally(), TALLY_PLUGIN)
+
+
+def _check_baseline(config: pytest.Config) -> None:
+    """``--breakit-baseline`` must name a run (or a report root with a 'latest'), before any rank starts."""
+    given = config.getoption("breakit_baseline", None)
+    if given:
+        try:
+            config.option.breakit_baseline = str(report.find_run_dir(Path(given)))
+        except FileNotFoundError as exc:
+            raise pytest.UsageError(f"--breakit-baseline: {exc}") from None
 
 
 def _check_before_launch(root: Path, settings: dict) -> None:
@@ -278,7 +292,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
     try:
-        summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted)
+        baseline = config.getoption("breakit_baseline", None)
+        summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted,
+                                       baseline=Path(baseline) if baseline else None)
         if summary.overall != "INCOMPLETE":
             report.update_latest(run_dir)
     except OSError as exc:
@@ -317,6 +333,11 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         return
     tr.write_sep("=", "tp-breakit")
     doc = json.loads(summary.json_path.read_text())
+    if doc.get("delta"):
+        shown = delta.lines(doc["delta"])
+        tr.write_line("baseline delta: " + shown[0], red=delta.regressed(doc["delta"]))
+        for line in shown[1:]:
+            tr.write_line(line, red=delta.regressed(doc["delta"]))
     for row in doc["scenarios"]:
         ttc = report.ttc_text(row)
         tr.write_line(f"{row['id']:<22} ws{row['world_size']}  expected {row['expected']:<14} "

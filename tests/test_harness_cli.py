@@ -139,13 +139,13 @@ def test_public_surface_changes_only_on_purpose() -> None:
     assert cli == {
         "list": ["--catalog"],
         "failpoints": ["--tp-command"],
-        "run": ["--backend", "--catalog", "--chunks", "--deadline", "--env", "--expect", "--fault", "--guardrails",
+        "run": ["--backend", "--baseline", "--catalog", "--chunks", "--deadline", "--env", "--expect", "--fault", "--guardrails",
                 "--launch", "--quiet", "--report-dir", "--signature", "--stall", "--startup-deadline", "--tp-command",
                 "--world-size", "-q"],
         "explore": ["--backend", "--budget", "--deadline", "--env", "--faults-per-run", "--launch", "--max-shrink",
                     "--report-dir", "--runs", "--seed", "--sites", "--stall", "--tp-command", "--world-size",
                     "--world-sizes"],
-        "report": [],
+        "report": ["--baseline"],
     }
     assert [o.pytest_flag for o in options.OPTIONS.values()] == [
         "--breakit-deadline", "--breakit-world-size", "--breakit-backend", "--breakit-launch",
