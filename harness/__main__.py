@@ -231,9 +231,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
     except KeyboardInterrupt:
         status.clear()
-        _finish(run_dir, planned=len(planned), interrupted=True, baseline=baseline)
+        _finish(run_dir, planned=len(planned), interrupted=True, baseline=baseline, selection=_asked(args))
         raise
-    return _finish(run_dir, planned=len(planned), interrupted=False, baseline=baseline)
+    return _finish(run_dir, planned=len(planned), interrupted=False, baseline=baseline, selection=_asked(args))
+
+
+def _asked(args: argparse.Namespace) -> str:
+    """What the run was asked for: runs compare only with runs of the same selection."""
+    words = [*args.ids, *(f"--fault {f}" for f in args.fault), *([f"--expect {args.expect}"] if args.expect else []),
+             *(f"--catalog {c}" for c in args.catalog or ())]
+    return " ".join(words)
 
 
 def _baseline_dir(given: Path | None) -> Path | None:
@@ -276,12 +283,14 @@ def _await(pending: probe.Pending) -> None:
               f"{answer.note}", file=sys.stderr)
 
 
-def _finish(run_dir: Path, *, planned: int, interrupted: bool, baseline: Path | None = None) -> int:
+def _finish(run_dir: Path, *, planned: int, interrupted: bool, baseline: Path | None = None,
+            selection: str = "") -> int:
     """Write the summary; only a complete run moves ``latest``."""
     if not any(run_dir.glob("*/result.json")) and not interrupted:
         print("harness: nothing ran", file=sys.stderr)
         return 1
-    summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted, baseline=baseline)
+    summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted, baseline=baseline,
+                                   selection=selection)
     if summary.overall != "INCOMPLETE":
         report.update_latest(run_dir)
     d = json.loads(summary.json_path.read_text()).get("delta") or {}

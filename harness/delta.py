@@ -1,7 +1,8 @@
 """Every run against the last trusted green one: what changed since it.
 
 A run is compared with the newest earlier run of the same configuration
-(backend, launch mode, world sizes) under the same report root whose overall
+(backend, launch mode, world sizes, and the selection it was asked for: ids,
+files, ``-m``/``-k``) under the same report root whose overall
 verdict is PASS, or with a run named by ``--baseline DIR``. The delta lists
 verdict flips, outcome changes, scenarios added and removed, and
 time-to-crash regressions beyond the noise band.
@@ -101,7 +102,7 @@ def for_run(run_dir: Path, doc: dict, baseline: Path | None = None) -> dict:
 
 
 def _config_text(config: dict) -> str:
-    return ", ".join(f"{k} {'/'.join(map(str, v))}" for k, v in config.items())
+    return ", ".join(f"{k} {'/'.join(map(str, v)) if isinstance(v, list) else repr(v)}" for k, v in config.items())
 
 
 def regressed(delta: dict) -> bool:

@@ -294,7 +294,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         baseline = config.getoption("breakit_baseline", None)
         summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted,
-                                       baseline=Path(baseline) if baseline else None)
+                                       baseline=Path(baseline) if baseline else None, selection=_selection(config))
         if summary.overall != "INCOMPLETE":
             report.update_latest(run_dir)
     except OSError as exc:
@@ -306,6 +306,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         xml.add_global_property("breakit_overall", summary.headline)
     if summary.overall == "INCOMPLETE" and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _selection(config: pytest.Config) -> str:
+    """What the run was asked for (paths, ``-m``, ``-k``): runs compare only with runs of the same selection."""
+    opt = config.option
+    words = [*config.args, *(["-m", opt.markexpr] if opt.markexpr else []), *(["-k", opt.keyword] if opt.keyword else [])]
+    return " ".join(words)
 
 
 def _report_lost(session: pytest.Session, run_dir: Path, exc: OSError) -> None:

@@ -123,7 +123,7 @@ class Summary:
 
 
 def write_summary(run_dir: Path, *, planned: int | None = None, interrupted: bool = False,
-                  baseline: Path | None = None) -> Summary:
+                  baseline: Path | None = None, selection: str = "") -> Summary:
     """Aggregate every result.json of ``run_dir`` into summary.json and summary.md.
 
     A run is INCOMPLETE, whatever its results say, when it was ``interrupted``
@@ -131,7 +131,8 @@ def write_summary(run_dir: Path, *, planned: int | None = None, interrupted: boo
     about the scenarios that never ran.
 
     The run is compared with ``baseline`` (a run directory) or, by default, the
-    last green run of the same configuration beside it (``harness.delta``).
+    last green run of the same configuration beside it (``harness.delta``); ``selection`` (the ids,
+    files, ``-m``/``-k`` the run was asked for) is part of that configuration.
     """
     results = collect(run_dir)
     rows = [
@@ -159,7 +160,7 @@ def write_summary(run_dir: Path, *, planned: int | None = None, interrupted: boo
         "failed": failed,
         "scenarios": rows,
         "guardrails": guardrail_table(rows),
-        "config": delta.config_of(results),
+        "config": {**delta.config_of(results), "selection": selection},
     }
     doc["delta"] = delta.for_run(run_dir, doc, baseline)
     json_path, md_path = run_dir / "summary.json", run_dir / "summary.md"
