@@ -107,7 +107,7 @@ def test_planted_time_to_crash_regression_heads_every_report(tmp_path) -> None:
     doc = json.loads((run / "summary.json").read_text())
     assert doc["delta"]["baseline"] == str(first)
     # Any two runs: the CLI says the same, and exits 1 because the second regressed.
-    cli = subprocess.run([sys.executable, "-m", "harness", "report", str(run), "--baseline", str(first)],
+    cli = subprocess.run([sys.executable, "-m", "harness", "report", "--baseline", str(first), str(run)],
                          cwd=REPO, capture_output=True, text=True, check=False)
     assert cli.returncode == 1 and headline in cli.stdout, cli.stdout + cli.stderr
     back = subprocess.run([sys.executable, "-m", "harness", "report", str(first), "--baseline", str(run)],
