@@ -9,13 +9,13 @@ time-to-crash regressions beyond the noise band.
 
 The noise band: a scenario's time to crash regressed when it grew by more
 than ``NOISE_ABS_S + NOISE_REL * before``. Measured on the 2-core CI box
-shared with other jobs (4 full suites back to back, 34 crashing scenarios
-each, zygote launch, world size 2 and 4): the largest run-to-run spread was
-0.34 s (FM-11/last, 0.16-0.49 s), and ratios mean nothing at this scale
-(FM-08: 12 ms to 167 ms, 14x, pure scheduling noise). 0.5 s covers that
-spread with headroom; 25 % of the earlier value keeps multi-second crashes
-(FM-15/handshake, 4.2 +- 0.06 s) from flagging on load alone. A guarded
-proof whose crash went from 15 ms to 2 s is far outside it.
+shared with four other engineers' jobs: 7 full suites back to back (zygote
+launch, world sizes 2 and 4, 34 crashing scenarios each). The largest
+run-to-run spread was 0.50 s (FM-11: 0.06 to 0.57 s), then 0.47 s (FM-04);
+ratios mean nothing at this scale (FM-08: 12 ms to 167 ms, 14x, scheduling
+noise alone). 1 s is twice the largest spread; 25 % of the earlier value keeps
+multi-second crashes (FM-15/handshake, 4.2 +- 0.06 s) from flagging on load
+alone. A guarded proof whose crash went from 15 ms to 2 s is outside it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-NOISE_ABS_S = 0.5
+NOISE_ABS_S = 1.0
 """Seconds any time to crash may grow by from one run to the next without counting as a regression."""
 NOISE_REL = 0.25
 """Fraction of the earlier time to crash it may grow by on top of ``NOISE_ABS_S``."""
