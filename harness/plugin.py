@@ -304,6 +304,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     xml = config.stash.get(junitxml.xml_key, None)
     if xml is not None:
         xml.add_global_property("breakit_overall", summary.headline)
+        d = json.loads(summary.json_path.read_text()).get("delta")
+        if d:
+            xml.add_global_property("breakit_baseline_delta", "; ".join(x.strip() for x in delta.lines(d)))
     if summary.overall == "INCOMPLETE" and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

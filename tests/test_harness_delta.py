@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from harness import delta
@@ -108,6 +109,9 @@ def test_planted_time_to_crash_regression_heads_every_report(tmp_path) -> None:
     assert md[4] == f"Baseline delta: **{headline}**", md[:8]
     html = (run / "report.html").read_text()
     assert html.index('id="delta"') < html.index("<table>") and headline in html
+    junit = ET.parse(tmp_path / "junit.xml").getroot()
+    props = {p.get("name"): p.get("value") for p in junit.iter("property")}
+    assert props["breakit_baseline_delta"].startswith(headline + "; time to crash FM-14 (ws2): ")
     doc = json.loads((run / "summary.json").read_text())
     assert doc["delta"]["baseline"] == str(first)
     # Any two runs: the CLI says the same, and exits 1 because the second regressed.
