@@ -82,6 +82,38 @@ def environment(args) -> dict:
     return info
 
 
+# -- CUDA context cost -------------------------------------------------------------------------------
+
+_CTX_CODE = """
+import os, sys, time
+import torch
+t0 = time.monotonic()
+torch.zeros(1, device="cuda")
+print(f"{time.monotonic() - t0:.4f}", flush=True)
+sys.stdin.readline()
+os._exit(0)
+"""
+
+
+def _contexts(n: int) -> dict:
+    """``n`` processes create a CUDA context at once; then each is told to ``os._exit`` and timed to its end."""
+    procs = [subprocess.Popen([sys.executable, "-c", _CTX_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True) for _ in range(n)]
+    create = [float(p.stdout.readline()) for p in procs]
+    t0 = time.monotonic()
+    for p in procs:
+        p.stdin.write("\n")
+        p.stdin.flush()
+    for p in procs:
+        p.wait(timeout=60)
+    return {"processes": n, "create_s": create, "exit_all_s": round(time.monotonic() - t0, 4)}
+
+
+def context(args) -> dict:
+    """What a rank pays the CUDA driver: context creation (alone, and two ranks on one GPU) and exit."""
+    return {"one": _contexts(1), "two": _contexts(2)}
+
+
 # -- dtype tables ------------------------------------------------------------------------------------
 
 def probe(backend: str, device: str) -> list[dict]:
@@ -231,15 +263,18 @@ def overhead(args) -> dict:
     plans = {"cuda/gloo": ("gloo", "cuda", {2: (args.reps, args.overhead_chunks)}),
              "cuda/nccl": ("nccl", "cuda", {1: (args.reps, args.overhead_chunks)}),
              "cpu/gloo": ("gloo", "cpu", {2: (args.reps, args.overhead_chunks)})}
+    # Which guardrail costs what: the optimised mode without the watchdog, and the digest alone every chunk.
+    extra = (oh.Config(name="all,-watchdog/optimised", guardrails="all,-watchdog", digest_every=8),
+             oh.Config(name="none,+digest/bring-up", guardrails="none,+digest", digest_every=1))
     with tempfile.TemporaryDirectory(prefix="gpu-overhead-") as tmp:
         for name, (backend, device, plan) in plans.items():
             say(f"overhead {name}")
             out[name] = oh.run(plan=plan, run_dir=Path(tmp) / name.replace("/", "-"), cwd=REPO, say=say,
-                               backend=backend, device=device)
+                               backend=backend, device=device, extra=extra)
     return out
 
 
-SECTIONS = {"environment": environment, "dtypes": dtypes, "outputs": outputs, "suite": suite, "digest": digest,
+SECTIONS = {"environment": environment, "context": context, "dtypes": dtypes, "outputs": outputs, "suite": suite, "digest": digest,
             "overhead": overhead}
 
 

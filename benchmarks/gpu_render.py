@@ -39,6 +39,15 @@ def _env(doc: dict) -> list[str]:
             f"- torch {e.get('torch')} (git {str(e.get('git'))[:12]}), Python {e.get('python')}"]
 
 
+def _context(doc: dict) -> list[str]:
+    c = doc.get("context", {})
+    if not c or "error" in c:
+        return [f"(context probe: {c.get('error', 'not run')[-300:]})"]
+    return [f"- CUDA context: {c['one']['create_s'][0]:.2f} s alone, {max(c['two']['create_s']):.2f} s for two "
+            f"processes at once; exit with a live context: {c['one']['exit_all_s']:.2f} s (one), "
+            f"{c['two']['exit_all_s']:.2f} s (two)"]
+
+
 def _dtypes(doc: dict) -> list[str]:
     lines = ["| probe (ws 1) | dtypes | carried | all_reduced | unsafe | conservative | explained |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -104,17 +113,21 @@ def _overhead(doc: dict) -> list[str]:
     o = doc.get("overhead", {})
     if "error" in o:
         return ["```", o["error"], "```"]
-    lines = ["| setup | ws | none chunk ms | bring-up overhead % | optimised overhead % |", "| --- | --- | --- | --- | --- |"]
+    lines = ["Per run: rank 0's median chunk latency after warm-up; overhead = that over the `none` run next to it "
+             "(median of the repetitions, [p25, p75]).", "",
+             "| setup | ws | configuration | chunk ms (median of runs) | overhead % median [p25, p75] |",
+             "| --- | --- | --- | --- | --- |"]
     for name, section in o.items():
         for ws, rows in section.get("world_sizes", {}).items():
-            base = rows["none"]["run_median_ms"]
-            lines.append(f"| {name} | {ws} | {base} | {rows['all/bring-up']['overhead_pct']} "
-                         f"| {rows['all/optimised']['overhead_pct']} |")
+            for config, row in rows.items():
+                pct = row.get("overhead_pct")
+                cell = "baseline" if pct is None else f"{pct['median']:+.1f} [{pct['p25']:+.1f}, {pct['p75']:+.1f}]"
+                lines.append(f"| {name} | {ws} | {config} | {row['run_median_ms']['median']:.2f} | {cell} |")
     return lines
 
 
 def markdown(doc: dict) -> str:
-    parts = [f"# GPU run ({doc.get('started')})", "", *_env(doc), "",
+    parts = [f"# GPU run ({doc.get('started')})", "", *_env(doc), *_context(doc), "",
              "## NCCL and gloo dtype tables (tp/dtypes.py) against the device", "", *_dtypes(doc), "",
              "## python -m tp outputs", "", *_outputs(doc), "",
              "## Break-it suite at world size 2 on gloo: CPU tensors vs CUDA tensors", "", *_suite(doc), "",

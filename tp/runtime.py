@@ -119,14 +119,15 @@ class Rank:
 
     def _main(self) -> int:
         cfg = self.cfg
+        if self.device.type == "cuda":
+            # Bring the device up before the liveness clock starts: creating a CUDA context takes seconds
+            # on a cold GPU, and a heartbeat thread that starts first could be starved meanwhile. Before
+            # ``init`` too, so a supervisor's time to crash measures the TP path, not the CUDA driver.
+            torch.cuda.set_device(self.device)
+            torch.zeros(1, device=self.device)
         log.event("init", rank=cfg.rank, world_size=cfg.world_size, backend=cfg.backend, role=cfg.role,
                   plan=cfg.plan, protocol=cfg.protocol_version, guardrails=sorted(cfg.guardrails),
                   env_parity=cfg.env_parity, pid=os.getpid(), flight=flight.SCHEMA)
-        if self.device.type == "cuda":
-            # Bring the device up before the liveness clock starts: creating a CUDA context takes seconds
-            # on a cold GPU, and a heartbeat thread that starts first could be starved meanwhile.
-            torch.cuda.set_device(self.device)
-            torch.zeros(1, device=self.device)
         hosts = cfg.host_store and cfg.rank == 0
         self.store = self._connect(host=hosts)
         self.crash.store, self.crash.hosts_store = self.store, hosts
