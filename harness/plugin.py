@@ -237,7 +237,7 @@ class Breakit:
             pytest.skip(reason)
         config = RunConfig(
             run_dir=self._request.config.stash[_RUN_DIR], world_size=s["world_size"], backend=s["backend"],
-            deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"], tp_command=s["tp_command"],
+            device=s["device"], deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"], tp_command=s["tp_command"],
             startup_deadline_s=s["startup_deadline"], cwd=self._request.config.rootpath,
         )
         marker_deadline = s["marker_deadline"]
@@ -315,6 +315,8 @@ def _selection(config: pytest.Config) -> str:
     """What the run was asked for (paths, ``-m``, ``-k``): runs compare only with runs of the same selection."""
     opt = config.option
     words = [*config.args, *(["-m", opt.markexpr] if opt.markexpr else []), *(["-k", opt.keyword] if opt.keyword else [])]
+    device = config.stash[_SETTINGS].get("device", "auto")
+    words += [f"--breakit-device {device}"] if device != "auto" else []  # a CUDA run never compares with a CPU one
     return " ".join(words)
 
 
