@@ -97,3 +97,47 @@ def test_report_verdict_fails_on_any_problem():
     assert "outputs a: x failed" in gpu_render.markdown(bad)
     errored = {"sections": {"suite": 1.0}, "suite": {"error": "Traceback"}}
     assert gpu_render.problems_of(errored) == ["section suite failed"]
+
+
+def test_nccl_reduces_float8_only_from_2_24_and_never_the_fnuz_pair(monkeypatch):
+    """An H200 with NCCL 2.28.9 reduced e4m3fn/e5m2 and refused the fnuz pair (docs/GPU.md)."""
+    from tp import dtypes
+
+    new, old = dtypes.nccl_reduce_table(fp8=True), dtypes.nccl_reduce_table(fp8=False)
+    assert new - old == {torch.float8_e4m3fn, torch.float8_e5m2}
+    assert not {torch.float8_e4m3fnuz, torch.float8_e5m2fnuz} & new
+    assert new <= dtypes.SUPPORTED["nccl"]
+    for version, expected in (((2, 23, 4), False), ((2, 24, 3), True), ((2, 28, 9), True)):
+        monkeypatch.setattr(torch.cuda.nccl, "version", lambda v=version: v)
+        assert dtypes._nccl_reduces_fp8() is expected
+
+    def no_nccl():
+        raise AttributeError("module 'torch._C' has no attribute '_nccl_version'")
+
+    monkeypatch.setattr(torch.cuda.nccl, "version", no_nccl)
+    assert dtypes._nccl_reduces_fp8() is False
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the refusal cannot happen here")
+def test_harness_device_option_reaches_every_rank(tmp_path):
+    """``--device cuda`` on a machine without CUDA: every rank must refuse it, which only happens if the
+    option reached each rank as TP_DEVICE (cpu is the default, so a cpu run could not tell)."""
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "CTL-healthy", "--device", "cuda", "-q",
+                           "--report-dir", str(tmp_path)], cwd=REPO, text=True, capture_output=True, timeout=180,
+                          env=_env())
+    assert proc.returncode != 0
+    logs = sorted((tmp_path / "latest" / "CTL-healthy-ws2").glob("rank*.log"))
+    assert len(logs) == 2
+    for log in logs:
+        assert "TP_DEVICE cuda (backend gloo) but this machine has no usable CUDA device" in log.read_text()
+    bad = subprocess.run([sys.executable, "-m", "harness", "run", "CTL-healthy", "--device", "gpu"], cwd=REPO,
+                         text=True, capture_output=True, timeout=60, env=_env())
+    assert bad.returncode == 2 and "invalid device 'gpu'" in bad.stderr and "cuda" in bad.stderr
+
+
+def test_init_event_says_where_tensors_live(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tp", "--world-size", "1", "--chunks", "1"], cwd=REPO, text=True,
+                          capture_output=True, timeout=120, env={**_env(), "TP_DTYPE": "float32"})
+    init = next(json.loads(line.split("TP-EVENT ", 1)[1]) for line in (proc.stdout + proc.stderr).splitlines()
+                if "TP-EVENT" in line and '"init"' in line)
+    assert (init["device"], init["dtype"]) == ("cpu", "float32")

@@ -87,10 +87,14 @@ def _nccl_reduces_fp8() -> bool:
         return False
 
 
+def nccl_reduce_table(*, fp8: bool) -> frozenset[torch.dtype]:
+    """What NCCL all_reduces: never the fnuz float8 pair; e4m3fn/e5m2 only with ``fp8`` (NCCL >= 2.24)."""
+    return _NCCL - {torch.float8_e4m3fnuz, torch.float8_e5m2fnuz} - (frozenset() if fp8 else NCCL_FP8_REDUCE)
+
+
 SUPPORTED_REDUCE: dict[str, frozenset[torch.dtype]] = {
     "gloo": _GLOO - {torch.bool},
-    "nccl": (_NCCL - {torch.float8_e4m3fnuz, torch.float8_e5m2fnuz}
-             - (frozenset() if _nccl_reduces_fp8() else NCCL_FP8_REDUCE)),
+    "nccl": nccl_reduce_table(fp8=_nccl_reduces_fp8()),
 }
 """dtypes each backend can ``all_reduce`` (SUM) with a meaningful result."""
 

@@ -125,7 +125,8 @@ class Rank:
             # ``init`` too, so a supervisor's time to crash measures the TP path, not the CUDA driver.
             torch.cuda.set_device(self.device)
             torch.zeros(1, device=self.device)
-        log.event("init", rank=cfg.rank, world_size=cfg.world_size, backend=cfg.backend, role=cfg.role,
+        log.event("init", rank=cfg.rank, world_size=cfg.world_size, backend=cfg.backend, device=str(self.device),
+                  dtype=cfg.dtype_name, role=cfg.role,
                   plan=cfg.plan, protocol=cfg.protocol_version, guardrails=sorted(cfg.guardrails),
                   env_parity=cfg.env_parity, pid=os.getpid(), flight=flight.SCHEMA)
         hosts = cfg.host_store and cfg.rank == 0
