@@ -139,10 +139,10 @@ def test_public_surface_changes_only_on_purpose() -> None:
     assert cli == {
         "list": ["--catalog"],
         "failpoints": ["--tp-command"],
-        "run": ["--backend", "--catalog", "--chunks", "--deadline", "--env", "--expect", "--fault", "--guardrails",
+        "run": ["--backend", "--catalog", "--chunks", "--deadline", "--device", "--env", "--expect", "--fault", "--guardrails",
                 "--launch", "--quiet", "--report-dir", "--signature", "--stall", "--startup-deadline", "--tp-command",
                 "--world-size", "-q"],
-        "explore": ["--backend", "--budget", "--deadline", "--env", "--faults-per-run", "--launch", "--max-shrink",
+        "explore": ["--backend", "--budget", "--deadline", "--device", "--env", "--faults-per-run", "--launch", "--max-shrink",
                     "--report-dir", "--runs", "--seed", "--sites", "--stall", "--tp-command", "--world-size",
                     "--world-sizes"],
         "report": [],
