@@ -42,7 +42,7 @@ def test_cuda_without_a_gpu_is_refused_before_any_rank_talks(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tp", "--world-size", "1", "--chunks", "1"], cwd=REPO, text=True,
                           capture_output=True, timeout=120, env={**_env(), "TP_DEVICE": "cuda"})
     assert proc.returncode == 2
-    assert "TP_DEVICE cuda (backend gloo) but this machine has no usable CUDA device" in proc.stderr
+    assert "tensors on CUDA (TP_DEVICE cuda) but this machine has no usable CUDA device" in proc.stderr
 
 
 def _env() -> dict:
@@ -129,7 +129,7 @@ def test_harness_device_option_reaches_every_rank(tmp_path):
     logs = sorted((tmp_path / "latest" / "CTL-healthy-ws2").glob("rank*.log"))
     assert len(logs) == 2
     for log in logs:
-        assert "TP_DEVICE cuda (backend gloo) but this machine has no usable CUDA device" in log.read_text()
+        assert "tensors on CUDA (TP_DEVICE cuda) but this machine has no usable CUDA device" in log.read_text()
     bad = subprocess.run([sys.executable, "-m", "harness", "run", "CTL-healthy", "--device", "gpu"], cwd=REPO,
                          text=True, capture_output=True, timeout=60, env=_env())
     assert bad.returncode == 2 and "invalid device 'gpu'" in bad.stderr and "cuda" in bad.stderr

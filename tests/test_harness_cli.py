@@ -151,7 +151,8 @@ def test_public_surface_changes_only_on_purpose() -> None:
         "--breakit-deadline", "--breakit-world-size", "--breakit-backend", "--breakit-device", "--breakit-launch",
         "--breakit-report-dir", "--breakit-tp-command", "--breakit-stall", "--breakit-startup-deadline"]
     assert [o.ini for o in options.OPTIONS.values()] == [
-        "breakit_deadline", "breakit_world_size", "breakit_backend", "breakit_device", "breakit_launch", "breakit_report_dir",
+        "breakit_deadline", "breakit_world_size", "breakit_backend", "breakit_device", "breakit_launch",
+        "breakit_report_dir",
         "breakit_tp_command", "breakit_stall", "breakit_startup_deadline"]
     assert plugin.FM_MARKERS == tuple(f"fm{n:02d}" for n in range(1, 16))
     assert plugin.MARKER_KEYS == ("deadline", "world_size", "launch")

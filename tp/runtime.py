@@ -256,8 +256,9 @@ def rank_device(cfg: RankConfig) -> torch.device:
     if cfg.device_type == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ConfigError(f"TP_DEVICE cuda (backend {cfg.backend}) but this machine has no usable CUDA "
-                          f"device; use TP_DEVICE cpu with --backend gloo")
+        why = "TP_DEVICE cuda" if cfg.device else f"backend {cfg.backend}"
+        raise ConfigError(f"tensors on CUDA ({why}) but this machine has no usable CUDA device; "
+                          f"use --backend gloo with TP_DEVICE cpu (or unset)")
     count = torch.cuda.device_count()
     if cfg.backend == "nccl":
         if cfg.local_rank >= count:
