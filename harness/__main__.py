@@ -16,12 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import options, probe, report
-from harness.fault import Fault, frozen_by
-from harness.scenario import Expect, Scenario, default_catalog_paths, load_catalog
-
-EXPECTS = {"crash": Expect.crash, "clean": Expect.clean, "hang": Expect.hang, "diverge": Expect.diverge,
-           "hang_or_diverge": Expect.hang_or_diverge}
+from harness import adhoc, delta, options, probe, report
+from harness.scenario import Scenario, default_catalog_paths, load_catalog
 
 
 class UsageError(Exception):
@@ -50,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID", help="scenario id, e.g. FM-03 (also runs FM-03/...)")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="ad hoc: arm SITE=ACTION[(ARG)][@TRIGGER,...] (repeatable)")
-    p.add_argument("--expect", choices=sorted(EXPECTS), help="ad hoc: the expected outcome")
+    p.add_argument("--expect", choices=sorted(adhoc.EXPECTS), help="ad hoc: the expected outcome")
     p.add_argument("--signature", action="append", default=[], metavar="[RANK:]REGEX",
                    help="ad hoc: regex that must appear in a rank's log; RANK is a number, 'others' or 'all' "
                         "(default all) (repeatable)")
@@ -60,7 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="ad hoc: extra environment for every rank, e.g. TP_PROGRESS_TIMEOUT_S=1 (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="print verdicts only, no progress")
-    add(p, "world_size", "deadline", "stall", "launch", "backend", "report_dir", "tp_command", "startup_deadline")
+    p.add_argument("--baseline", type=Path, metavar="DIR", help="run to compare with (default: the last green "
+                   "run of the same configuration in the report dir)")
+    add(p, "world_size", "deadline", "stall", "launch", "backend", "device", "report_dir", "tp_command",
+        "startup_deadline")
     p = sub.add_parser("explore", help="random fault schedules against one invariant, violations shrunk")
     p.add_argument("--seed", type=int, default=1, help="the same seed gives the same schedules (default 1)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop starting schedules after this long")
@@ -73,9 +72,11 @@ def _parser() -> argparse.ArgumentParser:
                    "(default 24)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for every rank (repeatable), e.g. a test-only TP_TEST_PLANT")
-    add(p, "deadline", "stall", "launch", "backend", "report_dir", "tp_command")
+    add(p, "deadline", "stall", "launch", "backend", "device", "report_dir", "tp_command")
     p = sub.add_parser("report", help="print summary.md of a run (default: reports/latest)")
     p.add_argument("dir", nargs="?", type=Path, default=None, help="run directory or report root")
+    p.add_argument("--baseline", type=Path, metavar="A", help="compare run A with the run DIR instead: verdict "
+                   "flips, scenarios added or removed, time-to-crash regressions; exit 1 if anything regressed")
     return parser
 
 
@@ -139,20 +140,8 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
         raise UsageError(f"invalid chunks '{args.chunks}' from --chunks: must be an integer >= 1")
     try:
         if args.expect:
-            faults = tuple(Fault.parse(spec) for spec in args.fault)
-            signatures: dict = {}
-            for item in args.signature:
-                m = re.match(r"^(\d+|others|all):(.*)$", item)
-                key, regex = (int(m[1]) if m[1].isdigit() else m[1], m[2]) if m else ("all", item)
-                signatures[key] = regex
-            title = "ad hoc: " + ("; ".join(f.spec() for f in faults) or "no fault")
-            # An ad-hoc run's deadline is --deadline's, not the hang default a catalog scenario gets.
-            expect = dataclasses.replace(EXPECTS[args.expect](signatures), deadline_s=None)
-            frozen = frozen_by(faults)
-            if frozen and args.expect == "crash":  # a rank the fault stops cannot exit: reap it once it is alone
-                expect = Expect.crash(signatures, frozen=frozen)
-            scenarios = [Scenario(id="adhoc", fm="adhoc", title=title, proves="adhoc", faults=faults,
-                                  expect=expect, env=_env(args.env))]
+            scenarios = [adhoc.scenario(faults=args.fault, expect=args.expect, signatures=args.signature,
+                                        env=args.env)]
         elif args.ids:
             catalog = _catalog(args.catalog)
             scenarios = []
@@ -170,26 +159,17 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
         raise UsageError(str(exc)) from None
 
 
-def _env(items: list[str]) -> dict[str, str]:
-    env = {}
-    for item in items:
-        name, eq, value = item.partition("=")
-        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise UsageError(f"bad --env {item!r}: expected NAME=VALUE, e.g. TP_PROGRESS_TIMEOUT_S=1")
-        env[name] = value
-    return env
-
-
 def _replace(scenario: Scenario, overrides: dict) -> Scenario:
     return dataclasses.replace(scenario, **overrides) if overrides else scenario
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        settings = {n: _setting(args, n) for n in ("world_size", "deadline", "stall", "launch", "backend",
+        settings = {n: _setting(args, n) for n in ("world_size", "deadline", "stall", "launch", "backend", "device",
                                                    "report_dir", "tp_command", "startup_deadline")}
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
+    baseline = _baseline_dir(args.baseline)
     scenarios = _selected(args)
     planned = [s for s in scenarios if not s.skip_reason(settings["world_size"])]
     for scenario in scenarios:
@@ -206,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = settings["report_dir"] / report.run_dir_name()
     status = _Status(enabled=not args.quiet)
     config = RunConfig(run_dir=run_dir, world_size=settings["world_size"], backend=settings["backend"],
-                       deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
+                       device=settings["device"], deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
                        tp_command=settings["tp_command"], startup_deadline_s=settings["startup_deadline"],
                        on_progress=status.show)
     failed = 0
@@ -220,9 +200,26 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
     except KeyboardInterrupt:
         status.clear()
-        _finish(run_dir, planned=len(planned), interrupted=True)
+        _finish(run_dir, planned=len(planned), interrupted=True, baseline=baseline, selection=_asked(args))
         raise
-    return _finish(run_dir, planned=len(planned), interrupted=False)
+    return _finish(run_dir, planned=len(planned), interrupted=False, baseline=baseline, selection=_asked(args))
+
+
+def _asked(args: argparse.Namespace) -> str:
+    """What the run was asked for: runs compare only with runs of the same selection."""
+    words = [*args.ids, *(f"--fault {f}" for f in args.fault), *([f"--expect {args.expect}"] if args.expect else []),
+             *(f"--catalog {c}" for c in args.catalog or ()), *([f"--device {args.device}"] if args.device else [])]
+    return " ".join(words)
+
+
+def _baseline_dir(given: Path | None) -> Path | None:
+    """``--baseline`` as a run directory (a report root means its 'latest'), checked before any rank starts."""
+    if given is None:
+        return None
+    try:
+        return report.find_run_dir(given)
+    except FileNotFoundError as exc:
+        raise UsageError(f"--baseline: {exc}") from None
 
 
 def _preflight(scenarios: list[Scenario], settings: dict) -> probe.Pending:
@@ -252,14 +249,19 @@ def _await(pending: probe.Pending) -> None:
               f"{answer.note}", file=sys.stderr)
 
 
-def _finish(run_dir: Path, *, planned: int, interrupted: bool) -> int:
+def _finish(run_dir: Path, *, planned: int, interrupted: bool, baseline: Path | None = None,
+            selection: str = "") -> int:
     """Write the summary; only a complete run moves ``latest``."""
     if not any(run_dir.glob("*/result.json")) and not interrupted:
         print("harness: nothing ran", file=sys.stderr)
         return 1
-    summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted)
+    summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted, baseline=baseline,
+                                   selection=selection)
     if summary.overall != "INCOMPLETE":
         report.update_latest(run_dir)
+    d = json.loads(summary.json_path.read_text()).get("delta") or {}
+    for line in delta.lines(d) if d else ():
+        print(("baseline delta: " if not line.startswith(" ") else "") + line)
     shown = os.path.relpath(summary.md_path) if summary.md_path.is_relative_to(Path.cwd()) else summary.md_path
     if summary.overall == "INCOMPLETE":
         print(f"harness: {summary.headline}; report: {shown} (+ report.html); 'latest' not moved", file=sys.stderr)
@@ -290,8 +292,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from harness.runner import RunConfig
 
     try:
-        settings = {n: _setting(args, n) for n in ("deadline", "stall", "launch", "backend", "report_dir",
-                                                   "tp_command")}
+        settings = {n: _setting(args, n) for n in ("deadline", "stall", "launch", "backend", "device",
+                                                   "report_dir", "tp_command")}
         sizes = tuple(options.OPTIONS["world_size"].validate(w, "--world-size") for w in args.world_sizes.split(","))
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
@@ -304,12 +306,12 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if settings["launch"] == "zygote":
         zygote.shared()
     config = RunConfig(run_dir=settings["report_dir"] / report.run_dir_name(), backend=settings["backend"],
-                       deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
+                       device=settings["device"], deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
                        tp_command=settings["tp_command"])
     tp_env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
     try:
         doc = explore.explore(seed=args.seed, runs=runs, budget_s=args.budget, world_sizes=sizes,
-                              faults_per_run=(int(m[1]), int(m[2] or m[1])), config=config, env=_env(args.env),
+                              faults_per_run=(int(m[1]), int(m[2] or m[1])), config=config, env=adhoc.parse_env(args.env),
                               tp_env=tp_env, only_sites=tuple(filter(None, args.sites.split(","))), max_shrink=args.max_shrink,
                               say=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (RuntimeError, ValueError) as exc:
@@ -330,6 +332,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         run_dir = report.find_run_dir(where)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
+    if args.baseline is not None:
+        return _compare(_baseline_dir(args.baseline), run_dir)
     md = run_dir / "summary.md"
     if not md.exists():
         raise UsageError(f"{run_dir} has no summary.md")
@@ -342,6 +346,19 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"harness: run {run_dir.name} is {overall}, not PASS", file=sys.stderr)
         return 1
     return 0
+
+
+def _compare(before_dir: Path, after_dir: Path) -> int:
+    """``report --baseline A B``: the delta from run A to run B; exit 1 when B regressed."""
+    docs = []
+    for path in (before_dir, after_dir):
+        try:
+            docs.append(json.loads((path / "summary.json").read_text()))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: no readable summary.json ({exc})") from None
+    d = delta.compare(docs[0], docs[1], baseline=str(before_dir))
+    print(f"{after_dir.name} ({docs[1].get('overall')}) " + "\n".join(delta.lines(d)))
+    return 1 if delta.regressed(d) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,8 @@ class Observation:
     """Expected-frozen ranks found stopped after every other rank exited, then reaped."""
     traces: dict[int, dict] = field(default_factory=dict)
     """Rank -> flight trace (CONTRACT §6) as dumped on SIGUSR1 when the run hung, before reaping."""
+    reap_offsets: dict[int, int] = field(default_factory=dict)
+    """Rank -> its log's size when reaping began: what a rank wrote later is the reaping's doing, not evidence."""
 
     def anchor(self) -> tuple[float | None, str]:
         """``(mono, name)`` that deadline and time-to-crash count from."""

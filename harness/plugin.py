@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from _pytest import junitxml
 
-from harness import options, probe, report
+from harness import delta, options, probe, report
 from harness.result import Result
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Scenario
@@ -39,6 +39,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for opt in options.OPTIONS.values():
         group.addoption(opt.pytest_flag, dest=opt.ini, default=None, metavar=opt.metavar, help=opt.help)
         parser.addini(opt.ini, help=opt.help, default=None)
+    group.addoption("--breakit-baseline", dest="breakit_baseline", default=None, metavar="DIR",
+                    help="run directory to compare this run with (default: the last green run of the same "
+                         "configuration in the report dir); the delta heads every report")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,7 +68,18 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_RUN_DIR] = root / report.run_dir_name()
         if not config.option.collectonly:
             _check_before_launch(root, settings)
+            _check_baseline(config)
     config.pluginmanager.register(_Tally(), TALLY_PLUGIN)
+
+
+def _check_baseline(config: pytest.Config) -> None:
+    """``--breakit-baseline`` must name a run (or a report root with a 'latest'), before any rank starts."""
+    given = config.getoption("breakit_baseline", None)
+    if given:
+        try:
+            config.option.breakit_baseline = str(report.find_run_dir(Path(given)))
+        except FileNotFoundError as exc:
+            raise pytest.UsageError(f"--breakit-baseline: {exc}") from None
 
 
 def _check_before_launch(root: Path, settings: dict) -> None:
@@ -237,7 +251,7 @@ class Breakit:
             pytest.skip(reason)
         config = RunConfig(
             run_dir=self._request.config.stash[_RUN_DIR], world_size=s["world_size"], backend=s["backend"],
-            deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"], tp_command=s["tp_command"],
+            device=s["device"], deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"], tp_command=s["tp_command"],
             startup_deadline_s=s["startup_deadline"], cwd=self._request.config.rootpath,
         )
         marker_deadline = s["marker_deadline"]
@@ -292,7 +306,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
     try:
-        summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted)
+        baseline = config.getoption("breakit_baseline", None)
+        summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted,
+                                       baseline=Path(baseline) if baseline else None, selection=_selection(config))
         if summary.overall != "INCOMPLETE":
             report.update_latest(run_dir)
     except OSError as exc:
@@ -302,8 +318,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     xml = config.stash.get(junitxml.xml_key, None)
     if xml is not None:
         xml.add_global_property("breakit_overall", summary.headline)
+        d = json.loads(summary.json_path.read_text()).get("delta")
+        if d:
+            xml.add_global_property("breakit_baseline_delta", "; ".join(x.strip() for x in delta.lines(d)))
     if summary.overall == "INCOMPLETE" and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _selection(config: pytest.Config) -> str:
+    """What the run was asked for (paths, ``-m``, ``-k``): runs compare only with runs of the same selection."""
+    opt = config.option
+    words = [*config.args, *(["-m", opt.markexpr] if opt.markexpr else []), *(["-k", opt.keyword] if opt.keyword else [])]
+    device = config.stash[_SETTINGS].get("device", "auto")
+    words += [f"--breakit-device {device}"] if device != "auto" else []  # a CUDA run never compares with a CPU one
+    return " ".join(words)
 
 
 def _report_lost(session: pytest.Session, run_dir: Path, exc: OSError) -> None:
@@ -331,6 +359,11 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         return
     tr.write_sep("=", "tp-breakit")
     doc = json.loads(summary.json_path.read_text())
+    if doc.get("delta"):
+        shown = delta.lines(doc["delta"])
+        tr.write_line("baseline delta: " + shown[0], red=delta.regressed(doc["delta"]))
+        for line in shown[1:]:
+            tr.write_line(line, red=delta.regressed(doc["delta"]))
     for row in doc["scenarios"]:
         ttc = report.ttc_text(row)
         tr.write_line(f"{row['id']:<22} ws{row['world_size']}  expected {row['expected']:<14} "

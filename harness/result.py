@@ -128,12 +128,14 @@ class Result:
     """True when observed is allowed and every signature matched."""
     reason: str
     """One readable paragraph: expected vs observed, per-rank exits, signatures."""
+    reason_parts: dict = field(default_factory=dict)
+    """The reason, structured (``harness.explain``): expected, observed, ranks, root cause, signatures, notes."""
     time_to_crash_s: float | None = None
-    """Last rank exit minus the TP-FAULT instant (or first init)."""
+    """CRASHED only: last rank exit minus the TP-FAULT instant (or first init). A run that did not crash has none."""
     anchor: str = ""
     """What time_to_crash_s counts from: ``TP-FAULT`` or ``init``."""
     root_cause: dict | None = None
-    """Earliest failure: ``{"rank", "code", "line"}``."""
+    """Earliest failure (``harness.rootcause``): ``{"rank", "code", "line", "how"}``."""
     ranks: list[RankResult] = field(default_factory=list)
     """Per-rank detail."""
     digests: dict = field(default_factory=dict)

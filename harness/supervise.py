@@ -254,6 +254,7 @@ class _Loop:
                 if self.probe_at is not None and not self._probe_conclusive(now):
                     return
                 self.obs.verdict_at = now
+                self.obs.reap_offsets = {r: f.size() for r, f in self.followers.items()}
                 self.say("reaping: SIGTERM to the process tree")
                 self.launch.kill_tree(signal.SIGTERM)
                 self.phase, self.phase_until_at = REAPING, now + self.limits.grace_s

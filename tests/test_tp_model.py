@@ -95,9 +95,20 @@ def test_single_rank_all_reduce_is_the_identity_without_a_process_group() -> Non
 
 
 def test_all_reduce_lives_in_one_named_function() -> None:
+    # Every module of the TP path, not only the model: a chunk-end all_reduce elsewhere is one too.
+    owners = []
+    for path in sorted(Path(inspect.getsourcefile(tp.model)).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        owners += [f"{path.stem}.{fn.name}" for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef)
+                   for node in ast.walk(fn) if isinstance(node, ast.Attribute) and node.attr == "all_reduce"]
+    assert owners == ["model.tp_all_reduce"]
+
+
+def test_the_model_communicates_only_through_it() -> None:
     tree = ast.parse(Path(inspect.getsourcefile(tp.model)).read_text())
     owners = [fn.name for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef)
-              for node in ast.walk(fn) if isinstance(node, ast.Attribute) and node.attr.startswith("all_")]
+              for node in ast.walk(fn) if isinstance(node, ast.Attribute)
+              and (node.attr.startswith("all_") or node.attr in ("broadcast", "send", "recv"))]
     assert owners == ["tp_all_reduce"]
 
 

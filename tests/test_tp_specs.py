@@ -367,7 +367,7 @@ def test_defaults_from_torchrun_variables() -> None:
     cfg = config.from_env(BASE_ENV)
     assert (cfg.rank, cfg.world_size, cfg.local_rank, cfg.master_addr, cfg.master_port) == (1, 2, 1, "127.0.0.1", 29500)
     assert cfg.protocol_version == PROTOCOL_VERSION and cfg.plan == PLAN and cfg.role == "worker"
-    assert cfg.guardrails == ALL and cfg.failpoints == "" and cfg.host_store is True
+    assert cfg.guardrails == ALL and cfg.failpoints == () and cfg.host_store is True
     assert cfg.kv_recompute is True and cfg.sync_kv_stats is False and cfg.digest_every == 1
     assert (cfg.heartbeat_s, cfg.peer_timeout_s, cfg.progress_timeout_s, cfg.handshake_timeout_s) == (0.05, 2.0, 60.0, 10.0)
     assert set(cfg.env_parity) == set(config.ENV_PARITY_KEYS)
@@ -380,12 +380,18 @@ def test_every_variable_is_read() -> None:
            "TP_PEER_TIMEOUT_S": "3", "TP_PROGRESS_TIMEOUT_S": "4.5", "TP_HANDSHAKE_TIMEOUT_S": "5",
            "TP_COLLECTIVE_TIMEOUT_S": "6", "TP_DIGEST_EVERY": "4"}
     cfg = config.from_env(env, chunks=3, reset_every=2, backend="gloo")
-    assert cfg.host_store is False and cfg.guardrails == {"watchdog"} and cfg.failpoints == f"{SITE}=raise"
+    assert cfg.host_store is False and cfg.guardrails == {"watchdog"}
+    assert [(a.site, a.action, a.triggers) for a in cfg.failpoints] == [(SITE, "raise", {})]
     assert (cfg.protocol_version, cfg.plan, cfg.driver_rank, cfg.role) == (2, "v1_full_pipeline", 1, "driver")
     assert (cfg.kv_recompute, cfg.sync_kv_stats, cfg.digest_every, cfg.chunks, cfg.reset_every) == (False, True, 4, 3, 2)
     assert (cfg.heartbeat_s, cfg.peer_timeout_s, cfg.progress_timeout_s) == (0.1, 3.0, 4.5)
     assert (cfg.handshake_timeout_s, cfg.collective_timeout_s) == (5.0, 6.0)
     assert cfg.env_parity["TP_GUARDRAILS"] == "none,+watchdog" and cfg.env_parity["TP_DRIVER_RANK"] == "1"
+
+
+def test_a_bad_failpoint_spec_is_a_config_error_like_a_bad_guardrail() -> None:
+    assert "no such failpoint 'nope' in TP_FAILPOINTS; known: " in _config_error({**BASE_ENV, "TP_FAILPOINTS": "nope=raise"})
+    assert "bad trigger 'rank=-1' in TP_FAILPOINTS" in _config_error({**BASE_ENV, "TP_FAILPOINTS": f"{SITE}=raise@rank=-1"})
 
 
 def test_the_real_environment_is_the_default_source(monkeypatch) -> None:

@@ -19,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=8, help="chunks rank 0 drives before SHUTDOWN (default 8)")
     p.add_argument("--reset-every", type=int, default=4, help="hard cut (cache reset) every N chunks (default 4)")
     p.add_argument("--backend", choices=("gloo", "nccl"), default="gloo", help="gloo on CPU, nccl on GPUs")
+    p.add_argument("--output", default=None, metavar="PATH",
+                   help="the driver saves the delivered frames here (a torch file) for comparing runs")
     p.add_argument("--list-failpoints", action="store_true", help="print every failpoint site as JSON lines")
     p.add_argument("--list-codes", action="store_true", help="print every fatal code as JSON lines")
     p.add_argument("--list-guardrails", action="store_true", help="print every guardrail as JSON lines")
@@ -95,22 +97,30 @@ def _check_backend(name: str) -> None:
                          f"cuda={torch.cuda.is_available()} nccl={dist.is_nccl_available()}: use --backend gloo")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
+def _listed(args: argparse.Namespace) -> bool:
+    """Answer ``--list-failpoints``, ``--list-codes`` or ``--list-guardrails`` (JSON lines); False if none asked."""
     from tp import codes, failpoints, guardrails
 
     if args.list_failpoints:
         for site in failpoints.SITES:
             print(json.dumps(failpoints.declared(site)))
-        return 0
-    if args.list_codes:
+    elif args.list_codes:
         for c in codes.CODES.values():
             print(json.dumps({"code": c.name, "exit": c.exit, "fm": c.fm, "description": c.description}))
-        return 0
-    if args.list_guardrails:
+    elif args.list_guardrails:
         for name, description in guardrails.NAMES.items():
             print(json.dumps({"guardrail": name, "description": description}))
+    else:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    from tp import codes, failpoints
+
+    if _listed(args):
         return 0
     if any((args.check_failpoints, args.check_guardrails, args.check_world_size, args.check_backend,
             args.check_env)):
@@ -136,11 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     from tp import config
 
     try:
-        cfg = config.from_env(chunks=args.chunks, reset_every=args.reset_every, backend=args.backend)
-        failpoints.arm(cfg.failpoints)
+        cfg = config.from_env(chunks=args.chunks, reset_every=args.reset_every, backend=args.backend,
+                              output=args.output)
+        failpoints.install(cfg.failpoints)
         from tp.model import ModelConfig
 
         ModelConfig().check_world_size(cfg.world_size)
+        from tp.runtime import rank_device
+
+        rank_device(cfg)  # no CUDA, or too few GPUs for NCCL: refused here, before the store or any peer
     except (config.ConfigError, failpoints.FailpointError, ValueError) as exc:
         print(f"tp: {exc}", file=sys.stderr, flush=True)
         return codes.CONFIG_EXIT

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 
 from tp import PLAN, PROTOCOL_VERSION, guardrails
+from tp.failpoints import Armed, FailpointError
+from tp.failpoints import parse as parse_failpoints
 
 DEFAULT_MAX_META_BYTES = 64 * 1024
 """Meta is ~0.7 KB per envelope; 64 KiB leaves room for richer plans and refuses what the wire cannot justify."""
@@ -20,6 +22,37 @@ DEFAULT_MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
 ENV_PARITY_KEYS = ("TP_GUARDRAILS", "TP_DIGEST_EVERY", "TP_SYNC_KV_STATS", "TP_KV_RECOMPUTE", "TP_DRIVER_RANK")
 """Env keys every rank must agree on: each changes which collectives a rank runs."""
 
+
+# NCCL's own knobs, set for a crash-only deployment before init_process_group (runtime, backend nccl only;
+# an operator's own value wins).
+# Names: c10d/ProcessGroupNCCL.hpp @ cf30153c (``static std::vector<std::string>
+# TORCH_NCCL_*``); defaults: ProcessGroupNCCL.cpp (ProcessGroupNCCL ctor,
+# HeartbeatMonitor ctor, Watchdog ctor). Set them before init_process_group.
+NCCL_ENV_KNOBS: dict[str, str] = {
+    # 3 = SkipCleanUp (the default): the watchdog tears the process down on a
+    # failed/timed-out collective without calling ncclCommAbort, which can
+    # itself hang; pinned so an inherited "0" (NoHandling) cannot disable it.
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
+    # Blocking wait disables the watchdog thread, and synchronous collectives
+    # (async_op=False) return no Work to wait on, so nothing would enforce the
+    # timeout: keep it off.
+    "TORCH_NCCL_BLOCKING_WAIT": "0",
+    # Heartbeat monitor: aborts the process when the watchdog itself is stuck
+    # (e.g. in a hung CUDA/NCCL call).
+    "TORCH_NCCL_ENABLE_MONITORING": "1",
+    # Default 480 s (8 min); the monitor also sleeps this long again before
+    # terminating, so the worst case is about twice this.
+    "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "30",
+    # Dump the flight recorder on timeout/exception (needs a buffer > 0).
+    "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+    # Flight recorder ring size (default 2000 in recent source; 0 disables).
+    "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
+    # Bound the extra wait for that dump before exiting (default 15 000 ms).
+    "TORCH_NCCL_WAIT_TIMEOUT_DUMP_MILSEC": "5000",
+    # Propagate a rank's NCCL error to all ranks through the TCPStore
+    # (default off), so peers fail instead of waiting out their timeout.
+    "TORCH_NCCL_PROPAGATE_ERROR": "1",
+}
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names its source."""
@@ -40,15 +73,21 @@ class RankConfig:
     host_store: bool
     """Whether rank 0 hosts the store (false under torchrun's agent store or the harness)."""
     backend: str = "gloo"
-    """``gloo`` (CPU tensors) or ``nccl`` (one GPU per rank)."""
+    """``gloo`` (CPU or CUDA tensors) or ``nccl`` (CUDA tensors, one GPU per rank)."""
+    device: str = ""
+    """Where tensors live (``TP_DEVICE``): ``cpu`` or ``cuda``; empty picks cuda for nccl, cpu for gloo."""
+    dtype: str = ""
+    """Model dtype (``TP_DTYPE``): ``float64`` or ``float32``; empty picks float64 for gloo, float32 for nccl."""
+    output: str | None = None
+    """Where the driver saves the delivered frames (``--output``, a torch file); None saves nothing."""
     chunks: int = 8
     """Chunks rank 0 drives before SHUTDOWN."""
     reset_every: int = 4
     """A hard cut (cache reset, new cache epoch) every this many chunks."""
     guardrails: frozenset[str] = field(default_factory=lambda: guardrails.parse("all"))
     """Guardrails that are on (``TP_GUARDRAILS``)."""
-    failpoints: str = ""
-    """Armed failpoints (``TP_FAILPOINTS``)."""
+    failpoints: tuple[Armed, ...] = ()
+    """Failpoints to arm (``TP_FAILPOINTS``), parsed: a bad spec is a ConfigError like a bad guardrail."""
     protocol_version: int = PROTOCOL_VERSION
     """Protocol this rank speaks (``TP_PROTOCOL_VERSION_OVERRIDE`` for skew tests)."""
     plan: str = PLAN
@@ -85,6 +124,13 @@ class RankConfig:
             raise ConfigError(f"RANK {self.rank} must be in [0, WORLD_SIZE={self.world_size})")
         if self.backend not in ("gloo", "nccl"):
             raise ConfigError(f"invalid backend {self.backend!r} from --backend; choose gloo or nccl")
+        if self.device not in ("", "cpu", "cuda"):
+            raise ConfigError(f"invalid TP_DEVICE {self.device!r}: choose cpu or cuda (or leave it unset)")
+        if self.backend == "nccl" and self.device == "cpu":
+            raise ConfigError("TP_DEVICE cpu cannot run on backend nccl (NCCL carries CUDA tensors only); "
+                              "use --backend gloo or TP_DEVICE cuda")
+        if self.dtype not in ("", "float32", "float64"):
+            raise ConfigError(f"invalid TP_DTYPE {self.dtype!r}: choose float32 or float64 (or leave it unset)")
         if self.chunks < 1:
             raise ConfigError(f"invalid --chunks {self.chunks}: expected >= 1")
         if self.peer_timeout_min_s > self.peer_timeout_s:
@@ -99,6 +145,17 @@ class RankConfig:
     @property
     def role(self) -> str:
         return "driver" if self.rank == self.driver_rank else "worker"
+
+    @property
+    def device_type(self) -> str:
+        """``cuda`` or ``cpu``: ``TP_DEVICE``, else what the backend carries."""
+        return self.device or ("cuda" if self.backend == "nccl" else "cpu")
+
+    @property
+    def dtype_name(self) -> str:
+        """``TP_DTYPE``, else float64 for gloo (TP exact to well below the digest's 1e-6 quantum at every
+        world size) and float32 for nccl (what GPUs run fast)."""
+        return self.dtype or ("float64" if self.backend == "gloo" else "float32")
 
 
 def _int(env: dict, name: str, default: int, *, minimum: int = 0) -> int:
@@ -165,7 +222,8 @@ def from_env(env: dict | None = None, **cli: object) -> RankConfig:
                               f"or `python -m tp --world-size N`")
     try:
         on = guardrails.parse(env.get("TP_GUARDRAILS"))
-    except guardrails.GuardrailError as exc:
+        armed = tuple(parse_failpoints(env.get("TP_FAILPOINTS", "")))
+    except (guardrails.GuardrailError, FailpointError) as exc:
         raise ConfigError(str(exc)) from None
     plan = env.get("TP_PLAN") or PLAN
     return RankConfig(
@@ -173,7 +231,7 @@ def from_env(env: dict | None = None, **cli: object) -> RankConfig:
         local_rank=_int(env, "LOCAL_RANK", 0), master_addr=env["MASTER_ADDR"],
         master_port=_int(env, "MASTER_PORT", 0, minimum=1),
         host_store=env.get("TORCHELASTIC_USE_AGENT_STORE", "False") != "True",
-        guardrails=on, failpoints=env.get("TP_FAILPOINTS", ""),
+        guardrails=on, failpoints=armed,
         protocol_version=protocol_override(env), plan=plan,
         driver_rank=_int(env, "TP_DRIVER_RANK", 0),
         kv_recompute=_flag(env, "TP_KV_RECOMPUTE", True),
@@ -185,6 +243,7 @@ def from_env(env: dict | None = None, **cli: object) -> RankConfig:
         handshake_timeout_s=_seconds(env, "TP_HANDSHAKE_TIMEOUT_S", 10.0),
         collective_timeout_s=_seconds(env, "TP_COLLECTIVE_TIMEOUT_S", None),
         digest_every=_int(env, "TP_DIGEST_EVERY", 1, minimum=1),
+        device=env.get("TP_DEVICE", ""), dtype=env.get("TP_DTYPE", ""),
         env_parity=_parity(env, on),
         max_meta_bytes=_int(env, "TP_MAX_META_BYTES", DEFAULT_MAX_META_BYTES, minimum=1),
         max_envelope_bytes=_int(env, "TP_MAX_ENVELOPE_BYTES", DEFAULT_MAX_ENVELOPE_BYTES, minimum=1),

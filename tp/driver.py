@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import threading
 import time
 
 import torch
 
 from tp import ENVELOPE_VERSION, flight, log
+from tp.chunk import ChunkRules, ChunkRunner
+from tp.config import RankConfig
 from tp.crash import Fatal
 from tp.envelope import Action, EnvelopeError, Header, quantise
 from tp.failpoints import failpoint
+from tp.transport import Transport
+from tp.watchdog import Progress
 
 DENOISING_STEPS = (1000, 750, 500, 250)
 
@@ -29,14 +34,15 @@ def embed_prompt(prompt: str, *, tokens: int, dim: int, dtype: torch.dtype) -> t
 
 
 class Driver:
-    def __init__(self, rank, transport, runner) -> None:
-        self.rank, self.transport, self.runner = rank, transport, runner
-        self.cfg = rank.cfg
+    def __init__(self, *, cfg: RankConfig, transport: Transport, runner: ChunkRunner, rules: ChunkRules,
+                 progress: Progress, stop: threading.Event) -> None:
+        self.cfg, self.transport, self.runner, self.rules = cfg, transport, runner, rules
+        self.progress, self.stop = progress, stop
         self.call_id = 0
         self.cache_epoch = 0
         self.results: list[tuple[int, int, torch.Tensor]] = []  # (cache_epoch, chunk, decoded)
         self.latencies: list[float] = []
-        signal.signal(signal.SIGTERM, lambda *_: rank.stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
     def run(self) -> dict:
         cfg, gen = self.cfg, self.runner.gen
@@ -48,9 +54,9 @@ class Driver:
         for chunk in range(cfg.chunks):
             # The driver is never legitimately idle between chunks: a rank stuck here in Python must hit the
             # progress deadline, while the workers, waiting for a header, are idle and must not.
-            self.rank.progress.busy(f"preparing chunk {chunk}")
+            self.progress.busy(f"preparing chunk {chunk}")
             failpoint("driver.idle", rank=cfg.rank, chunk=chunk, call_id=self.call_id)
-            if self.rank.stop.is_set():
+            if self.stop.is_set():
                 log.info(f"SIGTERM: shutting down before chunk {chunk}")
                 break
             t0 = time.monotonic()
@@ -59,7 +65,7 @@ class Driver:
                 self.cache_epoch += 1
                 start_frame, previous = 0, None
             recompute = (not reset) and cfg.kv_recompute
-            self.rank.begin_chunk(chunk, self.call_id)
+            self.rules.begin(chunk, self.call_id)
             steps = torch.tensor(DENOISING_STEPS, dtype=torch.int64)
             n_steps = failpoint("driver.plan", len(DENOISING_STEPS), rank=cfg.rank, chunk=chunk, call_id=self.call_id)
             latents = self._latents(chunk)
@@ -84,7 +90,7 @@ class Driver:
                 return self._idle_after_failure()
             result = self.runner.run(env)
             self.call_id += result.calls
-            self.rank.end_chunk(env, result, stats=cfg.sync_kv_stats)
+            self.rules.end(env, result)
             self._deliver(chunk, result.latents, frames, tokens)
             previous = result.latents
             start_frame += frames
@@ -128,10 +134,10 @@ class Driver:
             return None
 
     def _idle_after_failure(self) -> dict:
-        self.rank.progress.idle("waiting for the next request")
+        self.progress.idle("waiting for the next request")
         if flight.recorder is not None:
             flight.recorder.idle = "waiting for the next request"
-        self.rank.stop.wait()
+        self.stop.wait()
         self.transport.send_control(Header(action=Action.SHUTDOWN, call_id=self.call_id))
         return self._summary()
 
@@ -153,9 +159,19 @@ class Driver:
         h = hashlib.sha256()
         for _, _, decoded in self.results:
             h.update(quantise(decoded).numpy().tobytes())
+        if self.cfg.output:
+            self._save(self.cfg.output)
         return {"output_digest": h.hexdigest()[:16], "chunks": len(self.latencies), "calls": self.call_id,
                 "chunk_latency_ms": [round(x, 3) for x in self.latencies], "world_size": self.cfg.world_size,
                 "delivered": len(self.results)}
+
+    def _save(self, path: str) -> None:
+        """The delivered frames as a torch file, for comparing runs beyond the digest (``--output``)."""
+        torch.save({"chunks": [chunk for _, chunk, _ in self.results],
+                    "frames": [decoded.detach().cpu() for _, _, decoded in self.results],
+                    "world_size": self.cfg.world_size, "backend": self.cfg.backend,
+                    "device": self.cfg.device_type, "dtype": self.cfg.dtype_name}, path)
+        log.info(f"saved {len(self.results)} delivered chunks to {path}")
 
 
 def cfg_seed(chunk: int) -> int:

@@ -1,4 +1,4 @@
-"""Which tensor dtypes can travel on which c10d backend, and dtype wire names.
+"""Which tensor dtypes can travel on which c10d backend, and dtype wire names (tables only).
 
 A tensor whose dtype the backend cannot carry must be refused *before* the
 collective (``wire_check``), on every rank, with a message naming the field,
@@ -27,11 +27,11 @@ import torch
 # Both broadcast and allreduce dispatch through it. Complex dtypes never reach
 # it: distributed_c10d.broadcast/all_reduce call view_as_real first (complex32
 # -> Half, complex64 -> Float, complex128 -> Double).
-# Verified on this machine (2 gloo ranks, real TCPStore, every torch dtype):
-# exactly these 12 travel byte-exact; all others (int16, uint16/32/64, every
-# float8, float4, sub-byte, quantized, bits*) fail with "Invalid scalar type"
-# on both ranks, symmetrically, and the group stays usable. Source and
-# experiment agree. Note int16 (Short) is NOT supported on gloo.
+# tests/test_dtypes.py holds the table to a real 2-rank gloo run over every
+# torch dtype: exactly these 12 travel byte-exact; all others (int16,
+# uint16/32/64, every float8, float4, sub-byte, quantized, bits*) fail with
+# "Invalid scalar type" on both ranks, symmetrically, and the group stays
+# usable. int16 (Short) is not among them: a plausible guess that is wrong.
 _GLOO = frozenset({
     torch.float32, torch.float64, torch.float16, torch.bfloat16,
     torch.int8, torch.uint8, torch.bool, torch.int32, torch.int64,
@@ -49,7 +49,8 @@ _GLOO = frozenset({
 #   as ncclUint8), kBFloat16 (#if HAS_NCCL_BF16_DATATYPE, true for NCCL >= 2,
 #   and NCCLUtils.hpp static_asserts NCCL >= 2.23).
 # Complex: ProcessGroupNCCL::broadcast/allreduce call at::view_as_real.
-# Not verified here (no GPU on this machine).
+# ``python -m benchmarks.gpu`` holds the table to a real NCCL group
+# (docs/GPU.md: these 16 and no other dtype broadcast).
 _NCCL = frozenset({
     torch.float32, torch.float64, torch.float16, torch.bfloat16,
     torch.int8, torch.uint8, torch.bool, torch.int32, torch.int64,
@@ -64,18 +65,36 @@ SUPPORTED: dict[str, frozenset[torch.dtype]] = {"gloo": _GLOO, "nccl": _NCCL}
 # * nccl: ProcessGroupNCCL::allreduce does TORCH_CHECK(!isUnsupportedFloat8(..),
 #   "Unsupported Float8 type for NCCL reduction"); isUnsupportedFloat8 is
 #   always true for e4m3fnuz/e5m2fnuz/e8m0fnu and, #ifndef NCCL_SUPPORTS_FP8
-#   (NCCL < 2.24), also for e5m2/e4m3fn -- so all fp8 is excluded (the NCCL
-#   version torch was built with is not known here). Bool SUM is
-#   mapped to ncclMax in getNcclReduceOp (a logical OR); bool AVG is refused.
+#   (NCCL < 2.24), also for e5m2/e4m3fn. So e5m2/e4m3fn reduce only where
+#   the NCCL in use is 2.24 or newer (``_nccl_reduces_fp8``); docs/GPU.md
+#   shows NCCL 2.28.9 reducing both and refusing the fnuz pair. Bool
+#   SUM is mapped to ncclMax in getNcclReduceOp (a logical OR); bool AVG is
+#   refused.
 # * gloo: bool is reduced as uint8 with gloo::sum, so SUM of two True gives
-#   byte value 2 inside a bool tensor (observed here: [2, 2, 0, 2, ...]): it
+#   byte value 2 inside a bool tensor ([2, 2, 0, 2, ...] from two ranks): it
 #   "succeeds" but yields non-canonical bools, so bool is excluded.
 # * complex (both): only SUM/AVG are meaningful (distributed_c10d
 #   supports_complex refuses MAX/MIN/PRODUCT/B*); we only all_reduce SUM.
+NCCL_FP8_REDUCE = frozenset({torch.float8_e5m2, torch.float8_e4m3fn})
+"""Float8 types NCCL reduces natively from 2.24 (torch's ``NCCL_SUPPORTS_FP8``)."""
+
+
+def _nccl_reduces_fp8() -> bool:
+    """Whether the NCCL this torch loads is 2.24 or newer; False on builds without NCCL."""
+    try:
+        return tuple(torch.cuda.nccl.version()) >= (2, 24)
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+
+
+def nccl_reduce_table(*, fp8: bool) -> frozenset[torch.dtype]:
+    """What NCCL all_reduces: never the fnuz float8 pair; e4m3fn/e5m2 only with ``fp8`` (NCCL >= 2.24)."""
+    return _NCCL - {torch.float8_e4m3fnuz, torch.float8_e5m2fnuz} - (frozenset() if fp8 else NCCL_FP8_REDUCE)
+
+
 SUPPORTED_REDUCE: dict[str, frozenset[torch.dtype]] = {
     "gloo": _GLOO - {torch.bool},
-    "nccl": _NCCL - {torch.float8_e5m2, torch.float8_e4m3fn,
-                     torch.float8_e4m3fnuz, torch.float8_e5m2fnuz},
+    "nccl": nccl_reduce_table(fp8=_nccl_reduces_fp8()),
 }
 """dtypes each backend can ``all_reduce`` (SUM) with a meaningful result."""
 
@@ -129,42 +148,3 @@ def dtype_name(dtype: torch.dtype) -> str:
     if not isinstance(dtype, torch.dtype) or DTYPE_NAMES.get(name) is not dtype:
         raise ValueError(f"not a known torch dtype: {dtype!r}; known: {', '.join(DTYPE_NAMES)}")
     return name
-
-
-# --- NCCL knobs for a crash-only deployment ------------------------------------
-# Names: c10d/ProcessGroupNCCL.hpp @ cf30153c (``static std::vector<std::string>
-# TORCH_NCCL_*``); defaults: ProcessGroupNCCL.cpp (ProcessGroupNCCL ctor,
-# HeartbeatMonitor ctor, Watchdog ctor). Set them before init_process_group.
-NCCL_ENV_KNOBS: dict[str, str] = {
-    # 3 = SkipCleanUp (the default): the watchdog tears the process down on a
-    # failed/timed-out collective without calling ncclCommAbort, which can
-    # itself hang; pinned so an inherited "0" (NoHandling) cannot disable it.
-    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
-    # Blocking wait disables the watchdog thread, and synchronous collectives
-    # (async_op=False) return no Work to wait on, so nothing would enforce the
-    # timeout: keep it off.
-    "TORCH_NCCL_BLOCKING_WAIT": "0",
-    # Heartbeat monitor: aborts the process when the watchdog itself is stuck
-    # (e.g. in a hung CUDA/NCCL call).
-    "TORCH_NCCL_ENABLE_MONITORING": "1",
-    # Default 480 s (8 min); the monitor also sleeps this long again before
-    # terminating, so the worst case is about twice this.
-    "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "30",
-    # Dump the flight recorder on timeout/exception (needs a buffer > 0).
-    "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
-    # Flight recorder ring size (default 2000 in recent source; 0 disables).
-    "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
-    # Bound the extra wait for that dump before exiting (default 15 000 ms).
-    "TORCH_NCCL_WAIT_TIMEOUT_DUMP_MILSEC": "5000",
-    # Propagate a rank's NCCL error to all ranks through the TCPStore
-    # (default off), so peers fail instead of waiting out their timeout.
-    "TORCH_NCCL_PROPAGATE_ERROR": "1",
-}
-
-# Default collective timeouts, seconds.
-# gloo: kBackendDefaultTimeout = 30 min (c10d/Backend.hpp), exposed as
-#   torch.distributed.constants.default_pg_timeout (1800 s on this install).
-# nccl: kProcessGroupNCCLDefaultTimeout = 10 min (c10d/ProcessGroupNCCL.hpp),
-#   exposed as constants.default_pg_nccl_timeout (None on CPU-only builds);
-#   chosen per backend by distributed_c10d._get_default_timeout.
-DEFAULT_TIMEOUT_S: dict[str, int] = {"gloo": 30 * 60, "nccl": 10 * 60}

@@ -17,6 +17,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tp import log
@@ -173,8 +174,13 @@ def _check_arg(action: str, arg: str | None, where: str) -> None:
 
 
 def arm(spec: str, *, where: str = "TP_FAILPOINTS") -> None:
+    """Parse ``spec`` and arm it (replacing what was armed); a bad spec arms nothing."""
+    install(parse(spec, where=where))
+
+
+def install(entries: Iterable[Armed]) -> None:
+    """Arm parsed entries (``RankConfig.failpoints``), replacing what was armed."""
     global ARMED
-    entries = parse(spec, where=where)
     with _lock:
         _armed.clear()
         for entry in entries:

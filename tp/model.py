@@ -57,10 +57,11 @@ class ModelConfig:
                              f"mlp_hidden ({self.mlp_hidden}); valid world sizes: {valid}")
 
 
-def tp_all_reduce(partial: torch.Tensor, group: dist.ProcessGroup | None, world_size: int) -> torch.Tensor:
-    """The one place the generator communicates: sum rowwise partials across ranks."""
+def tp_all_reduce(partial: torch.Tensor, group: dist.ProcessGroup | None, world_size: int, *,
+                  site: str = flight.GENERATOR_SITE) -> torch.Tensor:
+    """The one place the TP path all_reduces: sum rowwise partials (or chunk-end stats) across ranks."""
     if world_size > 1:
-        entry = flight.enter("all_reduce", partial, flight.GENERATOR_SITE)
+        entry = flight.enter("all_reduce", partial, site)
         dist.all_reduce(partial, op=dist.ReduceOp.SUM, group=group)
         flight.leave(entry)
     return partial

@@ -7,7 +7,6 @@ SHUTDOWN, a ``result`` event on every rank and exit 0.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -18,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, flight, handshake, log
-from tp.config import RankConfig
+from tp.chunk import ChunkRules, ChunkRunner
+from tp.config import NCCL_ENV_KNOBS, ConfigError, RankConfig
 from tp.crash import (
     Crash,
     Fatal,
@@ -30,9 +30,8 @@ from tp.crash import (
     read_abort,
     wait_for_peers,
 )
-from tp.envelope import EnvelopeError, Limits, digest, quantise
+from tp.envelope import EnvelopeError, Limits
 from tp.failpoints import failpoint
-from tp.generate import ChunkRunner, exchange_digests
 from tp.model import Generator, ModelConfig, expected_fingerprints, fingerprint
 from tp.transport import Transport
 from tp.watchdog import Progress, Watchdog
@@ -50,13 +49,12 @@ class Rank:
         self.crash = Crash(rank=cfg.rank, world_size=cfg.world_size)
         self.ctx = {"rank": cfg.rank, "chunk": -1, "call_id": -1}
         self.progress = Progress()
-        self.device = torch.device(f"cuda:{cfg.local_rank}") if cfg.backend == "nccl" else torch.device("cpu")
-        # float64 on CPU makes TP exact to well below the digest's 1e-6 quantum at every world size.
-        self.dtype = torch.float64 if cfg.backend == "gloo" else torch.float32
+        self.device = rank_device(cfg)
+        self.dtype = getattr(torch, cfg.dtype_name)
         self.store: dist.Store | None = None
         self.watchdog: Watchdog | None = None
         self.stop = threading.Event()
-        self.latents_digest = hashlib.sha256()
+        self.rules = ChunkRules(cfg=cfg, ctx=self.ctx, crash=self.crash, progress=self.progress, device=self.device)
         self.calls = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -120,7 +118,14 @@ class Rank:
 
     def _main(self) -> int:
         cfg = self.cfg
-        log.event("init", rank=cfg.rank, world_size=cfg.world_size, backend=cfg.backend, role=cfg.role,
+        if self.device.type == "cuda":
+            # Bring the device up before the liveness clock starts: creating a CUDA context takes seconds
+            # on a cold GPU, and a heartbeat thread that starts first could be starved meanwhile. Before
+            # ``init`` too, so a supervisor's time to crash measures the TP path, not the CUDA driver.
+            torch.cuda.set_device(self.device)
+            torch.zeros(1, device=self.device)
+        log.event("init", rank=cfg.rank, world_size=cfg.world_size, backend=cfg.backend, device=str(self.device),
+                  dtype=cfg.dtype_name, role=cfg.role,
                   plan=cfg.plan, protocol=cfg.protocol_version, guardrails=sorted(cfg.guardrails),
                   env_parity=cfg.env_parity, pid=os.getpid(), flight=flight.SCHEMA)
         hosts = cfg.host_store and cfg.rank == 0
@@ -144,40 +149,47 @@ class Rank:
                         timestep_scale=1000.0 if cfg.protocol_version == PROTOCOL_VERSION else 1.0)
         gen.w["l0.w1"] = failpoint("model.shard", gen.w["l0.w1"], **self.ctx)
         if "handshake" in cfg.guardrails:
-            record = failpoint("handshake.publish", {
-                "protocol": cfg.protocol_version, "envelope_version": ENVELOPE_VERSION, "plan": cfg.plan,
-                "role": cfg.role, "driver_rank": cfg.driver_rank, "env": cfg.env_parity,
-                "shard_fingerprint": fingerprint(gen.w)}, **self.ctx)
-            expected = expected_fingerprints(model_cfg, cfg.world_size, self.dtype) if cfg.rank == 0 else None
-            handshake.run(self.store, rank=cfg.rank, world_size=cfg.world_size, record=record,
-                          timeout_s=cfg.handshake_timeout_s, expected_fingerprints=expected)
-            log.event("handshake", rank=cfg.rank, ok=True)
+            self._handshake(gen, model_cfg)
         if self.watchdog is not None:
             self.watchdog.settle()
-        if cfg.backend == "nccl":
-            from tp.dtypes import NCCL_ENV_KNOBS
-
-            for name, value in NCCL_ENV_KNOBS.items():  # crash fast instead of waiting out NCCL's timeout
-                os.environ.setdefault(name, value)
-            torch.cuda.set_device(self.device)
-        pg_timeout = timedelta(seconds=cfg.collective_timeout_s) if cfg.collective_timeout_s else None
-        dist.init_process_group(cfg.backend, store=self.store, rank=cfg.rank, world_size=cfg.world_size,
-                                 **({"timeout": pg_timeout} if pg_timeout else {}))
-        gen.group = None
+        self._join_group()
         transport = Transport(rank=cfg.rank, src=cfg.driver_rank, backend=cfg.backend, device=self.device,
                               guards=cfg.guardrails, model_dtype=self.dtype, ctx=self.ctx,
                               limits=Limits(max_meta_bytes=cfg.max_meta_bytes, max_envelope_bytes=cfg.max_envelope_bytes))
         transport.on_header = self.progress.busy
         runner = ChunkRunner(gen=gen, rank=cfg.rank, role=cfg.role, guards=cfg.guardrails, ctx=self.ctx,
                              frames_per_chunk=FRAMES_PER_CHUNK, on_call=self._on_call, kv_recompute=cfg.kv_recompute)
+        self.rules.store = self.store
         if cfg.role == "driver":
             from tp.driver import Driver
-            summary = Driver(self, transport, runner).run()
+            summary = Driver(cfg=cfg, transport=transport, runner=runner, rules=self.rules, progress=self.progress,
+                             stop=self.stop).run()
         else:
             from tp.worker import Worker
-            summary = Worker(self, transport, runner).run()
+            summary = Worker(cfg=cfg, transport=transport, runner=runner, rules=self.rules, progress=self.progress,
+                             ctx=self.ctx).run()
         self.finish(summary)
         return 0
+
+    def _handshake(self, gen: Generator, model_cfg: ModelConfig) -> None:
+        cfg = self.cfg
+        record = failpoint("handshake.publish", {
+            "protocol": cfg.protocol_version, "envelope_version": ENVELOPE_VERSION, "plan": cfg.plan,
+            "role": cfg.role, "driver_rank": cfg.driver_rank, "env": cfg.env_parity,
+            "shard_fingerprint": fingerprint(gen.w)}, **self.ctx)
+        expected = expected_fingerprints(model_cfg, cfg.world_size, self.dtype) if cfg.rank == 0 else None
+        handshake.run(self.store, rank=cfg.rank, world_size=cfg.world_size, record=record,
+                      timeout_s=cfg.handshake_timeout_s, expected_fingerprints=expected)
+        log.event("handshake", rank=cfg.rank, ok=True)
+
+    def _join_group(self) -> None:
+        cfg = self.cfg
+        if cfg.backend == "nccl":
+            for name, value in NCCL_ENV_KNOBS.items():  # crash fast instead of waiting out NCCL's timeout
+                os.environ.setdefault(name, value)
+        pg_timeout = timedelta(seconds=cfg.collective_timeout_s) if cfg.collective_timeout_s else None
+        dist.init_process_group(cfg.backend, store=self.store, rank=cfg.rank, world_size=cfg.world_size,
+                                 **({"timeout": pg_timeout} if pg_timeout else {}))
 
     def _on_call(self, kind: str) -> None:
         self.ctx["call_id"] += 1
@@ -185,41 +197,6 @@ class Rank:
         self.calls += 1
         self.progress.mark(f"generator {kind} call {self.ctx['call_id']}")
         failpoint("generator.call", **self.ctx)
-
-    # -- shared chunk-end duties ---------------------------------------------
-
-    def begin_chunk(self, chunk: int, call_id: int) -> None:
-        self.ctx["chunk"] = chunk
-        self.crash.chunk = chunk
-        if call_id >= 0:
-            self.ctx["call_id"] = call_id
-            self.crash.call_id = call_id
-        self.progress.busy(f"chunk {chunk}")
-
-    def end_chunk(self, env, result, *, stats: bool) -> None:
-        cfg = self.cfg
-        expected = env.meta["tp_expected_generator_calls"]
-        if "lockstep" in cfg.guardrails and result.calls != expected:
-            raise Fatal("CALL_COUNT_MISMATCH", f"rank {cfg.rank} ran {result.calls} generator calls in chunk "
-                                               f"{env.header.chunk_index}, the plan expected {expected}")
-        if stats or cfg.plan == "v1_full_pipeline":
-            # Optional extras that are collectives: every rank must agree to run them (handshake env parity).
-            stats_sum = result.latents.new_zeros(64)
-            entry = flight.enter("all_reduce", stats_sum, "chunk-end stats")
-            dist.all_reduce(stats_sum)
-            flight.leave(entry)
-        output = quantise(result.latents)
-        if "digest" in cfg.guardrails and env.header.chunk_index % cfg.digest_every == 0:
-            values = result.input_digests(env)
-            values["output"] = digest(output)
-            exchange_digests(values, rank=cfg.rank, world_size=cfg.world_size, device=self.device)
-        self.latents_digest.update(output.numpy().tobytes())
-        if self.store is not None:
-            self.store.set(f"tp/progress/{cfg.rank}", f"{env.header.chunk_index} {self.ctx['call_id']}")
-        if cfg.role == "worker":  # a worker now waits for the driver; the driver goes on working
-            self.progress.idle(f"after chunk {env.header.chunk_index}")
-        else:
-            self.progress.mark(f"after chunk {env.header.chunk_index}")
 
     def finish(self, summary: dict) -> None:
         cfg = self.cfg
@@ -234,7 +211,7 @@ class Rank:
                                       within_s=HOST_DONE_WAIT_S)
                 if late:
                     log.info(f"ranks {late} not done {HOST_DONE_WAIT_S} s after this rank; the store goes down now")
-        log.event("result", rank=cfg.rank, output_digest=self.latents_digest.hexdigest()[:16], calls=self.calls,
+        log.event("result", rank=cfg.rank, output_digest=self.rules.outputs.hexdigest()[:16], calls=self.calls,
                   **{k: v for k, v in summary.items() if k not in ("output_digest", "calls")})
         flight.dump("exit")
         log.event("exit", rank=cfg.rank, code="OK", exit=0)
@@ -244,6 +221,23 @@ class Rank:
             dist.destroy_process_group()
         except Exception as exc:
             log.info(f"destroy_process_group: {exc}")
+
+
+def rank_device(cfg: RankConfig) -> torch.device:
+    """This rank's device: NCCL needs a GPU per rank (``LOCAL_RANK``); gloo may share GPUs round-robin."""
+    if cfg.device_type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        why = "TP_DEVICE cuda" if cfg.device else f"backend {cfg.backend}"
+        raise ConfigError(f"tensors on CUDA ({why}) but this machine has no usable CUDA device; "
+                          f"use --backend gloo with TP_DEVICE cpu (or unset)")
+    count = torch.cuda.device_count()
+    if cfg.backend == "nccl":
+        if cfg.local_rank >= count:
+            raise ConfigError(f"LOCAL_RANK {cfg.local_rank} needs GPU {cfg.local_rank} but this host has {count}: "
+                              f"NCCL needs one GPU per rank")
+        return torch.device(f"cuda:{cfg.local_rank}")
+    return torch.device(f"cuda:{cfg.local_rank % count}")
 
 
 def lost_fm(rank: int | None, driver_rank: int) -> str:

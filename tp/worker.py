@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from tp import log
+from tp.chunk import ChunkRules, ChunkRunner
+from tp.config import RankConfig
 from tp.crash import Fatal
 from tp.envelope import Action, Envelope
 from tp.failpoints import failpoint
+from tp.transport import Transport
+from tp.watchdog import Progress
 
 
 class Worker:
-    def __init__(self, rank, transport, runner) -> None:
-        self.rank, self.transport, self.runner = rank, transport, runner
-        self.cfg = rank.cfg
+    def __init__(self, *, cfg: RankConfig, transport: Transport, runner: ChunkRunner, rules: ChunkRules,
+                 progress: Progress, ctx: dict) -> None:
+        self.cfg, self.transport, self.runner, self.rules = cfg, transport, runner, rules
+        self.progress, self.ctx = progress, ctx
         self.cache_epoch = 0
         self.chunks = 0
         self.last: Envelope | None = None
@@ -19,7 +24,7 @@ class Worker:
 
     def run(self) -> dict:
         while True:
-            self.rank.progress.idle("waiting for a header")
+            self.progress.idle("waiting for a header")
             env = self.transport.recv()
             header = env.header
             if header.action == Action.SHUTDOWN:
@@ -27,11 +32,11 @@ class Worker:
                 return {"chunks": self.chunks}
             if header.action == Action.NOOP:
                 continue
-            self.rank.begin_chunk(header.chunk_index, header.call_id)
+            self.rules.begin(header.chunk_index, header.call_id)
             env = self._delivered(env)
             self._fence(env)
             result = self.runner.run(env)
-            self.rank.end_chunk(env, result, stats=self.cfg.sync_kv_stats)
+            self.rules.end(env, result)
             self.last = env
             self.chunks += 1
 
@@ -39,7 +44,7 @@ class Worker:
         """The envelope this rank acts on: the received one, or (failpoint) a late duplicate from before the cut."""
         if env.meta["tp_reset_kv_cache"]:
             self.before_cut = self.last
-        if failpoint("worker.replay", False, **self.rank.ctx) and self.before_cut is not None:
+        if failpoint("worker.replay", False, **self.ctx) and self.before_cut is not None:
             return self.before_cut
         return env
 

@@ -1,23 +1,29 @@
-"""One chunk on one rank: the plan the envelope carries, executed in lockstep.
+"""One chunk on one rank: the plan the envelope carries, executed in lockstep,
+and the rules every chunk begins and ends with.
 
 The driver and the workers run this same code on the same envelope; the
 only asymmetries are the ones production code really has (the driver trusts
 its plan's step count, a worker iterates the step list it received), and the
-guardrails exist to keep them from mattering.
+guardrails exist to keep them from mattering: at its end a chunk checks the
+calls it ran against the plan (lockstep) and compares digests across ranks
+(digest).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from tp import flight
-from tp.crash import Fatal
-from tp.envelope import DIGEST_KEYS, Envelope, digest
+from tp.config import RankConfig
+from tp.crash import Crash, Fatal
+from tp.envelope import DIGEST_KEYS, Envelope, digest, lazy_digest, quantise
 from tp.failpoints import failpoint
-from tp.model import Generator
+from tp.model import Generator, tp_all_reduce
+from tp.watchdog import Progress
 
 
 @dataclass(kw_only=True)
@@ -29,10 +35,12 @@ class ChunkResult:
     override: torch.Tensor | None
     """The context_frames_override this rank actually used (fresh, stale or none)."""
 
-    def input_digests(self, env: Envelope) -> dict[str, int]:
-        """Digests of the inputs this rank actually used, per ``DIGEST_KEYS``; only when they are exchanged."""
-        values = {key: digest(env.tensors.get(key)) for key in DIGEST_KEYS if key not in ("meta", "output")}
-        values["context_frames_override"] = digest(self.override)
+    def input_digests(self, env: Envelope) -> dict[str, int | torch.Tensor]:
+        """Digests of the inputs this rank actually used, per ``DIGEST_KEYS``; only when they are exchanged.
+
+        A CUDA input's digest is a 0-d tensor on its device (``lazy_digest``) until the exchange."""
+        values = {key: lazy_digest(env.tensors.get(key)) for key in DIGEST_KEYS if key not in ("meta", "output")}
+        values["context_frames_override"] = lazy_digest(self.override)
         values["meta"] = digest(env.meta_bytes)
         return values
 
@@ -97,9 +105,14 @@ class ChunkRunner:
         return override
 
 
-def exchange_digests(values: dict[str, int], *, rank: int, world_size: int, device: torch.device) -> None:
+def exchange_digests(values: dict[str, int | torch.Tensor], *, rank: int, world_size: int,
+                     device: torch.device) -> None:
     """All-gather per-key digests; name the first key on which ranks differ."""
-    mine = torch.tensor([values.get(k, 0) for k in DIGEST_KEYS], dtype=torch.int64, device=device)
+    ordered = [values.get(k, 0) for k in DIGEST_KEYS]
+    mine = torch.tensor([0 if isinstance(v, torch.Tensor) else v for v in ordered], dtype=torch.int64).to(device)
+    hashed_there = [j for j, v in enumerate(ordered) if isinstance(v, torch.Tensor)]
+    if hashed_there:  # digests computed on the device join the host ones without a copy back
+        mine[hashed_there] = torch.stack([ordered[j].to(device) for j in hashed_there])
     gathered = [torch.empty_like(mine) for _ in range(world_size)]
     entry = flight.enter("all_gather", mine, "digest exchange")
     dist.all_gather(gathered, mine)
@@ -113,3 +126,45 @@ def exchange_digests(values: dict[str, int], *, rank: int, world_size: int, devi
                 groups.setdefault(v, []).append(r)
             parts = "; ".join(f"ranks {ranks} have {v:016x}" for v, ranks in groups.items())
             raise Fatal("DIGEST_MISMATCH", f"tensor '{key}' differs across ranks: {parts}")
+
+
+class ChunkRules:
+    """What every chunk begins and ends with, on every rank: the call ids its log lines and fatal errors carry,
+    the lockstep and digest checks, the optional chunk-end collective, and the progress it reports."""
+
+    def __init__(self, *, cfg: RankConfig, ctx: dict, crash: Crash, progress: Progress, device: torch.device) -> None:
+        self.cfg, self.ctx, self.crash, self.progress, self.device = cfg, ctx, crash, progress, device
+        self.store: dist.Store | None = None
+        """Where ``tp/progress/{rank}`` is published, once connected."""
+        self.outputs = hashlib.sha256()
+        """Every chunk's quantised output latents, in order: this rank's ``result`` digest."""
+
+    def begin(self, chunk: int, call_id: int) -> None:
+        self.ctx["chunk"] = chunk
+        self.crash.chunk = chunk
+        if call_id >= 0:
+            self.ctx["call_id"] = call_id
+            self.crash.call_id = call_id
+        self.progress.busy(f"chunk {chunk}")
+
+    def end(self, env: Envelope, result: ChunkResult) -> None:
+        cfg = self.cfg
+        expected = env.meta["tp_expected_generator_calls"]
+        if "lockstep" in cfg.guardrails and result.calls != expected:
+            raise Fatal("CALL_COUNT_MISMATCH", f"rank {cfg.rank} ran {result.calls} generator calls in chunk "
+                                               f"{env.header.chunk_index}, the plan expected {expected}")
+        if cfg.sync_kv_stats or cfg.plan == "v1_full_pipeline":
+            # Optional extras that are collectives: every rank must agree to run them (handshake env parity).
+            tp_all_reduce(result.latents.new_zeros(64), None, cfg.world_size, site="chunk-end stats")
+        output = quantise(result.latents)
+        if "digest" in cfg.guardrails and env.header.chunk_index % cfg.digest_every == 0:
+            values = result.input_digests(env)
+            values["output"] = digest(output)
+            exchange_digests(values, rank=cfg.rank, world_size=cfg.world_size, device=self.device)
+        self.outputs.update(output.numpy().tobytes())
+        if self.store is not None:
+            self.store.set(f"tp/progress/{cfg.rank}", f"{env.header.chunk_index} {self.ctx['call_id']}")
+        if cfg.role == "worker":  # a worker now waits for the driver; the driver goes on working
+            self.progress.idle(f"after chunk {env.header.chunk_index}")
+        else:
+            self.progress.mark(f"after chunk {env.header.chunk_index}")
