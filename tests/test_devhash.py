@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from tp.chunk import exchange_digests
 from tp.devhash import device_digest, on_device
 from tp.envelope import DIGEST_KEYS, digest, lazy_digest
-from tp.chunk import exchange_digests
 
 
 def _d(t: torch.Tensor) -> int:
