@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sites", default="", metavar="SITE[,SITE...]", help="only these failpoint sites")
     p.add_argument("--max-shrink", type=int, default=24, metavar="N", help="runs spent shrinking each violation "
                    "(default 24)")
+    p.add_argument("--jobs", type=int, metavar="N", help="schedules run at once (default: one per core, at most 4, "
+                   "under --launch zygote or subprocess; 1 otherwise)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for every rank (repeatable), e.g. a test-only TP_TEST_PLANT")
     add(p, "deadline", "stall", "launch", "backend", "report_dir", "tp_command")
@@ -310,6 +312,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if (args.runs is not None and args.runs < 1) or (args.budget is not None and not args.budget > 0):
         raise UsageError("--runs must be >= 1 and --budget > 0 seconds")
     runs = args.runs if args.runs is not None or args.budget is not None else 20
+    jobs = _explore_jobs(args.jobs, settings["launch"])
     if settings["launch"] == "zygote":
         zygote.shared()
     config = RunConfig(run_dir=settings["report_dir"] / report.run_dir_name(), backend=settings["backend"],
@@ -319,7 +322,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     try:
         doc = explore.explore(seed=args.seed, runs=runs, budget_s=args.budget, world_sizes=sizes,
                               faults_per_run=(int(m[1]), int(m[2] or m[1])), config=config, env=_env(args.env),
-                              tp_env=tp_env, only_sites=tuple(filter(None, args.sites.split(","))), max_shrink=args.max_shrink,
+                              tp_env=tp_env, only_sites=tuple(filter(None, args.sites.split(","))),
+                              max_shrink=args.max_shrink, jobs=jobs,
                               say=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (RuntimeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
@@ -331,6 +335,18 @@ def cmd_explore(args: argparse.Namespace) -> int:
     for v in doc["violations"]:
         print(f"VIOLATION (run {v['index']}, {v['observed']}): {v['reproducer']}")
     return 1 if doc["violations"] else 0
+
+
+def _explore_jobs(jobs: int | None, launch: str) -> int:
+    from harness import explore
+
+    concurrent = launch in ("zygote", "subprocess")  # the harness serves each run's store on a port of its own
+    if jobs is None:
+        return explore.default_jobs() if concurrent else 1
+    if jobs < 1 or (jobs > 1 and not concurrent):
+        raise UsageError(f"bad --jobs {jobs}: expected >= 1, and 1 under --launch {launch} (a rank or launcher "
+                         "serves the store on a port picked before it binds it, which a concurrent run could take)")
+    return jobs
 
 
 def cmd_report(args: argparse.Namespace) -> int:

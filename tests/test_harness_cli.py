@@ -142,7 +142,7 @@ def test_public_surface_changes_only_on_purpose() -> None:
         "run": ["--backend", "--catalog", "--chunks", "--deadline", "--env", "--expect", "--fault", "--guardrails",
                 "--launch", "--quiet", "--report-dir", "--signature", "--stall", "--startup-deadline", "--tp-command",
                 "--world-size", "-q"],
-        "explore": ["--backend", "--budget", "--deadline", "--env", "--faults-per-run", "--launch", "--max-shrink",
+        "explore": ["--backend", "--budget", "--deadline", "--env", "--faults-per-run", "--jobs", "--launch", "--max-shrink",
                     "--report-dir", "--runs", "--seed", "--sites", "--stall", "--tp-command", "--world-size",
                     "--world-sizes"],
         "report": [],

@@ -45,7 +45,25 @@ def test_generated_faults_are_valid_for_the_tp_path_and_stay_within_the_options(
             assert f.rank is not None and 0 <= f.rank < s.world_size
             assert (ranks != "driver" or f.rank == 0) and (ranks != "workers" or f.rank >= 1)
     first_actions = {(s.faults[0].site, s.faults[0].action.partition("(")[0]) for s in schedules[:100]}
-    assert len(first_actions) >= len(explore.pairs(SITES)) * 0.9, "the deck should cover nearly every pair"
+    assert len(first_actions) == len(explore.pairs(SITES)), "100 schedules' first faults cover every pair"
+
+
+def test_the_first_pass_of_the_deck_starts_one_schedule_at_every_site_placed_where_it_fires() -> None:
+    by_site = {s["site"]: s for s in SITES}
+    for seed in (1, 2, 3):
+        schedules = _schedules(seed, n=3 * len(SITES))
+        assert {s.faults[0].site for s in schedules[:len(SITES)]} == set(by_site)
+        for s in schedules:
+            first, site = s.faults[0], by_site[s.faults[0].site]
+            action = next(a for a in site["actions"] if a["action"] == first.action.partition("(")[0])
+            assert first.call is None and first.hit in (1, None)
+            if site["chunked"]:  # a chunk where the site is passed and the action means what it says
+                assert explore.first_chunk(site, action) <= first.chunk < s.chunks
+            for later in s.faults[1:]:  # after the first fault, never before it: it cannot pre-empt it
+                assert later.chunk is not None and later.chunk > (first.chunk if first.chunk is not None else -1)
+    replay = next(s for s in _schedules(1, n=200) if s.faults[0].action == "flip"
+                  and s.faults[0].site in ("driver.late_result", "worker.replay"))
+    assert replay.chunks == 5 and replay.faults[0].chunk == 4, "a late result needs the hard cut at chunk 4"
 
 
 def test_the_reproducer_is_one_run_command_holding_the_whole_schedule() -> None:

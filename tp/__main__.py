@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.list_failpoints:
         for site in failpoints.SITES:
-            print(json.dumps(failpoints.declared(site)))
+            print(json.dumps(failpoints.declared(site, reset_every=args.reset_every)))
         return 0
     if args.list_codes:
         for c in codes.CODES.values():
