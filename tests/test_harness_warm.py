@@ -65,7 +65,7 @@ def test_ranks_from_two_directories_each_run_their_own_package(tmp_path: Path) -
             done = threading.Event()
             log = d / f"rank{len(lines)}.log"
             private.spawn(module="wpkg_same", argv=[], env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-                          cwd=str(d), log=str(log), on_exit=lambda *_: done.set())
+                          cwd=str(d), log=str(log), on_exit=lambda *_, done=done: done.set())
             assert done.wait(60), "the rank did not exit"
             lines.append(json.loads(log.read_text().strip().splitlines()[-1]))
     finally:
