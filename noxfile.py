@@ -1,6 +1,6 @@
 """Sessions: ``breakit`` (the break-it suite), ``tests`` (unit + plugin tests),
 ``launches`` (the launch-mode matrix and a world-size-8 smoke run), ``lint`` (ruff),
-``bench`` (speed numbers, see benchmarks/), ``explore`` (random fault schedules, one invariant), ``fuzz`` (the envelope decoder,
+``bench`` (speed numbers, see benchmarks/), ``gpu`` (one CUDA GPU, docs/GPU.md), ``explore`` (random fault schedules, one invariant), ``fuzz`` (the envelope decoder,
 tools/fuzz_envelope.py), ``soak`` (the suite N times, tools/soak.py), ``mutate`` (semantic
 mutants, see mutate/; nightly, not in CI: it takes minutes).
 
@@ -87,6 +87,17 @@ def bench(session: nox.Session) -> None:
     """Speed numbers side by side: writes reports/bench/bench.json and bench.md."""
     _install(session)
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(venv_params=["--system-site-packages"])
+def gpu(session: nox.Session) -> None:
+    """What one CUDA GPU shows (docs/GPU.md): dtype tables, outputs, the suite on CUDA tensors, digests,
+    overhead. Uses the machine's own CUDA torch, never the CPU pin; writes reports/gpu/."""
+    session.install("-r", "requirements/test.txt")
+    probe = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)"
+    if session.run("python", "-c", probe, success_codes=[0, 3], silent=True, return_code=True) != 0:
+        session.error("nox -s gpu needs a CUDA GPU and a CUDA build of torch on this machine's python")
+    session.run("python", "-m", "benchmarks.gpu", *session.posargs)
 
 
 @nox.session(venv_params=VENV_PARAMS)

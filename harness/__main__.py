@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="ad hoc: extra environment for every rank, e.g. TP_PROGRESS_TIMEOUT_S=1 (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="print verdicts only, no progress")
-    add(p, "world_size", "deadline", "stall", "launch", "backend", "report_dir", "tp_command", "startup_deadline")
+    add(p, "world_size", "deadline", "stall", "launch", "backend", "device", "report_dir", "tp_command",
+        "startup_deadline")
     p = sub.add_parser("explore", help="random fault schedules against one invariant, violations shrunk")
     p.add_argument("--seed", type=int, default=1, help="the same seed gives the same schedules (default 1)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop starting schedules after this long")
@@ -80,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                    "under --launch zygote or subprocess; 1 otherwise)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for every rank (repeatable), e.g. a test-only TP_TEST_PLANT")
-    add(p, "deadline", "stall", "launch", "backend", "report_dir", "tp_command")
+    add(p, "deadline", "stall", "launch", "backend", "device", "report_dir", "tp_command")
     p = sub.add_parser("report", help="print summary.md of a run (default: reports/latest)")
     p.add_argument("dir", nargs="?", type=Path, default=None, help="run directory or report root")
     return parser
@@ -194,7 +195,7 @@ def _replace(scenario: Scenario, overrides: dict) -> Scenario:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        settings = {n: _setting(args, n) for n in ("world_size", "deadline", "stall", "launch", "backend",
+        settings = {n: _setting(args, n) for n in ("world_size", "deadline", "stall", "launch", "backend", "device",
                                                    "report_dir", "tp_command", "startup_deadline")}
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
@@ -214,7 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = settings["report_dir"] / report.run_dir_name()
     status = _Status(enabled=not args.quiet)
     config = RunConfig(run_dir=run_dir, world_size=settings["world_size"], backend=settings["backend"],
-                       deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
+                       device=settings["device"], deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
                        tp_command=settings["tp_command"], startup_deadline_s=settings["startup_deadline"],
                        on_progress=status.show)
     failed = 0
@@ -301,8 +302,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from harness.runner import RunConfig
 
     try:
-        settings = {n: _setting(args, n) for n in ("deadline", "stall", "launch", "backend", "report_dir",
-                                                   "tp_command")}
+        settings = {n: _setting(args, n) for n in ("deadline", "stall", "launch", "backend", "device",
+                                                   "report_dir", "tp_command")}
         sizes = tuple(options.OPTIONS["world_size"].validate(w, "--world-size") for w in args.world_sizes.split(","))
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
@@ -316,7 +317,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if settings["launch"] == "zygote":
         zygote.shared()
     config = RunConfig(run_dir=settings["report_dir"] / report.run_dir_name(), backend=settings["backend"],
-                       deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
+                       device=settings["device"], deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
                        tp_command=settings["tp_command"])
     tp_env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
     try:

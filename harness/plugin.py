@@ -223,7 +223,7 @@ class Breakit:
             pytest.skip(reason)
         config = RunConfig(
             run_dir=self._request.config.stash[_RUN_DIR], world_size=s["world_size"], backend=s["backend"],
-            deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"], tp_command=s["tp_command"],
+            device=s["device"], deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"], tp_command=s["tp_command"],
             startup_deadline_s=s["startup_deadline"], cwd=self._request.config.rootpath,
         )
         marker_deadline = s["marker_deadline"]
