@@ -201,3 +201,21 @@ def test_the_report_counts_coverage_and_the_time_to_crash_distribution() -> None
     dist = explore_report.distribution([3.0, 1.0, 2.0, 10.0])
     assert dist == {"count": 4, "min": 1.0, "median": 2.5, "p90": 10.0, "max": 10.0}
     assert explore_report.distribution([]) == {"count": 0}
+
+
+@pytest.mark.timeout(300)
+def test_the_first_pass_fires_every_site_with_two_runs_at_a_time(tmp_path: Path) -> None:
+    """Real ranks: 16 schedules, two at a time, start at the 16 sites and each first fault fires; the report
+    lists them in schedule order, each the schedule its index generates alone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
+    cmd = [sys.executable, "-m", "harness", "explore", "--seed", "1", "--runs", str(len(SITES)), "--jobs", "2",
+           "--report-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(next(tmp_path.glob("2*/explore.json")).read_text())
+    assert doc["meta"]["jobs"] == 2 and [r["index"] for r in doc["runs"]] == list(range(len(SITES)))
+    for r in doc["runs"]:
+        first = explore.generate(1, r["index"], SITES, world_sizes=(2, 4), faults_per_run=(1, 3)).faults[0]
+        assert r["schedule"]["faults"][0] == first.spec()
+        assert f"{first.site}={first.action.partition('(')[0]}" in r["fired"], r
+    assert doc["coverage"]["sites_fired"] == sorted(s["site"] for s in SITES)
