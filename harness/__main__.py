@@ -8,6 +8,7 @@ iff every verdict passed.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import harness
 from harness import options, probe, report
 from harness.scenario import (
     Expect,
@@ -25,6 +27,8 @@ from harness.scenario import (
     load_catalog,
 )
 
+CATALOG_HELP = ("a scenario module, a directory (its test_*.py) or a quoted glob; repeatable "
+                "(default: scenarios/test_*.py here, else the installed tp-breakit's)")
 EXPECTS = {"crash": Expect.crash, "clean": Expect.clean, "hang": Expect.hang, "diverge": Expect.diverge,
            "hang_or_diverge": Expect.hang_or_diverge}
 
@@ -39,7 +43,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m harness", description="tp-breakit: break TP ranks on purpose, judge the outcome")
+    parser = _Parser(prog=_prog(), description="tp-breakit: break TP ranks on purpose, judge the outcome")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {harness.__version__} (tp-breakit)")
     sub = parser.add_subparsers(dest="command", metavar="{list,failpoints,run,explore,report}")
 
     def add(p: argparse.ArgumentParser, *names: str) -> None:
@@ -48,11 +53,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(opt.cli_flag, dest=name, default=None, metavar=opt.metavar, help=opt.help)
 
     p = sub.add_parser("list", help="show the scenario catalog")
-    p.add_argument("--catalog", nargs="+", type=Path, help="scenario module files (default scenarios/test_*.py)")
+    p.add_argument("--catalog", action="append", type=Path, metavar="PATH", help=CATALOG_HELP)
     p = sub.add_parser("failpoints", help="ask the TP path for its failpoint sites")
     add(p, "tp_command")
     p = sub.add_parser("run", help="run catalog scenarios by id, or one ad-hoc fault")
-    p.add_argument("ids", nargs="*", metavar="ID", help="scenario id, e.g. FM-03 (also runs FM-03/...)")
+    p.add_argument("ids", nargs="*", metavar="ID",
+                   help="scenario id, e.g. FM-03 (also runs FM-03/...); none: every scenario of the catalog")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="ad hoc: arm SITE=ACTION[(ARG)][@TRIGGER,...] (repeatable)")
     p.add_argument("--expect", choices=sorted(EXPECTS), help="ad hoc: the expected outcome")
@@ -61,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(default all) (repeatable)")
     p.add_argument("--guardrails", metavar="SPEC", help="TP_GUARDRAILS for the run(s), e.g. all,-preflight")
     p.add_argument("--chunks", type=int, metavar="N", help="chunks per run (default: the scenario's)")
-    p.add_argument("--catalog", nargs="+", type=Path, help="scenario module files (default scenarios/test_*.py)")
+    p.add_argument("--catalog", action="append", type=Path, metavar="PATH", help=CATALOG_HELP)
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="ad hoc: extra environment for every rank, e.g. TP_PROGRESS_TIMEOUT_S=1 (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="print verdicts only, no progress")
@@ -90,12 +96,32 @@ def _setting(args: argparse.Namespace, name: str):
     return opt.validate(value, opt.cli_flag) if value is not None else options.default(name)
 
 
-def _catalog(paths: list[Path] | None) -> list[Scenario]:
-    if paths is None:
-        paths = default_catalog_paths(Path.cwd()) or default_catalog_paths(Path(__file__).resolve().parent.parent)
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise UsageError(f"scenario module not found: {', '.join(missing)}")
+def _prog() -> str:
+    """``breakit`` under the console script, else ``python -m harness``."""
+    return "breakit" if Path(sys.argv[0]).name == "breakit" else "python -m harness"
+
+
+def _catalog_files(given: list[Path] | None) -> list[Path]:
+    """Scenario modules named by ``--catalog``: files, directories (their ``test_*.py``) and quoted globs."""
+    if given is None:
+        return default_catalog_paths(Path.cwd()) or default_catalog_paths(Path(__file__).resolve().parent.parent)
+    paths: list[Path] = []
+    for item in given:
+        if item.is_dir():
+            found = sorted(item.glob("test_*.py"))
+        elif glob.has_magic(str(item)):
+            found = sorted(Path(p) for p in glob.glob(str(item)))
+        else:
+            found = [item] if item.is_file() else []
+        if not found:
+            raise UsageError(f"scenario module not found: {item} (--catalog takes a test_*.py file, a directory "
+                             "holding test_*.py, or a quoted glob)")
+        paths += [p for p in found if p not in paths]
+    return paths
+
+
+def _catalog(given: list[Path] | None) -> list[Scenario]:
+    paths = _catalog_files(given)
     try:
         return load_catalog(paths)
     except Exception as exc:  # noqa: BLE001 - any import error of a scenario module is the user's input
@@ -158,6 +184,7 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
             scenarios = [Scenario(id="adhoc", fm="adhoc", title=title, proves="adhoc", faults=faults,
                                   expect=expect, env=_env(args.env))]
         elif args.ids:
+            _check_ids(args.ids)
             catalog = _catalog(args.catalog)
             scenarios = []
             for wanted in args.ids:
@@ -167,11 +194,22 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
                     raise UsageError(f"unknown scenario {wanted!r}; known: {known}")
                 scenarios += [s for s in found if s not in scenarios]
         else:
-            raise UsageError("give scenario ids (see 'python -m harness list') or --fault SPEC --expect KIND")
+            scenarios = _catalog(args.catalog)
+            if not scenarios:
+                raise UsageError("the catalog holds no scenarios: give --catalog PATH (a module that defines "
+                                 "SCENARIOS, or a directory of them)")
         overrides = {k: v for k, v in (("guardrails", args.guardrails), ("chunks", args.chunks)) if v is not None}
         return [_replace(s, overrides) for s in scenarios]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _check_ids(ids: list[str]) -> None:
+    """A path among the ids is a catalog the shell expanded (``--catalog dir/test_*.py``): say so."""
+    for wanted in ids:
+        if wanted.endswith(".py") or os.sep in wanted and Path(wanted).exists():
+            raise UsageError(f"{wanted!r} is a file, not a scenario id: --catalog takes one path each; give the "
+                             "directory (--catalog my_scenarios), a quoted glob or --catalog once per module")
 
 
 def _env(items: list[str]) -> dict[str, str]:
@@ -196,6 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                    "report_dir", "tp_command", "startup_deadline")}
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
+    settings["launch"] = _fit_launch(args, settings)
     scenarios = _selected(args)
     planned = [s for s in scenarios if not s.skip_reason(settings["world_size"])]
     for scenario in scenarios:
@@ -239,15 +278,22 @@ def _preflight(scenarios: list[Scenario], settings: dict) -> probe.Pending:
     except OSError as exc:
         raise UsageError(f"report dir {str(root)!r} (--report-dir) is not writable: "
                          f"{exc.strerror or exc}; pick a directory you can write") from None
-    try:
-        probe.check_command(settings["tp_command"], settings["launch"])
-    except probe.Refused as exc:
-        raise UsageError(str(exc)) from None
     return probe.start(
         settings["tp_command"], failpoints=[s.failpoints() for s in scenarios if s.faults],
         guardrails=[s.guardrails for s in scenarios],
         world_sizes=[s.world_size or settings["world_size"] for s in scenarios], backends=[settings["backend"]],
         envs=[env for s in scenarios for env in probe.tp_envs(s)], launch=settings["launch"], cwd=Path.cwd())
+
+
+def _fit_launch(args: argparse.Namespace, settings: dict) -> str:
+    """The launch mode for the rank command (a default zygote gives way to subprocess, with a note)."""
+    try:
+        launch, note = probe.fit_launch(settings["tp_command"], settings["launch"], chosen=args.launch is not None)
+    except probe.Refused as exc:
+        raise UsageError(f"{exc} (--tp-command / --launch)") from None
+    if note:
+        print(f"harness: note: {note}", file=sys.stderr)
+    return launch
 
 
 def _await(pending: probe.Pending) -> None:
@@ -310,6 +356,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if (args.runs is not None and args.runs < 1) or (args.budget is not None and not args.budget > 0):
         raise UsageError("--runs must be >= 1 and --budget > 0 seconds")
     runs = args.runs if args.runs is not None or args.budget is not None else 20
+    settings["launch"] = _fit_launch(args, settings)
     if settings["launch"] == "zygote":
         zygote.shared()
     config = RunConfig(run_dir=settings["report_dir"] / report.run_dir_name(), backend=settings["backend"],
@@ -364,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except UsageError as exc:
-        print(f"python -m harness {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"harness: interrupted ({exc or 'SIGINT'}); every rank was reaped", file=sys.stderr)

@@ -1,8 +1,9 @@
 """pytest plugin: markers, ``--breakit-*`` options, the ``breakit`` fixture.
 
-Load it once, either way: the ``pytest11`` entry point named
-``harness.plugin`` or ``pytest_plugins = ["harness.plugin"]`` in the root
-conftest (pytest skips a plugin name it already registered).
+Its name is ``breakit``: the ``pytest11`` entry point of an installed tp-breakit
+loads it, ``-p no:breakit`` keeps it out. In a checkout that is not installed the
+root conftest registers it under the same name. A conftest that still says
+``pytest_plugins = ["harness.plugin"]`` gets the one already loaded, never a second copy.
 
 One precedence for every setting: ``@pytest.mark.breakit(...)`` > command line
 > ini > default (a scenario's own ``deadline_s`` sits between the marker and
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from _pytest import junitxml
 
+import harness
 from harness import options, probe, report
 from harness.outcome import Result
 from harness.runner import RunConfig, run_scenario
@@ -32,6 +34,16 @@ _RUN_DIR = pytest.StashKey[Path]()
 _SUMMARY = pytest.StashKey[report.Summary]()
 _REFUSED = pytest.StashKey[str]()
 _LOST = pytest.StashKey[list]()
+_HEADER = pytest.StashKey[list]()
+PLUGIN_NAME = "breakit"
+"""The entry point's name: ``-p no:breakit`` disables the plugin."""
+_DEFAULT_COMMAND = options.default("tp_command")
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Loaded as ``breakit``: the module name must not register this module a second time."""
+    if pluginmanager.get_name(sys.modules[__name__]) != __name__:
+        pluginmanager.set_blocked(__name__)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,30 +67,61 @@ def pytest_configure(config: pytest.Config) -> None:
     for opt in options.OPTIONS.values():
         settings[opt.name] = _resolve(config, opt)
     config.stash[_SETTINGS] = settings
+    config.stash[_HEADER] = [f"tp-breakit {harness.__version__}: rank command {' '.join(settings['tp_command'])!r} "
+                             f"({_from(config, 'tp_command')}), world size {settings['world_size']}, "
+                             f"backend {settings['backend']}"]
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
         config.stash[_RUN_DIR] = Path(workerinput[WORKER_KEY])
     else:
         root = settings["report_dir"]
         if not root.is_absolute():
-            root = config.rootpath / root
+            root = base_dir(config) / root
         config.stash[_RUN_DIR] = root / report.run_dir_name()
         if not config.option.collectonly:
-            _check_before_launch(root, settings)
+            _check_before_launch(config, root, settings)
     config.pluginmanager.register(_Tally(), TALLY_PLUGIN)
 
 
-def _check_before_launch(root: Path, settings: dict) -> None:
+def _check_before_launch(config: pytest.Config, root: Path, settings: dict) -> None:
     """Report dir writable and a rank command that can start: one line, before any rank or the zygote."""
+    chosen = _source(config, "launch") != "default"
     try:
-        probe.check_command(settings["tp_command"], settings["launch"])
+        settings["launch"], note = probe.fit_launch(settings["tp_command"], settings["launch"], chosen=chosen)
     except probe.Refused as exc:
         raise pytest.UsageError(f"{exc} (--breakit-tp-command / --breakit-launch)") from None
+    config.stash[_HEADER].append(f"tp-breakit: {note}" if note else f"tp-breakit: launch mode {settings['launch']}")
     try:
         report.check_writable(root)
     except OSError as exc:
         raise pytest.UsageError(f"report dir {str(root)!r} (--breakit-report-dir) is not writable: "
                                 f"{exc.strerror or exc}; pick a directory you can write") from None
+
+
+def base_dir(config: pytest.Config) -> Path:
+    """Where ranks start and a relative report dir lives: the ini file's directory (the rootdir), else the
+    directory pytest was started in (without an ini file pytest's rootdir is the common ancestor of the
+    arguments, e.g. ``my_scenarios/``, where ``python -m mypkg.serve`` would not find ``mypkg``)."""
+    return config.rootpath if config.inipath is not None else config.invocation_params.dir
+
+
+def _source(config: pytest.Config, name: str) -> str:
+    """Where setting ``name`` came from: its flag, its ini key, or ``default``."""
+    opt = options.OPTIONS[name]
+    if config.getoption(opt.ini) is not None:
+        return opt.pytest_flag
+    if config.getini(opt.ini) not in (None, ""):
+        return f"{opt.ini} in {config.inipath.name if config.inipath else 'ini'}"
+    return "default"
+
+
+def _from(config: pytest.Config, name: str) -> str:
+    source = _source(config, name)
+    return source if source == "default" else f"from {source}"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return config.stash.get(_HEADER, [])
 
 
 def _resolve(config: pytest.Config, opt: options.Option):
@@ -155,7 +198,7 @@ def _ask_tp(session: pytest.Session, planned: list[tuple[Scenario, int]]) -> pro
     return probe.start(settings["tp_command"], failpoints=[s.failpoints() for s, _ in planned if s.faults],
                        guardrails=[s.guardrails for s, _ in planned], world_sizes=[ws for _, ws in planned],
                        backends=[settings["backend"]], envs=[e for s, _ in planned for e in probe.tp_envs(s)],
-                       launch=settings["launch"], cwd=session.config.rootpath)
+                       launch=settings["launch"], cwd=base_dir(session.config))
 
 
 def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
@@ -181,6 +224,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if config.option.collectonly:
         return
     planned = _planned(session)
+    _warn_builtin_tp(session)
     pending = _ask_tp(session, planned) if planned else None
     launches = any("breakit" in getattr(item, "fixturenames", ()) for item in session.items)
     if launches and config.stash[_SETTINGS]["launch"] == "zygote":
@@ -191,6 +235,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         probe.overlap_store_import()
     if pending is not None and _tp_verdict(session, pending):
         report.write_planned(config.stash[_RUN_DIR], len(planned))
+
+
+def _warn_builtin_tp(session: pytest.Session) -> None:
+    """Scenarios of one's own against the built-in TP path only because no rank command was given: say so."""
+    if _source(session.config, "tp_command") != "default":
+        return
+    own = Path(harness.__file__).resolve().parent.parent / "scenarios"
+    foreign = sorted({str(item.path) for item in session.items if _scenario_of(item) is not None
+                      and not item.path.resolve().is_relative_to(own)})
+    if foreign:
+        session.config.issue_config_time_warning(pytest.PytestWarning(
+            f"tp-breakit: {foreign[0]}{' and others' if len(foreign) > 1 else ''} run against the built-in TP "
+            f"path {' '.join(_DEFAULT_COMMAND)!r}: no rank command was given; set --breakit-tp-command "
+            f"or breakit_tp_command in your ini to test your own"), stacklevel=2)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -224,16 +282,25 @@ class Breakit:
         config = RunConfig(
             run_dir=self._request.config.stash[_RUN_DIR], world_size=s["world_size"], backend=s["backend"],
             deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"], tp_command=s["tp_command"],
-            startup_deadline_s=s["startup_deadline"], cwd=self._request.config.rootpath,
+            startup_deadline_s=s["startup_deadline"], cwd=base_dir(self._request.config),
         )
         marker_deadline = s["marker_deadline"]
         result = run_scenario(scenario, config, deadline_s=float(marker_deadline) if marker_deadline else None)
         for key, value in (("scenario", result.id), ("fm", result.fm), ("outcome", result.observed),
                            ("time_to_crash_s", result.time_to_crash_s), ("verdict", result.verdict)):
-            self._record(key, "" if value is None else value)
+            if _per_test_properties(self._request.config):
+                self._record(key, "" if value is None else value)
         if not result.passed:
             pytest.fail(result.failure_text(), pytrace=False)
         return result
+
+
+def _per_test_properties(config: pytest.Config) -> bool:
+    """JUnit's default family (xunit2) has no per-test properties: record them only for xunit1 or no JUnit file.
+
+    Under xunit2 the run's verdict is the suite property ``breakit_overall``; per scenario, summary.json.
+    """
+    return not config.option.xmlpath or config.getini("junit_family") in ("xunit1", "legacy")
 
 
 @pytest.fixture
@@ -315,9 +382,14 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     summary = config.stash.get(_SUMMARY, None)
     if summary is None:
         return
-    tr.write_sep("=", "tp-breakit")
+    verbosity = config.get_verbosity()
+    if verbosity >= 0:
+        tr.write_sep("=", "tp-breakit")
     doc = json.loads(summary.json_path.read_text())
-    for row in doc["scenarios"]:
+    # -q keeps the failing rows and the verdict line, -qq the verdict line alone.
+    for row in doc["scenarios"] if verbosity >= -1 else ():
+        if verbosity < 0 and row["verdict"] == "PASS":
+            continue
         ttc = report.ttc_text(row)
         tr.write_line(f"{row['id']:<22} ws{row['world_size']}  expected {row['expected']:<14} "
                       f"observed {row['observed']:<13} ttc {ttc:>9}  {row['verdict']}")
