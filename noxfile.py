@@ -23,9 +23,13 @@ VENV_PARAMS = ["--system-site-packages"] if SYSTEM_TORCH else []
 
 
 def _install(session: nox.Session) -> None:
+    constraints = () if SYSTEM_TORCH else ("-c", "constraints/cpu.txt")
     if not SYSTEM_TORCH:
-        session.install("-c", "constraints/cpu.txt", "torch")
+        session.install(*constraints, "torch")
     session.install("-r", "requirements/test.txt")
+    # The package itself, as users install it: its entry points (the `breakit` console script and pytest
+    # plugin) come from pyproject.toml, so packaging is exercised by every session that runs tests.
+    session.install(*constraints, "-e", ".")
 
 
 @nox.session(venv_params=VENV_PARAMS)

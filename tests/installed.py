@@ -32,6 +32,13 @@ class Installed:
     """Environment for commands run 'in' it: its bin/ first on PATH, no PYTHONPATH."""
 
 
+def _setuptools_at_least(major: int) -> bool:
+    try:
+        return int(importlib.metadata.version("setuptools").split(".")[0]) >= major
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+
+
 def install(where: Path) -> Installed:
     """Create the virtualenv under ``where`` and install this checkout into it, editable, without deps."""
     root = where / "venv"
@@ -41,8 +48,11 @@ def install(where: Path) -> Installed:
                              check=True, capture_output=True, text=True, timeout=60).stdout.strip()
     borrowed = dict.fromkeys([sysconfig.get_paths()["purelib"], *site.getsitepackages()])
     Path(purelib, "_borrowed_site.pth").write_text("".join(f"{p}\n" for p in borrowed))
+    # The borrowed site-packages usually has a setuptools new enough to build with: no isolated build env
+    # to fill (about 4 s instead of 17 s on a loaded 2-core box).
+    isolation = ["--no-build-isolation"] if _setuptools_at_least(77) else []
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet",
-                           "--disable-pip-version-check", "-e", str(REPO)],
+                           "--disable-pip-version-check", *isolation, "-e", str(REPO)],
                           capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"pip install -e {REPO} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")

@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from installed import REPO, Installed, install
+from installed import REPO, Installed
 
 STAND_IN = REPO / "tests" / "ranks" / "fake_tp.py"
 SCENARIOS = textwrap.dedent("""
@@ -46,11 +46,6 @@ def readme_commands() -> list[list[str]]:
     section = text.split("\n## Bring your own TP path\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     return [words for block in blocks for line in block.splitlines() if (words := shlex.split(line, comments=True))]
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    return install(tmp_path_factory.mktemp("installed"))
 
 
 @pytest.fixture

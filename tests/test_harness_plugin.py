@@ -234,3 +234,13 @@ def test_loading_by_entry_point_and_conftest_registers_once(tester: pytest.Pytes
         result = tester.runpytest_subprocess("--markers", "-p", "no:cacheprovider")
         assert result.ret == 0, result.stderr.str()
         assert result.stdout.str().count("@pytest.mark.fm01:") == 1
+
+
+def test_last_failed_reruns_only_the_failed_scenario(tester: pytest.Pytester) -> None:
+    """The cache provider is on (pytest.ini no longer disables it): --lf reruns what failed."""
+    tester.makepyfile(test_fm03=SCENARIO_TESTS)
+    first = tester.runpytest_subprocess("-m", "fm03", "--breakit-report-dir=out", *FAKE)
+    first.assert_outcomes(passed=1, failed=1, skipped=1, deselected=1)
+    again = tester.runpytest_subprocess("-m", "fm03", "--lf", "--breakit-report-dir=out", *FAKE)
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines(["run-last-failure: rerun previous 1 failure*"])
