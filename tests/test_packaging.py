@@ -7,8 +7,9 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-import harness
 from installed import REPO, Installed
+
+import harness
 
 METADATA = textwrap.dedent("""
     import importlib.metadata as m, importlib.util as u, json
