@@ -8,7 +8,6 @@ iff every verdict passed.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re
@@ -18,23 +17,11 @@ from pathlib import Path
 
 import harness
 from harness import options, probe, report
-from harness.scenario import (
-    Expect,
-    Fault,
-    Scenario,
-    default_catalog_paths,
-    frozen_by,
-    load_catalog,
-)
+from harness.scenario import Expect, Fault, Scenario, frozen_by
+from harness.selection import CATALOG_HELP, UsageError, check_ids, load_scenarios
 
-CATALOG_HELP = ("a scenario module, a directory (its test_*.py) or a quoted glob; repeatable "
-                "(default: scenarios/test_*.py here, else the installed tp-breakit's)")
 EXPECTS = {"crash": Expect.crash, "clean": Expect.clean, "hang": Expect.hang, "diverge": Expect.diverge,
            "hang_or_diverge": Expect.hang_or_diverge}
-
-
-class UsageError(Exception):
-    """Bad user input: one line, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,35 +88,8 @@ def _prog() -> str:
     return "breakit" if Path(sys.argv[0]).name == "breakit" else "python -m harness"
 
 
-def _catalog_files(given: list[Path] | None) -> list[Path]:
-    """Scenario modules named by ``--catalog``: files, directories (their ``test_*.py``) and quoted globs."""
-    if given is None:
-        return default_catalog_paths(Path.cwd()) or default_catalog_paths(Path(__file__).resolve().parent.parent)
-    paths: list[Path] = []
-    for item in given:
-        if item.is_dir():
-            found = sorted(item.glob("test_*.py"))
-        elif glob.has_magic(str(item)):
-            found = sorted(Path(p) for p in glob.glob(str(item)))
-        else:
-            found = [item] if item.is_file() else []
-        if not found:
-            raise UsageError(f"scenario module not found: {item} (--catalog takes a test_*.py file, a directory "
-                             "holding test_*.py, or a quoted glob)")
-        paths += [p for p in found if p not in paths]
-    return paths
-
-
-def _catalog(given: list[Path] | None) -> list[Scenario]:
-    paths = _catalog_files(given)
-    try:
-        return load_catalog(paths)
-    except Exception as exc:  # noqa: BLE001 - any import error of a scenario module is the user's input
-        raise UsageError(f"cannot load the scenario catalog: {type(exc).__name__}: {exc}") from None
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = [(s.id, s.proves, s.expect.describe(), s.guardrails, s.title) for s in _catalog(args.catalog)]
+    rows = [(s.id, s.proves, s.expect.describe(), s.guardrails, s.title) for s in load_scenarios(args.catalog)]
     header = ("ID", "PROVES", "EXPECT", "GUARDRAILS", "TITLE")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
@@ -184,8 +144,8 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
             scenarios = [Scenario(id="adhoc", fm="adhoc", title=title, proves="adhoc", faults=faults,
                                   expect=expect, env=_env(args.env))]
         elif args.ids:
-            _check_ids(args.ids)
-            catalog = _catalog(args.catalog)
+            check_ids(args.ids)
+            catalog = load_scenarios(args.catalog)
             scenarios = []
             for wanted in args.ids:
                 found = [s for s in catalog if s.id == wanted or s.id.startswith(wanted + "/")]
@@ -194,7 +154,7 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
                     raise UsageError(f"unknown scenario {wanted!r}; known: {known}")
                 scenarios += [s for s in found if s not in scenarios]
         else:
-            scenarios = _catalog(args.catalog)
+            scenarios = load_scenarios(args.catalog)
             if not scenarios:
                 raise UsageError("the catalog holds no scenarios: give --catalog PATH (a module that defines "
                                  "SCENARIOS, or a directory of them)")
@@ -202,14 +162,6 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
         return [_replace(s, overrides) for s in scenarios]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-
-
-def _check_ids(ids: list[str]) -> None:
-    """A path among the ids is a catalog the shell expanded (``--catalog dir/test_*.py``): say so."""
-    for wanted in ids:
-        if wanted.endswith(".py") or os.sep in wanted and Path(wanted).exists():
-            raise UsageError(f"{wanted!r} is a file, not a scenario id: --catalog takes one path each; give the "
-                             "directory (--catalog my_scenarios), a quoted glob or --catalog once per module")
 
 
 def _env(items: list[str]) -> dict[str, str]:

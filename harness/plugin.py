@@ -68,7 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
         settings[opt.name] = _resolve(config, opt)
     config.stash[_SETTINGS] = settings
     config.stash[_HEADER] = [f"tp-breakit {harness.__version__}: rank command {' '.join(settings['tp_command'])!r} "
-                             f"({_from(config, 'tp_command')}), world size {settings['world_size']}, "
+                             f"({_source(config, 'tp_command', prefix='from ')}), world size {settings['world_size']}, "
                              f"backend {settings['backend']}"]
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
@@ -99,25 +99,19 @@ def _check_before_launch(config: pytest.Config, root: Path, settings: dict) -> N
 
 
 def base_dir(config: pytest.Config) -> Path:
-    """Where ranks start and a relative report dir lives: the ini file's directory (the rootdir), else the
-    directory pytest was started in (without an ini file pytest's rootdir is the common ancestor of the
-    arguments, e.g. ``my_scenarios/``, where ``python -m mypkg.serve`` would not find ``mypkg``)."""
+    """Where ranks start and a relative report dir lives: the ini file's directory, else where pytest started
+    (without an ini, rootdir is the arguments' common ancestor, e.g. ``my_scenarios/``, which lacks ``mypkg``)."""
     return config.rootpath if config.inipath is not None else config.invocation_params.dir
 
 
-def _source(config: pytest.Config, name: str) -> str:
-    """Where setting ``name`` came from: its flag, its ini key, or ``default``."""
+def _source(config: pytest.Config, name: str, prefix: str = "") -> str:
+    """Where setting ``name`` came from: ``{prefix}`` its flag or its ini key, or ``default``."""
     opt = options.OPTIONS[name]
     if config.getoption(opt.ini) is not None:
-        return opt.pytest_flag
+        return prefix + opt.pytest_flag
     if config.getini(opt.ini) not in (None, ""):
-        return f"{opt.ini} in {config.inipath.name if config.inipath else 'ini'}"
+        return f"{prefix}{opt.ini} in {config.inipath.name if config.inipath else 'ini'}"
     return "default"
-
-
-def _from(config: pytest.Config, name: str) -> str:
-    source = _source(config, name)
-    return source if source == "default" else f"from {source}"
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
