@@ -1,9 +1,8 @@
 """pytest plugin: markers, ``--breakit-*`` options, the ``breakit`` fixture.
 
-Its name is ``breakit``: the ``pytest11`` entry point of an installed tp-breakit
-loads it, ``-p no:breakit`` keeps it out. In a checkout that is not installed the
-root conftest registers it under the same name. A conftest that still says
-``pytest_plugins = ["harness.plugin"]`` gets the one already loaded, never a second copy.
+Its name is ``breakit`` (``-p no:breakit`` keeps it out): the ``pytest11`` entry
+point of an installed tp-breakit, or the root conftest of a checkout. Loaded by its
+module name (``-p harness.plugin``) it blocks the other name: never a second copy.
 
 One precedence for every setting: ``@pytest.mark.breakit(...)`` > command line
 > ini > default (a scenario's own ``deadline_s`` sits between the marker and
@@ -41,9 +40,9 @@ _DEFAULT_COMMAND = options.default("tp_command")
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    """Loaded as ``breakit``: the module name must not register this module a second time."""
-    if pluginmanager.get_name(sys.modules[__name__]) != __name__:
-        pluginmanager.set_blocked(__name__)
+    """One module, two names (the entry point's ``breakit``, ``-p harness.plugin``): block the other one."""
+    other = __name__ if pluginmanager.get_name(sys.modules[__name__]) == PLUGIN_NAME else PLUGIN_NAME
+    pluginmanager.set_blocked(other)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -70,6 +69,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_HEADER] = [f"tp-breakit {harness.__version__}: rank command {' '.join(settings['tp_command'])!r} "
                              f"({_source(config, 'tp_command', prefix='from ')}), world size {settings['world_size']}, "
                              f"backend {settings['backend']}"]
+    if not config.option.collectonly:  # xdist workers too: each starts ranks the way the controller decided
+        _fit_launch(config, settings)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
         config.stash[_RUN_DIR] = Path(workerinput[WORKER_KEY])
@@ -79,18 +80,22 @@ def pytest_configure(config: pytest.Config) -> None:
             root = base_dir(config) / root
         config.stash[_RUN_DIR] = root / report.run_dir_name()
         if not config.option.collectonly:
-            _check_before_launch(config, root, settings)
+            _check_writable(root)
     config.pluginmanager.register(_Tally(), TALLY_PLUGIN)
 
 
-def _check_before_launch(config: pytest.Config, root: Path, settings: dict) -> None:
-    """Report dir writable and a rank command that can start: one line, before any rank or the zygote."""
+def _fit_launch(config: pytest.Config, settings: dict) -> None:
+    """A rank command that can start in the launch mode (a default zygote gives way): one line, before any rank."""
     chosen = _source(config, "launch") != "default"
     try:
         settings["launch"], note = probe.fit_launch(settings["tp_command"], settings["launch"], chosen=chosen)
     except probe.Refused as exc:
         raise pytest.UsageError(f"{exc} (--breakit-tp-command / --breakit-launch)") from None
     config.stash[_HEADER].append(f"tp-breakit: {note}" if note else f"tp-breakit: launch mode {settings['launch']}")
+
+
+def _check_writable(root: Path) -> None:
+    """The report dir can be written: one line, before any rank or the zygote."""
     try:
         report.check_writable(root)
     except OSError as exc:
@@ -215,10 +220,10 @@ def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Check inputs with the TP path, note how many scenarios will run, start the zygote early."""
     config = session.config
+    _warn_builtin_tp(session)
     if config.option.collectonly:
         return
     planned = _planned(session)
-    _warn_builtin_tp(session)
     pending = _ask_tp(session, planned) if planned else None
     launches = any("breakit" in getattr(item, "fixturenames", ()) for item in session.items)
     if launches and config.stash[_SETTINGS]["launch"] == "zygote":
@@ -240,9 +245,9 @@ def _warn_builtin_tp(session: pytest.Session) -> None:
                       and not item.path.resolve().is_relative_to(own)})
     if foreign:
         session.config.issue_config_time_warning(pytest.PytestWarning(
-            f"tp-breakit: {foreign[0]}{' and others' if len(foreign) > 1 else ''} run against the built-in TP "
-            f"path {' '.join(_DEFAULT_COMMAND)!r}: no rank command was given; set --breakit-tp-command "
-            f"or breakit_tp_command in your ini to test your own"), stacklevel=2)
+            f"tp-breakit: {foreign[0]}{' and others' if len(foreign) > 1 else ''} run against the built-in TP path "
+            f"{' '.join(_DEFAULT_COMMAND)!r}: no rank command was given (--breakit-tp-command, breakit_tp_command)"),
+            stacklevel=2)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -279,9 +284,9 @@ class Breakit:
         )
         marker_deadline = s["marker_deadline"]
         result = run_scenario(scenario, config, deadline_s=float(marker_deadline) if marker_deadline else None)
-        for key, value in (("scenario", result.id), ("fm", result.fm), ("outcome", result.observed),
-                           ("time_to_crash_s", result.time_to_crash_s), ("verdict", result.verdict)):
-            if _per_test_properties(self._request.config):  # what record_property does, without its warning
+        if _per_test_properties(self._request.config):  # what record_property does, without its warning
+            for key, value in (("scenario", result.id), ("fm", result.fm), ("outcome", result.observed),
+                               ("time_to_crash_s", result.time_to_crash_s), ("verdict", result.verdict)):
                 self._request.node.user_properties.append((key, "" if value is None else value))
         if not result.passed:
             pytest.fail(result.failure_text(), pytrace=False)
@@ -289,10 +294,7 @@ class Breakit:
 
 
 def _per_test_properties(config: pytest.Config) -> bool:
-    """JUnit's default family (xunit2) has no per-test properties: record them only for xunit1 or no JUnit file.
-
-    Under xunit2 the run's verdict is the suite property ``breakit_overall``; per scenario, summary.json.
-    """
+    """xunit2, JUnit's default family, has no per-test properties (the verdict is the suite's breakit_overall)."""
     return not config.option.xmlpath or config.getini("junit_family") in ("xunit1", "legacy")
 
 

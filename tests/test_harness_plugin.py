@@ -244,3 +244,23 @@ def test_last_failed_reruns_only_the_failed_scenario(tester: pytest.Pytester) ->
     again = tester.runpytest_subprocess("-m", "fm03", "--lf", "--breakit-report-dir=out", *FAKE)
     again.assert_outcomes(failed=1)
     again.stdout.fnmatch_lines(["run-last-failure: rerun previous 1 failure*"])
+
+
+def test_own_scenarios_without_a_rank_command_warn_that_the_builtin_tp_runs(tester: pytest.Pytester) -> None:
+    tester.makepyfile(test_fm03=SCENARIO_TESTS)
+    result = tester.runpytest_subprocess("--co", "-q")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["*test_fm03.py run against the built-in TP path *-m tp': no rank command was given*"])
+    quiet = tester.runpytest_subprocess("--co", "-q", *FAKE)
+    assert "built-in TP path" not in quiet.stdout.str()
+
+
+def test_a_script_rank_command_runs_as_subprocesses_on_xdist_workers_too(tester: pytest.Pytester) -> None:
+    """Not 'python -m MODULE': the default zygote gives way to subprocess in the controller and every worker."""
+    tester.makepyfile(test_fm03=SCENARIO_TESTS)
+    result = tester.runpytest_subprocess("-n", "2", "-k", "FM-03 and not off and not big", "--breakit-report-dir=out",
+                                         "--breakit-tp-command", f"python {RANKS / 'fake_tp.py'}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["tp-breakit: launch mode subprocess: the default, zygote, forks only*"])
+    (result_json,) = (tester.path / "out" / "latest").glob("*/result.json")
+    assert json.loads(result_json.read_text())["launch"] == "subprocess"
