@@ -75,11 +75,11 @@ def chunk_latencies(config: Config, run: RunConfig, *, world_size: int, chunks: 
 
 
 def run(*, plan: dict[int, tuple[int, int]], run_dir: Path, cwd: Path, extra: tuple[Config, ...] = (),
-        say) -> dict:
+        say, backend: str = "gloo", device: str = "auto") -> dict:
     """The ``overhead`` section of bench.json; ``plan`` maps world size -> (repetitions, chunks per run)."""
     configs = [BASELINE, *MODES.values(), *extra]
-    run_cfg = RunConfig(run_dir=run_dir, launch="zygote", cwd=cwd)
-    out = {"warmup_chunks": WARMUP, "launch": "zygote", "plan": {str(ws): {"reps": r, "chunks": c}
+    run_cfg = RunConfig(run_dir=run_dir, launch="zygote", cwd=cwd, backend=backend, device=device)
+    out = {"warmup_chunks": WARMUP, "launch": "zygote", "backend": backend, "device": device, "plan": {str(ws): {"reps": r, "chunks": c}
                                                                   for ws, (r, c) in plan.items()},
            "measured": "rank 0 chunk_latency_ms (chunks after warm-up), median per run; overhead = all/none - 1",
            "targets_pct": TARGET_PCT, "low_quantile": LOW_Q, "world_sizes": {}}

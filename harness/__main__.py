@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import harness
-from harness import options, probe, report
+from harness import delta, options, probe, report
 from harness.scenario import Expect, Fault, Scenario, frozen_by
 from harness.selection import CATALOG_HELP, UsageError, check_ids, load_scenarios
 
@@ -58,7 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="ad hoc: extra environment for every rank, e.g. TP_PROGRESS_TIMEOUT_S=1 (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="print verdicts only, no progress")
-    add(p, "world_size", "deadline", "stall", "launch", "backend", "report_dir", "tp_command", "startup_deadline")
+    p.add_argument("--baseline", type=Path, metavar="DIR", help="run to compare with (default: the last green "
+                   "run of the same configuration in the report dir)")
+    add(p, "world_size", "deadline", "stall", "launch", "backend", "device", "report_dir", "tp_command",
+        "startup_deadline")
     p = sub.add_parser("explore", help="random fault schedules against one invariant, violations shrunk")
     p.add_argument("--seed", type=int, default=1, help="the same seed gives the same schedules (default 1)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop starting schedules after this long")
@@ -71,9 +74,11 @@ def _parser() -> argparse.ArgumentParser:
                    "(default 24)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for every rank (repeatable), e.g. a test-only TP_TEST_PLANT")
-    add(p, "deadline", "stall", "launch", "backend", "report_dir", "tp_command")
+    add(p, "deadline", "stall", "launch", "backend", "device", "report_dir", "tp_command")
     p = sub.add_parser("report", help="print summary.md of a run (default: reports/latest)")
     p.add_argument("dir", nargs="?", type=Path, default=None, help="run directory or report root")
+    p.add_argument("--baseline", type=Path, metavar="A", help="compare run A with the run DIR instead: verdict "
+                   "flips, scenarios added or removed, time-to-crash regressions; exit 1 if anything regressed")
     return parser
 
 
@@ -182,11 +187,12 @@ def _replace(scenario: Scenario, overrides: dict) -> Scenario:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        settings = {n: _setting(args, n) for n in ("world_size", "deadline", "stall", "launch", "backend",
+        settings = {n: _setting(args, n) for n in ("world_size", "deadline", "stall", "launch", "backend", "device",
                                                    "report_dir", "tp_command", "startup_deadline")}
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
     settings["launch"] = _fit_launch(args, settings)
+    baseline = _baseline_dir(args.baseline)
     scenarios = _selected(args)
     planned = [s for s in scenarios if not s.skip_reason(settings["world_size"])]
     for scenario in scenarios:
@@ -203,7 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = settings["report_dir"] / report.run_dir_name()
     status = _Status(enabled=not args.quiet)
     config = RunConfig(run_dir=run_dir, world_size=settings["world_size"], backend=settings["backend"],
-                       deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
+                       device=settings["device"], deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
                        tp_command=settings["tp_command"], startup_deadline_s=settings["startup_deadline"],
                        on_progress=status.show)
     failed = 0
@@ -217,9 +223,26 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
     except KeyboardInterrupt:
         status.clear()
-        _finish(run_dir, planned=len(planned), interrupted=True)
+        _finish(run_dir, planned=len(planned), interrupted=True, baseline=baseline, selection=_asked(args))
         raise
-    return _finish(run_dir, planned=len(planned), interrupted=False)
+    return _finish(run_dir, planned=len(planned), interrupted=False, baseline=baseline, selection=_asked(args))
+
+
+def _asked(args: argparse.Namespace) -> str:
+    """What the run was asked for: runs compare only with runs of the same selection."""
+    words = [*args.ids, *(f"--fault {f}" for f in args.fault), *([f"--expect {args.expect}"] if args.expect else []),
+             *(f"--catalog {c}" for c in args.catalog or ()), *([f"--device {args.device}"] if args.device else [])]
+    return " ".join(words)
+
+
+def _baseline_dir(given: Path | None) -> Path | None:
+    """``--baseline`` as a run directory (a report root means its 'latest'), checked before any rank starts."""
+    if given is None:
+        return None
+    try:
+        return report.find_run_dir(given)
+    except FileNotFoundError as exc:
+        raise UsageError(f"--baseline: {exc}") from None
 
 
 def _preflight(scenarios: list[Scenario], settings: dict) -> probe.Pending:
@@ -259,14 +282,19 @@ def _await(pending: probe.Pending) -> None:
               f"{answer.note}", file=sys.stderr)
 
 
-def _finish(run_dir: Path, *, planned: int, interrupted: bool) -> int:
+def _finish(run_dir: Path, *, planned: int, interrupted: bool, baseline: Path | None = None,
+            selection: str = "") -> int:
     """Write the summary; only a complete run moves ``latest``."""
     if not any(run_dir.glob("*/result.json")) and not interrupted:
         print("harness: nothing ran", file=sys.stderr)
         return 1
-    summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted)
+    summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted, baseline=baseline,
+                                   selection=selection)
     if summary.overall != "INCOMPLETE":
         report.update_latest(run_dir)
+    d = json.loads(summary.json_path.read_text()).get("delta") or {}
+    for line in delta.lines(d) if d else ():
+        print(("baseline delta: " if not line.startswith(" ") else "") + line)
     shown = os.path.relpath(summary.md_path) if summary.md_path.is_relative_to(Path.cwd()) else summary.md_path
     if summary.overall == "INCOMPLETE":
         print(f"harness: {summary.headline}; report: {shown} (+ report.html); 'latest' not moved", file=sys.stderr)
@@ -297,8 +325,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from harness.runner import RunConfig
 
     try:
-        settings = {n: _setting(args, n) for n in ("deadline", "stall", "launch", "backend", "report_dir",
-                                                   "tp_command")}
+        settings = {n: _setting(args, n) for n in ("deadline", "stall", "launch", "backend", "device",
+                                                   "report_dir", "tp_command")}
         sizes = tuple(options.OPTIONS["world_size"].validate(w, "--world-size") for w in args.world_sizes.split(","))
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
@@ -312,7 +340,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if settings["launch"] == "zygote":
         zygote.shared()
     config = RunConfig(run_dir=settings["report_dir"] / report.run_dir_name(), backend=settings["backend"],
-                       deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
+                       device=settings["device"], deadline_s=settings["deadline"], stall_s=settings["stall"], launch=settings["launch"],
                        tp_command=settings["tp_command"])
     tp_env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
     try:
@@ -338,6 +366,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         run_dir = report.find_run_dir(where)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
+    if args.baseline is not None:
+        return _compare(_baseline_dir(args.baseline), run_dir)
     md = run_dir / "summary.md"
     if not md.exists():
         raise UsageError(f"{run_dir} has no summary.md")
@@ -350,6 +380,19 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"harness: run {run_dir.name} is {overall}, not PASS", file=sys.stderr)
         return 1
     return 0
+
+
+def _compare(before_dir: Path, after_dir: Path) -> int:
+    """``report --baseline A B``: the delta from run A to run B; exit 1 when B regressed."""
+    docs = []
+    for path in (before_dir, after_dir):
+        try:
+            docs.append(json.loads((path / "summary.json").read_text()))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: no readable summary.json ({exc})") from None
+    d = delta.compare(docs[0], docs[1], baseline=str(before_dir))
+    print(f"{after_dir.name} ({docs[1].get('overall')}) " + "\n".join(delta.lines(d)))
+    return 1 if delta.regressed(d) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

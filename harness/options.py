@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 BACKENDS = ("gloo", "nccl")
+DEVICES = ("auto", "cpu", "cuda")
 LAUNCH_MODES = ("zygote", "subprocess", "srun", "torchrun", "torchrun-2node")
 
 
@@ -120,6 +121,10 @@ OPTIONS: dict[str, Option] = {
                help="number of ranks per scenario, unless the scenario fixes it (default 2)"),
         Option(name="backend", metavar="NAME", label="backend", default="gloo", parse=_choice(BACKENDS),
                help="torch.distributed backend the ranks use: gloo (CPU) or nccl (one GPU per rank) (default gloo)"),
+        Option(name="device", metavar="NAME", label="device", default="auto", parse=_choice(DEVICES),
+               help="where the ranks' tensors live, passed as TP_DEVICE: cpu, cuda (gloo carries CUDA tensors, "
+                    "so ranks may share one GPU), or auto to leave it to the TP path (cuda for nccl, cpu for "
+                    "gloo) (default auto)"),
         Option(name="launch", metavar="MODE", label="launch mode", default="zygote", parse=_choice(LAUNCH_MODES),
                help="how ranks start: zygote (forked from a process with torch imported), "
                     "subprocess (plain processes), srun (plain processes with only torchrun's variables: "

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from _pytest import junitxml
 
-import harness
-from harness import options, probe, report
+from harness import delta, options, probe, rank_command, report
 from harness.outcome import Result
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Scenario
@@ -33,10 +32,8 @@ _RUN_DIR = pytest.StashKey[Path]()
 _SUMMARY = pytest.StashKey[report.Summary]()
 _REFUSED = pytest.StashKey[str]()
 _LOST = pytest.StashKey[list]()
-_HEADER = pytest.StashKey[list]()
 PLUGIN_NAME = "breakit"
 """The entry point's name: ``-p no:breakit`` disables the plugin."""
-_DEFAULT_COMMAND = options.default("tp_command")
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -50,6 +47,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for opt in options.OPTIONS.values():
         group.addoption(opt.pytest_flag, dest=opt.ini, default=None, metavar=opt.metavar, help=opt.help)
         parser.addini(opt.ini, help=opt.help, default=None)
+    group.addoption("--breakit-baseline", dest="breakit_baseline", default=None, metavar="DIR",
+                    help="run directory to compare this run with (default: the last green run of the same "
+                         "configuration in the report dir); the delta heads every report")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -66,32 +66,31 @@ def pytest_configure(config: pytest.Config) -> None:
     for opt in options.OPTIONS.values():
         settings[opt.name] = _resolve(config, opt)
     config.stash[_SETTINGS] = settings
-    config.stash[_HEADER] = [f"tp-breakit {harness.__version__}: rank command {' '.join(settings['tp_command'])!r} "
-                             f"({_source(config, 'tp_command', prefix='from ')}), world size {settings['world_size']}, "
-                             f"backend {settings['backend']}"]
+    rank_command.header(config, settings)
     if not config.option.collectonly:  # xdist workers too: each starts ranks the way the controller decided
-        _fit_launch(config, settings)
+        rank_command.fit_launch(config, settings)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
         config.stash[_RUN_DIR] = Path(workerinput[WORKER_KEY])
     else:
         root = settings["report_dir"]
         if not root.is_absolute():
-            root = base_dir(config) / root
+            root = rank_command.base_dir(config) / root
         config.stash[_RUN_DIR] = root / report.run_dir_name()
         if not config.option.collectonly:
             _check_writable(root)
+            _check_baseline(config)
     config.pluginmanager.register(_Tally(), TALLY_PLUGIN)
 
 
-def _fit_launch(config: pytest.Config, settings: dict) -> None:
-    """A rank command that can start in the launch mode (a default zygote gives way): one line, before any rank."""
-    chosen = _source(config, "launch") != "default"
-    try:
-        settings["launch"], note = probe.fit_launch(settings["tp_command"], settings["launch"], chosen=chosen)
-    except probe.Refused as exc:
-        raise pytest.UsageError(f"{exc} (--breakit-tp-command / --breakit-launch)") from None
-    config.stash[_HEADER].append(f"tp-breakit: {note}" if note else f"tp-breakit: launch mode {settings['launch']}")
+def _check_baseline(config: pytest.Config) -> None:
+    """``--breakit-baseline`` must name a run (or a report root with a 'latest'), before any rank starts."""
+    given = config.getoption("breakit_baseline", None)
+    if given:
+        try:
+            config.option.breakit_baseline = str(report.find_run_dir(Path(given)))
+        except FileNotFoundError as exc:
+            raise pytest.UsageError(f"--breakit-baseline: {exc}") from None
 
 
 def _check_writable(root: Path) -> None:
@@ -103,24 +102,8 @@ def _check_writable(root: Path) -> None:
                                 f"{exc.strerror or exc}; pick a directory you can write") from None
 
 
-def base_dir(config: pytest.Config) -> Path:
-    """Where ranks start and a relative report dir lives: the ini file's directory, else where pytest started
-    (without an ini, rootdir is the arguments' common ancestor, e.g. ``my_scenarios/``, which lacks ``mypkg``)."""
-    return config.rootpath if config.inipath is not None else config.invocation_params.dir
-
-
-def _source(config: pytest.Config, name: str, prefix: str = "") -> str:
-    """Where setting ``name`` came from: ``{prefix}`` its flag or its ini key, or ``default``."""
-    opt = options.OPTIONS[name]
-    if config.getoption(opt.ini) is not None:
-        return prefix + opt.pytest_flag
-    if config.getini(opt.ini) not in (None, ""):
-        return f"{prefix}{opt.ini} in {config.inipath.name if config.inipath else 'ini'}"
-    return "default"
-
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return config.stash.get(_HEADER, [])
+    return config.stash.get(rank_command.HEADER, [])
 
 
 def _resolve(config: pytest.Config, opt: options.Option):
@@ -197,7 +180,7 @@ def _ask_tp(session: pytest.Session, planned: list[tuple[Scenario, int]]) -> pro
     return probe.start(settings["tp_command"], failpoints=[s.failpoints() for s, _ in planned if s.faults],
                        guardrails=[s.guardrails for s, _ in planned], world_sizes=[ws for _, ws in planned],
                        backends=[settings["backend"]], envs=[e for s, _ in planned for e in probe.tp_envs(s)],
-                       launch=settings["launch"], cwd=base_dir(session.config))
+                       launch=settings["launch"], cwd=rank_command.base_dir(session.config))
 
 
 def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
@@ -220,7 +203,7 @@ def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Check inputs with the TP path, note how many scenarios will run, start the zygote early."""
     config = session.config
-    _warn_builtin_tp(session)
+    rank_command.warn_builtin_tp(config, [i.path for i in session.items if _scenario_of(i) is not None])
     if config.option.collectonly:
         return
     planned = _planned(session)
@@ -234,20 +217,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         probe.overlap_store_import()
     if pending is not None and _tp_verdict(session, pending):
         report.write_planned(config.stash[_RUN_DIR], len(planned))
-
-
-def _warn_builtin_tp(session: pytest.Session) -> None:
-    """Scenarios of one's own against the built-in TP path only because no rank command was given: say so."""
-    if _source(session.config, "tp_command") != "default":
-        return
-    own = Path(harness.__file__).resolve().parent.parent / "scenarios"
-    foreign = sorted({str(item.path) for item in session.items if _scenario_of(item) is not None
-                      and not item.path.resolve().is_relative_to(own)})
-    if foreign:
-        session.config.issue_config_time_warning(pytest.PytestWarning(
-            f"tp-breakit: {foreign[0]}{' and others' if len(foreign) > 1 else ''} run against the built-in TP path "
-            f"{' '.join(_DEFAULT_COMMAND)!r}: no rank command was given (--breakit-tp-command, breakit_tp_command)"),
-            stacklevel=2)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -279,8 +248,9 @@ class Breakit:
             pytest.skip(reason)
         config = RunConfig(
             run_dir=self._request.config.stash[_RUN_DIR], world_size=s["world_size"], backend=s["backend"],
-            deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"], tp_command=s["tp_command"],
-            startup_deadline_s=s["startup_deadline"], cwd=base_dir(self._request.config),
+            device=s["device"], deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"],
+            tp_command=s["tp_command"], startup_deadline_s=s["startup_deadline"],
+            cwd=rank_command.base_dir(self._request.config),
         )
         marker_deadline = s["marker_deadline"]
         result = run_scenario(scenario, config, deadline_s=float(marker_deadline) if marker_deadline else None)
@@ -340,7 +310,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
     try:
-        summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted)
+        baseline = config.getoption("breakit_baseline", None)
+        summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted,
+                                       baseline=Path(baseline) if baseline else None, selection=_selection(config))
         if summary.overall != "INCOMPLETE":
             report.update_latest(run_dir)
     except OSError as exc:
@@ -350,8 +322,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     xml = config.stash.get(junitxml.xml_key, None)
     if xml is not None:
         xml.add_global_property("breakit_overall", summary.headline)
+        d = json.loads(summary.json_path.read_text()).get("delta")
+        if d:
+            xml.add_global_property("breakit_baseline_delta", "; ".join(x.strip() for x in delta.lines(d)))
     if summary.overall == "INCOMPLETE" and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _selection(config: pytest.Config) -> str:
+    """What the run was asked for (paths, ``-m``, ``-k``): runs compare only with runs of the same selection."""
+    opt = config.option
+    words = [*config.args, *(["-m", opt.markexpr] if opt.markexpr else []), *(["-k", opt.keyword] if opt.keyword else [])]
+    device = config.stash[_SETTINGS].get("device", "auto")
+    words += [f"--breakit-device {device}"] if device != "auto" else []  # a CUDA run never compares with a CPU one
+    return " ".join(words)
 
 
 def _report_lost(session: pytest.Session, run_dir: Path, exc: OSError) -> None:
@@ -381,6 +365,11 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     if verbosity >= 0:
         tr.write_sep("=", "tp-breakit")
     doc = json.loads(summary.json_path.read_text())
+    if doc.get("delta"):
+        shown = delta.lines(doc["delta"])
+        tr.write_line("baseline delta: " + shown[0], red=delta.regressed(doc["delta"]))
+        for line in shown[1:]:
+            tr.write_line(line, red=delta.regressed(doc["delta"]))
     # -q keeps the failing rows and the verdict line, -qq the verdict line alone.
     for row in doc["scenarios"] if verbosity >= -1 else ():
         if verbosity < 0 and row["verdict"] == "PASS":

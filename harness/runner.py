@@ -32,6 +32,8 @@ class RunConfig:
     """Ranks per scenario unless the scenario fixes it."""
     backend: str = "gloo"
     """``gloo`` or ``nccl``."""
+    device: str = "auto"
+    """``TP_DEVICE`` for every rank (``cpu``, ``cuda``), or ``auto`` to leave it unset."""
     deadline_s: float = 8.0
     """Deadline when neither marker nor scenario sets one."""
     run_timeout_s: float = 60.0
@@ -52,7 +54,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_dir", Path(self.run_dir).resolve())
         object.__setattr__(self, "cwd", Path(self.cwd).resolve())
-        for name in ("world_size", "backend", "launch"):
+        for name in ("world_size", "backend", "device", "launch"):
             options.OPTIONS[name].validate(getattr(self, name), f"RunConfig.{name}")
         if self.deadline_s <= 0 or self.run_timeout_s <= 0 or self.startup_deadline_s <= 0:
             raise ValueError("RunConfig: deadline_s, run_timeout_s and startup_deadline_s must be > 0")
@@ -73,7 +75,7 @@ def run_scenario(scenario: Scenario, config: RunConfig, *, deadline_s: float | N
     result = judge(
         scenario, obs, deadline_s=deadline,
         baseline=lambda: healthy_baseline(config, world_size=ws, chunks=scenario.chunks),
-        meta={"backend": config.backend, "launch": config.launch, "dir": str(sdir)},
+        meta={"backend": config.backend, "device": config.device, "launch": config.launch, "dir": str(sdir)},
         codes=probe.exit_codes(config.tp_command),
     )
     report.write_result(result, sdir)
@@ -86,6 +88,7 @@ def _execute(scenario: Scenario, config: RunConfig, *, ws: int, deadline_s: floa
         "TP_FAILPOINTS": scenario.failpoints(),
         "TP_GUARDRAILS": scenario.guardrails,
         "TP_REPORT_DIR": str(log_dir),
+        **({"TP_DEVICE": config.device} if config.device != "auto" else {}),
         **scenario.env,
     }
     spec = LaunchSpec(
@@ -113,7 +116,7 @@ def _execute(scenario: Scenario, config: RunConfig, *, ws: int, deadline_s: floa
 
 def healthy_baseline(config: RunConfig, *, world_size: int, chunks: int) -> Baseline:
     """The healthy run's digest for these settings, run once per run directory."""
-    key = f"ws={world_size} chunks={chunks} backend={config.backend} cmd={' '.join(config.tp_command)}"
+    key = f"ws={world_size} chunks={chunks} backend={config.backend} device={config.device} cmd={' '.join(config.tp_command)}"
     config.run_dir.mkdir(parents=True, exist_ok=True)
     cache = config.run_dir / "baseline.json"
     with (config.run_dir / "baseline.lock").open("a") as lock:
@@ -135,7 +138,7 @@ def healthy_baseline(config: RunConfig, *, world_size: int, chunks: int) -> Base
 def _run_baseline(config: RunConfig, *, world_size: int, chunks: int, index: int) -> Baseline:
     scenario = Scenario(id="baseline", fm="control", title="healthy baseline (no fault, all guardrails)",
                         proves="control", expect=Expect.clean(), chunks=chunks, world_size=world_size)
-    where = config.run_dir / "_baseline" / f"{index}-ws{world_size}-c{chunks}-{config.backend}"
+    where = config.run_dir / "_baseline" / f"{index}-ws{world_size}-c{chunks}-{config.backend}-{config.device}"
     obs = _execute(scenario, config, ws=world_size, deadline_s=config.deadline_s, log_dir=where)
     final = logs.final_json(logs.read_text(obs.log_paths.get(0, where / "rank0.log")), "output_digest")
     digest = final.get("output_digest") if final else None

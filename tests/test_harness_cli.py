@@ -140,19 +140,20 @@ def test_public_surface_changes_only_on_purpose() -> None:
     assert cli == {
         "list": ["--catalog"],
         "failpoints": ["--tp-command"],
-        "run": ["--backend", "--catalog", "--chunks", "--deadline", "--env", "--expect", "--fault", "--guardrails",
+        "run": ["--backend", "--baseline", "--catalog", "--chunks", "--deadline", "--device", "--env", "--expect", "--fault", "--guardrails",
                 "--launch", "--quiet", "--report-dir", "--signature", "--stall", "--startup-deadline", "--tp-command",
                 "--world-size", "-q"],
-        "explore": ["--backend", "--budget", "--deadline", "--env", "--faults-per-run", "--launch", "--max-shrink",
+        "explore": ["--backend", "--budget", "--deadline", "--device", "--env", "--faults-per-run", "--launch", "--max-shrink",
                     "--report-dir", "--runs", "--seed", "--sites", "--stall", "--tp-command", "--world-size",
                     "--world-sizes"],
-        "report": [],
+        "report": ["--baseline"],
     }
     assert [o.pytest_flag for o in options.OPTIONS.values()] == [
-        "--breakit-deadline", "--breakit-world-size", "--breakit-backend", "--breakit-launch",
+        "--breakit-deadline", "--breakit-world-size", "--breakit-backend", "--breakit-device", "--breakit-launch",
         "--breakit-report-dir", "--breakit-tp-command", "--breakit-stall", "--breakit-startup-deadline"]
     assert [o.ini for o in options.OPTIONS.values()] == [
-        "breakit_deadline", "breakit_world_size", "breakit_backend", "breakit_launch", "breakit_report_dir",
+        "breakit_deadline", "breakit_world_size", "breakit_backend", "breakit_device", "breakit_launch",
+        "breakit_report_dir",
         "breakit_tp_command", "breakit_stall", "breakit_startup_deadline"]
     assert sorted(s for a in _parser()._actions for s in a.option_strings) == ["--help", "--version", "-h"]
     assert plugin.PLUGIN_NAME == "breakit"

@@ -80,7 +80,8 @@ def test_missing_signature_fails_and_failure_text_has_log_tails(tmp_path) -> Non
                    meta=META)
     assert result.observed == "CRASHED" and not result.passed
     assert "signatures missing: rank 1 /TP-FATAL/" in result.reason
-    assert "rank 1 SIGKILL (no TP-FATAL line)" in result.reason
+    # Its own fault killed it, but only after rank 0 had failed: collateral.
+    assert "rank 1 SIGKILL (no TP-FATAL line, collateral)" in result.reason
     text = result.failure_text()
     assert text.startswith("FM-01: expected CRASHED")
     assert "--- rank 1 (SIGKILL), last lines of" in text and "only text" in text

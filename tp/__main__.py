@@ -18,6 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=8, help="chunks rank 0 drives before SHUTDOWN (default 8)")
     p.add_argument("--reset-every", type=int, default=4, help="hard cut (cache reset) every N chunks (default 4)")
     p.add_argument("--backend", choices=("gloo", "nccl"), default="gloo", help="gloo on CPU, nccl on GPUs")
+    p.add_argument("--output", default=None, metavar="PATH",
+                   help="the driver saves the delivered frames here (a torch file) for comparing runs")
     p.add_argument("--list-failpoints", action="store_true", help="print every failpoint site as JSON lines")
     p.add_argument("--list-codes", action="store_true", help="print every fatal code as JSON lines")
     p.add_argument("--list-guardrails", action="store_true", help="print every guardrail as JSON lines")
@@ -130,11 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     from tp import config
 
     try:
-        cfg = config.from_env(chunks=args.chunks, reset_every=args.reset_every, backend=args.backend)
+        cfg = config.from_env(chunks=args.chunks, reset_every=args.reset_every, backend=args.backend,
+                              output=args.output)
         failpoints.arm(cfg.failpoints)
         from tp.model import ModelConfig
 
         ModelConfig().check_world_size(cfg.world_size)
+        from tp.runtime import rank_device
+
+        rank_device(cfg)  # no CUDA, or too few GPUs for NCCL: refused here, before the store or any peer
     except (config.ConfigError, failpoints.FailpointError, ValueError) as exc:
         print(f"tp: {exc}", file=sys.stderr, flush=True)
         return codes.CONFIG_EXIT

@@ -40,7 +40,13 @@ class RankConfig:
     host_store: bool
     """Whether rank 0 hosts the store (false under torchrun's agent store or the harness)."""
     backend: str = "gloo"
-    """``gloo`` (CPU tensors) or ``nccl`` (one GPU per rank)."""
+    """``gloo`` (CPU or CUDA tensors) or ``nccl`` (CUDA tensors, one GPU per rank)."""
+    device: str = ""
+    """Where tensors live (``TP_DEVICE``): ``cpu`` or ``cuda``; empty picks cuda for nccl, cpu for gloo."""
+    dtype: str = ""
+    """Model dtype (``TP_DTYPE``): ``float64`` or ``float32``; empty picks float64 for gloo, float32 for nccl."""
+    output: str | None = None
+    """Where the driver saves the delivered frames (``--output``, a torch file); None saves nothing."""
     chunks: int = 8
     """Chunks rank 0 drives before SHUTDOWN."""
     reset_every: int = 4
@@ -85,6 +91,13 @@ class RankConfig:
             raise ConfigError(f"RANK {self.rank} must be in [0, WORLD_SIZE={self.world_size})")
         if self.backend not in ("gloo", "nccl"):
             raise ConfigError(f"invalid backend {self.backend!r} from --backend; choose gloo or nccl")
+        if self.device not in ("", "cpu", "cuda"):
+            raise ConfigError(f"invalid TP_DEVICE {self.device!r}: choose cpu or cuda (or leave it unset)")
+        if self.backend == "nccl" and self.device == "cpu":
+            raise ConfigError("TP_DEVICE cpu cannot run on backend nccl (NCCL carries CUDA tensors only); "
+                              "use --backend gloo or TP_DEVICE cuda")
+        if self.dtype not in ("", "float32", "float64"):
+            raise ConfigError(f"invalid TP_DTYPE {self.dtype!r}: choose float32 or float64 (or leave it unset)")
         if self.chunks < 1:
             raise ConfigError(f"invalid --chunks {self.chunks}: expected >= 1")
         if self.peer_timeout_min_s > self.peer_timeout_s:
@@ -99,6 +112,17 @@ class RankConfig:
     @property
     def role(self) -> str:
         return "driver" if self.rank == self.driver_rank else "worker"
+
+    @property
+    def device_type(self) -> str:
+        """``cuda`` or ``cpu``: ``TP_DEVICE``, else what the backend carries."""
+        return self.device or ("cuda" if self.backend == "nccl" else "cpu")
+
+    @property
+    def dtype_name(self) -> str:
+        """``TP_DTYPE``, else float64 for gloo (TP exact to well below the digest's 1e-6 quantum at every
+        world size) and float32 for nccl (what GPUs run fast)."""
+        return self.dtype or ("float64" if self.backend == "gloo" else "float32")
 
 
 def _int(env: dict, name: str, default: int, *, minimum: int = 0) -> int:
@@ -185,6 +209,7 @@ def from_env(env: dict | None = None, **cli: object) -> RankConfig:
         handshake_timeout_s=_seconds(env, "TP_HANDSHAKE_TIMEOUT_S", 10.0),
         collective_timeout_s=_seconds(env, "TP_COLLECTIVE_TIMEOUT_S", None),
         digest_every=_int(env, "TP_DIGEST_EVERY", 1, minimum=1),
+        device=env.get("TP_DEVICE", ""), dtype=env.get("TP_DTYPE", ""),
         env_parity=_parity(env, on),
         max_meta_bytes=_int(env, "TP_MAX_META_BYTES", DEFAULT_MAX_META_BYTES, minimum=1),
         max_envelope_bytes=_int(env, "TP_MAX_ENVELOPE_BYTES", DEFAULT_MAX_ENVELOPE_BYTES, minimum=1),

@@ -49,7 +49,8 @@ _GLOO = frozenset({
 #   as ncclUint8), kBFloat16 (#if HAS_NCCL_BF16_DATATYPE, true for NCCL >= 2,
 #   and NCCLUtils.hpp static_asserts NCCL >= 2.23).
 # Complex: ProcessGroupNCCL::broadcast/allreduce call at::view_as_real.
-# Not verified here (no GPU on this machine).
+# Checked on one GPU (world size 1, NCCL 2.28.9, torch 2.11): these 16 and
+# no other dtype broadcast (docs/GPU.md, ``python -m benchmarks.gpu``).
 _NCCL = frozenset({
     torch.float32, torch.float64, torch.float16, torch.bfloat16,
     torch.int8, torch.uint8, torch.bool, torch.int32, torch.int64,
@@ -64,18 +65,36 @@ SUPPORTED: dict[str, frozenset[torch.dtype]] = {"gloo": _GLOO, "nccl": _NCCL}
 # * nccl: ProcessGroupNCCL::allreduce does TORCH_CHECK(!isUnsupportedFloat8(..),
 #   "Unsupported Float8 type for NCCL reduction"); isUnsupportedFloat8 is
 #   always true for e4m3fnuz/e5m2fnuz/e8m0fnu and, #ifndef NCCL_SUPPORTS_FP8
-#   (NCCL < 2.24), also for e5m2/e4m3fn -- so all fp8 is excluded (the NCCL
-#   version torch was built with is not known here). Bool SUM is
-#   mapped to ncclMax in getNcclReduceOp (a logical OR); bool AVG is refused.
+#   (NCCL < 2.24), also for e5m2/e4m3fn. So e5m2/e4m3fn reduce only where
+#   the NCCL in use is 2.24 or newer (``_nccl_reduces_fp8``); an H200 with
+#   NCCL 2.28.9 reduced both and refused the fnuz pair (docs/GPU.md). Bool
+#   SUM is mapped to ncclMax in getNcclReduceOp (a logical OR); bool AVG is
+#   refused.
 # * gloo: bool is reduced as uint8 with gloo::sum, so SUM of two True gives
-#   byte value 2 inside a bool tensor (observed here: [2, 2, 0, 2, ...]): it
+#   byte value 2 inside a bool tensor (two ranks: [2, 2, 0, 2, ...]): it
 #   "succeeds" but yields non-canonical bools, so bool is excluded.
 # * complex (both): only SUM/AVG are meaningful (distributed_c10d
 #   supports_complex refuses MAX/MIN/PRODUCT/B*); we only all_reduce SUM.
+NCCL_FP8_REDUCE = frozenset({torch.float8_e5m2, torch.float8_e4m3fn})
+"""Float8 types NCCL reduces natively from 2.24 (torch's ``NCCL_SUPPORTS_FP8``)."""
+
+
+def _nccl_reduces_fp8() -> bool:
+    """Whether the NCCL this torch loads is 2.24 or newer; False on builds without NCCL."""
+    try:
+        return tuple(torch.cuda.nccl.version()) >= (2, 24)
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+
+
+def nccl_reduce_table(*, fp8: bool) -> frozenset[torch.dtype]:
+    """What NCCL all_reduces: never the fnuz float8 pair; e4m3fn/e5m2 only with ``fp8`` (NCCL >= 2.24)."""
+    return _NCCL - {torch.float8_e4m3fnuz, torch.float8_e5m2fnuz} - (frozenset() if fp8 else NCCL_FP8_REDUCE)
+
+
 SUPPORTED_REDUCE: dict[str, frozenset[torch.dtype]] = {
     "gloo": _GLOO - {torch.bool},
-    "nccl": _NCCL - {torch.float8_e5m2, torch.float8_e4m3fn,
-                     torch.float8_e4m3fnuz, torch.float8_e5m2fnuz},
+    "nccl": nccl_reduce_table(fp8=_nccl_reduces_fp8()),
 }
 """dtypes each backend can ``all_reduce`` (SUM) with a meaningful result."""
 

@@ -19,6 +19,7 @@ import torch
 
 from tp import ENVELOPE_VERSION, KNOWN_PLANS
 from tp.config import DEFAULT_MAX_ENVELOPE_BYTES, DEFAULT_MAX_META_BYTES
+from tp.devhash import device_digest, on_device
 from tp.dtypes import UnsupportedDtype, dtype_from_name, dtype_name, wire_check
 
 MAGIC = 0x7470_656E_7631  # "tpenv1"
@@ -341,6 +342,12 @@ def materialise(tensors: dict[str, torch.Tensor], *, backend: str, device: torch
 def quantise(x: torch.Tensor) -> torch.Tensor:
     """Round to 1e-6: TP changes the summation order, not the answer at this precision."""
     return torch.round(x.detach().double().cpu() * 1e6).to(torch.int64)
+
+
+def lazy_digest(t: torch.Tensor | bytes | None) -> int | torch.Tensor:
+    """``digest(t)``, except that a CUDA tensor is hashed on its device and the value stays there (a 0-d
+    int64 tensor), so a chunk's digests cost one device-to-host copy together (``tp.devhash``)."""
+    return device_digest(t) if on_device(t) else digest(t)
 
 
 def digest(t: torch.Tensor | bytes | None) -> int:

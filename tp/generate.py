@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from tp import flight
 from tp.crash import Fatal
-from tp.envelope import DIGEST_KEYS, Envelope, digest
+from tp.envelope import DIGEST_KEYS, Envelope, digest, lazy_digest
 from tp.failpoints import failpoint
 from tp.model import Generator
 
@@ -29,10 +29,12 @@ class ChunkResult:
     override: torch.Tensor | None
     """The context_frames_override this rank actually used (fresh, stale or none)."""
 
-    def input_digests(self, env: Envelope) -> dict[str, int]:
-        """Digests of the inputs this rank actually used, per ``DIGEST_KEYS``; only when they are exchanged."""
-        values = {key: digest(env.tensors.get(key)) for key in DIGEST_KEYS if key not in ("meta", "output")}
-        values["context_frames_override"] = digest(self.override)
+    def input_digests(self, env: Envelope) -> dict[str, int | torch.Tensor]:
+        """Digests of the inputs this rank actually used, per ``DIGEST_KEYS``; only when they are exchanged.
+
+        A CUDA input's digest is a 0-d tensor on its device (``lazy_digest``) until the exchange."""
+        values = {key: lazy_digest(env.tensors.get(key)) for key in DIGEST_KEYS if key not in ("meta", "output")}
+        values["context_frames_override"] = lazy_digest(self.override)
         values["meta"] = digest(env.meta_bytes)
         return values
 
@@ -97,9 +99,14 @@ class ChunkRunner:
         return override
 
 
-def exchange_digests(values: dict[str, int], *, rank: int, world_size: int, device: torch.device) -> None:
+def exchange_digests(values: dict[str, int | torch.Tensor], *, rank: int, world_size: int,
+                     device: torch.device) -> None:
     """All-gather per-key digests; name the first key on which ranks differ."""
-    mine = torch.tensor([values.get(k, 0) for k in DIGEST_KEYS], dtype=torch.int64, device=device)
+    ordered = [values.get(k, 0) for k in DIGEST_KEYS]
+    mine = torch.tensor([0 if isinstance(v, torch.Tensor) else v for v in ordered], dtype=torch.int64).to(device)
+    hashed_there = [j for j, v in enumerate(ordered) if isinstance(v, torch.Tensor)]
+    if hashed_there:  # digests computed on the device join the host ones without a copy back
+        mine[hashed_there] = torch.stack([ordered[j].to(device) for j in hashed_there])
     gathered = [torch.empty_like(mine) for _ in range(world_size)]
     entry = flight.enter("all_gather", mine, "digest exchange")
     dist.all_gather(gathered, mine)

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, flight, handshake, log
-from tp.config import RankConfig
+from tp.config import ConfigError, RankConfig
 from tp.crash import (
     Crash,
     Fatal,
@@ -50,9 +50,8 @@ class Rank:
         self.crash = Crash(rank=cfg.rank, world_size=cfg.world_size)
         self.ctx = {"rank": cfg.rank, "chunk": -1, "call_id": -1}
         self.progress = Progress()
-        self.device = torch.device(f"cuda:{cfg.local_rank}") if cfg.backend == "nccl" else torch.device("cpu")
-        # float64 on CPU makes TP exact to well below the digest's 1e-6 quantum at every world size.
-        self.dtype = torch.float64 if cfg.backend == "gloo" else torch.float32
+        self.device = rank_device(cfg)
+        self.dtype = getattr(torch, cfg.dtype_name)
         self.store: dist.Store | None = None
         self.watchdog: Watchdog | None = None
         self.stop = threading.Event()
@@ -120,7 +119,14 @@ class Rank:
 
     def _main(self) -> int:
         cfg = self.cfg
-        log.event("init", rank=cfg.rank, world_size=cfg.world_size, backend=cfg.backend, role=cfg.role,
+        if self.device.type == "cuda":
+            # Bring the device up before the liveness clock starts: creating a CUDA context takes seconds
+            # on a cold GPU, and a heartbeat thread that starts first could be starved meanwhile. Before
+            # ``init`` too, so a supervisor's time to crash measures the TP path, not the CUDA driver.
+            torch.cuda.set_device(self.device)
+            torch.zeros(1, device=self.device)
+        log.event("init", rank=cfg.rank, world_size=cfg.world_size, backend=cfg.backend, device=str(self.device),
+                  dtype=cfg.dtype_name, role=cfg.role,
                   plan=cfg.plan, protocol=cfg.protocol_version, guardrails=sorted(cfg.guardrails),
                   env_parity=cfg.env_parity, pid=os.getpid(), flight=flight.SCHEMA)
         hosts = cfg.host_store and cfg.rank == 0
@@ -159,7 +165,6 @@ class Rank:
 
             for name, value in NCCL_ENV_KNOBS.items():  # crash fast instead of waiting out NCCL's timeout
                 os.environ.setdefault(name, value)
-            torch.cuda.set_device(self.device)
         pg_timeout = timedelta(seconds=cfg.collective_timeout_s) if cfg.collective_timeout_s else None
         dist.init_process_group(cfg.backend, store=self.store, rank=cfg.rank, world_size=cfg.world_size,
                                  **({"timeout": pg_timeout} if pg_timeout else {}))
@@ -244,6 +249,23 @@ class Rank:
             dist.destroy_process_group()
         except Exception as exc:
             log.info(f"destroy_process_group: {exc}")
+
+
+def rank_device(cfg: RankConfig) -> torch.device:
+    """This rank's device: NCCL needs a GPU per rank (``LOCAL_RANK``); gloo may share GPUs round-robin."""
+    if cfg.device_type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        why = "TP_DEVICE cuda" if cfg.device else f"backend {cfg.backend}"
+        raise ConfigError(f"tensors on CUDA ({why}) but this machine has no usable CUDA device; "
+                          f"use --backend gloo with TP_DEVICE cpu (or unset)")
+    count = torch.cuda.device_count()
+    if cfg.backend == "nccl":
+        if cfg.local_rank >= count:
+            raise ConfigError(f"LOCAL_RANK {cfg.local_rank} needs GPU {cfg.local_rank} but this host has {count}: "
+                              f"NCCL needs one GPU per rank")
+        return torch.device(f"cuda:{cfg.local_rank}")
+    return torch.device(f"cuda:{cfg.local_rank % count}")
 
 
 def lost_fm(rank: int | None, driver_rank: int) -> str:
