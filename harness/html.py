@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
+from urllib.parse import quote
 
-from harness import logs
+from harness import delta, explain, logs
 from harness.outcome import RESULT_SCHEMA
 from harness.rows import guardrail_table, ttc_text
 
@@ -31,7 +32,8 @@ body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#111827}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #cbd5e1;padding:3px 8px;text-align:left}
 th{background:#f1f5f9}tr.fail td,tr.error td{background:#fee2e2}.PASS{color:#15803d}.FAIL,.ERROR,.INCOMPLETE{color:#b91c1c}
 td.num{text-align:right;font-variant-numeric:tabular-nums}details{margin:.6em 0;border:1px solid #cbd5e1;padding:.4em .8em}
-summary{cursor:pointer;font-weight:600}p.reason{max-width:75em}code{font-size:12px}
+summary{cursor:pointer;font-weight:600}dl.reason{display:grid;grid-template-columns:max-content auto;gap:2px 1em;max-width:80em}
+dl.reason dt{font-weight:600}dl.reason dd{margin:0}pre{font-size:12px;overflow-x:auto;background:#f8fafc;padding:.5em}p.reason{max-width:75em}code{font-size:12px}
 svg text{font:11px system-ui,sans-serif}.legend span{margin-right:1.2em}
 """
 
@@ -82,18 +84,31 @@ def _anchor_id(where: Path) -> str:
     return "s-" + re.sub(r"[^A-Za-z0-9_-]", "_", where.name)
 
 
-def _summary_overall(run_dir: Path) -> str | None:
+def _summary(run_dir: Path) -> dict:
     try:
-        return json.loads((run_dir / "summary.json").read_text()).get("overall")
-    except (OSError, ValueError, AttributeError):
-        return None
+        doc = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _delta(d: object) -> str:
+    """The delta against the last green run (``harness.delta``), at the top of the page."""
+    if not isinstance(d, dict) or not d:
+        return ""
+    head, *rest = delta.lines(d)
+    cls = "FAIL" if delta.regressed(d) else ""
+    items = "".join(f"<li>{escape(x.strip())}</li>" for x in rest)
+    return (f'<p id="delta">Baseline delta: <b class="{cls}">{escape(head)}</b></p>'
+            + (f"<ul>{items}</ul>" if items else ""))
 
 
 def _page(run_dir: Path, docs: list[tuple[dict, Path]], errors: list[tuple[str, str]]) -> str:
     passed = sum(d["verdict"] == "PASS" for d, _ in docs)
     failed = len(docs) - passed + len(errors)
     overall = "PASS" if docs and not failed else "FAIL"
-    if _summary_overall(run_dir) == "INCOMPLETE":  # a partial run is never green, whatever ran
+    summary = _summary(run_dir)
+    if summary.get("overall") == "INCOMPLETE":  # a partial run is never green, whatever ran
         overall = "INCOMPLETE"
     e = escape
     out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -101,6 +116,7 @@ def _page(run_dir: Path, docs: list[tuple[dict, Path]], errors: list[tuple[str, 
            f"<h1>tp-breakit report {e(run_dir.name)}</h1>",
            f'<p>Overall: <b class="{overall}">{overall}</b> ({passed} passed, '
            f"{failed} failed) &middot; written {e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
+           _delta(summary.get("delta")),
            "<table><tr><th>scenario</th><th>title</th><th>expected</th><th>observed</th><th>time to crash</th>"
            "<th>deadline</th><th>guardrails</th><th>verdict</th></tr>"]
     for d, where in docs:
@@ -139,8 +155,36 @@ def _section(d: dict, where: Path) -> str:
         timeline = f"<p>timeline unavailable: {e(str(exc))}</p>"
     return (f'<details id="{_anchor_id(where)}"{is_open}><summary>{e(str(d["id"]))} (ws{e(str(d["world_size"]))}) '
             f'&middot; <span class="{e(str(d["verdict"]))}">{e(str(d["verdict"]))}</span> &middot; '
-            f'{e(str(d["title"]))}</summary><p class="reason">{e(str(d["reason"]))}</p>{timeline}'
-            f"<p>Logs: <code>{e(where.name)}/</code></p></details>")
+            f'{e(str(d["title"]))}</summary>{_reason(d)}{timeline}{_stacks(d)}{_logs(d, where)}</details>')
+
+
+def _reason(d: dict) -> str:
+    parts = d.get("reason_parts")
+    if isinstance(parts, dict) and parts.get("headline"):
+        return explain.html(parts)
+    return f'<p class="reason">{escape(str(d["reason"]))}</p>'
+
+
+def _stacks(d: dict) -> str:
+    """Each hung rank's stacks (dumped on SIGUSR1), collapsed; or why a rank has none."""
+    out = []
+    for r in (r for r in d["ranks"] if isinstance(r, dict)):
+        if r.get("stack"):
+            out.append(f'<details class="stack"><summary>stack of rank {escape(str(r.get("rank")))} '
+                       f'(pid {escape(str(r.get("pid")))})</summary><pre>{escape(str(r["stack"]))}</pre></details>')
+        elif r.get("stack_note"):
+            out.append(f"<p>no stack for rank {escape(str(r.get('rank')))}: {escape(str(r['stack_note']))}</p>")
+    return "".join(out)
+
+
+def _logs(d: dict, where: Path) -> str:
+    """Links to every rank's log, relative to report.html (one directory up from the scenario's)."""
+    links = []
+    for r in range(int(d["world_size"])):
+        name = f"rank{r}.log"
+        if (where / name).exists():
+            links.append(f'<a href="{escape(quote(where.name))}/{name}">{name}</a>')
+    return f"<p>Logs in <code>{escape(where.name)}/</code>: {' '.join(links) or 'none written'}</p>"
 
 
 def _lanes(d: dict, where: Path) -> tuple[list[_Lane], str]:

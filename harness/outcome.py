@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from harness import evidence, logs, trace
+from harness import evidence, explain, logs, rootcause, trace
 
 if TYPE_CHECKING:
     from harness.scenario import Scenario
@@ -136,12 +136,14 @@ class Result:
     """True when observed is allowed and every signature matched."""
     reason: str
     """One readable paragraph: expected vs observed, per-rank exits, signatures."""
+    reason_parts: dict = field(default_factory=dict)
+    """The reason, structured (``harness.explain``): expected, observed, ranks, root cause, signatures, notes."""
     time_to_crash_s: float | None = None
-    """Last rank exit minus the TP-FAULT instant (or first init)."""
+    """CRASHED only: last rank exit minus the TP-FAULT instant (or first init). A run that did not crash has none."""
     anchor: str = ""
     """What time_to_crash_s counts from: ``TP-FAULT`` or ``init``."""
     root_cause: dict | None = None
-    """Earliest failure: ``{"rank", "code", "line"}``."""
+    """Earliest failure (``harness.rootcause``): ``{"rank", "code", "line", "how"}``."""
     ranks: list[RankResult] = field(default_factory=list)
     """Per-rank detail."""
     digests: dict = field(default_factory=dict)
@@ -203,17 +205,19 @@ def judge(
     """
     texts = {r: logs.read_text(path) for r, path in obs.log_paths.items()}
     ranks = [_rank_result(r, obs, texts.get(r, "")) for r in range(obs.world_size)]
-    root = _root_cause(ranks, obs)
+    # Evidence is what ranks wrote before the harness started reaping them.
+    before = {r: rootcause.before_reap(text, obs, r) for r, text in texts.items()}
+    root = rootcause.find(ranks, obs, before)
     anchor_mono, anchor = obs.anchor()
-    ttc = _time_to_crash(obs, anchor_mono)
 
     digests: dict = {"per_rank": {r.rank: r.output_digest for r in ranks if r.output_digest}}
     observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes)
+    ttc = _time_to_crash(obs, anchor_mono) if observed is Outcome.CRASHED else None
     divergence = _divergence(obs, ranks, texts) if observed in _TRACED else None
     if divergence is not None:
         why = (why + "; " if why else "") + f"first divergent collective: {divergence.line}"
 
-    sig_errors = _match_signatures(scenario, ranks, texts, obs.world_size)
+    sig_errors = _match_signatures(scenario, ranks, before, obs.world_size)
     if observed is Outcome.HUNG:
         stopped = {r.rank for r in ranks if "stopped" in (r.stack_note or "")}
         sig_errors += trace.check_blocked(scenario.expect, traces=obs.traces, divergence=divergence, stopped=stopped,
@@ -222,16 +226,17 @@ def judge(
     passed = observed in scenario.expect.outcomes and not missing and not sig_errors
     expected = sorted(scenario.expect.outcomes, key=list(Outcome).index)
 
-    reason = _reason(
+    parts = _reason(
         expected=expected, observed=observed, why=why, ttc=ttc, anchor=anchor, obs=obs,
-        ranks=ranks, missing=missing, sig_errors=sig_errors, deadline_s=deadline_s,
+        ranks=ranks, missing=missing, sig_errors=sig_errors, deadline_s=deadline_s, root=root,
     )
     return Result(
         id=scenario.id, fm=scenario.fm, title=scenario.title, proves=scenario.proves,
         guardrails=scenario.guardrails, faults=[f.spec() for f in scenario.faults],
         world_size=obs.world_size, chunks=scenario.chunks, deadline_s=deadline_s,
         expected=[o.value for o in expected], observed=observed.value, passed=passed,
-        reason=reason, time_to_crash_s=ttc, anchor=anchor, root_cause=root, ranks=ranks,
+        reason=explain.paragraph(parts), reason_parts=parts,
+        time_to_crash_s=ttc, anchor=anchor, root_cause=root, ranks=ranks,
         digests=digests, abort=obs.abort, interrupt=obs.interrupt_note,
         duration_s=round(obs.ended_at - obs.started_at, 3),
         backend=meta["backend"], launch=meta["launch"], dir=meta["dir"],
@@ -267,7 +272,7 @@ def _rank_result(rank: int, obs: Observation, text: str) -> RankResult:
     fatal = next((ln for ln in logs.contract_lines(text) if ln.kind == "TP-FATAL"), None)
     result_ev = [ln for ln in logs.contract_lines(text) if ln.event == "result"]
     return RankResult(
-        rank=rank, pid=obs.pids.get(rank), exit=exit_name(returncode) if ex else "still running",
+        rank=rank, pid=obs.pids.get(rank), exit=exit_name(returncode) if ex else "still running" if rank in obs.pids else "never started",
         returncode=returncode, reaped=bool(ex and ex.reaped), frozen=rank in obs.frozen_reaped,
         code=fatal.fields.get("code") if fatal else None,
         fatal=fatal.raw if fatal else None,
@@ -275,35 +280,6 @@ def _rank_result(rank: int, obs: Observation, text: str) -> RankResult:
         stack=obs.stacks.get(rank), stack_note=obs.stack_notes.get(rank),
         log=str(obs.log_paths.get(rank, "")), log_tail=logs.tail(text),
     )
-
-
-def _root_cause(ranks: list[RankResult], obs: Observation) -> dict | None:
-    """Earliest TP-FATAL by ``mono``; without any, the earliest bad exit.
-
-    Failures after a hang was declared are the harness's reaping at work:
-    they are collateral, never the root cause.
-    """
-    fatals = []
-    cutoff = obs.hung_at if obs.hung_at is not None else float("inf")
-    for r in ranks:
-        if r.fatal:
-            line = logs.parse_line(r.fatal)
-            mono = line.mono if line and line.mono is not None else float("inf")
-            if mono < cutoff:
-                fatals.append((mono, r.rank, r))
-            else:
-                r.role = "collateral"
-    if fatals:
-        _, _, root = min(fatals, key=lambda t: (t[0], t[1]))
-        for _, _, r in fatals:
-            r.role = "root cause" if r is root else "collateral"
-        return {"rank": root.rank, "code": root.code, "line": root.fatal}
-    bad = [(e.mono or float("inf"), r) for r, e in obs.exits.items() if e.returncode != 0 and not e.reaped]
-    if not bad:
-        return None
-    _, rank = min(bad)
-    ranks[rank].role = "root cause"
-    return {"rank": rank, "code": None, "line": f"rank {rank} {ranks[rank].exit} without a TP-FATAL line"}
 
 
 def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None) -> tuple[Outcome, str]:
@@ -385,7 +361,8 @@ def _describe_rank(r: RankResult) -> str:
     return f"rank {r.rank} {r.exit}" + (f" ({', '.join(notes)})" if notes else "")
 
 
-def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_errors, deadline_s) -> str:
+def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_errors, deadline_s, root) -> dict:
+    """The reason, structured (``harness.explain`` renders it as a paragraph, Markdown or HTML)."""
     want = "|".join(o.value for o in expected)
     head = f"expected {want}, observed {observed.value}"
     if ttc is not None and observed is not Outcome.HARNESS_ERROR:
@@ -395,25 +372,27 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
             head += f" ({first.fields.get('site', '?')} on rank {first.fields.get('rank', '?')})"
         if observed is Outcome.CRASHED and ttc > deadline_s:
             head += f", beyond the {deadline_s:g} s deadline"
-    sentences = [head + ": " + ", ".join(_describe_rank(r) for r in ranks)]
-    if why:
-        sentences.append(why)
+    notes = [why] if why else []
     if obs.abort:
-        sentences.append(f"tp/abort = {obs.abort}")
+        notes.append("tp/abort: " + explain.fields(obs.abort))
     if obs.interrupt_note and observed is not Outcome.HARNESS_ERROR:
-        sentences.append(obs.interrupt_note)
+        notes.append(obs.interrupt_note)
     stacked = [r.rank for r in ranks if r.stack]
     if stacked:
-        sentences.append("stacks captured for rank " + ", ".join(map(str, stacked)))
-    sentences.extend(r.stack_note for r in ranks if r.stack_note)
+        notes.append("stacks captured for rank " + ", ".join(map(str, stacked)))
+    notes.extend(r.stack_note for r in ranks if r.stack_note)
     if obs.leftovers:
-        sentences.append("leftover processes killed after the run: " + ", ".join(obs.leftovers))
-    sentences.extend(sig_errors)
-    matched = [f"rank {r.rank} /{s['regex']}/" for r in ranks for s in r.signatures if s["matched"]]
-    if missing:
-        sentences.append("signatures missing: " + ", ".join(f"rank {r} /{rx}/" for r, rx in missing))
-    if matched:
-        sentences.append("signatures matched: " + ", ".join(matched))
-    if observed not in expected:
-        sentences.append(f"verdict FAIL: {observed.value} is not among the expected {want}")
-    return "; ".join(sentences) + "."
+        notes.append("leftover processes killed after the run: " + ", ".join(obs.leftovers))
+    return {
+        "headline": head,
+        "expected": [o.value for o in expected],
+        "observed": observed.value,
+        "ranks": [_describe_rank(r) for r in ranks],
+        "root_cause": rootcause.describe(root) if root else None,
+        "notes": notes,
+        "signature_errors": list(sig_errors),
+        "signatures_matched": [f"rank {r.rank} /{s['regex']}/" for r in ranks for s in r.signatures if s["matched"]],
+        "signatures_missing": [f"rank {r} /{rx}/" for r, rx in missing],
+        "verdict": "PASS" if observed in expected and not missing and not sig_errors else "FAIL",
+        "verdict_why": (f"{observed.value} is not among the expected {want}" if observed not in expected else ""),
+    }

@@ -1,8 +1,8 @@
 """pytest plugin: markers, ``--breakit-*`` options, the ``breakit`` fixture.
 
-Load it once, either way: the ``pytest11`` entry point named
-``harness.plugin`` or ``pytest_plugins = ["harness.plugin"]`` in the root
-conftest (pytest skips a plugin name it already registered).
+Its name is ``breakit`` (``-p no:breakit`` keeps it out): the ``pytest11`` entry
+point of an installed tp-breakit, or the root conftest of a checkout. Loaded by its
+module name (``-p harness.plugin``) it blocks the other name: never a second copy.
 
 One precedence for every setting: ``@pytest.mark.breakit(...)`` > command line
 > ini > default (a scenario's own ``deadline_s`` sits between the marker and
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from _pytest import junitxml
 
-from harness import options, probe, report
+from harness import delta, options, probe, rank_command, report
 from harness.outcome import Result
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Scenario
@@ -32,6 +32,14 @@ _RUN_DIR = pytest.StashKey[Path]()
 _SUMMARY = pytest.StashKey[report.Summary]()
 _REFUSED = pytest.StashKey[str]()
 _LOST = pytest.StashKey[list]()
+PLUGIN_NAME = "breakit"
+"""The entry point's name: ``-p no:breakit`` disables the plugin."""
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """One module, two names (the entry point's ``breakit``, ``-p harness.plugin``): block the other one."""
+    other = __name__ if pluginmanager.get_name(sys.modules[__name__]) == PLUGIN_NAME else PLUGIN_NAME
+    pluginmanager.set_blocked(other)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,6 +47,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for opt in options.OPTIONS.values():
         group.addoption(opt.pytest_flag, dest=opt.ini, default=None, metavar=opt.metavar, help=opt.help)
         parser.addini(opt.ini, help=opt.help, default=None)
+    group.addoption("--breakit-baseline", dest="breakit_baseline", default=None, metavar="DIR",
+                    help="run directory to compare this run with (default: the last green run of the same "
+                         "configuration in the report dir); the delta heads every report")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,30 +66,44 @@ def pytest_configure(config: pytest.Config) -> None:
     for opt in options.OPTIONS.values():
         settings[opt.name] = _resolve(config, opt)
     config.stash[_SETTINGS] = settings
+    rank_command.header(config, settings)
+    if not config.option.collectonly:  # xdist workers too: each starts ranks the way the controller decided
+        rank_command.fit_launch(config, settings)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
         config.stash[_RUN_DIR] = Path(workerinput[WORKER_KEY])
     else:
         root = settings["report_dir"]
         if not root.is_absolute():
-            root = config.rootpath / root
+            root = rank_command.base_dir(config) / root
         config.stash[_RUN_DIR] = root / report.run_dir_name()
         if not config.option.collectonly:
-            _check_before_launch(root, settings)
+            _check_writable(root)
+            _check_baseline(config)
     config.pluginmanager.register(_Tally(), TALLY_PLUGIN)
 
 
-def _check_before_launch(root: Path, settings: dict) -> None:
-    """Report dir writable and a rank command that can start: one line, before any rank or the zygote."""
-    try:
-        probe.check_command(settings["tp_command"], settings["launch"])
-    except probe.Refused as exc:
-        raise pytest.UsageError(f"{exc} (--breakit-tp-command / --breakit-launch)") from None
+def _check_baseline(config: pytest.Config) -> None:
+    """``--breakit-baseline`` must name a run (or a report root with a 'latest'), before any rank starts."""
+    given = config.getoption("breakit_baseline", None)
+    if given:
+        try:
+            config.option.breakit_baseline = str(report.find_run_dir(Path(given)))
+        except FileNotFoundError as exc:
+            raise pytest.UsageError(f"--breakit-baseline: {exc}") from None
+
+
+def _check_writable(root: Path) -> None:
+    """The report dir can be written: one line, before any rank or the zygote."""
     try:
         report.check_writable(root)
     except OSError as exc:
         raise pytest.UsageError(f"report dir {str(root)!r} (--breakit-report-dir) is not writable: "
                                 f"{exc.strerror or exc}; pick a directory you can write") from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return config.stash.get(rank_command.HEADER, [])
 
 
 def _resolve(config: pytest.Config, opt: options.Option):
@@ -155,7 +180,7 @@ def _ask_tp(session: pytest.Session, planned: list[tuple[Scenario, int]]) -> pro
     return probe.start(settings["tp_command"], failpoints=[s.failpoints() for s, _ in planned if s.faults],
                        guardrails=[s.guardrails for s, _ in planned], world_sizes=[ws for _, ws in planned],
                        backends=[settings["backend"]], envs=[e for s, _ in planned for e in probe.tp_envs(s)],
-                       launch=settings["launch"], cwd=session.config.rootpath)
+                       launch=settings["launch"], cwd=rank_command.base_dir(session.config))
 
 
 def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
@@ -178,6 +203,7 @@ def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Check inputs with the TP path, note how many scenarios will run, start the zygote early."""
     config = session.config
+    rank_command.warn_builtin_tp(config, [i.path for i in session.items if _scenario_of(i) is not None])
     if config.option.collectonly:
         return
     planned = _planned(session)
@@ -202,9 +228,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 class Breakit:
     """The ``breakit`` fixture: ``breakit.check(scenario)`` runs and judges one scenario."""
 
-    def __init__(self, request: pytest.FixtureRequest, record_property) -> None:
+    def __init__(self, request: pytest.FixtureRequest) -> None:
         self._request = request
-        self._record = record_property
 
     def settings(self) -> dict:
         """Effective settings for this test: marker > CLI > ini > default."""
@@ -223,23 +248,30 @@ class Breakit:
             pytest.skip(reason)
         config = RunConfig(
             run_dir=self._request.config.stash[_RUN_DIR], world_size=s["world_size"], backend=s["backend"],
-            device=s["device"], deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"], tp_command=s["tp_command"],
-            startup_deadline_s=s["startup_deadline"], cwd=self._request.config.rootpath,
+            device=s["device"], deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"],
+            tp_command=s["tp_command"], startup_deadline_s=s["startup_deadline"],
+            cwd=rank_command.base_dir(self._request.config),
         )
         marker_deadline = s["marker_deadline"]
         result = run_scenario(scenario, config, deadline_s=float(marker_deadline) if marker_deadline else None)
-        for key, value in (("scenario", result.id), ("fm", result.fm), ("outcome", result.observed),
-                           ("time_to_crash_s", result.time_to_crash_s), ("verdict", result.verdict)):
-            self._record(key, "" if value is None else value)
+        if _per_test_properties(self._request.config):  # what record_property does, without its warning
+            for key, value in (("scenario", result.id), ("fm", result.fm), ("outcome", result.observed),
+                               ("time_to_crash_s", result.time_to_crash_s), ("verdict", result.verdict)):
+                self._request.node.user_properties.append((key, "" if value is None else value))
         if not result.passed:
             pytest.fail(result.failure_text(), pytrace=False)
         return result
 
 
+def _per_test_properties(config: pytest.Config) -> bool:
+    """xunit2, JUnit's default family, has no per-test properties (the verdict is the suite's breakit_overall)."""
+    return not config.option.xmlpath or config.getini("junit_family") in ("xunit1", "legacy")
+
+
 @pytest.fixture
-def breakit(request: pytest.FixtureRequest, record_property) -> Breakit:
+def breakit(request: pytest.FixtureRequest) -> Breakit:
     """Runs tp-breakit scenarios: ``breakit.check(scenario)``."""
-    return Breakit(request, record_property)
+    return Breakit(request)
 
 
 class _Tally:
@@ -278,7 +310,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
     try:
-        summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted)
+        baseline = config.getoption("breakit_baseline", None)
+        summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted,
+                                       baseline=Path(baseline) if baseline else None, selection=_selection(config))
         if summary.overall != "INCOMPLETE":
             report.update_latest(run_dir)
     except OSError as exc:
@@ -288,8 +322,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     xml = config.stash.get(junitxml.xml_key, None)
     if xml is not None:
         xml.add_global_property("breakit_overall", summary.headline)
+        d = json.loads(summary.json_path.read_text()).get("delta")
+        if d:
+            xml.add_global_property("breakit_baseline_delta", "; ".join(x.strip() for x in delta.lines(d)))
     if summary.overall == "INCOMPLETE" and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _selection(config: pytest.Config) -> str:
+    """What the run was asked for (paths, ``-m``, ``-k``): runs compare only with runs of the same selection."""
+    opt = config.option
+    words = [*config.args, *(["-m", opt.markexpr] if opt.markexpr else []), *(["-k", opt.keyword] if opt.keyword else [])]
+    device = config.stash[_SETTINGS].get("device", "auto")
+    words += [f"--breakit-device {device}"] if device != "auto" else []  # a CUDA run never compares with a CPU one
+    return " ".join(words)
 
 
 def _report_lost(session: pytest.Session, run_dir: Path, exc: OSError) -> None:
@@ -315,9 +361,19 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     summary = config.stash.get(_SUMMARY, None)
     if summary is None:
         return
-    tr.write_sep("=", "tp-breakit")
+    verbosity = config.get_verbosity()
+    if verbosity >= 0:
+        tr.write_sep("=", "tp-breakit")
     doc = json.loads(summary.json_path.read_text())
-    for row in doc["scenarios"]:
+    if doc.get("delta"):
+        shown = delta.lines(doc["delta"])
+        tr.write_line("baseline delta: " + shown[0], red=delta.regressed(doc["delta"]))
+        for line in shown[1:]:
+            tr.write_line(line, red=delta.regressed(doc["delta"]))
+    # -q keeps the failing rows and the verdict line, -qq the verdict line alone.
+    for row in doc["scenarios"] if verbosity >= -1 else ():
+        if verbosity < 0 and row["verdict"] == "PASS":
+            continue
         ttc = report.ttc_text(row)
         tr.write_line(f"{row['id']:<22} ws{row['world_size']}  expected {row['expected']:<14} "
                       f"observed {row['observed']:<13} ttc {ttc:>9}  {row['verdict']}")

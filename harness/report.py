@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import delta, explain
 from harness.html import write_html
 from harness.outcome import RESULT_SCHEMA, Result
 from harness.rows import guardrail_table, ttc_text  # noqa: F401 - ttc_text is part of this module's API
@@ -121,12 +122,17 @@ class Summary:
         return f"{self.overall} ({self.total - self.failed} passed, {self.failed} failed)"
 
 
-def write_summary(run_dir: Path, *, planned: int | None = None, interrupted: bool = False) -> Summary:
+def write_summary(run_dir: Path, *, planned: int | None = None, interrupted: bool = False,
+                  baseline: Path | None = None, selection: str = "") -> Summary:
     """Aggregate every result.json of ``run_dir`` into summary.json and summary.md.
 
     A run is INCOMPLETE, whatever its results say, when it was ``interrupted``
     or fewer than ``planned`` scenarios ran: a partial run proves nothing
     about the scenarios that never ran.
+
+    The run is compared with ``baseline`` (a run directory) or, by default, the
+    last green run of the same configuration beside it (``harness.delta``); ``selection`` (the ids,
+    files, ``-m``/``-k`` the run was asked for) is part of that configuration.
     """
     results = collect(run_dir)
     rows = [
@@ -137,6 +143,7 @@ def write_summary(run_dir: Path, *, planned: int | None = None, interrupted: boo
             "guardrails": d["guardrails"], "proves": d["proves"], "verdict": d["verdict"],
             "reason": d["reason"], "dir": os.path.relpath(d["dir"], run_dir) if d["dir"] else "",
             "divergence": (d.get("divergence") or {}).get("line"),
+            "reason_parts": d.get("reason_parts") or {},
         }
         for d in results
     ]
@@ -153,7 +160,9 @@ def write_summary(run_dir: Path, *, planned: int | None = None, interrupted: boo
         "failed": failed,
         "scenarios": rows,
         "guardrails": guardrail_table(rows),
+        "config": {**delta.config_of(results), "selection": selection},
     }
+    doc["delta"] = delta.for_run(run_dir, doc, baseline)
     json_path, md_path = run_dir / "summary.json", run_dir / "summary.md"
     _write_json(json_path, doc)
     md_path.write_text(markdown(doc))
@@ -184,6 +193,7 @@ def markdown(doc: dict) -> str:
         "",
         f"Overall: **{doc['overall']}** ({_counts(doc)})",
         "",
+        *_delta_md(doc.get("delta")),
         "| scenario | title | expected | observed | time to crash | deadline | guardrails | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -207,8 +217,18 @@ def markdown(doc: dict) -> str:
     if failures:
         out += ["", "## Failures"]
         for r in failures:
-            out += ["", f"### {r['id']} (ws{r['world_size']})", "", r["reason"], "", f"Logs: `{r['dir']}/`"]
+            reason = explain.markdown(r["reason_parts"]) if r.get("reason_parts") else [r["reason"]]
+            out += ["", f"### {r['id']} (ws{r['world_size']})", "", *reason, "", f"Logs: `{r['dir']}/`"]
     return "\n".join(out) + "\n"
+
+
+def _delta_md(d: dict | None) -> list[str]:
+    """The delta against the last green run, right under the overall line."""
+    if not d:
+        return []
+    head, *rest = delta.lines(d)
+    return [f"Baseline delta: **{_cell(head)}**", "", *(f"* {_cell(x.strip())}" for x in rest),
+            *([""] if rest else [])]
 
 
 def update_latest(run_dir: Path) -> Path:

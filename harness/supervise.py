@@ -145,6 +145,8 @@ class Observation:
     """Expected-frozen ranks found stopped after every other rank exited, then reaped."""
     traces: dict[int, dict] = field(default_factory=dict)
     """Rank -> flight trace (CONTRACT §6) as dumped on SIGUSR1 when the run hung, before reaping."""
+    reap_offsets: dict[int, int] = field(default_factory=dict)
+    """Rank -> its log's size when reaping began: what a rank wrote later is the reaping's doing, not evidence."""
 
     def anchor(self) -> tuple[float | None, str]:
         """``(mono, name)`` that deadline and time-to-crash count from."""
@@ -329,6 +331,7 @@ class _Loop:
                 if self.probe_at is not None and not self._probe_conclusive(now):
                     return
                 self.obs.verdict_at = now
+                self.obs.reap_offsets = {r: f.size() for r, f in self.followers.items()}
                 self.say("reaping: SIGTERM to the process tree")
                 self.launch.kill_tree(signal.SIGTERM)
                 self.phase, self.phase_until_at = REAPING, now + self.limits.grace_s

@@ -219,3 +219,11 @@ def test_the_first_pass_fires_every_site_with_two_runs_at_a_time(tmp_path: Path)
         assert r["schedule"]["faults"][0] == first.spec()
         assert f"{first.site}={first.action.partition('(')[0]}" in r["fired"], r
     assert doc["coverage"]["sites_fired"] == sorted(s["site"] for s in SITES)
+
+
+def test_jobs_default_to_the_cores_and_stay_one_where_a_rank_serves_the_store() -> None:
+    assert 1 <= explore.jobs_for(None, "zygote") <= 4 and explore.jobs_for(3, "subprocess") == 3
+    assert explore.jobs_for(None, "srun") == 1 and explore.jobs_for(1, "torchrun") == 1
+    for bad, launch in ((2, "srun"), (0, "zygote")):
+        with pytest.raises(ValueError, match="--jobs"):
+            explore.jobs_for(bad, launch)

@@ -113,3 +113,31 @@ def test_the_first_divergent_collective_is_marked_on_each_lane_and_listed_in_the
     assert page.count("first divergent collective: rank ") == 2 and ">seq 37</text>" in page
     assert "&lt;x&gt;" in page or "<x>" not in page
     assert "* FM-03/off (ws2, HUNG): seq 37: rank 0 broadcast <x> - rank 1 all_reduce" in summary.md_path.read_text()
+
+
+def test_hung_stacks_collapsed_logs_linked_reason_structured_delta_on_top(tmp_path) -> None:
+    run_dir = tmp_path / report.run_dir_name()
+    parts = {"headline": "expected HUNG, observed HUNG", "expected": ["HUNG"], "observed": "HUNG",
+             "ranks": ["rank 0 SIGKILL (reaped by harness)", "rank 1 SIGKILL (reaped by harness, root cause)"],
+             "root_cause": "rank 1, frozen by its own fault (SIGSTOP): TP-FAULT site=x action=kill(SIGSTOP)",
+             "notes": [], "signature_errors": [], "signatures_matched": [], "signatures_missing": ["rank 0 /A|B/"],
+             "verdict": "FAIL", "verdict_why": ""}
+    _scenario(run_dir, "FM-14/off", {0: [_init(0, 1.0, "driver")], 1: [_init(1, 1.0, "worker")]},
+              [RankResult(rank=0, pid=7, exit="SIGKILL", returncode=-9, reaped=True,
+                          stack='Current thread 0x1 (most recent call first):\n  File "<x>.py", line 3 in wait'),
+               RankResult(rank=1, pid=8, exit="SIGKILL", returncode=-9, reaped=True,
+                          stack_note="rank 1 (pid 8) is stopped (SIGSTOP); a stopped process cannot dump its stack")],
+              expected=["HUNG"], observed="HUNG", passed=False, reason_parts=parts)
+    (run_dir / "summary.json").write_text(json.dumps({"overall": "FAIL", "delta": {
+        "baseline": "/r/20260101-000000-1", "baseline_overall": "PASS", "outcome_changes": [], "added": [],
+        "removed": [], "flips": [{"scenario": "FM-14/off (ws2)", "was": "PASS", "now": "FAIL",
+                                  "observed_was": "HUNG", "observed_now": "HUNG"}], "ttc_regressions": []}}))
+    page = report_html.write_html(run_dir).read_text()
+    assert page.index('id="delta"') < page.index("<table>")
+    assert "vs 20260101-000000-1 (PASS): 1 verdict flip" in page and "verdict FM-14/off (ws2): PASS -&gt; FAIL" in page
+    assert '<details class="stack"><summary>stack of rank 0 (pid 7)</summary><pre>Current thread 0x1' in page
+    assert "File &quot;&lt;x&gt;.py&quot;, line 3 in wait" in page
+    assert "no stack for rank 1: rank 1 (pid 8) is stopped (SIGSTOP)" in page
+    assert '<a href="FM-14_off-ws2/rank0.log">rank0.log</a> <a href="FM-14_off-ws2/rank1.log">rank1.log</a>' in page
+    assert "<dt>root cause</dt><dd>rank 1, frozen by its own fault (SIGSTOP)" in page
+    assert "<dt>signatures missing</dt><dd>rank 0 /A|B/</dd>" in page
