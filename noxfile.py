@@ -26,9 +26,13 @@ VENV_PARAMS = ["--system-site-packages"] if SYSTEM_TORCH else []
 
 
 def _install(session: nox.Session) -> None:
+    constraints = () if SYSTEM_TORCH else ("-c", "constraints/cpu.txt")
     if not SYSTEM_TORCH:
-        session.install("-c", "constraints/cpu.txt", "torch")
+        session.install(*constraints, "torch")
     session.install("-r", "requirements/test.txt")
+    # The package itself, as users install it: its entry points (the `breakit` console script and pytest
+    # plugin) come from pyproject.toml, so packaging is exercised by every session that runs tests.
+    session.install(*constraints, "-e", ".")
 
 
 @nox.session(venv_params=VENV_PARAMS)
@@ -120,10 +124,11 @@ def bench(session: nox.Session) -> None:
 def gpu(session: nox.Session) -> None:
     """What one CUDA GPU shows (docs/GPU.md): dtype tables, outputs, the suite on CUDA tensors, digests,
     overhead. Uses the machine's own CUDA torch, never the CPU pin; writes reports/gpu/."""
-    session.install("-r", "requirements/test.txt")
     probe = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)"
     if session.run("python", "-c", probe, success_codes=[0, 3], silent=True, return_code=True) != 0:
         session.error("nox -s gpu needs a CUDA GPU and a CUDA build of torch on this machine's python")
+    session.install("-r", "requirements/test.txt")
+    session.install("-e", ".")  # torch>=2.4 is already met by the machine's CUDA build (system site-packages)
     session.run("python", "-m", "benchmarks.gpu", *session.posargs)
 
 

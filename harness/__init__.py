@@ -12,3 +12,6 @@ from harness.scenario import Expect, Interrupt, Scenario, load_catalog, peers_fo
 
 __all__ = ["DESYNC", "Blocked", "Expect", "Fault", "Interrupt", "Outcome", "Scenario", "load_catalog",
            "peers_follow"]
+
+__version__ = "0.1.0"
+"""The tp-breakit distribution's version (pyproject.toml reads it from here)."""

@@ -16,12 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import harness
 from harness import adhoc, delta, options, probe, report
-from harness.scenario import Scenario, default_catalog_paths, load_catalog
-
-
-class UsageError(Exception):
-    """Bad user input: one line, exit 2."""
+from harness.scenario import Scenario
+from harness.selection import CATALOG_HELP, UsageError, check_ids, load_scenarios
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m harness", description="tp-breakit: break TP ranks on purpose, judge the outcome")
+    parser = _Parser(prog=_prog(), description="tp-breakit: break TP ranks on purpose, judge the outcome")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {harness.__version__} (tp-breakit)")
     sub = parser.add_subparsers(dest="command", metavar="{list,failpoints,run,explore,report}")
 
     def add(p: argparse.ArgumentParser, *names: str) -> None:
@@ -39,11 +38,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(opt.cli_flag, dest=name, default=None, metavar=opt.metavar, help=opt.help)
 
     p = sub.add_parser("list", help="show the scenario catalog")
-    p.add_argument("--catalog", nargs="+", type=Path, help="scenario module files (default scenarios/test_*.py)")
+    p.add_argument("--catalog", action="append", type=Path, metavar="PATH", help=CATALOG_HELP)
     p = sub.add_parser("failpoints", help="ask the TP path for its failpoint sites")
     add(p, "tp_command")
     p = sub.add_parser("run", help="run catalog scenarios by id, or one ad-hoc fault")
-    p.add_argument("ids", nargs="*", metavar="ID", help="scenario id, e.g. FM-03 (also runs FM-03/...)")
+    p.add_argument("ids", nargs="*", metavar="ID",
+                   help="scenario id, e.g. FM-03 (also runs FM-03/...); none: every scenario of the catalog")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="ad hoc: arm SITE=ACTION[(ARG)][@TRIGGER,...] (repeatable)")
     p.add_argument("--expect", choices=sorted(adhoc.EXPECTS), help="ad hoc: the expected outcome")
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(default all) (repeatable)")
     p.add_argument("--guardrails", metavar="SPEC", help="TP_GUARDRAILS for the run(s), e.g. all,-preflight")
     p.add_argument("--chunks", type=int, metavar="N", help="chunks per run (default: the scenario's)")
-    p.add_argument("--catalog", nargs="+", type=Path, help="scenario module files (default scenarios/test_*.py)")
+    p.add_argument("--catalog", action="append", type=Path, metavar="PATH", help=CATALOG_HELP)
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="ad hoc: extra environment for every rank, e.g. TP_PROGRESS_TIMEOUT_S=1 (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="print verdicts only, no progress")
@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sites", default="", metavar="SITE[,SITE...]", help="only these failpoint sites")
     p.add_argument("--max-shrink", type=int, default=24, metavar="N", help="runs spent shrinking each violation "
                    "(default 24)")
+    p.add_argument("--jobs", type=int, metavar="N", help="schedules run at once (default: one per core, at most 4, "
+                   "under --launch zygote or subprocess; 1 otherwise)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for every rank (repeatable), e.g. a test-only TP_TEST_PLANT")
     add(p, "deadline", "stall", "launch", "backend", "device", "report_dir", "tp_command")
@@ -86,20 +88,13 @@ def _setting(args: argparse.Namespace, name: str):
     return opt.validate(value, opt.cli_flag) if value is not None else options.default(name)
 
 
-def _catalog(paths: list[Path] | None) -> list[Scenario]:
-    if paths is None:
-        paths = default_catalog_paths(Path.cwd()) or default_catalog_paths(Path(__file__).resolve().parent.parent)
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise UsageError(f"scenario module not found: {', '.join(missing)}")
-    try:
-        return load_catalog(paths)
-    except Exception as exc:  # noqa: BLE001 - any import error of a scenario module is the user's input
-        raise UsageError(f"cannot load the scenario catalog: {type(exc).__name__}: {exc}") from None
+def _prog() -> str:
+    """``breakit`` under the console script, else ``python -m harness``."""
+    return "breakit" if Path(sys.argv[0]).name == "breakit" else "python -m harness"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = [(s.id, s.proves, s.expect.describe(), s.guardrails, s.title) for s in _catalog(args.catalog)]
+    rows = [(s.id, s.proves, s.expect.describe(), s.guardrails, s.title) for s in load_scenarios(args.catalog)]
     header = ("ID", "PROVES", "EXPECT", "GUARDRAILS", "TITLE")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
@@ -143,7 +138,8 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
             scenarios = [adhoc.scenario(faults=args.fault, expect=args.expect, signatures=args.signature,
                                         env=args.env)]
         elif args.ids:
-            catalog = _catalog(args.catalog)
+            check_ids(args.ids)
+            catalog = load_scenarios(args.catalog)
             scenarios = []
             for wanted in args.ids:
                 found = [s for s in catalog if s.id == wanted or s.id.startswith(wanted + "/")]
@@ -152,7 +148,10 @@ def _selected(args: argparse.Namespace) -> list[Scenario]:
                     raise UsageError(f"unknown scenario {wanted!r}; known: {known}")
                 scenarios += [s for s in found if s not in scenarios]
         else:
-            raise UsageError("give scenario ids (see 'python -m harness list') or --fault SPEC --expect KIND")
+            scenarios = load_scenarios(args.catalog)
+            if not scenarios:
+                raise UsageError("the catalog holds no scenarios: give --catalog PATH (a module that defines "
+                                 "SCENARIOS, or a directory of them)")
         overrides = {k: v for k, v in (("guardrails", args.guardrails), ("chunks", args.chunks)) if v is not None}
         return [_replace(s, overrides) for s in scenarios]
     except ValueError as exc:
@@ -169,6 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                    "report_dir", "tp_command", "startup_deadline")}
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
+    settings["launch"] = _fit_launch(args, settings)
     baseline = _baseline_dir(args.baseline)
     scenarios = _selected(args)
     planned = [s for s in scenarios if not s.skip_reason(settings["world_size"])]
@@ -231,11 +231,21 @@ def _preflight(scenarios: list[Scenario], settings: dict) -> probe.Pending:
         raise UsageError(f"report dir {str(root)!r} (--report-dir) is not writable: "
                          f"{exc.strerror or exc}; pick a directory you can write") from None
     try:
-        probe.check_command(settings["tp_command"], settings["launch"])
         return probe.ask(settings["tp_command"], [(s, s.world_size or settings["world_size"]) for s in scenarios],
                          backend=settings["backend"], launch=settings["launch"], cwd=Path.cwd())
     except probe.Refused as exc:
         raise UsageError(str(exc)) from None
+
+
+def _fit_launch(args: argparse.Namespace, settings: dict) -> str:
+    """The launch mode for the rank command (a default zygote gives way to subprocess, with a note)."""
+    try:
+        launch, note = probe.fit_launch(settings["tp_command"], settings["launch"], chosen=args.launch is not None)
+    except probe.Refused as exc:
+        raise UsageError(f"{exc} (--tp-command / --launch)") from None
+    if note:
+        print(f"harness: note: {note}", file=sys.stderr)
+    return launch
 
 
 def _await(pending: probe.Pending) -> None:
@@ -303,6 +313,11 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if (args.runs is not None and args.runs < 1) or (args.budget is not None and not args.budget > 0):
         raise UsageError("--runs must be >= 1 and --budget > 0 seconds")
     runs = args.runs if args.runs is not None or args.budget is not None else 20
+    settings["launch"] = _fit_launch(args, settings)
+    try:
+        jobs = explore.jobs_for(args.jobs, settings["launch"])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if settings["launch"] == "zygote":
         zygote.shared()
     config = RunConfig(run_dir=settings["report_dir"] / report.run_dir_name(), backend=settings["backend"],
@@ -311,8 +326,9 @@ def cmd_explore(args: argparse.Namespace) -> int:
     tp_env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
     try:
         doc = explore.explore(seed=args.seed, runs=runs, budget_s=args.budget, world_sizes=sizes,
-                              faults_per_run=(int(m[1]), int(m[2] or m[1])), config=config, env=adhoc.parse_env(args.env),
-                              tp_env=tp_env, only_sites=tuple(filter(None, args.sites.split(","))), max_shrink=args.max_shrink,
+                              faults_per_run=(int(m[1]), int(m[2] or m[1])), config=config,
+                              env=adhoc.parse_env(args.env), tp_env=tp_env,
+                              only_sites=tuple(filter(None, args.sites.split(","))), max_shrink=args.max_shrink, jobs=jobs,
                               say=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (RuntimeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
@@ -372,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except UsageError as exc:
-        print(f"python -m harness {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"harness: interrupted ({exc or 'SIGINT'}); every rank was reaped", file=sys.stderr)

@@ -12,7 +12,10 @@ that still violates the same way, then printed as a one-line reproducer.
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
 import json
+import os
 import random
 import shlex
 import subprocess
@@ -110,36 +113,56 @@ def pairs(sites: list[dict]) -> list[tuple[dict, dict]]:
     return [(s, a) for s in sites for a in s["actions"]]
 
 
+def first_chunk(site: dict, action: dict) -> int:
+    """The first chunk where ``site`` is passed and ``action`` does what it says (declared; absent: 0)."""
+    return max(int(site.get("first_chunk") or 0), int(action.get("first_chunk") or 0))
+
+
+def deck_pair(seed: int, index: int, sites: list[dict]) -> tuple[dict, dict]:
+    """The (site, action) schedule ``index`` starts with.
+
+    Site-major: each pass of ``len(sites)`` schedules takes every site once (in a seeded order), with that
+    site's next action, so the first pass covers every site and ``max(actions)`` passes cover every pair.
+    """
+    order = random.Random(f"{seed}:deck").sample(range(len(sites)), len(sites))
+    site = sites[order[index % len(sites)]]
+    actions = site["actions"]
+    start = random.Random(f"{seed}:deck:{site['site']}").randrange(len(actions))
+    return site, actions[(start + index // len(sites)) % len(actions)]
+
+
 def generate(seed: int, index: int, sites: list[dict], *, world_sizes: tuple[int, ...],
              faults_per_run: tuple[int, int]) -> Schedule:
-    """Schedule ``index`` of ``seed``: a pure function of its arguments (replayable alone)."""
+    """Schedule ``index`` of ``seed``: a pure function of its arguments (replayable alone).
+
+    Its first fault is the deck's pair, placed where it surely fires; every other fault is armed at a later
+    chunk, so it adds to the first instead of pre-empting it (a fault that would fire first decides the run).
+    """
     rng = random.Random(f"{seed}:{index}")
-    deck = pairs(sites)
-    # Each schedule's first fault walks the (site, action) deck in a seeded order: N schedules cover N pairs.
-    order = random.Random(f"{seed}:deck").sample(range(len(deck)), len(deck))
+    site, action = deck_pair(seed, index, sites)
     ws = rng.choice(world_sizes)
     n = rng.randint(*faults_per_run)
-    faults = []
-    for k in range(n):
-        site, action = deck[order[index % len(deck)]] if k == 0 else rng.choice(deck)
-        faults.append(_fault(rng, site, action, ws))
-    return Schedule(world_size=ws, faults=tuple(faults))
+    chunks = max(CHUNKS, first_chunk(site, action) + 1)
+    first = _fault(rng, site, action, ws, chunks=range(first_chunk(site, action), chunks), hits=(1, 1, None))
+    after = (first.chunk + 1) if first.chunk is not None else 0
+    later = [(s, a) for s, a in pairs(sites) if s.get("chunked", True)]
+    faults = [first]
+    for _ in range(n - 1):
+        s, a = rng.choice(later)
+        span = range(max(after, first_chunk(s, a)), chunks)
+        if span:
+            faults.append(_fault(rng, s, a, ws, chunks=span, hits=(1, 1, 1, None, 2)))
+    return Schedule(world_size=ws, faults=tuple(faults), chunks=chunks)
 
 
-def _fault(rng: random.Random, site: dict, action: dict, ws: int) -> Fault:
+def _fault(rng: random.Random, site: dict, action: dict, ws: int, *, chunks: range, hits: tuple) -> Fault:
+    """``action`` at ``site`` on a rank that passes it, at one of ``chunks`` (a chunked site), with one of ``hits``."""
     args = action.get("args")
     arg = rng.choice(args) if isinstance(args, list) else rng.choice(SLEEPS) if args == "seconds" else None
     text = action["action"] + (f"({arg})" if arg is not None else "")
     ranks = {"driver": [0], "workers": list(range(1, ws))}.get(site.get("ranks"), list(range(ws)))
-    trig: dict[str, int | None] = {"rank": rng.choice(ranks or [0])}
-    if site.get("chunked", True):
-        if rng.random() < 0.15:
-            trig["call"] = rng.randrange(CHUNKS * 6)
-        else:
-            trig["chunk"] = rng.randrange(CHUNKS)
-    roll = rng.random()
-    trig["hit"] = 1 if roll < 0.5 else rng.randint(2, 3) if roll < 0.7 else None
-    return Fault(site=site["site"], action=text, **trig)
+    chunk = rng.choice(chunks) if site.get("chunked", True) else None
+    return Fault(site=site["site"], action=text, rank=rng.choice(ranks or [0]), chunk=chunk, hit=rng.choice(hits))
 
 
 def shrink_candidates(s: Schedule) -> list[Schedule]:
@@ -216,11 +239,27 @@ def same_failure(a: Result, b: Result) -> bool:
     return a.observed == b.observed
 
 
+def jobs_for(requested: int | None, launch: str) -> int:
+    """Schedules run at once: ``requested``, else one per core this process may use (at most 4).
+
+    Only where the harness serves each run's store (zygote, subprocess) on a port of its own; elsewhere a rank
+    or launcher serves it on a port picked before it binds it, which a concurrent run could take: 1.
+    """
+    concurrent = launch in ("zygote", "subprocess")
+    if requested is None:
+        return max(1, min(4, len(os.sched_getaffinity(0)))) if concurrent else 1
+    if requested < 1 or (requested > 1 and not concurrent):
+        raise ValueError(f"bad --jobs {requested}: expected >= 1, and 1 under --launch {launch} (a rank or launcher "
+                         "serves the store on a port picked before it binds it, which a concurrent run could take)")
+    return requested
+
+
 def explore(*, seed: int, runs: int | None, budget_s: float | None, world_sizes: tuple[int, ...],
             faults_per_run: tuple[int, int], config, env: dict[str, str], tp_env: dict[str, str],
-            only_sites: tuple[str, ...] = (), max_shrink: int = 24,
+            only_sites: tuple[str, ...] = (), max_shrink: int = 24, jobs: int = 1,
             say: Callable[[str], None] = lambda _: None) -> dict:
-    """Run schedules until ``runs`` or ``budget_s``; shrink each violation; write explore.json/.md; return it."""
+    """Run schedules until ``runs`` or ``budget_s``, ``jobs`` at a time; shrink each violation (one run at a
+    time); write explore.json/.md; return it. Schedules run are always a prefix 0..N-1 of the seed's."""
     from harness import explore_report
     from harness.runner import run_scenario
 
@@ -237,23 +276,56 @@ def explore(*, seed: int, runs: int | None, budget_s: float | None, world_sizes:
         result = run_scenario(schedule.scenario(sid), config)
         return result, invariant.check(result, schedule.faults, progress_timeout_s=PROGRESS_TIMEOUT_S)
 
-    index = 0
-    while (runs is None or index < runs) and (budget_s is None or time.monotonic() - tally.started < budget_s):
-        schedule = replace(generate(seed, index, sites, world_sizes=world_sizes, faults_per_run=faults_per_run),
-                           env=extra)
-        result, broken = run(schedule, f"explore/{index:04d}")
+    def schedules():
+        index = 0
+        while (runs is None or index < runs) and (budget_s is None or time.monotonic() - tally.started < budget_s):
+            yield index, replace(generate(seed, index, sites, world_sizes=world_sizes, faults_per_run=faults_per_run),
+                                 env=extra)
+            index += 1
+
+    for index, schedule, (result, broken) in _concurrently(schedules(), run, jobs=jobs):
         tally.add(index, schedule, result, broken)
         if broken:
-            tally.violations.append(_shrunk(index, schedule, result, broken, run, config, say,
-                                                   max_shrink))
-        index += 1
+            tally.violations.append(_shrunk(index, schedule, result, broken, run, config, say, max_shrink))
         elapsed = time.monotonic() - tally.started
-        say(f"explore: {index} runs, {len(tally.violations)} violations, {index / elapsed:.2f} runs/s, "
-            f"{elapsed:.0f} s")
+        say(f"explore: {len(tally.runs)} runs, {len(tally.violations)} violations, "
+            f"{len(tally.runs) / elapsed:.2f} runs/s, {elapsed:.0f} s")
+    tally.runs.sort(key=lambda r: r["index"])
     return explore_report.write(tally, sites=sites, run_dir=config.run_dir, meta={
         "seed": seed, "runs": runs, "budget_s": budget_s, "world_sizes": list(world_sizes),
-        "faults_per_run": list(faults_per_run), "launch": config.launch, "backend": config.backend,
-        "progress_timeout_s": PROGRESS_TIMEOUT_S, "handshake_timeout_s": HANDSHAKE_TIMEOUT_S, "chunks": CHUNKS, "rules": invariant.RULES})
+        "faults_per_run": list(faults_per_run), "launch": config.launch, "backend": config.backend, "jobs": jobs,
+        "progress_timeout_s": PROGRESS_TIMEOUT_S, "handshake_timeout_s": HANDSHAKE_TIMEOUT_S, "chunks": CHUNKS,
+        "rules": invariant.RULES})
+
+
+def _concurrently(items, run, *, jobs: int):
+    """Yield ``(index, schedule, run(schedule, sid))`` as runs finish, at most ``jobs`` running at once.
+
+    Each run has its own launch (its own store port, zygote children, report directory); the zygote and the
+    baseline cache are shared and take their locks. The caller handles each result (shrinking included) before
+    more runs start. An interrupt (SIGTERM/SIGHUP, Ctrl-C) reaps every rank so the running runs end at once.
+    """
+    from harness.launch import reap
+    from harness.supervise import harness_signals
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="harness-explore")
+    running: dict = {}
+    try:
+        with harness_signals():
+            while True:
+                for index, schedule in itertools.islice(items, jobs - len(running)):
+                    running[pool.submit(run, schedule, f"explore/{index:04d}")] = (index, schedule)
+                if not running:
+                    return
+                done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in sorted(done, key=lambda f: running[f][0]):
+                    index, schedule = running.pop(future)
+                    yield index, schedule, future.result()
+    except BaseException:
+        reap.reap_all()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _shrunk(index, schedule, result, broken, run, config, say, max_shrink) -> dict:

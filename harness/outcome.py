@@ -103,7 +103,7 @@ def _rank_result(rank: int, obs: Observation, text: str) -> RankResult:
     fatal = next((ln for ln in logs.contract_lines(text) if ln.kind == "TP-FATAL"), None)
     result_ev = [ln for ln in logs.contract_lines(text) if ln.event == "result"]
     return RankResult(
-        rank=rank, pid=obs.pids.get(rank), exit=exit_name(returncode) if ex else "still running",
+        rank=rank, pid=obs.pids.get(rank), exit=exit_name(returncode) if ex else "still running" if rank in obs.pids else "never started",
         returncode=returncode, reaped=bool(ex and ex.reaped), frozen=rank in obs.frozen_reaped,
         code=fatal.fields.get("code") if fatal else None,
         fatal=fatal.raw if fatal else None,

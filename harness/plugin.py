@@ -1,8 +1,8 @@
 """pytest plugin: markers, ``--breakit-*`` options, the ``breakit`` fixture.
 
-Load it once, either way: the ``pytest11`` entry point named
-``harness.plugin`` or ``pytest_plugins = ["harness.plugin"]`` in the root
-conftest (pytest skips a plugin name it already registered).
+Its name is ``breakit`` (``-p no:breakit`` keeps it out): the ``pytest11`` entry
+point of an installed tp-breakit, or the root conftest of a checkout. Loaded by its
+module name (``-p harness.plugin``) it blocks the other name: never a second copy.
 
 One precedence for every setting: ``@pytest.mark.breakit(...)`` > command line
 > ini > default (a scenario's own ``deadline_s`` sits between the marker and
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from _pytest import junitxml
 
-from harness import delta, options, probe, report
+from harness import delta, options, probe, rank_command, report
 from harness.result import Result
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Scenario
@@ -32,6 +32,14 @@ _RUN_DIR = pytest.StashKey[Path]()
 _SUMMARY = pytest.StashKey[report.Summary]()
 _REFUSED = pytest.StashKey[str]()
 _LOST = pytest.StashKey[list]()
+PLUGIN_NAME = "breakit"
+"""The entry point's name: ``-p no:breakit`` disables the plugin."""
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """One module, two names (the entry point's ``breakit``, ``-p harness.plugin``): block the other one."""
+    other = __name__ if pluginmanager.get_name(sys.modules[__name__]) == PLUGIN_NAME else PLUGIN_NAME
+    pluginmanager.set_blocked(other)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -58,16 +66,19 @@ def pytest_configure(config: pytest.Config) -> None:
     for opt in options.OPTIONS.values():
         settings[opt.name] = _resolve(config, opt)
     config.stash[_SETTINGS] = settings
+    rank_command.header(config, settings)
+    if not config.option.collectonly:  # xdist workers too: each starts ranks the way the controller decided
+        rank_command.fit_launch(config, settings)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
         config.stash[_RUN_DIR] = Path(workerinput[WORKER_KEY])
     else:
         root = settings["report_dir"]
         if not root.is_absolute():
-            root = config.rootpath / root
+            root = rank_command.base_dir(config) / root
         config.stash[_RUN_DIR] = root / report.run_dir_name()
         if not config.option.collectonly:
-            _check_before_launch(root, settings)
+            _check_writable(root)
             _check_baseline(config)
     config.pluginmanager.register(_Tally(), TALLY_PLUGIN)
 
@@ -82,17 +93,17 @@ def _check_baseline(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--breakit-baseline: {exc}") from None
 
 
-def _check_before_launch(root: Path, settings: dict) -> None:
-    """Report dir writable and a rank command that can start: one line, before any rank or the zygote."""
-    try:
-        probe.check_command(settings["tp_command"], settings["launch"])
-    except probe.Refused as exc:
-        raise pytest.UsageError(f"{exc} (--breakit-tp-command / --breakit-launch)") from None
+def _check_writable(root: Path) -> None:
+    """The report dir can be written: one line, before any rank or the zygote."""
     try:
         report.check_writable(root)
     except OSError as exc:
         raise pytest.UsageError(f"report dir {str(root)!r} (--breakit-report-dir) is not writable: "
                                 f"{exc.strerror or exc}; pick a directory you can write") from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return config.stash.get(rank_command.HEADER, [])
 
 
 def _resolve(config: pytest.Config, opt: options.Option):
@@ -132,12 +143,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if scenario is not None:
             item.add_marker("breakit")
             fm_marker = scenario.fm.lower().replace("-", "")
+            if fm_marker not in (*registered, "control", "adhoc"):  # a new failure mode needs no ini entry
+                config.addinivalue_line("markers", f"{fm_marker}: tp-breakit scenarios of failure mode {scenario.fm}")
+                registered.add(fm_marker)
             if fm_marker != "adhoc":
-                if fm_marker not in registered and fm_marker != "control":
-                    # A catalog module for a new failure mode needs no marker registration of its own.
-                    config.addinivalue_line("markers", f"{fm_marker}: tp-breakit scenarios of failure mode "
-                                                       f"{scenario.fm}")
-                    registered.add(fm_marker)
                 item.add_marker(fm_marker)
         for marker in item.iter_markers("breakit"):
             for key, value in marker.kwargs.items():
@@ -171,8 +180,7 @@ def _planned(session: pytest.Session) -> list[tuple[Scenario, int]]:
 
 
 def _refuse(session: pytest.Session, why: str) -> None:
-    """A usage error before any rank starts; in an xdist worker (which cannot end the session with one:
-    the controller would crash) every scenario test errors at setup instead."""
+    """A usage error before any rank starts; on an xdist worker (one would crash the controller) a setup error."""
     if not hasattr(session.config, "workerinput"):
         raise pytest.UsageError(why)
     session.config.stash[_REFUSED] = why
@@ -183,7 +191,7 @@ def _ask_tp(session: pytest.Session, planned: list[tuple[Scenario, int]]) -> pro
     settings = session.config.stash[_SETTINGS]
     try:
         return probe.ask(settings["tp_command"], planned, backend=settings["backend"], launch=settings["launch"],
-                         cwd=session.config.rootpath)
+                         cwd=rank_command.base_dir(session.config))
     except probe.Refused as exc:
         _refuse(session, str(exc))
         return None
@@ -206,6 +214,7 @@ def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Check inputs with the TP path, note how many scenarios will run, start the zygote early."""
     config = session.config
+    rank_command.warn_builtin_tp(config, [i.path for i in session.items if _scenario_of(i) is not None])
     if config.option.collectonly:
         return
     planned = _planned(session)
@@ -230,9 +239,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 class Breakit:
     """The ``breakit`` fixture: ``breakit.check(scenario)`` runs and judges one scenario."""
 
-    def __init__(self, request: pytest.FixtureRequest, record_property) -> None:
+    def __init__(self, request: pytest.FixtureRequest) -> None:
         self._request = request
-        self._record = record_property
 
     def settings(self) -> dict:
         """Effective settings for this test: marker > CLI > ini > default."""
@@ -251,23 +259,30 @@ class Breakit:
             pytest.skip(reason)
         config = RunConfig(
             run_dir=self._request.config.stash[_RUN_DIR], world_size=s["world_size"], backend=s["backend"],
-            device=s["device"], deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"], tp_command=s["tp_command"],
-            startup_deadline_s=s["startup_deadline"], cwd=self._request.config.rootpath,
+            device=s["device"], deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"],
+            tp_command=s["tp_command"], startup_deadline_s=s["startup_deadline"],
+            cwd=rank_command.base_dir(self._request.config),
         )
         marker_deadline = s["marker_deadline"]
         result = run_scenario(scenario, config, deadline_s=float(marker_deadline) if marker_deadline else None)
-        for key, value in (("scenario", result.id), ("fm", result.fm), ("outcome", result.observed),
-                           ("time_to_crash_s", result.time_to_crash_s), ("verdict", result.verdict)):
-            self._record(key, "" if value is None else value)
+        if _per_test_properties(self._request.config):  # what record_property does, without its warning
+            for key, value in (("scenario", result.id), ("fm", result.fm), ("outcome", result.observed),
+                               ("time_to_crash_s", result.time_to_crash_s), ("verdict", result.verdict)):
+                self._request.node.user_properties.append((key, "" if value is None else value))
         if not result.passed:
             pytest.fail(result.failure_text(), pytrace=False)
         return result
 
 
+def _per_test_properties(config: pytest.Config) -> bool:
+    """xunit2, JUnit's default family, has no per-test properties (the verdict is the suite's breakit_overall)."""
+    return not config.option.xmlpath or config.getini("junit_family") in ("xunit1", "legacy")
+
+
 @pytest.fixture
-def breakit(request: pytest.FixtureRequest, record_property) -> Breakit:
+def breakit(request: pytest.FixtureRequest) -> Breakit:
     """Runs tp-breakit scenarios: ``breakit.check(scenario)``."""
-    return Breakit(request, record_property)
+    return Breakit(request)
 
 
 class _Tally:
@@ -357,14 +372,19 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     summary = config.stash.get(_SUMMARY, None)
     if summary is None:
         return
-    tr.write_sep("=", "tp-breakit")
+    verbosity = config.get_verbosity()
+    if verbosity >= 0:
+        tr.write_sep("=", "tp-breakit")
     doc = json.loads(summary.json_path.read_text())
     if doc.get("delta"):
         shown = delta.lines(doc["delta"])
         tr.write_line("baseline delta: " + shown[0], red=delta.regressed(doc["delta"]))
         for line in shown[1:]:
             tr.write_line(line, red=delta.regressed(doc["delta"]))
-    for row in doc["scenarios"]:
+    # -q keeps the failing rows and the verdict line, -qq the verdict line alone.
+    for row in doc["scenarios"] if verbosity >= -1 else ():
+        if verbosity < 0 and row["verdict"] == "PASS":
+            continue
         ttc = report.ttc_text(row)
         tr.write_line(f"{row['id']:<22} ws{row['world_size']}  expected {row['expected']:<14} "
                       f"observed {row['observed']:<13} ttc {ttc:>9}  {row['verdict']}")

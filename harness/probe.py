@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 
 PROBE_TIMEOUT_S = 120.0
 """Bound on one question to the rank command (it may import torch: seconds on a busy box)."""
+
+
+_CANNOT_START = re.compile(r"No module named .*|can't open file .*|\S+: (command )?not found.*")
+"""What a command that cannot start at all prints (as opposed to one that does not know ``--check-*``)."""
 
 
 class Refused(ValueError):
@@ -54,6 +59,25 @@ def check_command(command: tuple[str, ...], launch: str) -> None:
             zygote_module(command)
         except LaunchError as exc:
             raise Refused(str(exc)) from None
+
+
+def fit_launch(command: tuple[str, ...], launch: str, *, chosen: bool) -> tuple[str, str]:
+    """``(mode, note)``: the launch mode that starts ``command``, then ``check_command`` on it.
+
+    The zygote runs only ``python -m MODULE`` in this interpreter. When nobody chose it (it is the
+    default) and the command is anything else, plain subprocesses start the ranks and ``note`` says so;
+    a zygote the user chose is refused in one line instead, like any other bad input.
+    """
+    note = ""
+    if launch == "zygote" and not chosen:
+        try:
+            check_command(command, launch)
+        except Refused:
+            launch = "subprocess"
+            note = ("launch mode subprocess: the default, zygote, forks only 'python -m MODULE' in this "
+                    f"interpreter, not {' '.join(command)[:200]!r}")
+    check_command(command, launch)
+    return launch, note
 
 
 def _run(command: tuple[str, ...], args: list[str]) -> subprocess.CompletedProcess | str:
@@ -165,6 +189,10 @@ class Pending:
                 return Answer(answered=False, note=late)
             code = self.proc.returncode
         verdicts = _json_lines(out, "check")
+        cannot = _CANNOT_START.search(f"{out}\n{err}") if code else None
+        if not verdicts and cannot:
+            raise Refused(f"the rank command {' '.join(self.command)[:200]!r} cannot start: {cannot[0]} "
+                          f"(exit {code}); check --tp-command and the directory the ranks start in")
         if not verdicts:
             last = (err or out).strip().splitlines()[-1:] or ["no output"]
             return Answer(answered=False, note=f"{' '.join(self.command)!r} does not answer --check-* "

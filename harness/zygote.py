@@ -1,7 +1,8 @@
 """The zygote: a long-lived process with ``torch`` imported that forks ranks.
 
 ``import torch`` costs about a second per process; a fork from a process that
-already paid it costs milliseconds. The zygote does no compute and starts no
+already paid it costs milliseconds. The same goes for the modules a rank
+module's package declares fork-safe (``harness.warm``). The zygote does no compute and starts no
 threads before forking (CONTRACT-safe: a forked child gets a clean torch).
 
 Protocol over the zygote's stdin/stdout, one line per message:
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import lifetime
+from harness import lifetime, warm
 
 ExitCallback = Callable[[int, "int | None", "float | None"], None]
 
@@ -40,7 +41,12 @@ ExitCallback = Callable[[int, "int | None", "float | None"], None]
 # --------------------------------------------------------------------- server
 
 
-def _child(req: dict, close_fds: list[int], zygote_pid: int) -> None:
+def _rank_paths(req: dict) -> list[str]:
+    """Where the rank's imports resolve: its working directory, then its ``PYTHONPATH``."""
+    return [req["cwd"], *(p for p in req["env"].get("PYTHONPATH", "").split(os.pathsep) if p)]
+
+
+def _child(req: dict, close_fds: list[int], zygote_pid: int, warmed: dict[str, tuple[str, ...]]) -> None:
     """Runs in the forked child: become the rank and never return."""
     code = 1
     try:
@@ -63,11 +69,12 @@ def _child(req: dict, close_fds: list[int], zygote_pid: int) -> None:
         os.environ.clear()
         os.environ.update(req["env"])
         os.chdir(req["cwd"])
-        extra = [p for p in req["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-        sys.path[:1] = [req["cwd"], *(p for p in extra if p not in sys.path)]
+        paths = _rank_paths(req)
+        sys.path[:1] = [paths[0], *(p for p in paths[1:] if p not in sys.path)]
         import importlib
 
         importlib.invalidate_caches()
+        warm.forget_elsewhere(req["module"], paths, warmed)
         threads = req["env"].get("OMP_NUM_THREADS", "")
         if threads.isdigit() and "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(int(threads))
@@ -160,6 +167,7 @@ def serve(preload: list[str]) -> None:
     out.flush()
     children: dict[int, int] = {}  # pidfd -> pid
     orphans: dict[int, int] = {}  # pidfd -> pid, for what ranks left behind
+    warmed: dict[str, tuple[str, ...]] = {}  # package -> the paths its ZYGOTE_PRELOAD was imported from
     buf = b""
     while True:
         readable, _, _ = select.select([0, *children, *orphans], [], [])
@@ -184,13 +192,14 @@ def serve(preload: list[str]) -> None:
             for line in lines:
                 req = json.loads(line)
                 out.flush()
+                warm.preload(req["module"], _rank_paths(req), warmed)
                 try:
                     pid = os.fork()
                 except OSError as exc:
                     out.write(f"error {req['id']} fork failed: {exc}\n".encode())
                     continue
                 if pid == 0:
-                    _child(req, [*children, *orphans], zygote_pid)
+                    _child(req, [*children, *orphans], zygote_pid, warmed)
                 children[os.pidfd_open(pid)] = pid
                 out.write(f"spawned {req['id']} {pid}\n".encode())
         out.flush()

@@ -9,14 +9,28 @@ On a worker: at chunk 5 rank 1 acts on a late duplicate of the last envelope
 before the cut at chunk 4 (cache epoch 1 while it is in epoch 2). Guarded: the
 worker's fence refuses it (STALE_EPOCH). Without the fence and the digest,
 rank 1 computes on the old chunk's inputs while the others use the new ones.
+
+And at the cut itself (found by ``python -m harness explore``): at chunk 4 rank
+1 acts on chunk 3's envelope instead of the cut it received. The fence used to
+learn the epoch only from envelopes the rank acted on, so it never saw epoch 2
+and let the duplicate through; the old plan has one call more (the KV
+recompute), so rank 1 sat in a generator all_reduce while the others waited in
+the digest exchange, until the progress deadline (a minute by default). Now a
+received cut moves the fence's epoch: STALE_EPOCH at once. Without the fence the
+collectives desync.
 """
 
 import pytest
 
-from harness import Expect, Fault, Scenario, peers_follow
+from harness import Blocked, Expect, Fault, Scenario, peers_follow
 
 FAULT = Fault(site="driver.late_result", action="flip", rank=0, chunk=4)
 REPLAY = Fault(site="worker.replay", action="flip", rank=1, chunk=5)
+REPLAY_AT_CUT = Fault(site="worker.replay", action="flip", rank=1, chunk=4)
+
+# At the cut the driver runs 4 calls and reaches the digest exchange; rank 1 runs the old plan's 5th call.
+DIGESTS = Blocked(op="all_gather", site="digest exchange")
+GENERATOR = Blocked(op="all_reduce", site="generator call")
 
 SCENARIOS = [
     Scenario(id="FM-10", title="late result of the old epoch dropped by the fence",
@@ -30,6 +44,13 @@ SCENARIOS = [
                                   "others": peers_follow(1)})),
     Scenario(id="FM-10/worker-off", title="envelope of the old epoch reaches a worker: Franken-model",
              proves="epoch_fence", guardrails="all,-epoch_fence,-digest", faults=(REPLAY,), expect=Expect.diverge()),
+    Scenario(id="FM-10/worker-at-cut", title="the old epoch's last envelope acted on at the cut: refused",
+             proves="epoch_fence", faults=(REPLAY_AT_CUT,),
+             expect=Expect.crash({1: r"TP-FATAL fm=FM-10 code=STALE_EPOCH .*cache epoch 1 while this rank is in epoch 2",
+                                  "others": peers_follow(1)})),
+    Scenario(id="FM-10/worker-at-cut-off", title="the old epoch's plan run at the cut: collectives desync",
+             proves="epoch_fence", guardrails="all,-epoch_fence", faults=(REPLAY_AT_CUT,),
+             expect=Expect.hang(blocked={0: DIGESTS, "others": GENERATOR})),
 ]
 
 

@@ -18,9 +18,10 @@ PEER_LOST after the peer timeout). Without the watchdog rank 1 never exits.
 
 And a rank stuck in Python before the handshake (found by ``python -m harness
 explore``): the watchdog now starts before the model loads, so the abort rank
-0 publishes when its handshake times out reaches rank 1 (PEER_ABORT, one peer
-timeout after the verdict, which every rank that can read it dies of first).
-Before, rank 1 had no watchdog yet and never exited.
+0 publishes when its handshake times out reaches rank 1 (PEER_ABORT within a
+poll: a main thread waiting in the handshake would get a peer timeout to die
+of the verdict itself, one stuck before it gets nothing). Before, rank 1 had
+no watchdog yet and never exited.
 """
 
 import pytest

@@ -62,7 +62,8 @@ CAT = ("--catalog", "test_catalog.py")
         (("run", "--expect", "crash", "--chunks", "0"), "invalid chunks '0' from --chunks"),
         (("run", "--fault", "a.b=raise"), "--fault needs --expect"),
         (("run", "FM-01", *CAT, "--expect", "crash"), "not both"),
-        (("run",), "give scenario ids"),
+        (("run", "FM-01", "test_catalog.py"), "'test_catalog.py' is a file, not a scenario id"),
+        (("run", "--catalog", "pids"), "scenario module not found: pids"),
         (("run", "FM-01", "--catalog", "missing.py"), "scenario module not found: missing.py"),
         (("run", "--expect", "sideways"), "invalid choice: 'sideways'"),
         (("report", "nowhere"), "nowhere holds no summary.md"),
@@ -141,9 +142,9 @@ def test_public_surface_changes_only_on_purpose() -> None:
         "run": ["--backend", "--baseline", "--catalog", "--chunks", "--deadline", "--device", "--env", "--expect", "--fault", "--guardrails",
                 "--launch", "--quiet", "--report-dir", "--signature", "--stall", "--startup-deadline", "--tp-command",
                 "--world-size", "-q"],
-        "explore": ["--backend", "--budget", "--deadline", "--device", "--env", "--faults-per-run", "--launch", "--max-shrink",
-                    "--report-dir", "--runs", "--seed", "--sites", "--stall", "--tp-command", "--world-size",
-                    "--world-sizes"],
+        "explore": ["--backend", "--budget", "--deadline", "--device", "--env", "--faults-per-run", "--jobs", "--launch",
+                    "--max-shrink", "--report-dir", "--runs", "--seed", "--sites", "--stall", "--tp-command",
+                    "--world-size", "--world-sizes"],
         "report": ["--baseline"],
     }
     assert [o.pytest_flag for o in options.OPTIONS.values()] == [
@@ -153,8 +154,26 @@ def test_public_surface_changes_only_on_purpose() -> None:
         "breakit_deadline", "breakit_world_size", "breakit_backend", "breakit_device", "breakit_launch",
         "breakit_report_dir",
         "breakit_tp_command", "breakit_stall", "breakit_startup_deadline"]
+    assert sorted(s for a in _parser()._actions for s in a.option_strings) == ["--help", "--version", "-h"]
+    assert plugin.PLUGIN_NAME == "breakit"
     assert plugin.FM_MARKERS == tuple(f"fm{n:02d}" for n in range(1, 16))
     assert plugin.MARKER_KEYS == ("deadline", "world_size", "launch")
     assert [o.name for o in Outcome] == ["CLEAN", "CRASHED", "HUNG", "DIVERGED", "HARNESS_ERROR"]
     assert sorted(harness.__all__) == ["Blocked", "DESYNC", "Expect", "Fault", "Interrupt", "Outcome", "Scenario",
                                        "load_catalog", "peers_follow"]
+
+
+def test_version_names_the_distribution(cli) -> None:
+    import harness
+
+    proc = cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"python -m harness {harness.__version__} (tp-breakit)"
+
+
+def test_run_without_ids_runs_the_whole_catalog_and_catalog_repeats(cli, tmp_path) -> None:
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "test_more.py").write_text(CATALOG.replace('"FM-01', '"FM-02'))
+    proc = cli("run", "--catalog", "test_catalog.py", "--catalog", "more", "--world-size", "1", *FAKE)
+    assert re.findall(r"^(?:PASS|FAIL) (\S+)", proc.stdout, re.M) == ["FM-01", "FM-01/off", "FM-02", "FM-02/off"]
+    assert "4 run" in proc.stdout, proc.stdout + proc.stderr

@@ -47,10 +47,11 @@ def _result(tmp_path: Path) -> dict:
     ("args", "env", "why"),
     [
         (("--tp-command", "false", "--launch", "subprocess"), {}, "rank 0 exit 1 without a TP-FATAL line"),
-        (("--tp-command", "python -m nosuchmodule"), {}, "No module named nosuchmodule"),
+        # Not 'python -m MODULE': the default zygote gives way to plain subprocesses.
+        (("--tp-command", "false"), {}, "rank 0 exit 1 without a TP-FATAL line"),
         (("--tp-command", "python -m fake_tp"), {"FAKE_CLOSE_STDOUT": "1"}, "rank 0 exit 1 without a TP-FATAL"),
     ],
-    ids=["false", "no-such-module", "closes-stdout"],
+    ids=["false", "false-default-launch", "closes-stdout"],
 )
 def test_a_broken_rank_command_is_never_a_proven_crash(tmp_path, args, env, why) -> None:
     proc = _cli(tmp_path, "run", *CRASH, "--report-dir", "reports", *args, **env)
@@ -94,11 +95,16 @@ def _refused(tmp_path: Path, proc: subprocess.CompletedProcess, message: str) ->
         (("--fault", "fake." + "x" * 120_000 + "=raise"), "a failpoint name has at most 200"),
         (("--fault", "fake.chunk=raise", "--tp-command", "nosuchcommand", "--launch", "subprocess"),
          "'nosuchcommand' is not an executable on PATH"),
-        (("--fault", "fake.chunk=raise", "--tp-command", "false"), "launch mode 'zygote' needs a 'python -m"),
+        (("--fault", "fake.chunk=raise", "--tp-command", "false", "--launch", "zygote"),
+         "launch mode 'zygote' forks 'python -m MODULE' in this interpreter"),
+        (("--fault", "fake.chunk=raise", "--tp-command", "python -m nosuchmodule"),
+         "cannot start: No module named nosuchmodule"),
+        (("--fault", "fake.chunk=raise", "--tp-command", "python -m nosuchmodule", "--launch", "subprocess"),
+         "cannot start: No module named nosuchmodule"),
         (("--fault", "fake.chunk=raise", "--startup-deadline", "inf"), "invalid start-up deadline 'inf'"),
     ],
     ids=["exit-999999", "rank-2-of-2", "120KB-site", "no-such-command", "zygote-needs-module",
-         "startup-inf"],
+         "no-such-module-zygote", "no-such-module-subprocess", "startup-inf"],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message) -> None:
     _refused(tmp_path, _cli(tmp_path, "run", "--expect", "crash", *FAKE, *args), message)

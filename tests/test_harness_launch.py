@@ -127,7 +127,7 @@ def test_config_rejected_by_the_rank_is_a_harness_error(tmp_path) -> None:
     ("mode", "command", "message"),
     [
         ("subprocess", ("/nonexistent/tp-binary",), "cannot start rank 0"),
-        ("zygote", ("/nonexistent/tp-binary",), "use --launch subprocess"),
+        ("zygote", ("/nonexistent/tp-binary",), "use launch mode 'subprocess'"),
     ],
 )
 def test_launch_failure_is_a_harness_error(tmp_path, mode, command, message) -> None:

@@ -174,3 +174,12 @@ def test_summary_tables_and_latest_link(tmp_path) -> None:
     link = report.update_latest(run_dir)
     assert link.resolve() == run_dir.resolve()
     assert report.find_run_dir(tmp_path / "reports") == run_dir.resolve()
+
+
+def test_a_rank_that_never_started_is_not_still_running(tmp_path) -> None:
+    """A launch that failed after rank 0 started: rank 1 has no pid, so it never ran."""
+    obs = _observe(tmp_path, {0: [], 1: []}, {0: 1}, faults=False, harness_error="zygote could not start rank 1: x")
+    obs.pids = {0: 1000}
+    result = judge(_scenario(Expect.crash()), obs, deadline_s=8.0, baseline=_no_baseline, meta=META)
+    assert [(r.rank, r.exit) for r in result.ranks] == [(0, "exit 1"), (1, "never started")]
+    assert result.observed == "HARNESS_ERROR"

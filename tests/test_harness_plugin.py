@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -150,7 +151,7 @@ def test_bad_values_are_usage_errors_naming_their_source(tester, ini, args, mark
 def test_scenarios_run_fail_skip_and_report(tester: pytest.Pytester) -> None:
     tester.makepyfile(test_fm03=SCENARIO_TESTS)
     result = tester.runpytest("-m", "fm03", "-rs", "--strict-markers", "--junitxml=junit.xml",
-                              "--breakit-report-dir=out", *FAKE)
+                              "-o", "junit_family=xunit1", "--breakit-report-dir=out", *FAKE)
     result.assert_outcomes(passed=1, failed=1, skipped=1, deselected=1)
     result.stdout.fnmatch_lines([
         ("*FM-03/off: expected CLEAN, observed CRASHED in * s after TP-FAULT (fake.chunk on rank 0): "
@@ -178,6 +179,30 @@ def test_scenarios_run_fail_skip_and_report(tester: pytest.Pytester) -> None:
     assert summary["guardrails"]["lockstep"] == {"guarded": ["FM-03 (ws2, PASS)"], "off": ["FM-03/off (ws2, FAIL)"]}
 
 
+def test_junit_of_the_default_family_is_valid_and_quiet(tester: pytest.Pytester) -> None:
+    """xunit2 has no per-test properties: none are written, nothing warns, the verdict is a suite property."""
+    tester.makepyfile(test_fm03=SCENARIO_TESTS)
+    result = tester.runpytest_subprocess("-k", "FM-03 and not off", "--junitxml=junit.xml",
+                                         "--breakit-report-dir=out", *FAKE)
+    result.assert_outcomes(passed=1, skipped=1, deselected=2)
+    root = ET.parse(tester.path / "junit.xml").getroot()
+    assert [case.find("properties") for case in root.iter("testcase")] == [None, None]
+    suite = {p.get("name"): p.get("value") for p in root.iter("property")}
+    assert suite["breakit_overall"].startswith("PASS") and all(k.startswith("breakit_") for k in suite), suite
+    assert "record_property" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize(("flag", "rows"), [("-q", ["FM-03/off"]), ("-qq", [])])
+def test_quiet_flags_trim_the_breakit_summary(tester: pytest.Pytester, flag: str, rows: list[str]) -> None:
+    tester.makepyfile(test_fm03=SCENARIO_TESTS)
+    result = tester.runpytest_subprocess(flag, "-m", "fm03", "--breakit-report-dir=out", *FAKE)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert re.findall(r"^(FM-03\S*) +ws2 +expected", out, re.M) == rows, out
+    assert "= tp-breakit =" not in out
+    result.stdout.fnmatch_lines(["breakit FAIL: 2 scenarios, 1 failed; report: *"])
+
+
 def test_xdist_workers_share_the_controllers_run_dir(tester: pytest.Pytester) -> None:
     tester.makepyfile(test_clean="""
         import pytest
@@ -202,10 +227,40 @@ def test_loading_by_entry_point_and_conftest_registers_once(tester: pytest.Pytes
     dist = tester.path / "site" / "tp_breakit-0.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tp-breakit\nVersion: 0.0\n")
-    (dist / "entry_points.txt").write_text("[pytest11]\nharness.plugin = harness.plugin\n")
+    (dist / "entry_points.txt").write_text("[pytest11]\nbreakit = harness.plugin\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tester.path / "site"), str(REPO), str(RANKS)]))
     for conftest in ('pytest_plugins = ["harness.plugin"]', ""):
         tester.makeconftest(conftest)
         result = tester.runpytest_subprocess("--markers", "-p", "no:cacheprovider")
         assert result.ret == 0, result.stderr.str()
         assert result.stdout.str().count("@pytest.mark.fm01:") == 1
+
+
+def test_last_failed_reruns_only_the_failed_scenario(tester: pytest.Pytester) -> None:
+    """The cache provider is on (pytest.ini no longer disables it): --lf reruns what failed."""
+    tester.makepyfile(test_fm03=SCENARIO_TESTS)
+    first = tester.runpytest_subprocess("-m", "fm03", "--breakit-report-dir=out", *FAKE)
+    first.assert_outcomes(passed=1, failed=1, skipped=1, deselected=1)
+    again = tester.runpytest_subprocess("-m", "fm03", "--lf", "--breakit-report-dir=out", *FAKE)
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines(["run-last-failure: rerun previous 1 failure*"])
+
+
+def test_own_scenarios_without_a_rank_command_warn_that_the_builtin_tp_runs(tester: pytest.Pytester) -> None:
+    tester.makepyfile(test_fm03=SCENARIO_TESTS)
+    result = tester.runpytest_subprocess("--co", "-q")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["*test_fm03.py run against the built-in TP path *-m tp': no rank command was given*"])
+    quiet = tester.runpytest_subprocess("--co", "-q", *FAKE)
+    assert "built-in TP path" not in quiet.stdout.str()
+
+
+def test_a_script_rank_command_runs_as_subprocesses_on_xdist_workers_too(tester: pytest.Pytester) -> None:
+    """Not 'python -m MODULE': the default zygote gives way to subprocess in the controller and every worker."""
+    tester.makepyfile(test_fm03=SCENARIO_TESTS)
+    result = tester.runpytest_subprocess("-n", "2", "-k", "FM-03 and not off and not big", "--breakit-report-dir=out",
+                                         "--breakit-tp-command", f"python {RANKS / 'fake_tp.py'}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["tp-breakit: launch mode subprocess: the default, zygote, forks only*"])
+    (result_json,) = (tester.path / "out" / "latest").glob("*/result.json")
+    assert json.loads(result_json.read_text())["launch"] == "subprocess"

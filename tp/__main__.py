@@ -103,7 +103,7 @@ def _listed(args: argparse.Namespace) -> bool:
 
     if args.list_failpoints:
         for site in failpoints.SITES:
-            print(json.dumps(failpoints.declared(site)))
+            print(json.dumps(failpoints.declared(site, reset_every=args.reset_every)))
     elif args.list_codes:
         for c in codes.CODES.values():
             print(json.dumps({"code": c.name, "exit": c.exit, "fm": c.fm, "description": c.description}))

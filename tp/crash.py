@@ -61,10 +61,17 @@ class Crash:
         """True when this process serves the store: its exit takes the store down for every rank."""
         self._lock = threading.Lock()
 
-    def die(self, fatal: Fatal, *, dump_stack: bool = False) -> None:
-        """Print the fatal line, publish the abort (first writer wins), exit. Never returns."""
+    def die(self, fatal: Fatal, *, dump_stack: bool = False, via: dist.Store | None = None) -> None:
+        """Print the fatal line, publish the abort (first writer wins), exit. Never returns.
+
+        ``via``: the store connection to publish through instead of ``self.store``. A c10d client runs one
+        call at a time, so the main thread's connection is taken for as long as its blocking call lasts (a
+        handshake ``wait``): the watchdog publishes through its own.
+        """
         entry = codes.code(fatal.code)
         with self._lock:  # one fatal line per rank even if the watchdog races the main thread
+            if via is not None:
+                self.store = via
             try:
                 fm = fatal.fm or entry.fm
                 print(log.fatal_line(fm=fm, code=fatal.code, rank=self.rank, call_id=self.call_id, chunk=self.chunk,

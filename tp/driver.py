@@ -144,9 +144,11 @@ class Driver:
     def _deliver(self, chunk: int, latents: torch.Tensor, frames: int, tokens: int) -> None:
         """Decode (the driver only) and hand the frames to the output, fenced by cache epoch."""
         decoded = latents.reshape(frames, tokens, -1).mean(-1)
-        if failpoint("driver.late_result", False, rank=self.cfg.rank, chunk=chunk, call_id=self.call_id) and self.results:
-            # A result computed in the previous cache epoch arrives after the hard cut.
-            self._accept(*self.results[-1])
+        if failpoint("driver.late_result", False, rank=self.cfg.rank, chunk=chunk, call_id=self.call_id):
+            # A result computed in an earlier cache epoch arrives after the hard cut (before any cut there is none).
+            late = [r for r in self.results if r[0] != self.cache_epoch]
+            if late:
+                self._accept(*late[-1])
         self._accept(self.cache_epoch, chunk, decoded)
 
     def _accept(self, epoch: int, chunk: int, decoded: torch.Tensor) -> None:

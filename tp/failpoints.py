@@ -46,7 +46,8 @@ ACTIONS = ("raise", "exit", "kill", "hang", "sleep", "corrupt", "flip", "set")
 
 # What can be broken where (``python -m tp --list-failpoints``, CONTRACT §4): the actions that mean something at
 # each site, their arguments (a list: the values worth trying, null = no argument; a word: its type), which ranks
-# pass the site, and whether it fires per chunk (handshake and weight loading happen once, before chunk 0).
+# pass the site, whether it fires per chunk (handshake and weight loading happen once, before chunk 0), and the
+# first chunk where the site is passed or the action does what it says ("cut": the first hard cut's chunk).
 _PROCESS = ({"action": "raise"}, {"action": "exit", "args": ["3", "0"]},
             {"action": "kill", "args": ["SIGKILL", "SIGSTOP"]}, {"action": "hang"}, {"action": "sleep", "args": "seconds"})
 _ONCE = {"ranks": "any", "chunked": False}
@@ -54,27 +55,37 @@ BREAKABLE: dict[str, dict] = {
     "driver.meta": {"ranks": "driver", "data": ({"action": "corrupt", "args": ["callable", "tensor", "nan"]},)},
     "driver.latents": {"ranks": "driver", "data": ({"action": "set", "args": ["uint16"]},)},
     "driver.plan": {"ranks": "driver", "data": ({"action": "corrupt", "args": ["1", "-1"]},)},
-    "driver.override": {"ranks": "driver", "data": ({"action": "set", "args": ["none"]},)},
+    "driver.override": {"ranks": "driver", "first_chunk": 1,  # passed only on chunks with KV recompute
+                        "data": ({"action": "set", "args": ["none"]},)},
     "driver.aux": {"ranks": "driver", "data": ({"action": "flip"},)},
     "driver.idle": {"ranks": "driver"},
-    "driver.late_result": {"ranks": "driver", "data": ({"action": "flip"},)},
+    "driver.late_result": {"ranks": "driver", "data": ({"action": "flip", "first_chunk": "cut"},)},
     "envelope.before_header": {"ranks": "driver"},
     "envelope.after_header": {"ranks": "driver"},
     "envelope.after_recv": {"ranks": "workers", "data": ({"action": "corrupt", "args": [None, "last"]},)},
     "worker.skip_recompute": {"ranks": "workers", "data": ({"action": "flip"},)},
     "worker.stale_override": {"ranks": "workers", "data": ({"action": "flip"},)},
-    "worker.replay": {"ranks": "workers", "data": ({"action": "flip"},)},
+    "worker.replay": {"ranks": "workers", "data": ({"action": "flip", "first_chunk": "cut"},)},
     "generator.call": {"ranks": "any"},
     "model.shard": {**_ONCE, "data": ({"action": "corrupt", "args": [None]},)},
     "handshake.publish": dict(_ONCE),
 }
 
 
-def declared(site: str) -> dict:
-    """The ``--list-failpoints`` line of ``site``: description, actions with their arguments, ranks, chunked."""
+def declared(site: str, *, reset_every: int = 4) -> dict:
+    """The ``--list-failpoints`` line of ``site``: description, actions with their arguments, ranks, chunked, and
+    ``first_chunk`` (site or action) where it is not 0; "cut" is ``reset_every``, the first hard cut after chunk 0."""
+    def chunk(value):
+        return reset_every if value == "cut" else value
+
     spec = BREAKABLE[site]
-    return {"site": site, "description": SITES[site], "actions": [dict(a) for a in (*_PROCESS, *spec.get("data", ()))],
-            "ranks": spec["ranks"], "chunked": spec.get("chunked", True)}
+    actions = [{k: chunk(v) if k == "first_chunk" else v for k, v in a.items()} for a in (*_PROCESS, *spec.get("data", ()))]
+    line = {"site": site, "description": SITES[site], "actions": actions, "ranks": spec["ranks"],
+            "chunked": spec.get("chunked", True)}
+    if "first_chunk" in spec:
+        line["first_chunk"] = spec["first_chunk"]
+    return line
+
 
 TRIGGERS = ("rank", "chunk", "call", "hit")
 MAX_SLEEP_S = 86400.0

@@ -32,6 +32,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
+from tp import handshake
 from tp.crash import Crash, Fatal, done_key, peer_abort, read_abort
 from tp.liveness import Arrivals
 
@@ -46,6 +47,15 @@ def in_collective(frame) -> bool:
     """
     while frame is not None:
         if _COLLECTIVES in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def in_handshake(frame) -> bool:
+    """True when ``frame``'s stack is inside ``tp.handshake.run`` (publishing its record or waiting for the verdict)."""
+    while frame is not None:
+        if frame.f_code is handshake.run.__code__:
             return True
         frame = frame.f_back
     return False
@@ -115,13 +125,17 @@ class Watchdog:
         self.settled = True
 
     def _defer(self, now: float) -> bool:
-        """During the handshake, hold a verdict for one peer timeout.
+        """During the handshake, give the main thread one peer timeout to die of rank 0's verdict.
 
-        Rank 0 publishes the handshake verdict and then the abort; every rank must die of the verdict's own
-        code (PLAN_MISMATCH...), which its main thread reads within milliseconds. Only a main thread that
-        cannot read it (stuck in Python) is still alive a peer timeout later, and then the abort ends it.
+        Rank 0 publishes the handshake verdict and then the abort; every rank waiting for the verdict must die
+        of the verdict's own code (PLAN_MISMATCH...), which its main thread reads within milliseconds, not of
+        the abort or of rank 0's silence. Nothing is held where no verdict will be read: before rank 0 has
+        published one (a peer lost while loading, a fault's abort: holding would only keep this rank alive
+        until the handshake timeout), or while the main thread is outside the handshake (stuck in Python
+        before it, it never reads one).
         """
-        if self.settled:
+        if self.settled or not in_handshake(sys._current_frames().get(self.main_ident)) \
+                or not self.store.check([handshake.VERDICT]):
             return False
         if self._first_fatal_at is None:
             self._first_fatal_at = now
@@ -158,7 +172,7 @@ class Watchdog:
                 self.store.add(f"tp/hb/{self.rank}", 1)
                 abort = read_abort(self.store)
                 if abort is not None and abort.get("rank") != self.rank and not self._defer(time.monotonic()):
-                    self.crash.die(peer_abort(abort), dump_stack=True)
+                    self.crash.die(peer_abort(abort), dump_stack=True, via=self.store)
                 now = time.monotonic()
                 for r in peers:
                     if self.store.check([done_key(r)]):
@@ -172,7 +186,8 @@ class Watchdog:
                           and not self._defer(now)):
                         self.crash.die(Fatal("PEER_LOST", f"rank {r}'s heartbeat stopped {now - seen[r][1]:.2f} s ago "
                                              f"({self.arrivals[r].describe()})", cause_rank=r,
-                                             fm="FM-13" if r == self.driver_rank else "FM-14"), dump_stack=True)
+                                             fm="FM-13" if r == self.driver_rank else "FM-14"), dump_stack=True,
+                                       via=self.store)
             except Exception as exc:
                 if self._stop.is_set():
                     return
@@ -192,4 +207,4 @@ class Watchdog:
         where = "waiting in a collective" if waiting else "stuck outside any collective"
         self.crash.die(Fatal("PROGRESS_TIMEOUT", f"no progress for {stalled:.2f} s ({where}; progress timeout "
                              f"{self.progress_timeout_s} s) while '{self.progress.what}'",
-                             fm=None if waiting else "FM-15"), dump_stack=True)
+                             fm=None if waiting else "FM-15"), dump_stack=True, via=self.store)

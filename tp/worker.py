@@ -41,16 +41,19 @@ class Worker:
             self.chunks += 1
 
     def _delivered(self, env: Envelope) -> Envelope:
-        """The envelope this rank acts on: the received one, or (failpoint) a late duplicate from before the cut."""
+        """The envelope this rank acts on: the received one, or (failpoint) a late duplicate from before the cut.
+
+        A received hard cut moves the fence's epoch whatever this rank then acts on: a duplicate of the old
+        epoch acted on at the cut itself is as stale as one a chunk later.
+        """
         if env.meta["tp_reset_kv_cache"]:
             self.before_cut = self.last
+            self.cache_epoch = env.header.cache_epoch
         if failpoint("worker.replay", False, **self.ctx) and self.before_cut is not None:
             return self.before_cut
         return env
 
     def _fence(self, env) -> None:
         epoch = env.header.cache_epoch
-        if env.meta["tp_reset_kv_cache"]:
-            self.cache_epoch = epoch
-        elif epoch != self.cache_epoch and "epoch_fence" in self.cfg.guardrails:
+        if epoch != self.cache_epoch and "epoch_fence" in self.cfg.guardrails:
             raise Fatal("STALE_EPOCH", f"envelope of cache epoch {epoch} while this rank is in epoch {self.cache_epoch}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +42,22 @@ class LaunchSpec:
 
 
 def zygote_module(command: tuple[str, ...]) -> tuple[str, list[str]]:
-    """``(module, argv)`` of a ``python -m MODULE ...`` command, else LaunchError."""
-    if len(command) >= 3 and Path(command[0]).name.startswith("python") and command[1] == "-m":
+    """``(module, argv)`` of a ``python -m MODULE ...`` command run by this interpreter, else LaunchError.
+
+    The zygote forks ranks from the harness's own interpreter: another interpreter's command (another
+    virtualenv, a script, a wrapper) would silently run here with the wrong packages.
+    """
+    if len(command) >= 3 and command[1] == "-m" and _this_interpreter(command[0]):
         return command[2], list(command[3:])
     raise LaunchError(
-        f"launch mode 'zygote' needs a 'python -m MODULE' rank command; got {' '.join(command)!r}; "
-        "use --launch subprocess for other commands"
+        f"launch mode 'zygote' forks 'python -m MODULE' in this interpreter ({sys.executable}); "
+        f"got {' '.join(command)!r}; use launch mode 'subprocess' for other commands"
     )
+
+
+def _this_interpreter(word: str) -> bool:
+    found = shutil.which(word)
+    return found is not None and os.path.abspath(found) == os.path.abspath(sys.executable)
 
 
 def base_env(spec: LaunchSpec) -> dict[str, str]:
