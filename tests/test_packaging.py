@@ -20,7 +20,7 @@ METADATA = textwrap.dedent("""
         "classifiers": d.metadata.get_all("Classifier"),
         "license": d.metadata.get("License-Expression"),
         "requires": d.requires,
-        "packages": {n: u.find_spec(n).origin for n in ("tp", "harness", "harness.launch", "scenarios", "fixtures")},
+        "packages": {n: u.find_spec(n).origin for n in ("tp", "harness", "harness.launch", "scenarios")},
     }))
 """)
 
@@ -42,7 +42,7 @@ def test_metadata_entry_points_and_layout(installed: Installed, tmp_path: Path) 
     # The product's top-level layout, resolved to this checkout from a directory outside it.
     assert {n: Path(o).relative_to(REPO).as_posix() for n, o in meta["packages"].items()} == {
         "tp": "tp/__init__.py", "harness": "harness/__init__.py", "harness.launch": "harness/launch/__init__.py",
-        "scenarios": "scenarios/__init__.py", "fixtures": "fixtures/__init__.py"}
+        "scenarios": "scenarios/__init__.py"}
 
 
 def test_console_script_version(installed: Installed, tmp_path: Path) -> None:
