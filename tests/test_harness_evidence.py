@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from interrupting import interrupt_after_first_result
 
 REPO = Path(__file__).resolve().parent.parent
 RANKS = REPO / "tests" / "ranks"
@@ -206,17 +206,7 @@ def test_an_interrupted_cli_run_is_incomplete_and_latest_stays(tmp_path) -> None
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "CTL-0", "CTL-1", "CTL-2", "--catalog",
                              "test_cat.py", *FAKE], cwd=tmp_path, env=_env(tmp_path), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        give_up_at = time.monotonic() + 60
-        while not list((tmp_path / "reports").glob("*/CTL-0-ws2/result.json")):
-            assert time.monotonic() < give_up_at and proc.poll() is None, "the first scenario never finished"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out, err = interrupt_after_first_result(proc, tmp_path / "reports", "*/CTL-0-ws2/result.json")
     assert proc.returncode == 130, out + err
     assert "INCOMPLETE (1 of 3 ran" in err and "'latest' not moved" in err, err
     assert not (tmp_path / "reports" / "latest").exists()

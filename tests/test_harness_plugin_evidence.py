@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from interrupting import interrupt_after_first_result
 
 pytest_plugins = ["pytester"]
 
@@ -59,17 +58,7 @@ def test_interrupted_session_is_incomplete_everywhere(tester: pytest.Pytester) -
         [sys.executable, "-m", "pytest", *FAKE, "--breakit-report-dir=out", "--junitxml=junit.xml", "-p",
          "no:randomly"], cwd=tester.path, env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
-    try:
-        give_up_at = time.monotonic() + 60
-        while not list(out_dir.glob("*/CTL-a-ws2/result.json")):  # the first scenario's result is the event
-            assert time.monotonic() < give_up_at and proc.poll() is None, "the first scenario never finished"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out, _ = interrupt_after_first_result(proc, out_dir, "*/CTL-a-ws2/result.json")
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     assert "breakit INCOMPLETE (1 of 3 ran" in out and "'latest' not moved" in out, out
     assert not (out_dir / "latest").exists()
