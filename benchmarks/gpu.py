@@ -32,6 +32,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks import gpu_render
+from harness import logs
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
@@ -199,7 +200,7 @@ def outputs(args) -> dict:
             t0 = time.monotonic()
             proc = _child(["-m", "tp", *argv, "--chunks", str(args.chunks), "--output", str(path)], timeout=300,
                           env={k: v for k, v in env.items()})
-            final = ([r for r in _json_lines(proc.stdout) if "output_digest" in r] or [{}])[-1]
+            final = logs.final_json(proc.stdout, "output_digest") or {}
             row = {"exit": proc.returncode, "seconds": round(time.monotonic() - t0, 2),
                    "output_digest": final.get("output_digest"),
                    "chunk_ms_median": round(statistics.median(final["chunk_latency_ms"][2:] or [0]), 3)
