@@ -32,4 +32,20 @@ def test_the_fault_code_table_covers_what_the_tp_path_declares() -> None:
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r.site}={r.action}")
 def test_each_fault_code_row_is_what_the_tp_path_does(row: fault_codes.Row, tmp_path: Path) -> None:
     observed = fault_codes.observe(row, tmp_path)
-    assert (observed.outcome, observed.faulted, observed.peer) == (row.outcome, row.faulted, row.peer)
+    assert fault_codes.matches(observed, row), (observed, row)
+
+
+def test_rows_match_up_to_who_publishes_the_abort_first() -> None:
+    def row(outcome: str, faulted: str, peer: str) -> fault_codes.Row:
+        return fault_codes.Row(site="s", rank=1, action="a", outcome=outcome, faulted=faulted, peer=peer)
+
+    both = row("CRASHED", "DIGEST_MISMATCH", "DIGEST_MISMATCH")
+    assert fault_codes.matches(row("CRASHED", "DIGEST_MISMATCH", "PEER_ABORT"), both)
+    assert fault_codes.matches(row("CRASHED", "PEER_ABORT", "DIGEST_MISMATCH"), both)
+    assert not fault_codes.matches(row("CRASHED", "PEER_ABORT", "PEER_ABORT"), both)
+    assert not fault_codes.matches(row("HARNESS_ERROR", "DIGEST_MISMATCH", "DIGEST_MISMATCH"), both)
+    follow = row("CRASHED", "FAULT_INJECTED", "PEER_ABORT")
+    assert not fault_codes.matches(row("CRASHED", "PEER_ABORT", "FAULT_INJECTED"), follow)
+    assert not fault_codes.matches(row("CRASHED", "FAULT_INJECTED", "PEER_LOST"), follow)
+    clean = row("CLEAN", "exit 0", "exit 0")
+    assert fault_codes.matches(clean, clean) and not fault_codes.matches(row("CLEAN", "exit 0", "exit 1"), clean)

@@ -95,6 +95,25 @@ def observe(row: Row, run_dir: Path) -> Row:
                faulted=_end(ranks[row.rank]), peer=_end(ranks[1 - row.rank]))
 
 
+def matches(observed: Row, documented: Row) -> bool:
+    """The same outcome and codes, up to one race: who publishes the abort first.
+
+    Where a fault is detected by the faulted rank and may be by its peer too (both sides of a digest
+    exchange see the mismatch), either may read the other's abort before its own check ends and print
+    ``PEER_ABORT`` instead: a row whose peer shows the faulted rank's code (or ``PEER_ABORT``) accepts both
+    ends in {that code, PEER_ABORT} with the code on at least one side. Every other cell must match exactly.
+    """
+    if observed.outcome != documented.outcome:
+        return False
+    code, follow = documented.faulted, {documented.faulted, "PEER_ABORT"}
+    if code == "PEER_ABORT" or documented.peer not in follow:
+        return (observed.faulted, observed.peer) == (documented.faulted, documented.peer)
+    ends = {observed.faulted, observed.peer}
+    if documented.peer == "PEER_ABORT":  # the documented peer followed: it may also have caught the fault itself
+        return observed.faulted == code and observed.peer in follow
+    return ends <= follow and code in ends
+
+
 def _end(rank) -> str:
     return rank.code or rank.exit
 
