@@ -9,7 +9,6 @@ generator and broadcast: randomness is data), KV recompute, denoise, decode
 from __future__ import annotations
 
 import hashlib
-import signal
 import threading
 import time
 
@@ -42,7 +41,6 @@ class Driver:
         self.cache_epoch = 0
         self.results: list[tuple[int, int, torch.Tensor]] = []  # (cache_epoch, chunk, decoded)
         self.latencies: list[float] = []
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
     def run(self) -> dict:
         cfg, gen = self.cfg, self.runner.gen

@@ -13,9 +13,8 @@ Always on, so it must be cheap: an entry is one list holding the tensor's own
 
 The ring is written on SIGUSR1, on every TP-FATAL and at a clean exit. A
 rank blocked inside a collective is inside C++ and never runs a Python signal
-handler, so SIGUSR1 is caught through ``signal.set_wakeup_fd``: the C-level
-handler writes the signal number to a pipe, and a daemon thread that reads it
-writes the dump. faulthandler is chained after it, so stacks still go to the log.
+handler, so SIGUSR1 is acted on by ``tp.signals``' thread, which writes the
+dump. faulthandler is chained after it, so stacks still go to the log.
 """
 
 from __future__ import annotations
@@ -27,6 +26,8 @@ import signal
 import sys
 import threading
 import time
+
+from tp import signals
 
 SCHEMA = "tp-flight/1"
 DEFAULT_ENTRIES = 512
@@ -126,25 +127,7 @@ def install(rec: Recorder) -> None:
     recorder = rec
     import faulthandler
 
-    try:
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(write_fd, False)
-        signal.signal(signal.SIGUSR1, lambda *_: None)  # installs the C handler that writes the wakeup fd
-        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    except ValueError:  # not the main thread (an embedding runtime): stacks only, traces on exit
+    if signals.on(signal.SIGUSR1, lambda: dump("SIGUSR1")):
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
+    else:  # not the main thread (an embedding runtime): stacks only, traces on exit
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
-        return
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
-    threading.Thread(target=_wakeups, args=(read_fd,), name="tp-flight", daemon=True).start()
-
-
-def _wakeups(read_fd: int) -> None:
-    while True:
-        try:
-            data = os.read(read_fd, 64)
-        except OSError:
-            return
-        if not data:
-            return
-        if signal.SIGUSR1 in data:
-            dump("SIGUSR1")

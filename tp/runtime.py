@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from datetime import timedelta
@@ -16,7 +17,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, flight, handshake, log
+from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, flight, handshake, log, signals
 from tp.chunk import ChunkRules, ChunkRunner
 from tp.config import NCCL_ENV_KNOBS, ConfigError, RankConfig
 from tp.crash import (
@@ -39,6 +40,8 @@ from tp.watchdog import Progress, Watchdog
 FRAMES_PER_CHUNK = 3
 HEIGHT = WIDTH = 16
 PATCH = 4
+SIGTERM_ABORT_WAIT_S = 1.0
+"""How long a SIGTERM waits for the watchdog to read a peer's abort (two polls take 0.1 s by default)."""
 HOST_DONE_WAIT_S = 30.0
 """How long a store-hosting rank keeps the store up at a clean end for peers still finishing."""
 
@@ -54,6 +57,8 @@ class Rank:
         self.store: dist.Store | None = None
         self.watchdog: Watchdog | None = None
         self.stop = threading.Event()
+        self.driving = False
+        """True once the driver's chunk loop runs: from then on a SIGTERM asks it to stop, not to die."""
         self.rules = ChunkRules(cfg=cfg, ctx=self.ctx, crash=self.crash, progress=self.progress, device=self.device)
         self.calls = 0
 
@@ -62,6 +67,7 @@ class Rank:
     def main(self) -> int:
         flight.install(flight.Recorder(rank=self.cfg.rank, world_size=self.cfg.world_size, ctx=self.ctx,
                                        report_dir=os.environ.get("TP_REPORT_DIR")))
+        signals.on(signal.SIGTERM, self._on_sigterm)
         try:
             return self._main()
         except Fatal as fatal:
@@ -73,6 +79,22 @@ class Rank:
         except Exception as exc:  # crash-only: even a bug exits with a line that says what happened
             self.crash.die(self._classify(exc))
         return 1
+
+    def _on_sigterm(self) -> None:
+        """SIGTERM (on the signal thread): a peer's published abort first, else the driver stops and a worker ends.
+
+        Launchers end the survivors of a failed rank with SIGTERM (torchrun's agent, at once, every local
+        rank of the failed one); the abort the failed rank published says why, so the watchdog dies of it
+        with PEER_ABORT naming the cause. With no abort the SIGTERM is a request to stop: a driver that is
+        driving shuts the group down after the current chunk; any other rank ends by the signal, as it would
+        without a handler.
+        """
+        if self.watchdog is not None:
+            self.watchdog.recheck(within_s=SIGTERM_ABORT_WAIT_S)
+        if self.driving:
+            self.stop.set()
+        else:
+            signals.die_by(signal.SIGTERM)
 
     def _classify(self, exc: Exception) -> Fatal:
         text = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
@@ -162,6 +184,7 @@ class Rank:
         self.rules.store = self.store
         if cfg.role == "driver":
             from tp.driver import Driver
+            self.driving = True
             summary = Driver(cfg=cfg, transport=transport, runner=runner, rules=self.rules, progress=self.progress,
                              stop=self.stop).run()
         else:

@@ -103,6 +103,12 @@ class Watchdog:
         self.settled = False
         """False until the handshake is over: until then the main thread's own verdict goes first (see _defer)."""
         self._first_fatal_at: float | None = None
+        self.terminating = False
+        """Set by ``recheck``: the process is being ended, so an abort is fatal at once, even mid-handshake."""
+        self._polls = 0
+        self._polled = threading.Condition()
+        self._poke = threading.Event()
+        """Set to poll now instead of after the rest of the heartbeat interval."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tp-watchdog", daemon=True)
         self._sentinel = threading.Thread(target=self._watch_polls, name="tp-watchdog-sentinel", daemon=True)
@@ -120,6 +126,20 @@ class Watchdog:
         self._thread.start()
         self._sentinel.start()
 
+    def recheck(self, *, within_s: float) -> None:
+        """Poll now and wait until a poll that started after this call has completed (bounded by ``within_s``).
+
+        For a SIGTERM: a launcher ending this rank because a peer failed (torchrun's agent SIGTERMs every
+        local rank once one fails) must leave the peer's abort, not silence, as this rank's last word. The
+        failed peer published its abort before exiting, so a poll that starts now reads it and dies of it;
+        this returns only when there was none (or the watchdog is not polling: stopped, or its store silent).
+        """
+        self.terminating = True
+        with self._polled:
+            target = self._polls + 2  # the poll in progress may have read the key just before it was set
+            self._poke.set()
+            self._polled.wait_for(lambda: self._polls >= target or not self._thread.is_alive(), timeout=within_s)
+
     def settle(self) -> None:
         """The handshake is over: from now on a lost peer or an abort is fatal at once."""
         self.settled = True
@@ -134,7 +154,7 @@ class Watchdog:
         until the handshake timeout), or while the main thread is outside the handshake (stuck in Python
         before it, it never reads one).
         """
-        if self.settled or not in_handshake(sys._current_frames().get(self.main_ident)) \
+        if self.settled or self.terminating or not in_handshake(sys._current_frames().get(self.main_ident)) \
                 or not self.store.check([handshake.VERDICT]):
             return False
         if self._first_fatal_at is None:
@@ -143,6 +163,7 @@ class Watchdog:
 
     def stop(self) -> None:
         self._stop.set()
+        self._poke.set()
         self._thread.join(timeout=2 * self.heartbeat_s + 1)
         self._sentinel.join(timeout=2 * self.heartbeat_s + 1)
 
@@ -167,7 +188,7 @@ class Watchdog:
     def _run(self) -> None:
         peers = [r for r in range(self.world_size) if r != self.rank]
         seen = self.seen = {r: (-1, time.monotonic()) for r in peers}
-        while not self._stop.wait(self.heartbeat_s):
+        while self._next_poll():
             try:
                 self.store.add(f"tp/hb/{self.rank}", 1)
                 abort = read_abort(self.store)
@@ -193,7 +214,16 @@ class Watchdog:
                     return
                 self.crash.die(self._store_lost(f"is unreachable: {exc}", silent=False), dump_stack=True)
             self.polled_at = time.monotonic()
+            with self._polled:
+                self._polls += 1
+                self._polled.notify_all()
             self._check_progress()
+
+    def _next_poll(self) -> bool:
+        """Wait one heartbeat interval, or less when poked; False once stopped."""
+        self._poke.wait(self.heartbeat_s)
+        self._poke.clear()
+        return not self._stop.is_set()
 
     def _check_progress(self) -> None:
         if self.progress.busy_since is None:

@@ -1,0 +1,68 @@
+"""Signals acted on by a thread, because the main thread may be inside C++.
+
+A rank blocked in a gloo collective never returns to the interpreter, so a
+Python signal handler would run only after the collective ends (often never).
+``signal.set_wakeup_fd`` makes the C-level handler write each caught signal's
+number to a pipe; a daemon thread reads the pipe and runs what ``on``
+registered for that signal. The Python-level handlers are no-ops that exist
+only so the C handler is installed.
+
+Where a process cannot install handlers (code embedding the TP path outside
+the main thread) ``on`` says so and the signal keeps its previous meaning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+_actions: dict[int, Callable[[], None]] = {}
+_thread: threading.Thread | None = None
+
+
+def on(signum: signal.Signals, action: Callable[[], None]) -> bool:
+    """Run ``action`` on the signal thread each time ``signum`` arrives; False if this process cannot."""
+    global _thread
+    try:
+        signal.signal(signum, lambda *_: None)  # installs the C handler that writes the wakeup fd
+        if _thread is None:
+            read_fd, write_fd = os.pipe()
+            os.set_blocking(write_fd, False)
+            signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+            _thread = threading.Thread(target=_wakeups, args=(read_fd,), name="tp-signals", daemon=True)
+            _thread.start()
+    except ValueError:  # not the main thread
+        return False
+    _actions[signum] = action
+    return True
+
+
+def die_by(signum: signal.Signals) -> None:
+    """End the process by ``signum``'s default action, from any thread (the exit status says which signal).
+
+    ``signal.signal`` may only be called from the main thread, which may be blocked in C++; a disposition
+    belongs to the process, so libc's ``signal`` can restore the default from this thread.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal(int(signum), None)  # SIG_DFL is the null handler
+    os.kill(os.getpid(), signum)
+    os._exit(128 + int(signum))  # not reached unless the signal is blocked: exit as a shell reports it
+
+
+def _wakeups(read_fd: int) -> None:
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        for signum in dict.fromkeys(data):  # each distinct signal once, in arrival order
+            action = _actions.get(signum)
+            if action is not None:
+                action()
