@@ -61,6 +61,14 @@ class Crash:
         """True when this process serves the store: its exit takes the store down for every rank."""
         self._lock = threading.Lock()
 
+    def hold(self, *, within_s: float) -> bool:
+        """Take the fatal-exit lock; True when taken, False after ``within_s``.
+
+        ``die`` never releases it, so taking it means no fatal exit is under way, and none can start after:
+        for ending the process some other way (a SIGTERM) without cutting a ``TP-FATAL`` exit short.
+        """
+        return self._lock.acquire(timeout=within_s)
+
     def die(self, fatal: Fatal, *, dump_stack: bool = False, via: dist.Store | None = None) -> None:
         """Print the fatal line, publish the abort (first writer wins), exit. Never returns.
 

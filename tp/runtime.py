@@ -21,6 +21,7 @@ from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, flight, handshake
 from tp.chunk import ChunkRules, ChunkRunner
 from tp.config import NCCL_ENV_KNOBS, ConfigError, RankConfig
 from tp.crash import (
+    HOST_LINGER_S,
     Crash,
     Fatal,
     done_key,
@@ -42,6 +43,8 @@ HEIGHT = WIDTH = 16
 PATCH = 4
 SIGTERM_ABORT_WAIT_S = 1.0
 """How long a SIGTERM waits for the watchdog to read a peer's abort (two polls take 0.1 s by default)."""
+SIGTERM_FATAL_WAIT_S = HOST_LINGER_S + 2.0
+"""How long a SIGTERM lets a fatal exit under way finish (a store host lingers up to ``HOST_LINGER_S``)."""
 HOST_DONE_WAIT_S = 30.0
 """How long a store-hosting rank keeps the store up at a clean end for peers still finishing."""
 
@@ -85,16 +88,17 @@ class Rank:
 
         Launchers end the survivors of a failed rank with SIGTERM (torchrun's agent, at once, every local
         rank of the failed one); the abort the failed rank published says why, so the watchdog dies of it
-        with PEER_ABORT naming the cause. With no abort the SIGTERM is a request to stop: a driver that is
-        driving shuts the group down after the current chunk; any other rank ends by the signal, as it would
-        without a handler.
+        with PEER_ABORT naming the cause. With no abort the SIGTERM is a request to stop: a driver in its
+        chunk loop stops before the next chunk; any other rank ends by the signal, as it would without a
+        handler, once a fatal exit already under way (lingering for peers, dumping stacks) has finished.
         """
         if self.watchdog is not None:
             self.watchdog.recheck(within_s=SIGTERM_ABORT_WAIT_S)
         if self.driving:
             self.stop.set()
-        else:
-            signals.die_by(signal.SIGTERM)
+            return
+        self.crash.hold(within_s=SIGTERM_FATAL_WAIT_S)
+        signals.die_by(signal.SIGTERM)
 
     def _classify(self, exc: Exception) -> Fatal:
         text = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
@@ -185,8 +189,11 @@ class Rank:
         if cfg.role == "driver":
             from tp.driver import Driver
             self.driving = True
-            summary = Driver(cfg=cfg, transport=transport, runner=runner, rules=self.rules, progress=self.progress,
-                             stop=self.stop).run()
+            try:
+                summary = Driver(cfg=cfg, transport=transport, runner=runner, rules=self.rules,
+                                 progress=self.progress, stop=self.stop).run()
+            finally:
+                self.driving = False
         else:
             from tp.worker import Worker
             summary = Worker(cfg=cfg, transport=transport, runner=runner, rules=self.rules, progress=self.progress,

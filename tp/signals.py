@@ -16,16 +16,25 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
 _actions: dict[int, Callable[[], None]] = {}
 _thread: threading.Thread | None = None
+_libc_signal = None
+"""libc's ``signal``, resolved before any signal arrives (``dlopen`` may wait on the loader lock)."""
 
 
 def on(signum: signal.Signals, action: Callable[[], None]) -> bool:
     """Run ``action`` on the signal thread each time ``signum`` arrives; False if this process cannot."""
-    global _thread
+    global _thread, _libc_signal
+    if _libc_signal is None:
+        _libc_signal = ctypes.CDLL(None, use_errno=True).signal
+        _libc_signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        _libc_signal.restype = ctypes.c_void_p
+    previous = _actions.get(signum)
+    _actions[signum] = action  # before the handler: a signal that arrives in between must find it
     try:
         signal.signal(signum, lambda *_: None)  # installs the C handler that writes the wakeup fd
         if _thread is None:
@@ -35,8 +44,11 @@ def on(signum: signal.Signals, action: Callable[[], None]) -> bool:
             _thread = threading.Thread(target=_wakeups, args=(read_fd,), name="tp-signals", daemon=True)
             _thread.start()
     except ValueError:  # not the main thread
+        if previous is None:
+            _actions.pop(signum, None)
+        else:
+            _actions[signum] = previous
         return False
-    _actions[signum] = action
     return True
 
 
@@ -46,10 +58,8 @@ def die_by(signum: signal.Signals) -> None:
     ``signal.signal`` may only be called from the main thread, which may be blocked in C++; a disposition
     belongs to the process, so libc's ``signal`` can restore the default from this thread.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    libc.signal.restype = ctypes.c_void_p
-    libc.signal(int(signum), None)  # SIG_DFL is the null handler
+    if _libc_signal is not None:
+        _libc_signal(int(signum), None)  # SIG_DFL is the null handler
     os.kill(os.getpid(), signum)
     os._exit(128 + int(signum))  # not reached unless the signal is blocked: exit as a shell reports it
 
@@ -64,5 +74,12 @@ def _wakeups(read_fd: int) -> None:
             return
         for signum in dict.fromkeys(data):  # each distinct signal once, in arrival order
             action = _actions.get(signum)
-            if action is not None:
+            if action is None:
+                continue
+            try:
                 action()
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive a failed action
+                print(f"TP-INFO the action for signal {signum} failed: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)
+                if signum == signal.SIGTERM:  # a stop request that failed still ends the process
+                    die_by(signal.SIGTERM)

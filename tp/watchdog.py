@@ -36,6 +36,9 @@ from tp import handshake
 from tp.crash import Crash, Fatal, done_key, peer_abort, read_abort
 from tp.liveness import Arrivals
 
+TERMINATING_HOLD_S = 0.5
+"""How long a SIGTERMed rank holds a peer's abort for the handshake verdict its main thread is reading."""
+
 _COLLECTIVES = os.path.join("torch", "distributed", "")
 
 
@@ -104,8 +107,12 @@ class Watchdog:
         """False until the handshake is over: until then the main thread's own verdict goes first (see _defer)."""
         self._first_fatal_at: float | None = None
         self.terminating = False
-        """Set by ``recheck``: the process is being ended, so an abort is fatal at once, even mid-handshake."""
+        """Set by ``recheck``: the process is being ended, so a handshake verdict is held only briefly."""
+        self._abort_pending = False
+        """The last poll read another rank's abort and held it (``_defer``): the rank is about to die of it."""
         self._polls = 0
+        self._polling = False
+        """True while the polling thread runs (from ``start`` until it returns)."""
         self._polled = threading.Condition()
         self._poke = threading.Event()
         """Set to poll now instead of after the rest of the heartbeat interval."""
@@ -123,22 +130,25 @@ class Watchdog:
         # beat would otherwise look "still starting" and get the long startup grace, not the timeout.
         self.store.add(f"tp/hb/{self.rank}", 1)
         self.polled_at = time.monotonic()
+        self._polling = True
         self._thread.start()
         self._sentinel.start()
 
     def recheck(self, *, within_s: float) -> None:
-        """Poll now and wait until a poll that started after this call has completed (bounded by ``within_s``).
+        """Poll now; return once a poll that started after this call found no abort (bounded by ``within_s``).
 
         For a SIGTERM: a launcher ending this rank because a peer failed (torchrun's agent SIGTERMs every
         local rank once one fails) must leave the peer's abort, not silence, as this rank's last word. The
-        failed peer published its abort before exiting, so a poll that starts now reads it and dies of it;
-        this returns only when there was none (or the watchdog is not polling: stopped, or its store silent).
+        failed peer published its abort before exiting, so a poll that starts now reads it and the rank dies
+        of it (or of the handshake verdict its main thread is reading: ``_defer``). This returns when there
+        was none, or the watchdog is not polling (stopped, or its store silent).
         """
         self.terminating = True
         with self._polled:
             target = self._polls + 2  # the poll in progress may have read the key just before it was set
             self._poke.set()
-            self._polled.wait_for(lambda: self._polls >= target or not self._thread.is_alive(), timeout=within_s)
+            self._polled.wait_for(lambda: (self._polls >= target and not self._abort_pending) or not self._polling,
+                                  timeout=within_s)
 
     def settle(self) -> None:
         """The handshake is over: from now on a lost peer or an abort is fatal at once."""
@@ -154,12 +164,13 @@ class Watchdog:
         until the handshake timeout), or while the main thread is outside the handshake (stuck in Python
         before it, it never reads one).
         """
-        if self.settled or self.terminating or not in_handshake(sys._current_frames().get(self.main_ident)) \
+        if self.settled or not in_handshake(sys._current_frames().get(self.main_ident)) \
                 or not self.store.check([handshake.VERDICT]):
             return False
         if self._first_fatal_at is None:
             self._first_fatal_at = now
-        return now - self._first_fatal_at < self.peer_timeout_s
+        # Ending anyway (SIGTERM): the main thread gets a shorter hold, so the rank still ends within ``recheck``.
+        return now - self._first_fatal_at < (TERMINATING_HOLD_S if self.terminating else self.peer_timeout_s)
 
     def stop(self) -> None:
         self._stop.set()
@@ -186,13 +197,22 @@ class Watchdog:
                                                 f"(peer timeout {self.peer_timeout_s} s)", silent=True), dump_stack=True)
 
     def _run(self) -> None:
+        try:
+            self._poll_until_stopped()
+        finally:
+            with self._polled:  # a ``recheck`` waiting for the next poll must not wait out its bound
+                self._polling = False
+                self._polled.notify_all()
+
+    def _poll_until_stopped(self) -> None:
         peers = [r for r in range(self.world_size) if r != self.rank]
         seen = self.seen = {r: (-1, time.monotonic()) for r in peers}
         while self._next_poll():
             try:
                 self.store.add(f"tp/hb/{self.rank}", 1)
                 abort = read_abort(self.store)
-                if abort is not None and abort.get("rank") != self.rank and not self._defer(time.monotonic()):
+                self._abort_pending = abort is not None and abort.get("rank") != self.rank
+                if self._abort_pending and not self._defer(time.monotonic()):
                     self.crash.die(peer_abort(abort), dump_stack=True, via=self.store)
                 now = time.monotonic()
                 for r in peers:
