@@ -5,13 +5,14 @@ changed ``tp/progress/{rank}`` key, an exit. Heartbeats are not progress (a
 hung rank's watchdog thread keeps beating), but they say the TP path's own
 watchdog is alive. The loop asks for traces (SIGUSR1) only when nothing
 progressed for the window, every live rank announced that it answers with a
-trace (``"flight"`` in its init event) or is stopped, and no stopped rank is
-still the watchdog's to catch; ``harness.trace.stall_verdict`` then decides.
+trace (``"flight"`` in its init event) or is stopped, and no stopped or
+parked rank (one in the hang its own fault armed) is still the watchdog's to
+catch; ``harness.trace.stall_verdict`` then decides.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from harness import trace
@@ -32,12 +33,13 @@ class StallClock:
     flight_ranks: set[int] = field(default_factory=set)
     """Ranks whose init event says they dump a flight trace on SIGUSR1."""
 
-    def due(self, now: float, live: list[int], stopped_ranks: Callable[[], list[int]], *, beats_visible: bool) -> bool:
+    def due(self, now: float, live: list[int], stopped_ranks: Callable[[], list[int]], *, beats_visible: bool,
+            parked: Collection[int] = ()) -> bool:
         """Whether to probe now (``stopped_ranks`` reads /proc: called only once the window has passed).
 
         ``beats_visible`` is False when the harness cannot read the store (a rank that serves it froze or
-        died): with a stopped rank, the peers' watchdogs may be about to catch it, and only the deadline
-        may call the run HUNG.
+        died): with a stopped or ``parked`` rank (in its own fault's hang), a watchdog may be about to catch
+        it (a peer's, or the parked rank's own progress deadline), and only the deadline may call the run HUNG.
         """
         window = self.window_s
         if window is None or now < self.next_probe_at or now - self.last_progress_at < window:
@@ -45,21 +47,23 @@ class StallClock:
         stopped = stopped_ranks()
         if not live or any(r not in self.flight_ranks and r not in stopped for r in live):
             return False
-        # A stopped peer is the TP path's own watchdog's to catch while the others' heartbeats still run.
-        if stopped and not beats_visible:
+        # A stopped or parked rank is the TP path's own watchdog's to catch while heartbeats still run.
+        held = bool(stopped) or any(r in live for r in parked)
+        if held and not beats_visible:
             return False
-        return not (stopped and self.beat_moved_at is not None and now - self.beat_moved_at < window)
+        return not (held and self.beat_moved_at is not None and now - self.beat_moved_at < window)
 
     def back_off(self, now: float) -> None:
         """An inconclusive probe: wait another window."""
         self.next_probe_at = now + (self.window_s or 0.0)
 
-    def verdict(self, obs, *, probe_at: float, live: list[int], stopped: set[int]) -> str | None:
+    def verdict(self, obs, *, probe_at: float, live: list[int], stopped: set[int],
+                parked: Mapping[int, str] | None = None) -> str | None:
         """The hang reason when the probe's fresh traces prove every live rank stuck, else None."""
         if any(e.mono is not None and e.mono >= probe_at for e in obs.exits.values()):
             return None  # a rank exited meanwhile: the run is moving
         fresh = {r: d for r, d in obs.traces.items() if float(d.get("mono") or 0.0) >= probe_at - 1e-3}
-        why = trace.stall_verdict(fresh, live=live, stopped=stopped, world_size=obs.world_size)
+        why = trace.stall_verdict(fresh, live=live, stopped=stopped, world_size=obs.world_size, parked=parked)
         if why is None:
             return None
         _, name = obs.anchor()

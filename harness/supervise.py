@@ -106,6 +106,7 @@ class _Loop:
         self.dumps: dict[int, dict] = {}
         self.stall = StallClock(window_s=limits.stall_s, last_progress_at=start, next_probe_at=start)
         self.probe_at: float | None = None  # set while a stall probe's dumps are collected
+        self.unwatched: set[int] = set()  # ranks whose init event lists guardrails without the watchdog
 
     def run(self) -> Observation:
         obs = self.obs
@@ -174,6 +175,9 @@ class _Loop:
                         self.obs.init_mono = min(line.mono, self.obs.init_mono or line.mono)
                     if line.fields.get("flight") == trace.SCHEMA:
                         self.stall.flight_ranks.add(rank)
+                    guardrails = line.fields.get("guardrails")
+                    if isinstance(guardrails, list) and "watchdog" not in guardrails:
+                        self.unwatched.add(rank)
                 elif line.event == "exit":  # on its way out: a late SIGUSR1 may meet Python's default handler
                     self.stall.flight_ranks.discard(rank)
 
@@ -244,7 +248,8 @@ class _Loop:
                 else:
                     what = f"run timeout {self.limits.run_timeout_s:g} s"
                 self._start_dump(now, what)
-            elif counts and self.stall.due(now, self._live(), self._stopped, beats_visible=self.launch.store is not None):
+            elif counts and self.stall.due(now, self._live(), self._stopped, beats_visible=self.launch.store is not None,
+                                           parked=self._parked()):
                 self.probe_at = now
                 self.say(f"no progress for {self.limits.stall_s:g} s: asking for flight traces (SIGUSR1)")
                 self._signal_dumps(now)
@@ -307,11 +312,27 @@ class _Loop:
     def _stopped(self) -> list[int]:
         return [r for r in self._live() if self.launch.rank_status(r) == "stopped"]
 
+    def _parked(self) -> dict[int, str]:
+        """Live ranks in the hang their own fault armed (a ``TP-FAULT ... action=hang`` line): it never returns.
+
+        Only when every live rank says it runs without a watchdog (its init event's ``guardrails``): a
+        watchdog may still end a parked rank (its progress deadline) whether or not the harness sees it beat.
+        """
+        parked: dict[int, str] = {}
+        if not set(self._live()) <= self.unwatched:
+            return parked
+        for line in self.obs.fault_lines:
+            rank = line.fields.get("rank")
+            if line.fields.get("action") == "hang" and str(rank).isdigit() and int(rank) not in self.obs.exits:
+                parked[int(rank)] = f"parked in its own fault's hang at {line.fields.get('site')} (TP-FAULT action=hang)"
+        return parked
+
     def _probe_conclusive(self, now: float) -> bool:
         """Judge a stall probe: HUNG when the fresh traces prove it, else back to running."""
         obs, probe_at = self.obs, self.probe_at
         self.probe_at = None
-        why = self.stall.verdict(obs, probe_at=probe_at, live=self._live(), stopped=set(self._stopped()))
+        why = self.stall.verdict(obs, probe_at=probe_at, live=self._live(), stopped=set(self._stopped()),
+                                 parked=self._parked())
         if why is None:
             obs.stacks.clear()
             obs.stack_notes.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,11 +202,14 @@ def check_blocked(expect, *, traces: dict[int, dict], divergence: Divergence | N
     return errors
 
 
-def stall_verdict(traces: dict[int, dict], *, live: list[int], stopped: set[int], world_size: int) -> str | None:
+def stall_verdict(traces: dict[int, dict], *, live: list[int], stopped: set[int], world_size: int,
+                  parked: Mapping[int, str] | None = None) -> str | None:
     """Why every live rank waits forever, or None when the traces do not prove it.
 
     Every live rank that is not stopped must be inside a collective, or say in its trace that it is
-    ``idle`` waiting for outside input (a rank computing or sleeping may still come back), and the
+    ``idle`` waiting for outside input (a rank computing or sleeping may still come back), or be
+    ``parked``: in the hang its own fault armed (rank -> where, from its ``TP-FAULT action=hang`` line),
+    which by the fault's definition never returns. And the
     collective of each rank inside one must be one its peers will never complete: a
     peer stopped, exited, never entered it, or entered another op, shape, dtype or root at that
     seq. When every peer entered the same collective it may just be slow, so that is no proof.
@@ -217,6 +221,9 @@ def stall_verdict(traces: dict[int, dict], *, live: list[int], stopped: set[int]
     parts = []
     for rank in waiting:
         entry = open_entry(traces.get(rank))
+        if entry is None and rank in (parked or {}):
+            parts.append(f"rank {rank} {parked[rank]}")
+            continue
         if entry is None:
             idle = (traces.get(rank) or {}).get("idle")
             if not idle:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from harness import trace
 
 
@@ -234,3 +236,32 @@ def test_a_rank_idle_for_outside_input_counts_as_stuck_a_busy_one_does_not() -> 
     why = trace.stall_verdict({0: idle, 1: inside}, live=[0, 1], stopped=set(), world_size=2)
     assert why.startswith("rank 0 idle in no collective (waiting for the next request); rank 1 in seq 1")
     assert why.endswith("rank 0 never entered it")
+
+
+def test_a_rank_parked_in_its_own_faults_hang_counts_as_stuck_a_computing_one_does_not() -> None:
+    inside = _doc(1, [_entry(0), _entry(1, left=False)])
+    computing = _doc(0, [_entry(0)])
+    assert trace.stall_verdict({0: computing, 1: inside}, live=[0, 1], stopped=set(), world_size=2) is None
+    parked = {0: "parked in its own fault's hang at driver.idle (TP-FAULT action=hang)"}
+    why = trace.stall_verdict({0: computing, 1: inside}, live=[0, 1], stopped=set(), world_size=2, parked=parked)
+    assert why.startswith("rank 0 parked in its own fault's hang at driver.idle") and why.endswith("rank 0 never entered it")
+    # Parked or not, a peer that entered the same collective may still complete it.
+    assert trace.stall_verdict({0: inside, 1: inside}, live=[0, 1], stopped=set(), world_size=2, parked=parked) is None
+
+
+@pytest.mark.parametrize("guardrails", ["all,-watchdog", "all"])
+def test_a_hang_fault_is_called_hung_at_the_stall_only_with_no_watchdog_to_end_it(tmp_path, guardrails) -> None:
+    from harness import Fault, Scenario
+
+    guarded = guardrails == "all"
+    stuck = Scenario(id="parked", fm="FM-15", title="test", proves="watchdog", guardrails=guardrails, chunks=4,
+                     deadline_s=30.0, env={"TP_PROGRESS_TIMEOUT_S": "2"},
+                     faults=(Fault(site="driver.idle", action="hang", rank=0, chunk=2),),
+                     expect=Expect.crash() if guarded else Expect.hang())
+    result = _tp_run(tmp_path, stuck, stall_s=0.3)
+    assert result.passed, result.reason
+    if guarded:  # the watchdog's heartbeats run: its progress deadline (2 s) ends the run, not a stall probe
+        assert result.observed == "CRASHED" and result.time_to_crash_s > 1.5, result.reason
+    else:
+        assert result.observed == "HUNG" and result.hang_verdict_s < 30.0, result.reason
+        assert "rank 0 parked in its own fault's hang at driver.idle" in result.reason
