@@ -68,8 +68,10 @@ class Limits:
     """True when the deadline counts from TP-FAULT rather than the first init."""
     dump_timeout_s: float = 2.0
     """How long to wait for stack dumps after SIGUSR1."""
-    grace_s: float = 1.0
-    """Between SIGTERM and SIGKILL."""
+    grace_s: float = 0.5
+    """Between SIGTERM and SIGKILL. The verdict, stacks and traces are in hand by then and nothing a rank
+    writes after SIGTERM counts; tp's ranks exit within two watchdog polls (0.1 s), so this bounds only the
+    ones that never will (a driver asked to stop while it hangs)."""
     tick_s: float = 0.02
     """Loop period when no exit arrives."""
     store_poll_s: float = 0.1
