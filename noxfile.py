@@ -55,6 +55,7 @@ def tests(session: nox.Session) -> None:
 LAUNCH_MODES = ("zygote", "subprocess", "srun", "torchrun", "torchrun-2node")
 LAUNCH_CASES = (
     "scenarios/test_controls.py::test_control[CTL-healthy]",
+    "scenarios/test_controls.py::test_control[CTL-shutdown]",  # needs the ranks' store (progress keys)
     "scenarios/test_fm03_call_count.py::test_fm03[FM-03]",
     "scenarios/test_fm13_driver_lost.py::test_fm13[FM-13]",
     "scenarios/test_fm14_worker_lost.py::test_fm14[FM-14]",

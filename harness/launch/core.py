@@ -141,7 +141,27 @@ class Launch:
         self._agents = torchrun.start_agents(self.spec, port=self.port, marker=self.marker)
         torchrun.follow_ranks(self.spec.log_dir, self.spec.world_size, self._agents, on_pid=self._track,
                               on_exit=lambda rank, code: self.events.put(("exit", rank, code, time.monotonic())))
-        self.store = tcp_store(HOST, self.port, is_master=False, timeout=timedelta(seconds=30))
+        if torchrun.NODES[self.spec.mode] == 1:  # the static rendezvous's store is the ranks' store
+            self.store = tcp_store(HOST, self.port, is_master=False, timeout=timedelta(seconds=30))
+        else:
+            threading.Thread(target=self._connect_rank_store, args=(tcp_store,), name="harness-store-client",
+                             daemon=True).start()
+
+    def _connect_rank_store(self, tcp_store) -> None:
+        """Find and connect to the store the ranks use under a c10d rendezvous (torchrun-2node).
+
+        It is not the rendezvous endpoint's: the agent of the node holding rank 0 serves a store of its own
+        and publishes its port in the rendezvous store (torch's dynamic rendezvous, ``RendezvousStoreInfo``).
+        Until it is found, or if it never is, ``self.store`` stays None: no beats seen, deadline-only hangs.
+        """
+        try:
+            rdzv = tcp_store(HOST, self.port, is_master=False, timeout=timedelta(seconds=CLIENT_CONNECT_S))
+            port = int(rdzv.get(torchrun.rank_store_port_key(self.port)))
+            store = tcp_store(HOST, port, is_master=False, timeout=timedelta(seconds=CLIENT_CONNECT_S))
+        except Exception:  # noqa: BLE001 - no rendezvous (an agent failed to start): the exits tell the story
+            return
+        if not self._closed:
+            self.store = BoundedStore(store, limit_s=STORE_CALL_LIMIT_S)
 
     def settle(self, timeout_s: float = 5.0) -> None:
         """After the last rank exit: give a torchrun agent time to exit on its own."""

@@ -29,6 +29,15 @@ _POLL_S = 0.02
 """The pid and exit files have no event to wait on: how often to look for them."""
 
 
+def rank_store_port_key(port: int) -> str:
+    """Where the c10d rendezvous at ``port`` publishes the ranks' store port (``start_agents``'s run id, round 0).
+
+    torch's ``DynamicRendezvousHandler`` prefixes its keys with ``torch.rendezvous.{run_id}.{round}``
+    (``PrefixStore`` joins with "/"); ``RendezvousStoreInfo`` writes ``MASTER_PORT`` there.
+    """
+    return f"torch.rendezvous.harness-{port}.0/MASTER_PORT"
+
+
 def start_agents(spec: LaunchSpec, *, port: int, marker: str) -> list[subprocess.Popen]:
     """Start ``NODES[spec.mode]`` agents that together run ``spec.world_size`` ranks."""
     torchrun, mode, nnodes = shutil.which("torchrun"), spec.mode, NODES[spec.mode]
@@ -42,7 +51,7 @@ def start_agents(spec: LaunchSpec, *, port: int, marker: str) -> list[subprocess
     env = {**base_env(spec), "HARNESS_LOG_DIR": str(spec.log_dir), lifetime.LAUNCH_ENV: marker}
     if nnodes == 1:
         rdzv = ["--rdzv-backend=static", f"--master-addr={HOST}", f"--master-port={port}"]
-    else:  # what a multi-node job uses: dynamic rendezvous at one endpoint, the store shared with the ranks
+    else:  # what a multi-node job uses: dynamic rendezvous at one endpoint (rank_store_port_key: the ranks' store)
         rdzv = ["--rdzv-backend=c10d", f"--rdzv-endpoint={HOST}:{port}", f"--rdzv-id=harness-{port}",
                 f"--local-addr={HOST}"]
     agents = []
