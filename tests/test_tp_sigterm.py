@@ -79,6 +79,23 @@ def test_a_sigterm_after_a_peers_abort_ends_the_rank_naming_that_peer(stalled, v
     assert re.search(rf"TP-FATAL fm=\S+ code=PEER_ABORT rank={victim} cause_rank={cause} .*published by the test", text)
 
 
+def test_a_sigterm_after_a_peer_died_without_an_abort_names_that_peer(tmp_path):
+    # Every rank parked in Python at chunk 1, so none is in a collective that could tell it rank 1 died.
+    launch = HandLaunch(tmp_path, 4, chunks=4, env={**SLOW_WATCHDOG, "TP_FAILPOINTS": "generator.call=hang@chunk=1,hit=1"})
+    try:
+        for rank in range(4):
+            _wait_for(launch.logs[rank], rf"TP-FAULT site=generator\.call action=hang rank={rank}")
+        launch.procs[1].kill()  # SIGKILL: no abort, as the OOM killer leaves it
+        launch.procs[1].wait(timeout=BOUND_S)
+        os.kill(launch.procs[2].pid, signal.SIGTERM)
+        code = launch.procs[2].wait(timeout=BOUND_S)
+        text = launch.text(2)
+        assert code == 50, text[-3000:]  # PEER_LOST's exit code
+        assert re.search(r"TP-FATAL fm=FM-14 code=PEER_LOST rank=2 cause_rank=1 .*process is gone", text), text[-3000:]
+    finally:
+        launch.close()
+
+
 @pytest.mark.parametrize(("guardrails", "why"), [("all", "no abort was published"),
                                                  ("all,-watchdog", "nothing reads the abort")])
 def test_a_worker_sigtermed_with_no_abort_to_read_ends_by_the_signal(stalled, guardrails, why):

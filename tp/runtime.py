@@ -88,7 +88,8 @@ class Rank:
 
         Launchers end the survivors of a failed rank with SIGTERM (torchrun's agent, at once, every local
         rank of the failed one); the abort the failed rank published says why, so the watchdog dies of it
-        with PEER_ABORT naming the cause. With no abort the SIGTERM is a request to stop: a driver in its
+        with PEER_ABORT naming the cause, or of PEER_LOST naming a peer gone without one (SIGKILL). With
+        neither, the SIGTERM is a request to stop: a driver in its
         chunk loop stops before the next chunk; any other rank ends by the signal, as it would without a
         handler, once a fatal exit already under way (lingering for peers, dumping stacks) has finished.
         """

@@ -33,7 +33,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 from tp import handshake
-from tp.crash import Crash, Fatal, done_key, peer_abort, read_abort
+from tp.crash import Crash, Fatal, done_key, gone_peers, peer_abort, read_abort
 from tp.liveness import Arrivals
 
 TERMINATING_HOLD_S = 0.5
@@ -214,6 +214,8 @@ class Watchdog:
                 self._abort_pending = abort is not None and abort.get("rank") != self.rank
                 if self._abort_pending and not self._defer(time.monotonic()):
                     self.crash.die(peer_abort(abort), dump_stack=True, via=self.store)
+                if self.terminating and not self._abort_pending:
+                    self._die_of_a_gone_peer()
                 now = time.monotonic()
                 for r in peers:
                     if self.store.check([done_key(r)]):
@@ -238,6 +240,20 @@ class Watchdog:
                 self._polls += 1
                 self._polled.notify_all()
             self._check_progress()
+
+    def _die_of_a_gone_peer(self) -> None:
+        """SIGTERMed with no abort to read: a peer that died without one (SIGKILL, the OOM killer) is the cause.
+
+        A launcher ends the survivors of a dead rank with SIGTERM, often before their own collective error or
+        the peer timeout says so; the dead rank is on this host (the launcher signals its own ranks).
+        """
+        gone = [r for r in gone_peers(self.store, rank=self.rank, world_size=self.world_size)
+                if not self.store.check([done_key(r)])]
+        if gone:
+            r = gone[0]
+            self.crash.die(Fatal("PEER_LOST", f"rank {r}'s process is gone and this rank was sent SIGTERM (a launcher "
+                                 f"ending the survivors)", cause_rank=r, fm="FM-13" if r == self.driver_rank else "FM-14"),
+                           dump_stack=True, via=self.store)
 
     def _next_poll(self) -> bool:
         """Wait one heartbeat interval, or less when poked; False once stopped."""
