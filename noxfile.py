@@ -52,7 +52,8 @@ def tests(session: nox.Session) -> None:
 
 
 # Every launch door users have, each through the scenarios that lose a rank or desync the plan.
-LAUNCH_MODES = ("zygote", "subprocess", "srun", "torchrun", "torchrun-2node")
+LAUNCH_MODES = ("subprocess", "srun", "torchrun", "torchrun-2node")
+"""Every mode but the default: ``nox -s breakit`` runs every scenario, LAUNCH_CASES included, under zygote."""
 LAUNCH_CASES = (
     "scenarios/test_controls.py::test_control[CTL-healthy]",
     "scenarios/test_controls.py::test_control[CTL-shutdown]",  # needs the ranks' store (progress keys)
@@ -64,8 +65,8 @@ LAUNCH_CASES = (
 
 @nox.session(venv_params=VENV_PARAMS)
 def launches(session: nox.Session) -> None:
-    """The launch matrix: every launch mode x the LAUNCH_CASES at world size 2, srun-style at world size 4,
-    and a world-size-8 smoke run (one full 8-GPU node's worth of ranks)."""
+    """The launch matrix: every launch mode but the default (the break-it suite's own) x the LAUNCH_CASES at
+    world size 2, srun-style at world size 4, and a world-size-8 smoke run (one full 8-GPU node's worth of ranks)."""
     _install(session)
     pytest = ("python", "-m", "pytest", "-p", "no:randomly", "-q", "-n", "2", *session.posargs)
     for mode in LAUNCH_MODES:
