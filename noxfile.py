@@ -39,7 +39,7 @@ def _install(session: nox.Session) -> None:
 def breakit(session: nox.Session) -> None:
     """Run every failure-mode scenario and the controls; writes reports/latest."""
     _install(session)
-    # Two workers: the guardrail-off proofs spend most of their time waiting out a hang deadline.
+    # Two workers: the guardrail-off proofs spend most of their time waiting out a stall window.
     session.run("python", "-m", "pytest", "scenarios", "-m", "breakit", "-p", "no:randomly", "-n", "2", *session.posargs)
 
 
