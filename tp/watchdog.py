@@ -140,8 +140,9 @@ class Watchdog:
         For a SIGTERM: a launcher ending this rank because a peer failed (torchrun's agent SIGTERMs every
         local rank once one fails) must leave the peer's abort, not silence, as this rank's last word. The
         failed peer published its abort before exiting, so a poll that starts now reads it and the rank dies
-        of it (or of the handshake verdict its main thread is reading: ``_defer``). This returns when there
-        was none, or the watchdog is not polling (stopped, or its store silent).
+        of it (or of the handshake verdict its main thread is reading: ``_defer``), or of a peer on this host
+        gone without one (``_die_of_a_gone_peer``). This returns when there was neither, or the watchdog is
+        not polling (stopped, or its store silent).
         """
         self.terminating = True
         with self._polled:
