@@ -34,12 +34,14 @@ class StallClock:
     """Ranks whose init event says they dump a flight trace on SIGUSR1."""
 
     def due(self, now: float, live: list[int], stopped_ranks: Callable[[], list[int]], *, beats_visible: bool,
-            parked: Collection[int] = ()) -> bool:
+            parked: Collection[int] = (), unwatched: bool = False) -> bool:
         """Whether to probe now (``stopped_ranks`` reads /proc: called only once the window has passed).
 
         ``beats_visible`` is False when the harness cannot read the store (a rank that serves it froze or
         died): with a stopped or ``parked`` rank (in its own fault's hang), a watchdog may be about to catch
         it (a peer's, or the parked rank's own progress deadline), and only the deadline may call the run HUNG.
+        The same while no heartbeat was ever seen, unless ``unwatched`` (every live rank's init event lists
+        its guardrails without the watchdog): a TP path may run a watchdog whose beats the harness cannot see.
         """
         window = self.window_s
         if window is None or now < self.next_probe_at or now - self.last_progress_at < window:
@@ -49,7 +51,7 @@ class StallClock:
             return False
         # A stopped or parked rank is the TP path's own watchdog's to catch while heartbeats still run.
         held = bool(stopped) or any(r in live for r in parked)
-        if held and not beats_visible:
+        if held and (not beats_visible or (self.beat_moved_at is None and not unwatched)):
             return False
         return not (held and self.beat_moved_at is not None and now - self.beat_moved_at < window)
 

@@ -251,7 +251,7 @@ class _Loop:
                     what = f"run timeout {self.limits.run_timeout_s:g} s"
                 self._start_dump(now, what)
             elif counts and self.stall.due(now, self._live(), self._stopped, beats_visible=self.launch.store is not None,
-                                           parked=self._parked()):
+                                           parked=self._parked(), unwatched=set(self._live()) <= self.unwatched):
                 self.probe_at = now
                 self.say(f"no progress for {self.limits.stall_s:g} s: asking for flight traces (SIGUSR1)")
                 self._signal_dumps(now)

@@ -265,3 +265,18 @@ def test_a_hang_fault_is_called_hung_at_the_stall_only_with_no_watchdog_to_end_i
     else:
         assert result.observed == "HUNG" and result.hang_verdict_s < 30.0, result.reason
         assert "rank 0 parked in its own fault's hang at driver.idle" in result.reason
+
+
+def test_a_stopped_rank_is_probed_only_where_beats_were_seen_or_no_rank_has_a_watchdog() -> None:
+    from harness.stall import StallClock
+
+    def due(*, beat_moved_at=None, unwatched=False, beats_visible=True) -> bool:
+        clock = StallClock(window_s=1.0, last_progress_at=0.0, next_probe_at=0.0, beat_moved_at=beat_moved_at,
+                           flight_ranks={0, 1})
+        return clock.due(10.0, [0, 1], lambda: [1], beats_visible=beats_visible, unwatched=unwatched)
+
+    assert due(beat_moved_at=5.0)  # beats seen, and still for a window: no watchdog is catching it
+    assert not due(beat_moved_at=9.5)  # beats still moving: the peers' watchdogs may yet catch it
+    assert not due()  # never saw a beat: a watchdog the harness cannot see may yet catch it
+    assert due(unwatched=True)  # no rank runs a watchdog: nothing will
+    assert not due(beat_moved_at=5.0, beats_visible=False)
