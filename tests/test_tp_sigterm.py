@@ -128,3 +128,13 @@ def test_die_by_ends_the_process_by_the_signal_from_another_thread_while_main_is
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_second_sigterm_ends_a_driver_that_never_reaches_its_next_chunk(stalled):
+    launch = stalled()  # rank 0, the driver, waits in a collective for rank 1, parked in Python
+    os.kill(launch.procs[0].pid, signal.SIGTERM)
+    _wait_for(launch.logs[0], r"TP-INFO SIGTERM: the driver stops before its next chunk")
+    os.kill(launch.procs[0].pid, signal.SIGTERM)
+    code = launch.procs[0].wait(timeout=BOUND_S)
+    assert code == -signal.SIGTERM, launch.text(0)[-3000:]
+    assert "TP-FATAL" not in launch.text(0)

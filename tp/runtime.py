@@ -89,13 +89,15 @@ class Rank:
         Launchers end the survivors of a failed rank with SIGTERM (torchrun's agent, at once, every local
         rank of the failed one); the abort the failed rank published says why, so the watchdog dies of it
         with PEER_ABORT naming the cause, or of PEER_LOST naming a peer gone without one (SIGKILL). With
-        neither, the SIGTERM is a request to stop: a driver in its chunk loop stops before the next chunk;
-        any other rank ends by the signal, as it would without a handler, once a fatal exit already under
-        way (lingering for peers, dumping stacks) has finished.
+        neither, the SIGTERM is a request to stop: a driver in its chunk loop stops before the next chunk
+        (a second SIGTERM ends it, for a driver that never gets there); any other rank ends by the signal,
+        as it would without a handler, once a fatal exit already under way (lingering for peers, dumping
+        stacks) has finished.
         """
         if self.watchdog is not None:
             self.watchdog.recheck(within_s=SIGTERM_ABORT_WAIT_S)
-        if self.driving:
+        if self.driving and not self.stop.is_set():  # a second SIGTERM is the usual way to insist
+            log.info("SIGTERM: the driver stops before its next chunk (a second SIGTERM ends it now)")
             self.stop.set()
             return
         self.crash.hold(within_s=SIGTERM_FATAL_WAIT_S)

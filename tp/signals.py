@@ -72,7 +72,7 @@ def _wakeups(read_fd: int) -> None:
             return
         if not data:
             return
-        for signum in dict.fromkeys(data):  # each distinct signal once, in arrival order
+        for signum in data:  # each arrival, in order: a second SIGTERM means more than the first
             action = _actions.get(signum)
             if action is None:
                 continue
