@@ -40,8 +40,8 @@ class StallClock:
         ``beats_visible`` is False when the harness cannot read the store (a rank that serves it froze or
         died): with a stopped or ``parked`` rank (in its own fault's hang), a watchdog may be about to catch
         it (a peer's, or the parked rank's own progress deadline), and only the deadline may call the run HUNG.
-        The same while no heartbeat was ever seen, unless ``unwatched`` (every live rank's init event lists
-        its guardrails without the watchdog): a TP path may run a watchdog whose beats the harness cannot see.
+        The same while no heartbeat was ever seen (a TP path may run a watchdog whose beats the harness cannot
+        see), unless ``unwatched``: every live rank's init event lists its guardrails without the watchdog.
         """
         window = self.window_s
         if window is None or now < self.next_probe_at or now - self.last_progress_at < window:
@@ -51,7 +51,7 @@ class StallClock:
             return False
         # A stopped or parked rank is the TP path's own watchdog's to catch while heartbeats still run.
         held = bool(stopped) or any(r in live for r in parked)
-        if held and (not beats_visible or (self.beat_moved_at is None and not unwatched)):
+        if held and not unwatched and (not beats_visible or self.beat_moved_at is None):
             return False
         return not (held and self.beat_moved_at is not None and now - self.beat_moved_at < window)
 

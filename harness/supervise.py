@@ -70,8 +70,8 @@ class Limits:
     """How long to wait for stack dumps after SIGUSR1."""
     grace_s: float = 0.5
     """Between SIGTERM and SIGKILL. The verdict, stacks and traces are in hand by then and nothing a rank
-    writes after SIGTERM counts; tp's ranks exit within two watchdog polls (0.1 s), so this bounds only the
-    ones that never will (a driver asked to stop while it hangs)."""
+    writes after SIGTERM counts: a rank slower than this to go (tp's read the store once first; a store
+    host lingers for its peers; a driver asked to stop while it hangs never goes) is killed, nothing lost."""
     tick_s: float = 0.02
     """Loop period when no exit arrives."""
     store_poll_s: float = 0.1

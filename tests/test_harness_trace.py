@@ -279,4 +279,5 @@ def test_a_stopped_rank_is_probed_only_where_beats_were_seen_or_no_rank_has_a_wa
     assert not due(beat_moved_at=9.5)  # beats still moving: the peers' watchdogs may yet catch it
     assert not due()  # never saw a beat: a watchdog the harness cannot see may yet catch it
     assert due(unwatched=True)  # no rank runs a watchdog: nothing will
-    assert not due(beat_moved_at=5.0, beats_visible=False)
+    assert not due(beat_moved_at=5.0, beats_visible=False)  # the store is out of sight: a watchdog may act
+    assert due(unwatched=True, beats_visible=False)  # ... unless no rank has one

@@ -138,3 +138,21 @@ def test_a_second_sigterm_ends_a_driver_that_never_reaches_its_next_chunk(stalle
     code = launch.procs[0].wait(timeout=BOUND_S)
     assert code == -signal.SIGTERM, launch.text(0)[-3000:]
     assert "TP-FATAL" not in launch.text(0)
+
+
+def test_ranks_sigtermed_together_do_not_take_each_other_for_lost_peers(tmp_path):
+    # A cancelled job: every rank gets SIGTERM at once, nothing failed. Each worker ends by the signal; none
+    # may name a sibling that the same SIGTERM ended a moment earlier as a lost peer.
+    launch = HandLaunch(tmp_path, 4, chunks=4, env={**SLOW_WATCHDOG, "TP_FAILPOINTS": "generator.call=hang@chunk=1,hit=1"})
+    try:
+        for rank in range(4):
+            _wait_for(launch.logs[rank], rf"TP-FAULT site=generator\.call action=hang rank={rank}")
+        for proc in launch.procs:
+            os.kill(proc.pid, signal.SIGTERM)
+        codes = [launch.procs[r].wait(timeout=BOUND_S) for r in (1, 2, 3)]
+        assert codes == [-signal.SIGTERM] * 3, [launch.text(r)[-1500:] for r in (1, 2, 3)]
+        _wait_for(launch.logs[0], r"TP-INFO SIGTERM: the driver stops before its next chunk")
+        for rank in range(4):
+            assert "TP-FATAL" not in launch.text(rank), launch.text(rank)[-3000:]
+    finally:
+        launch.close()

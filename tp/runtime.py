@@ -94,9 +94,10 @@ class Rank:
         as it would without a handler, once a fatal exit already under way (lingering for peers, dumping
         stacks) has finished.
         """
+        stopping = self.driving and not self.stop.is_set()
         if self.watchdog is not None:
-            self.watchdog.recheck(within_s=SIGTERM_ABORT_WAIT_S)
-        if self.driving and not self.stop.is_set():  # a second SIGTERM is the usual way to insist
+            self.watchdog.recheck(within_s=SIGTERM_ABORT_WAIT_S, leaving=not stopping)
+        if stopping:  # a second SIGTERM is the usual way to insist
             log.info("SIGTERM: the driver stops before its next chunk (a second SIGTERM ends it now)")
             self.stop.set()
             return

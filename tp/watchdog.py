@@ -33,7 +33,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 from tp import handshake
-from tp.crash import Crash, Fatal, done_key, gone_peers, peer_abort, read_abort
+from tp.crash import Crash, Fatal, done_key, exit_key, gone_peers, peer_abort, read_abort
 from tp.liveness import Arrivals
 
 TERMINATING_HOLD_S = 0.5
@@ -108,9 +108,12 @@ class Watchdog:
         self._first_fatal_at: float | None = None
         self.terminating = False
         """Set by ``recheck``: the process is being ended, so a handshake verdict is held only briefly."""
+        self.leaving = False
+        """Set by ``recheck`` when the rank ends after it: each poll marks it gone (``tp/exit/{rank}``)."""
         self._abort_pending = False
         """The last poll read another rank's abort and held it (``_defer``): the rank is about to die of it."""
         self._polls = 0
+        self._in_poll = False
         self._polling = False
         """True while the polling thread runs (from ``start`` until it returns)."""
         self._polled = threading.Condition()
@@ -134,7 +137,7 @@ class Watchdog:
         self._thread.start()
         self._sentinel.start()
 
-    def recheck(self, *, within_s: float) -> None:
+    def recheck(self, *, within_s: float, leaving: bool) -> None:
         """Poll now; return once a poll that started after this call found no abort (bounded by ``within_s``).
 
         For a SIGTERM: a launcher ending this rank because a peer failed (torchrun's agent SIGTERMs every
@@ -142,14 +145,17 @@ class Watchdog:
         failed peer published its abort before exiting, so a poll that starts now reads it and the rank dies
         of it (or of the handshake verdict its main thread is reading: ``_defer``), or of a peer on this host
         gone without one (``_die_of_a_gone_peer``). This returns when there was neither, or the watchdog is
-        not polling (stopped, or its store silent).
+        not polling (stopped, or its store silent). ``leaving``: the rank ends once this returns, so that
+        poll also writes its ``tp/exit`` key: ranks SIGTERMed together (a cancelled job) must not take each
+        other for lost peers. Otherwise (a driver asked to stop) the watchdog goes back to its usual polls.
         """
-        self.terminating = True
+        self.terminating, self.leaving = True, leaving
         with self._polled:
-            target = self._polls + 2  # the poll in progress may have read the key just before it was set
+            target = self._polls + (2 if self._in_poll else 1)  # one in progress may predate the flags
             self._poke.set()
             self._polled.wait_for(lambda: (self._polls >= target and not self._abort_pending) or not self._polling,
                                   timeout=within_s)
+        self.terminating = leaving
 
     def settle(self) -> None:
         """The handshake is over: from now on a lost peer or an abort is fatal at once."""
@@ -209,6 +215,8 @@ class Watchdog:
         peers = [r for r in range(self.world_size) if r != self.rank]
         seen = self.seen = {r: (-1, time.monotonic()) for r in peers}
         while self._next_poll():
+            with self._polled:
+                self._in_poll = True
             try:
                 self.store.add(f"tp/hb/{self.rank}", 1)
                 abort = read_abort(self.store)
@@ -217,6 +225,8 @@ class Watchdog:
                     self.crash.die(peer_abort(abort), dump_stack=True, via=self.store)
                 if self.terminating and not self._abort_pending:
                     self._die_of_a_gone_peer()
+                if self.leaving:
+                    self.store.set(exit_key(self.rank), "1")
                 now = time.monotonic()
                 for r in peers:
                     if self.store.check([done_key(r)]):
@@ -239,6 +249,7 @@ class Watchdog:
             self.polled_at = time.monotonic()
             with self._polled:
                 self._polls += 1
+                self._in_poll = False
                 self._polled.notify_all()
             self._check_progress()
 
@@ -246,10 +257,11 @@ class Watchdog:
         """SIGTERMed with no abort to read: a peer that died without one (SIGKILL, the OOM killer) is the cause.
 
         A launcher ends the survivors of a dead rank with SIGTERM, often before their own collective error or
-        the peer timeout says so; the dead rank is on this host (the launcher signals its own ranks).
+        the peer timeout says so; the dead rank is on this host (the launcher signals its own ranks). A peer
+        that finished (``tp/done``) or left (``tp/exit``: on a fatal path, or ended by its own SIGTERM) is not lost.
         """
         gone = [r for r in gone_peers(self.store, rank=self.rank, world_size=self.world_size)
-                if not self.store.check([done_key(r)])]
+                if not any(self.store.check([key(r)]) for key in (done_key, exit_key))]
         if gone:
             r = gone[0]
             self.crash.die(Fatal("PEER_LOST", f"rank {r}'s process is gone and this rank was sent SIGTERM (a launcher "

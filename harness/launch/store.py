@@ -10,7 +10,7 @@ from datetime import timedelta
 from harness.launch.spec import HOST
 
 CLIENT_CONNECT_S = 60.0
-"""How long the harness keeps trying to reach a store a rank serves (srun mode)."""
+"""How long the harness keeps trying to reach a store a rank or a remote agent serves (srun, torchrun-2node)."""
 STORE_CALL_LIMIT_S = 1.0
 """How long one call to a rank-served store may take before the harness stops asking it."""
 
