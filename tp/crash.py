@@ -170,12 +170,23 @@ def peer_abort(abort: dict) -> Fatal:
 
 def publish_identity(store: dist.Store, rank: int) -> None:
     """``tp/pid/{rank}`` = "host pid": lets a peer tell *which* rank vanished."""
-    store.set(f"tp/pid/{rank}", f"{socket.gethostname()} {os.getpid()}")
+    store.set(f"tp/pid/{rank}", f"{_process_space()} {os.getpid()}")
+
+
+def _process_space() -> str:
+    """Where a pid means this process: the host name and the pid namespace (containers may share a host name).
+
+    Peers whose pids live in another namespace cannot be looked up in /proc here, and must never look gone.
+    """
+    try:
+        return f"{socket.gethostname()}/pidns:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return socket.gethostname()
 
 
 def gone_peers(store: dist.Store, *, rank: int, world_size: int, stopped: bool = False) -> list[int]:
     """Peers on this host whose process no longer runs (exited, killed, or a zombie; with ``stopped``, also frozen)."""
-    host, gone = socket.gethostname(), []
+    host, gone = _process_space(), []
     for peer in range(world_size):
         if peer == rank:
             continue
