@@ -5,14 +5,15 @@ changed ``tp/progress/{rank}`` key, an exit. Heartbeats are not progress (a
 hung rank's watchdog thread keeps beating), but they say the TP path's own
 watchdog is alive. The loop asks for traces (SIGUSR1) only when nothing
 progressed for the window, every live rank announced that it answers with a
-trace (``"flight"`` in its init event) or is stopped, and no stopped or
-parked rank (one in the hang its own fault armed) is still the watchdog's to
-catch; ``harness.trace.stall_verdict`` then decides.
+trace (``"flight"`` in its init event) or is stopped, and no stopped rank is
+still the watchdog's to catch; ``harness.trace.stall_verdict`` then decides
+(a rank parked in its own fault's hang counts only where no rank has a
+watchdog, so it never holds a probe back).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from harness import trace
@@ -34,12 +35,12 @@ class StallClock:
     """Ranks whose init event says they dump a flight trace on SIGUSR1."""
 
     def due(self, now: float, live: list[int], stopped_ranks: Callable[[], list[int]], *, beats_visible: bool,
-            parked: Collection[int] = (), unwatched: bool = False) -> bool:
+            unwatched: bool = False) -> bool:
         """Whether to probe now (``stopped_ranks`` reads /proc: called only once the window has passed).
 
         ``beats_visible`` is False when the harness cannot read the store (a rank that serves it froze or
-        died): with a stopped or ``parked`` rank (in its own fault's hang), a watchdog may be about to catch
-        it (a peer's, or the parked rank's own progress deadline), and only the deadline may call the run HUNG.
+        died): with a stopped rank, the peers' watchdogs may be about to catch it, and only the deadline
+        may call the run HUNG.
         The same while no heartbeat was ever seen (a TP path may run a watchdog whose beats the harness cannot
         see), unless ``unwatched``: every live rank's init event lists its guardrails without the watchdog.
         """
@@ -49,11 +50,10 @@ class StallClock:
         stopped = stopped_ranks()
         if not live or any(r not in self.flight_ranks and r not in stopped for r in live):
             return False
-        # A stopped or parked rank is the TP path's own watchdog's to catch while heartbeats still run.
-        held = bool(stopped) or any(r in live for r in parked)
-        if held and not unwatched and (not beats_visible or self.beat_moved_at is None):
+        # A stopped peer is the TP path's own watchdog's to catch while the others' heartbeats still run.
+        if stopped and not unwatched and (not beats_visible or self.beat_moved_at is None):
             return False
-        return not (held and self.beat_moved_at is not None and now - self.beat_moved_at < window)
+        return not (stopped and self.beat_moved_at is not None and now - self.beat_moved_at < window)
 
     def back_off(self, now: float) -> None:
         """An inconclusive probe: wait another window."""

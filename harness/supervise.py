@@ -251,7 +251,7 @@ class _Loop:
                     what = f"run timeout {self.limits.run_timeout_s:g} s"
                 self._start_dump(now, what)
             elif counts and self.stall.due(now, self._live(), self._stopped, beats_visible=self.launch.store is not None,
-                                           parked=self._parked(), unwatched=set(self._live()) <= self.unwatched):
+                                           unwatched=self._unwatched()):
                 self.probe_at = now
                 self.say(f"no progress for {self.limits.stall_s:g} s: asking for flight traces (SIGUSR1)")
                 self._signal_dumps(now)
@@ -314,6 +314,10 @@ class _Loop:
     def _stopped(self) -> list[int]:
         return [r for r in self._live() if self.launch.rank_status(r) == "stopped"]
 
+    def _unwatched(self) -> bool:
+        """Every live rank's init event lists its guardrails without the watchdog: nothing ends a hang for it."""
+        return set(self._live()) <= self.unwatched
+
     def _parked(self) -> dict[int, str]:
         """Live ranks in the hang their own fault armed (a ``TP-FAULT ... action=hang`` line): it never returns.
 
@@ -321,7 +325,7 @@ class _Loop:
         watchdog may still end a parked rank (its progress deadline) whether or not the harness sees it beat.
         """
         parked: dict[int, str] = {}
-        if not set(self._live()) <= self.unwatched:
+        if not self._unwatched():
             return parked
         for line in self.obs.fault_lines:
             rank = line.fields.get("rank")
