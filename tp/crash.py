@@ -163,6 +163,11 @@ def read_abort(store: dist.Store) -> dict | None:
         return None
 
 
+def lost_fm(rank: int | None, driver_rank: int) -> str:
+    """Losing the driver is FM-13, losing a worker FM-14."""
+    return "FM-13" if rank == driver_rank else ("FM-14" if rank is not None else "none")
+
+
 def peer_abort(abort: dict) -> Fatal:
     return Fatal("PEER_ABORT", f"rank {abort['rank']} died with {abort['code']}: {abort['detail']}",
                  cause_rank=abort["rank"], fm=abort.get("fm"))

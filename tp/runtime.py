@@ -27,6 +27,7 @@ from tp.crash import (
     done_key,
     exit_key,
     gone_peers,
+    lost_fm,
     peer_abort,
     publish_identity,
     read_abort,
@@ -273,7 +274,3 @@ def rank_device(cfg: RankConfig) -> torch.device:
         return torch.device(f"cuda:{cfg.local_rank}")
     return torch.device(f"cuda:{cfg.local_rank % count}")
 
-
-def lost_fm(rank: int | None, driver_rank: int) -> str:
-    """Losing the driver is FM-13, losing a worker FM-14."""
-    return "FM-13" if rank == driver_rank else ("FM-14" if rank is not None else "none")

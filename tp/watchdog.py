@@ -33,7 +33,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 from tp import handshake
-from tp.crash import Crash, Fatal, done_key, exit_key, gone_peers, peer_abort, read_abort
+from tp.crash import Crash, Fatal, done_key, exit_key, gone_peers, lost_fm, peer_abort, read_abort
 from tp.liveness import Arrivals
 
 TERMINATING_HOLD_S = 0.5
@@ -192,7 +192,7 @@ class Watchdog:
         who = f"rank {host}'s heartbeat stopped: the rendezvous store it serves" if silent else \
               f"rank {host} (serving the rendezvous store) is gone: the store"
         return Fatal("PEER_LOST", f"{who} {why}", cause_rank=host,
-                     fm="FM-13" if host == self.driver_rank else "FM-14")
+                     fm=lost_fm(host, self.driver_rank))
 
     def _watch_polls(self) -> None:
         limit_s = self.peer_timeout_s + self.heartbeat_s
@@ -240,7 +240,7 @@ class Watchdog:
                           and not self._defer(now)):
                         self.crash.die(Fatal("PEER_LOST", f"rank {r}'s heartbeat stopped {now - seen[r][1]:.2f} s ago "
                                              f"({self.arrivals[r].describe()})", cause_rank=r,
-                                             fm="FM-13" if r == self.driver_rank else "FM-14"), dump_stack=True,
+                                             fm=lost_fm(r, self.driver_rank)), dump_stack=True,
                                        via=self.store)
             except Exception as exc:
                 if self._stop.is_set():
@@ -265,7 +265,7 @@ class Watchdog:
         if gone:
             r = gone[0]
             self.crash.die(Fatal("PEER_LOST", f"rank {r}'s process is gone and this rank was sent SIGTERM (a launcher "
-                                 f"ending the survivors)", cause_rank=r, fm="FM-13" if r == self.driver_rank else "FM-14"),
+                                 f"ending the survivors)", cause_rank=r, fm=lost_fm(r, self.driver_rank)),
                            dump_stack=True, via=self.store)
 
     def _next_poll(self) -> bool:
