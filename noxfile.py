@@ -71,7 +71,10 @@ def launches(session: nox.Session) -> None:
     pytest = ("python", "-m", "pytest", "-p", "no:randomly", "-q", "-n", "2", *session.posargs)
     for mode in LAUNCH_MODES:
         session.run(*pytest, *LAUNCH_CASES, "--breakit-launch", mode, "--breakit-world-size", "2")
-    session.run(*pytest, *LAUNCH_CASES, "--breakit-launch", "srun", "--breakit-world-size", "4")
+    # At world size 4 only what is srun-specific there: the store host (rank 0) lost, a worker lost beside it.
+    # The ws-4 digest of a hand launch is tests/test_launch_paths.py's; plan and shutdown are proven at ws 2.
+    session.run(*pytest, *(c for c in LAUNCH_CASES if "fm13" in c or "fm14" in c), "--breakit-launch", "srun",
+                "--breakit-world-size", "4")
     session.run(*pytest, "scenarios/test_controls.py::test_control[CTL-healthy]",
                 "scenarios/test_fm14_worker_lost.py::test_fm14[FM-14]", "--breakit-world-size", "8")
     session.run(*pytest, "tests/test_launch_paths.py", "-m", "world_size_8")
