@@ -48,7 +48,8 @@ def tests(session: nox.Session) -> None:
     """Unit tests of tp/ and harness/, plugin and CLI black-box tests."""
     _install(session)
     # Two workers: many tests start real ranks and spend their time waiting on them.
-    session.run("python", "-m", "pytest", "tests", "-n", "2", "-m", "not world_size_8", *session.posargs)
+    session.run("python", "-m", "pytest", "tests", "-n", "2", "--dist", "loadgroup", "-m", "not world_size_8",
+                *session.posargs)
 
 
 # Every launch door users have, each through the scenarios that lose a rank or desync the plan.

@@ -12,6 +12,9 @@ import pytest
 from benchmarks import SCHEMA, SECTIONS
 
 REPO = Path(__file__).resolve().parent.parent
+# One worker runs every test here (``nox -s tests`` uses --dist loadgroup): under plain load scheduling xdist may
+# split a module across workers, and each would run the whole quick bench for its module-scoped fixture (~60 s).
+pytestmark = pytest.mark.xdist_group("bench-smoke")
 
 
 @pytest.fixture(scope="module")
