@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from harness import logs, trace
+from harness.dumps import Dumps
 from harness.launch import Launch
 from harness.observation import Observation, RankExit
 from harness.scenario import Interrupt
@@ -68,10 +69,11 @@ class Limits:
     """True when the deadline counts from TP-FAULT rather than the first init."""
     dump_timeout_s: float = 2.0
     """How long to wait for stack dumps after SIGUSR1."""
-    grace_s: float = 0.5
+    grace_s: float = 0.2
     """Between SIGTERM and SIGKILL. The verdict, stacks and traces are in hand by then and nothing a rank
     writes after SIGTERM counts: a rank slower than this to go (tp's read the store once first; a store
-    host lingers for its peers; a driver asked to stop while it hangs never goes) is killed, nothing lost."""
+    host lingers for its peers; a driver asked to stop while it hangs never goes) is killed, nothing lost.
+    tp ranks that can go are gone within tens of milliseconds; a longer grace only waits on those that never will."""
     tick_s: float = 0.02
     """Loop period when no exit arrives."""
     store_poll_s: float = 0.1
@@ -105,8 +107,8 @@ class _Loop:
         self.started: set[int] = set()
         self.next_poll_at = start
         self.phase_until_at = 0.0
-        self.dumps: dict[int, dict] = {}
         self.stall = StallClock(window_s=limits.stall_s, last_progress_at=start, next_probe_at=start)
+        self.dumps = Dumps(self.obs, launch, self.followers, self.stall.flight_ranks)
         self.probe_at: float | None = None  # set while a stall probe's dumps are collected
         self.unwatched: set[int] = set()  # ranks whose init event lists guardrails without the watchdog
 
@@ -256,8 +258,8 @@ class _Loop:
                 self.say(f"no progress for {self.limits.stall_s:g} s: asking for flight traces (SIGUSR1)")
                 self._signal_dumps(now)
         elif self.phase == DUMPING:
-            if self._dumps_done(now) or now >= self.phase_until_at:
-                self._cut_stacks()
+            if self.dumps.done(now) or now >= self.phase_until_at:
+                self.dumps.collect(self.limits.dump_timeout_s)
                 if self.probe_at is not None and not self._probe_conclusive(now):
                     return
                 self.obs.verdict_at = now
@@ -299,16 +301,7 @@ class _Loop:
         self._signal_dumps(now)
 
     def _signal_dumps(self, now: float) -> None:
-        obs = self.obs
-        for rank in self._live():
-            status = self.launch.rank_status(rank)
-            if status == "stopped":
-                obs.stack_notes[rank] = (f"rank {rank} (pid {obs.pids.get(rank)}) is stopped (SIGSTOP); "
-                                    "a stopped process cannot dump its stack")
-                continue
-            size = self.followers[rank].size()
-            if self.launch.signal_rank(rank, signal.SIGUSR1):
-                self.dumps[rank] = {"offset": size, "size": size, "changed_at": None}
+        self.dumps.ask(self._live(), now)
         self.phase, self.phase_until_at = DUMPING, now + self.limits.dump_timeout_s
 
     def _stopped(self) -> list[int]:
@@ -340,10 +333,7 @@ class _Loop:
         why = self.stall.verdict(obs, probe_at=probe_at, live=self._live(), stopped=set(self._stopped()),
                                  parked=self._parked())
         if why is None:
-            obs.stacks.clear()
-            obs.stack_notes.clear()
-            obs.traces.clear()
-            self.dumps.clear()
+            self.dumps.forget()
             self.phase = RUNNING
             self.stall.back_off(now)
             self.say("stall probe inconclusive: the traces do not show every live rank stuck; running on")
@@ -351,46 +341,6 @@ class _Loop:
         obs.hung, obs.hung_at, obs.hang_reason = True, probe_at, why
         self.say(why)
         return True
-
-    def _dumps_done(self, now: float) -> bool:
-        """A dump is done when its log grew and then stayed quiet for 0.1 s (or the rank died)."""
-        done = True
-        for rank, d in self.dumps.items():
-            if rank in self.obs.exits:
-                continue
-            size = self.followers[rank].size()
-            if size != d["size"]:
-                d["size"], d["changed_at"] = size, now
-            if d["changed_at"] is None or now - d["changed_at"] < 0.1:
-                done = False
-        return done
-
-    def _cut_stacks(self) -> None:
-        obs = self.obs
-        for rank, d in self.dumps.items():
-            text = logs.read_bytes_from(obs.log_paths[rank], d["offset"])
-            text = "\n".join(ln for ln in text.splitlines() if not ln.startswith(trace.TRACE_PREFIX))
-            start = min((i for i in (text.find("Thread 0x"), text.find("Current thread 0x")) if i >= 0),
-                        default=0)
-            pid = obs.pids.get(rank)
-            if text.strip():
-                obs.stacks[rank] = text[start:].rstrip()
-            elif rank in obs.exits:
-                obs.stack_notes[rank] = (f"rank {rank} (pid {pid}) died on SIGUSR1 without a stack: "
-                                    "it registered no faulthandler on SIGUSR1 (CONTRACT §1)")
-            else:
-                obs.stack_notes[rank] = (f"rank {rank} (pid {pid}) wrote no stack within "
-                                    f"{self.limits.dump_timeout_s:g} s of SIGUSR1")
-        self._snapshot_traces()
-
-    def _snapshot_traces(self) -> None:
-        """Keep the traces as the hang left them: reaping makes ranks dump again (TP-FATAL), later."""
-        obs = self.obs
-        for rank, path in obs.log_paths.items():
-            text = "" if trace.flight_path(path.parent, rank).exists() else logs.read_text(path)
-            doc = trace.load(path.parent, rank, text)
-            if doc is not None:
-                obs.traces[rank] = doc
 
     def _kill_leftovers(self) -> None:
         if not self.obs.hung:
