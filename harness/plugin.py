@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from _pytest import junitxml
 
-from harness import delta, options, probe, rank_command, report
+from harness import delta, options, probe, rank_command, report, zygote
 from harness.result import Result
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Scenario
@@ -72,6 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
         config.stash[_RUN_DIR] = Path(workerinput[WORKER_KEY])
+        zygote.share_through(config.stash[_RUN_DIR])  # the workers of one run fork ranks from one zygote
     else:
         root = settings["report_dir"]
         if not root.is_absolute():
@@ -221,8 +222,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     pending = _ask_tp(session, planned) if planned else None
     launches = any("breakit" in getattr(item, "fixturenames", ()) for item in session.items)
     if pending is not None and launches and config.stash[_SETTINGS]["launch"] == "zygote":
-        from harness import zygote
-
         zygote.shared()  # the zygote forks the TP path's answer, then the ranks
     if pending is not None:
         probe.overlap_store_import()

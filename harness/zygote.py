@@ -5,26 +5,29 @@ already paid it costs milliseconds. The same goes for the modules a rank
 module's package declares fork-safe (``harness.warm``). The zygote does no compute and starts no
 threads before forking (CONTRACT-safe: a forked child gets a clean torch).
 
-Protocol over the zygote's stdin/stdout, one line per message:
+Protocol, one line per message, over the zygote's stdin/stdout (the harness that
+started it) or a Unix socket (``share_through``: pytest-xdist workers of one run):
 
     harness -> zygote   {"id": N, "module": M, "argv": [...], "env": {...}, "cwd": D, "log": PATH}
     zygote  -> harness  ready | spawned N PID | error N MESSAGE | exit PID RETURNCODE MONO
 
 The zygote is the ranks' parent, so it reaps them (``waitpid`` when the
-child's pidfd becomes readable) and reports each exit status. When its stdin
-closes (the harness exited or died) it kills every live child and exits.
+child's pidfd becomes readable) and reports each exit status to the client that
+asked for the rank. When a client's stream closes (that harness exited or died)
+the zygote kills its ranks; after the last one it kills every live child and exits.
 Each rank dies with the zygote (``PR_SET_PDEATHSIG``), and the zygote is a
 child subreaper: whatever a rank leaves behind when it exits (a grandchild in
 a session of its own) becomes the zygote's child, and the zygote kills and
-reaps it when that rank's exit is reported (harness/lifetime.py).
+reaps it when that rank's exit is reported (harness/lifetime.py). The server
+side is ``harness.zygote_server``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import select
-import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,185 +36,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import lifetime, warm
+from harness import lifetime
 
 ExitCallback = Callable[[int, "int | None", "float | None"], None]
-
-
-# --------------------------------------------------------------------- server
-
-
-def _rank_paths(req: dict) -> list[str]:
-    """Where the rank's imports resolve: its working directory, then its ``PYTHONPATH``."""
-    return [req["cwd"], *(p for p in req["env"].get("PYTHONPATH", "").split(os.pathsep) if p)]
-
-
-def _child(req: dict, close_fds: list[int], zygote_pid: int, warmed: dict[str, tuple[str, ...]]) -> None:
-    """Runs in the forked child: become the rank and never return."""
-    code = 1
-    try:
-        lifetime.die_with_parent(zygote_pid)
-        os.setsid()
-        for fd in close_fds:
-            os.close(fd)
-        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
-        os.close(devnull)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
-        # The rank's own line-buffered streams on the log (they live as long as the process).
-        sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
-        sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
-        os.environ.clear()
-        os.environ.update(req["env"])
-        os.chdir(req["cwd"])
-        paths = _rank_paths(req)
-        sys.path[:1] = [paths[0], *(p for p in paths[1:] if p not in sys.path)]
-        import importlib
-
-        importlib.invalidate_caches()
-        warm.forget_elsewhere(req["module"], paths, warmed)
-        threads = req["env"].get("OMP_NUM_THREADS", "")
-        if threads.isdigit() and "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(int(threads))
-        sys.argv = [req["module"], *req["argv"]]
-        import runpy
-
-        try:
-            runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as exc:
-            if exc.code is None or isinstance(exc.code, int):
-                code = exc.code or 0
-            else:
-                print(exc.code, file=sys.stderr)
-                code = 1
-        except BaseException:  # noqa: BLE001 - like an interpreter: print it, exit 1
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        # What a normal interpreter does on the way out: join non-daemon threads, run atexit.
-        import atexit
-
-        threading._shutdown()  # type: ignore[attr-defined]
-        atexit._run_exitfuncs()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code if 0 <= code <= 255 else 1)
-
-
-def _kill_all(pids: list[int]) -> None:
-    """The harness is gone: kill every child, its process group and its descendants (orphans included)."""
-    import psutil
-
-    procs = psutil.Process().children(recursive=True)
-    for sig in (signal.SIGCONT, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.killpg(pid, sig)
-            except OSError:
-                pass
-        for proc in procs:
-            try:
-                proc.send_signal(sig)
-            except psutil.Error:
-                pass
-    for proc in procs:
-        try:
-            os.waitpid(proc.pid, 0)
-        except ChildProcessError:  # not ours (a rank's descendant) or reaped already
-            pass
-
-
-def _kill_orphans(ranks: set[int], orphans: dict[int, int]) -> None:
-    """Kill the zygote's children that are not ranks: a rank's descendants, reparented here when their parent
-    exited. Each is reaped when its pidfd becomes readable (``orphans``: pidfd -> pid)."""
-    import psutil
-
-    known = ranks | set(orphans.values())
-    for proc in psutil.Process().children():
-        if proc.pid in known:
-            continue
-        try:
-            fd = os.pidfd_open(proc.pid)
-        except OSError:
-            continue
-        orphans[fd] = proc.pid
-        for sig in (signal.SIGCONT, signal.SIGKILL):
-            try:
-                if os.getpgid(proc.pid) == proc.pid:  # a session or group of its own: take its members too
-                    os.killpg(proc.pid, sig)
-                else:
-                    os.kill(proc.pid, sig)
-            except OSError:
-                pass
-
-
-def serve(preload: list[str]) -> None:
-    """The zygote's main loop (``python -m harness.zygote torch,...``)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    lifetime.become_subreaper()
-    for name in preload:
-        __import__(name)
-    out = sys.stdout.buffer
-    zygote_pid = os.getpid()
-    out.write(b"ready\n")
-    out.flush()
-    children: dict[int, int] = {}  # pidfd -> pid
-    orphans: dict[int, int] = {}  # pidfd -> pid, for what ranks left behind
-    warmed: dict[str, tuple[str, ...]] = {}  # package -> the paths its ZYGOTE_PRELOAD was imported from
-    buf = b""
-    while True:
-        readable, _, _ = select.select([0, *children, *orphans], [], [])
-        for fd in readable:
-            if fd in orphans:  # its own children, if any, are ours now
-                _reap(orphans.pop(fd), fd)
-                _kill_orphans(set(children.values()), orphans)
-                continue
-            if fd != 0:
-                pid = children.pop(fd)
-                code = _reap(pid, fd)
-                out.write(f"exit {pid} {code} {time.monotonic():.6f}\n".encode())
-                out.flush()  # the harness learns of the exit before the scan for what the rank left
-                _kill_orphans(set(children.values()), orphans)
-                continue
-            data = os.read(0, 65536)
-            if not data:
-                _kill_all(list(children.values()))
-                return
-            buf += data
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                req = json.loads(line)
-                out.flush()
-                warm.preload(req["module"], _rank_paths(req), warmed)
-                try:
-                    pid = os.fork()
-                except OSError as exc:
-                    out.write(f"error {req['id']} fork failed: {exc}\n".encode())
-                    continue
-                if pid == 0:
-                    _child(req, [*children, *orphans], zygote_pid, warmed)
-                children[os.pidfd_open(pid)] = pid
-                out.write(f"spawned {req['id']} {pid}\n".encode())
-        out.flush()
-
-
-def _reap(pid: int, fd: int) -> int:
-    os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-# --------------------------------------------------------------------- client
+PRELOAD = ("torch", "torch.distributed")
+"""What the zygote imports before it forks anything."""
+ADDRESS_FILE = "zygote.addr"
+"""In the shared directory: the path of the shared zygote's socket."""
 
 
 class ZygoteError(RuntimeError):
@@ -219,11 +50,17 @@ class ZygoteError(RuntimeError):
 
 
 class Zygote:
-    """Client side: starts the zygote process and asks it to fork ranks."""
+    """Client side: starts the zygote process (or joins one, ``connect``) and asks it to fork ranks."""
 
-    def __init__(self, preload: tuple[str, ...] = ("torch", "torch.distributed")) -> None:
+    def __init__(self, preload: tuple[str, ...] = PRELOAD, *,
+                 listen: socket.socket | None = None) -> None:
         self.preload = preload
+        self._listen = listen
+        """A bound, listening Unix socket handed to the zygote: other harness processes may join it."""
         self._proc: subprocess.Popen | None = None
+        self._conn: socket.socket | None = None
+        self._rfile = None
+        self._wfile = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._ready = threading.Event()
@@ -234,42 +71,77 @@ class Zygote:
         self._errlog = tempfile.TemporaryFile(prefix="harness-zygote-")  # its stderr; no name to leak
         self._reader: threading.Thread | None = None
 
+    @classmethod
+    def connect(cls, path: str) -> Zygote:
+        """Join the zygote listening at ``path`` (raises OSError when nobody does)."""
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(path)
+        except OSError:
+            conn.close()
+            raise
+        zygote = cls(preload=())
+        zygote._conn = conn
+        zygote._rfile, zygote._wfile = conn.makefile("rb"), conn.makefile("wb")
+        zygote._start_reader()
+        return zygote
+
+    @property
+    def pid(self) -> int | None:
+        """The zygote's pid when this process started it."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> None:
         """Start the process (non-blocking); ``spawn`` waits until it is ready."""
         with self._lock:
-            if self._proc is not None:
+            if self._proc is not None or self._conn is not None:
                 return
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
                    lifetime.RUN_ENV: lifetime.run_marker()}  # forked ranks' /proc/PID/environ is the zygote's
+            argv = [sys.executable, "-m", "harness.zygote_server", ",".join(self.preload)]
+            fds = ()
+            if self._listen is not None:
+                argv.append(str(self._listen.fileno()))
+                fds = (self._listen.fileno(),)
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.zygote", ",".join(self.preload)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errlog,
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errlog, pass_fds=fds,
                 cwd=str(Path(__file__).resolve().parent.parent), env=env, start_new_session=True,
             )
-            self._reader = threading.Thread(target=self._read, name="harness-zygote-reader", daemon=True)
-            self._reader.start()
+            if self._listen is not None:
+                self._listen.close()  # the zygote's now: it goes when the zygote goes
+            self._rfile, self._wfile = self._proc.stdout, self._proc.stdin
+            self._start_reader()
+
+    def _start_reader(self) -> None:
+        self._reader = threading.Thread(target=self._read, name="harness-zygote-reader", daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
-        proc = self._proc
-        for raw in proc.stdout:  # type: ignore[union-attr]
-            kind, _, rest = raw.decode().strip().partition(" ")
-            if kind == "ready":
-                self._ready.set()
-            elif kind in ("spawned", "error"):
-                rid, _, value = rest.partition(" ")
-                with self._lock:
-                    slot = self._pending.pop(int(rid))
-                    if kind == "spawned":
-                        self._on_exit[int(value)] = slot["on_exit"]
-                slot["value"] = (kind, value)
-                slot["event"].set()
-            elif kind == "exit":
-                pid, code, mono = rest.split()
-                with self._lock:
-                    callback = self._on_exit.pop(int(pid), None)
-                if callback is not None:
-                    callback(int(pid), int(code), float(mono))
+        try:
+            for raw in self._rfile:  # type: ignore[union-attr]
+                self._on_line(raw.decode().strip())
+        except (OSError, ValueError):  # our own close() shut the stream
+            pass
         self._died()
+
+    def _on_line(self, line: str) -> None:
+        kind, _, rest = line.partition(" ")
+        if kind == "ready":
+            self._ready.set()
+        elif kind in ("spawned", "error"):
+            rid, _, value = rest.partition(" ")
+            with self._lock:
+                slot = self._pending.pop(int(rid))
+                if kind == "spawned":
+                    self._on_exit[int(value)] = slot["on_exit"]
+            slot["value"] = (kind, value)
+            slot["event"].set()
+        elif kind == "exit":
+            pid, code, mono = rest.split()
+            with self._lock:
+                callback = self._on_exit.pop(int(pid), None)
+            if callback is not None:
+                callback(int(pid), int(code), float(mono))
 
     def _died(self) -> None:
         try:
@@ -309,8 +181,8 @@ class Zygote:
         req = {"id": rid, "module": module, "argv": argv, "env": env, "cwd": cwd, "log": log}
         try:
             with self._write_lock:
-                self._proc.stdin.write(json.dumps(req).encode() + b"\n")  # type: ignore[union-attr]
-                self._proc.stdin.flush()  # type: ignore[union-attr]
+                self._wfile.write(json.dumps(req).encode() + b"\n")  # type: ignore[union-attr]
+                self._wfile.flush()  # type: ignore[union-attr]
         except OSError as exc:
             raise ZygoteError(f"cannot reach the zygote: {exc}") from None
         if not slot["event"].wait(timeout=max(0.0, ready_at - time.monotonic())):
@@ -321,12 +193,19 @@ class Zygote:
         return int(value)
 
     def close(self) -> None:
-        """Close stdin: the zygote kills any live child and exits."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
+        """Close our stream: the zygote kills our live ranks, and exits when no other harness uses it."""
+        proc, conn = self._proc, self._conn
+        if conn is not None:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        elif proc is not None and proc.poll() is None:
             try:
                 proc.stdin.close()  # type: ignore[union-attr]
-                proc.wait(timeout=5)
+                if self._listen is None:  # a shared zygote lives on for the others: never wait for it or kill it
+                    proc.wait(timeout=5)
             except (OSError, subprocess.TimeoutExpired):
                 proc.kill()
                 proc.wait()
@@ -334,17 +213,28 @@ class Zygote:
             self._reader.join(timeout=5)
         self._errlog.close()
 
-
 _SHARED: Zygote | None = None
 _SHARED_LOCK = threading.Lock()
+_SHARE_DIR: Path | None = None
+
+
+def share_through(directory: Path) -> None:
+    """Harness processes that name the same directory share one zygote (the pytest-xdist workers of one run).
+
+    The first to need it starts it, listening on a Unix socket in a private (0700) directory whose path it writes
+    into ``directory``; the others connect. One ``import torch`` fewer per worker, on the cores the workers' own
+    start-up fights over (about a second of a two-worker suite on a 2-core box).
+    """
+    global _SHARE_DIR
+    _SHARE_DIR = Path(directory)
 
 
 def shared() -> Zygote:
-    """The one zygote of this harness process (started on first use)."""
+    """The one zygote of this harness process (started, or joined, on first use)."""
     global _SHARED
     with _SHARED_LOCK:
         if _SHARED is None or _SHARED._dead:
-            _SHARED = Zygote()
+            _SHARED = _join_or_start(_SHARE_DIR)
             import atexit
 
             atexit.register(_SHARED.close)
@@ -352,5 +242,25 @@ def shared() -> Zygote:
         return _SHARED
 
 
-if __name__ == "__main__":
-    serve([name for name in (sys.argv[1] if len(sys.argv) > 1 else "").split(",") if name])
+def _join_or_start(directory: Path | None, preload: tuple[str, ...] = PRELOAD) -> Zygote:
+    """Join the zygote another process of this run started, or start one that others can join."""
+    if directory is None:
+        return Zygote(preload)
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "zygote.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one starter; the others find its address
+        address = directory / ADDRESS_FILE
+        try:
+            return Zygote.connect(address.read_text())
+        except OSError:  # none yet, or gone (its last client left): start one
+            pass
+        private = tempfile.mkdtemp(prefix="harness-zygote-")  # 0700: nobody else can ask it to fork
+        listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listen.bind(os.path.join(private, "sock"))
+        listen.listen(16)  # joiners queue here until the zygote's loop starts (torch imported)
+        zygote = Zygote(preload, listen=listen)
+        zygote.start()
+        tmp = address.with_suffix(".tmp")
+        tmp.write_text(os.path.join(private, "sock"))
+        tmp.replace(address)
+        return zygote

@@ -1,0 +1,261 @@
+"""The zygote's server side: ``python -m harness.zygote_server PRELOAD [LISTEN_FD]``.
+
+See ``harness.zygote`` for what the zygote is and its protocol. Its first
+client is the harness that started it, over the zygote's stdin/stdout. With a
+listening Unix socket passed as ``LISTEN_FD`` (pytest-xdist workers sharing one
+zygote: one ``import torch`` fewer per worker), more clients connect there; each
+gets its own ``ready`` and the exits of the ranks it asked for.
+
+A client that goes (its stream closes: it exited or died) takes its ranks with
+it: the zygote kills them (their process groups) and reaps them. The zygote
+exits once its last client has gone, killing whatever is still alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+
+from harness import lifetime, warm
+
+
+def _rank_paths(req: dict) -> list[str]:
+    """Where the rank's imports resolve: its working directory, then its ``PYTHONPATH``."""
+    return [req["cwd"], *(p for p in req["env"].get("PYTHONPATH", "").split(os.pathsep) if p)]
+
+
+def _child(req: dict, close_fds: list[int], zygote_pid: int, warmed: dict[str, tuple[str, ...]]) -> None:
+    """Runs in the forked child: become the rank and never return."""
+    code = 1
+    try:
+        lifetime.die_with_parent(zygote_pid)
+        os.setsid()
+        for fd in close_fds:
+            os.close(fd)
+        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(devnull)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        # The rank's own line-buffered streams on the log (they live as long as the process).
+        sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        os.environ.clear()
+        os.environ.update(req["env"])
+        os.chdir(req["cwd"])
+        paths = _rank_paths(req)
+        sys.path[:1] = [paths[0], *(p for p in paths[1:] if p not in sys.path)]
+        import importlib
+
+        importlib.invalidate_caches()
+        warm.forget_elsewhere(req["module"], paths, warmed)
+        threads = req["env"].get("OMP_NUM_THREADS", "")
+        if threads.isdigit() and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(threads))
+        sys.argv = [req["module"], *req["argv"]]
+        import runpy
+
+        try:
+            runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except BaseException:  # noqa: BLE001 - like an interpreter: print it, exit 1
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        # What a normal interpreter does on the way out: join non-daemon threads, run atexit.
+        import atexit
+
+        threading._shutdown()  # type: ignore[attr-defined]
+        atexit._run_exitfuncs()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code if 0 <= code <= 255 else 1)
+
+
+def _kill_all(pids: list[int]) -> None:
+    """The last client is gone: kill every child, its process group and its descendants (orphans included)."""
+    import psutil
+
+    procs = psutil.Process().children(recursive=True)
+    for sig in (signal.SIGCONT, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.killpg(pid, sig)
+            except OSError:
+                pass
+        for proc in procs:
+            try:
+                proc.send_signal(sig)
+            except psutil.Error:
+                pass
+    for proc in procs:
+        try:
+            os.waitpid(proc.pid, 0)
+        except ChildProcessError:  # not ours (a rank's descendant) or reaped already
+            pass
+
+
+def _kill_groups(pids: list[int]) -> None:
+    """One client is gone: kill its ranks' process groups (what left them comes back here: ``_kill_orphans``)."""
+    for sig in (signal.SIGCONT, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.killpg(pid, sig)
+            except OSError:
+                pass
+
+
+def _kill_orphans(ranks: set[int], orphans: dict[int, int]) -> None:
+    """Kill the zygote's children that are not ranks: a rank's descendants, reparented here when their parent
+    exited. Each is reaped when its pidfd becomes readable (``orphans``: pidfd -> pid)."""
+    import psutil
+
+    known = ranks | set(orphans.values())
+    for proc in psutil.Process().children():
+        if proc.pid in known:
+            continue
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except OSError:
+            continue
+        orphans[fd] = proc.pid
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                if os.getpgid(proc.pid) == proc.pid:  # a session or group of its own: take its members too
+                    os.killpg(proc.pid, sig)
+                else:
+                    os.kill(proc.pid, sig)
+            except OSError:
+                pass
+
+
+class _Client:
+    """One connection: where its requests come from and where its answers go."""
+
+    def __init__(self, rfd: int, send, conn: socket.socket | None = None) -> None:
+        self.rfd = rfd
+        self.send = send
+        self.conn = conn
+        self.buf = b""
+        self.ranks: set[int] = set()
+
+
+def _pipe_send(data: bytes) -> None:
+    os.write(1, data)  # lines are far under PIPE_BUF: one write, never torn
+
+
+def _reply(client: _Client, line: str) -> None:
+    try:
+        client.send(line.encode() + b"\n")
+    except OSError:  # gone: its stream's EOF says so on the next select
+        pass
+
+
+def serve(preload: list[str], listen_fd: int | None = None) -> None:
+    """The zygote's main loop (``python -m harness.zygote_server torch,... [LISTEN_FD]``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lifetime.become_subreaper()
+    for name in preload:
+        __import__(name)
+    listener = socket.socket(fileno=listen_fd) if listen_fd is not None else None
+    zygote_pid = os.getpid()
+    clients = {0: _Client(0, _pipe_send)}
+    _reply(clients[0], "ready")
+    children: dict[int, tuple[int, _Client]] = {}  # pidfd -> (pid, the client that asked for it)
+    orphans: dict[int, int] = {}  # pidfd -> pid, for what ranks left behind
+    warmed: dict[str, tuple[str, ...]] = {}  # package -> the paths its ZYGOTE_PRELOAD was imported from
+    while clients:
+        waits = [*clients, *children, *orphans, *([listener.fileno()] if listener is not None else [])]
+        readable, _, _ = select.select(waits, [], [])
+        for fd in readable:
+            if fd in orphans:  # its own children, if any, are ours now
+                _reap(orphans.pop(fd), fd)
+                _kill_orphans({pid for pid, _ in children.values()}, orphans)
+            elif fd in children:
+                pid, client = children.pop(fd)
+                code = _reap(pid, fd)
+                client.ranks.discard(pid)
+                if client.rfd in clients:  # the harness learns of the exit before the scan for what the rank left
+                    _reply(client, f"exit {pid} {code} {time.monotonic():.6f}")
+                _kill_orphans({pid for pid, _ in children.values()}, orphans)
+            elif listener is not None and fd == listener.fileno():
+                conn, _ = listener.accept()
+                conn.setblocking(True)
+                clients[conn.fileno()] = client = _Client(conn.fileno(), conn.sendall, conn)
+                _reply(client, "ready")
+            elif fd in clients:
+                _read_client(clients, clients[fd], children, orphans, zygote_pid, warmed, listener)
+    _kill_all([pid for pid, _ in children.values()])
+    if listener is not None:  # its private directory (harness.zygote._join_or_start) goes with it
+        path = listener.getsockname()
+        for remove in (os.unlink, os.rmdir):
+            try:
+                remove(path)
+            except OSError:
+                pass
+            path = os.path.dirname(path)
+    sys.stdout.flush()
+    os._exit(0)  # no interpreter teardown with torch loaded: 0.4 s off every harness exit
+
+
+def _read_client(clients: dict[int, _Client], client: _Client, children: dict, orphans: dict, zygote_pid: int,
+                 warmed: dict, listener: socket.socket | None) -> None:
+    """One read from a client: fork what it asks for, or, at its EOF, kill its ranks."""
+    try:
+        data = os.read(client.rfd, 65536)
+    except OSError:
+        data = b""
+    if not data:
+        del clients[client.rfd]
+        if clients:  # the last one's ranks go with the zygote's own exit, descendants and all
+            _kill_groups(sorted(client.ranks))
+        if client.conn is not None:
+            client.conn.close()
+        return
+    client.buf += data
+    *lines, client.buf = client.buf.split(b"\n")
+    for line in lines:
+        req = json.loads(line)
+        warm.preload(req["module"], _rank_paths(req), warmed)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            _reply(client, f"error {req['id']} fork failed: {exc}")
+            continue
+        if pid == 0:
+            fds = [*clients, *children, *orphans, *([listener.fileno()] if listener is not None else [])]
+            _child(req, [fd for fd in fds if fd not in (0, 1, 2)], zygote_pid, warmed)
+        children[os.pidfd_open(pid)] = (pid, client)
+        client.ranks.add(pid)
+        _reply(client, f"spawned {req['id']} {pid}")
+
+
+def _reap(pid: int, fd: int) -> int:
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+if __name__ == "__main__":
+    serve([name for name in (sys.argv[1] if len(sys.argv) > 1 else "").split(",") if name],
+          int(sys.argv[2]) if len(sys.argv) > 2 else None)

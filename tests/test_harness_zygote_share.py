@@ -1,0 +1,128 @@
+"""One zygote shared by the harness processes of a run (pytest-xdist workers): ``zygote.share_through``.
+
+Each client gets the exits of its own ranks only; a client that goes takes its ranks with it and leaves the
+others' alone; the zygote goes with its last client, socket and private directory included. Every wait is on
+an event with a deadline (a pid file appearing, an exit reported, a process gone).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from harness import zygote
+from harness.launch import wait_gone
+
+REPO = Path(__file__).resolve().parent.parent
+RANKS = REPO / "tests" / "ranks"
+
+
+def _spawn(client: zygote.Zygote, tmp_path: Path, on_exit=lambda *a: None) -> int:
+    env = {**os.environ, "ORPHAN_DIR": str(tmp_path), "ORPHAN_MODE": "block", "PYTHONPATH": str(RANKS)}
+    pid = client.spawn(module="orphan_rank", argv=[], env=env, cwd=str(RANKS), log=str(tmp_path / f"r{time.monotonic_ns()}.log"),
+                       on_exit=on_exit, timeout_s=30)
+    give_up_at = time.monotonic() + 30
+    while not (tmp_path / f"{pid}.pid").exists():  # the rank runs: past the fork, past die_with_parent
+        assert time.monotonic() < give_up_at, f"rank {pid} never started"
+        time.sleep(0.02)
+    return pid
+
+
+def test_two_clients_share_one_zygote_and_each_takes_only_its_own_ranks(tmp_path: Path) -> None:
+    share = tmp_path / "run"
+    owner = zygote._join_or_start(share, preload=())
+    joiner = zygote._join_or_start(share, preload=())
+    exits: dict[int, int | None] = {}
+    exited = threading.Event()
+    try:
+        owner.start()
+        assert owner.pid is not None and joiner.pid is None, "the second process did not join the first's zygote"
+        address = (share / zygote.ADDRESS_FILE).read_text()
+        private = Path(address).parent
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700, "anyone on the box could ask it to fork"
+        mine = _spawn(owner, tmp_path)
+        theirs = _spawn(joiner, tmp_path, on_exit=lambda pid, code, mono: (exits.__setitem__(pid, code), exited.set()))
+        server, mine_proc = psutil.Process(owner.pid), psutil.Process(mine)
+        assert {p.pid for p in server.children()} == {mine, theirs}, "both ranks are the one zygote's children"
+
+        owner.close()  # the first worker finished its share of the tests
+        assert wait_gone([mine_proc], timeout_s=10) == [], "the owner's rank outlived the owner"
+        assert psutil.Process(theirs).is_running() and server.is_running(), "the joiner's rank went with the owner"
+
+        os.kill(theirs, signal.SIGTERM)
+        assert exited.wait(10), "the joiner never heard of its rank's exit"
+        assert exits == {theirs: -signal.SIGTERM}
+
+        joiner.close()  # the last client: the zygote goes, and its socket with it
+        assert wait_gone([server], timeout_s=10) == [], "the zygote outlived its last client"
+        assert not private.exists(), "the zygote left its socket directory behind"
+    finally:
+        for client in (owner, joiner):
+            client.close()
+
+
+def test_a_joiner_after_the_zygote_is_gone_starts_its_own(tmp_path: Path) -> None:
+    share = tmp_path / "run"
+    first = zygote._join_or_start(share, preload=())
+    first.start()
+    server = psutil.Process(first.pid)
+    first.close()
+    assert wait_gone([server], timeout_s=10) == []
+    second = zygote._join_or_start(share, preload=())
+    try:
+        second.start()
+        assert second.pid is not None and second.pid != server.pid
+        _spawn(second, tmp_path)
+    finally:
+        second.close()
+
+
+WORKER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from harness import zygote
+    zygote.share_through(Path(sys.argv[1]))
+    z = zygote.shared()
+    env = {**os.environ, "ORPHAN_DIR": sys.argv[2], "ORPHAN_MODE": "block", "PYTHONPATH": sys.argv[3]}
+    pid = z.spawn(module="orphan_rank", argv=[], env=env, cwd=sys.argv[3], log=os.path.join(sys.argv[2], "w.log"),
+                  on_exit=lambda *a: None)
+    print(pid, z.pid, flush=True)
+    sys.stdin.read()  # until the test closes it, or kills this process
+""")
+
+
+@pytest.mark.parametrize("who", ["joiner", "owner"])
+def test_a_killed_worker_takes_its_ranks_and_no_one_elses(tmp_path: Path, who: str) -> None:
+    """A worker SIGKILLed (xdist's crash, an OOM kill) runs no cleanup: the zygote still ends its ranks; the
+    owner's death (the zygote is its child) leaves the other worker's ranks running."""
+    share = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(share), str(tmp_path), str(RANKS)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        answers = [p.stdout.readline().split() for p in procs]
+        ranks = [int(a[0]) for a in answers]
+        rank_procs = [psutil.Process(r) for r in ranks]
+        owners = [a[1] for a in answers]
+        assert owners.count("None") == 1, f"not one zygote for both workers: {answers}"
+        killed = owners.index("None") if who == "joiner" else 1 - owners.index("None")
+        procs[killed].kill()
+        procs[killed].wait(timeout=10)
+        assert wait_gone([rank_procs[killed]], timeout_s=10) == [], "a killed worker's rank lived on"
+        assert rank_procs[1 - killed].is_running(), "the other worker's rank was killed too"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.stdin.close()
+                p.wait(timeout=30)
+    assert wait_gone(rank_procs, timeout_s=10) == [], "a rank outlived every worker"
