@@ -18,6 +18,12 @@ from dataclasses import dataclass, field
 
 from harness import trace
 
+BEATS_SILENT_S = 1.0
+"""With a stopped rank and the peers' watchdogs beating, a probe waits until no beat moved for this long (or
+the window, if longer). It is the peers' watchdogs' horizon, not the window's: a live peer's heartbeat thread
+starved for a few hundred milliseconds on a busy box is common, and a probe then would call HUNG a run those
+watchdogs were about to end (their frozen-peer detector needs about half a second)."""
+
 
 @dataclass(kw_only=True)
 class StallClock:
@@ -53,7 +59,8 @@ class StallClock:
         # A stopped peer is the TP path's own watchdog's to catch while the others' heartbeats still run.
         if stopped and not unwatched and (not beats_visible or self.beat_moved_at is None):
             return False
-        return not (stopped and self.beat_moved_at is not None and now - self.beat_moved_at < window)
+        silent = max(window, BEATS_SILENT_S)
+        return not (stopped and self.beat_moved_at is not None and now - self.beat_moved_at < silent)
 
     def back_off(self, now: float) -> None:
         """An inconclusive probe: wait another window."""

@@ -281,3 +281,18 @@ def test_a_stopped_rank_is_probed_only_where_beats_were_seen_or_no_rank_has_a_wa
     assert due(unwatched=True)  # no rank runs a watchdog: nothing will
     assert not due(beat_moved_at=5.0, beats_visible=False)  # the store is out of sight: a watchdog may act
     assert due(unwatched=True, beats_visible=False)  # ... unless no rank has one
+
+
+def test_a_short_window_still_leaves_a_stopped_rank_to_the_peers_watchdogs_for_a_second() -> None:
+    """A suite's short stall window (0.3 s) must not make a starved heartbeat thread look like a dead watchdog."""
+    from harness.stall import BEATS_SILENT_S, StallClock
+
+    def due(beat_moved_at: float, *, window_s: float) -> bool:
+        clock = StallClock(window_s=window_s, last_progress_at=0.0, next_probe_at=0.0, beat_moved_at=beat_moved_at,
+                           flight_ranks={0, 1})
+        return clock.due(10.0, [0, 1], lambda: [1], beats_visible=True)
+
+    assert BEATS_SILENT_S == 1.0
+    assert not due(9.5, window_s=0.3)  # beats silent 0.5 s: longer than the window, not than the watchdogs' horizon
+    assert due(8.9, window_s=0.3)  # silent over a second: nothing is beating
+    assert not due(8.5, window_s=2.0)  # a window longer than the horizon still counts
