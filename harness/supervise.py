@@ -173,6 +173,7 @@ class _Loop:
                 if line.kind == "TP-FAULT":
                     self.obs.fault_lines.append(line)
                     self.say(line.raw)
+                    self.next_poll_at = 0.0  # take in the progress written before the fault now, not a poll later
                 elif line.event == "init":
                     self.started.add(rank)
                     if line.mono is not None:
