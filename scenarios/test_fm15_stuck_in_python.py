@@ -37,7 +37,7 @@ DRIVER_FAILS = (Fault(site="generator.call", action="sleep(0.5)", rank=0, chunk=
 
 STUCK_IN_HANDSHAKE = Fault(site="handshake.publish", action="hang", rank=1, hit=1)
 # Rank 1 never publishes, so rank 0 timing out is the expected end at any load: the timeout only sets how soon.
-FAST_HANDSHAKE = {"TP_HANDSHAKE_TIMEOUT_S": "1"}
+FAST_HANDSHAKE = {"TP_HANDSHAKE_TIMEOUT_S": "0.3"}
 
 SCENARIOS = [
     Scenario(id="FM-15", title="rank 0 stuck in Python between chunks: progress deadline",

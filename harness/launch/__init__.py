@@ -3,7 +3,8 @@
 Five modes, same contract (docs/CONTRACT.md §1):
 
 * ``zygote``     fork each rank from a process that has torch imported (fast);
-                 works only for ``python -m MODULE`` rank commands.
+                 works only for ``python -m MODULE`` rank commands. The
+                 pytest-xdist workers of one run share one zygote.
 * ``subprocess`` a plain ``Popen`` per rank.
 * ``srun``       a plain ``Popen`` per rank with only torchrun's variables, as
                  Slurm's ``srun`` or an MPI launcher starts them: no launcher
@@ -11,7 +12,9 @@ Five modes, same contract (docs/CONTRACT.md §1):
 * ``torchrun``   one ``torchrun`` agent (static rendezvous) that hosts the store.
 * ``torchrun-2node`` two ``torchrun`` agents on this host standing in for two
                  nodes (c10d rendezvous, ``--nnodes 2``, half the ranks each);
-                 the agent that wins the rendezvous endpoint hosts the store.
+                 the agent of rank 0's node serves the ranks a store of its
+                 own and publishes its port in the rendezvous store, where
+                 the harness reads it.
 
 Exactly one process serves the store in every mode; every other connection,
 the harness's included, is a client.
