@@ -75,6 +75,10 @@ def flight(*, iters: int, cwd: Path, say) -> dict:
             "target_pct": TRACE_TARGET_PCT}
 
 
+STALL_VERDICT = "flight traces show every live rank stuck"
+"""In a HUNG result's reason when the stall probe, not the deadline, called it (harness/stall.py)."""
+
+
 def hang_proofs(catalog: list[Scenario]) -> list[Scenario]:
     return [s for s in catalog if Outcome.HUNG in s.expect.outcomes]
 
@@ -84,17 +88,18 @@ def hang(*, runs: int, world_size: int, run_dir: Path, cwd: Path, say, limit: in
     config = RunConfig(run_dir=run_dir, world_size=world_size, launch="zygote", cwd=cwd)
     rows = []
     for scenario in hang_proofs(load_catalog())[:limit]:
-        times, outcomes, failed = [], {}, []
+        times, outcomes, failed, by_stall = [], {}, [], 0
         for _ in range(runs):
             result = run_scenario(scenario, config)
             outcomes[result.observed] = outcomes.get(result.observed, 0) + 1
             if result.observed == Outcome.HUNG.value and result.hang_verdict_s is not None:
                 times.append(result.hang_verdict_s)
+                by_stall += STALL_VERDICT in result.reason
             if not result.passed:
                 failed.append(f"{result.dir}: {result.reason}")
         stats = summary(times)
         p95 = stats["p95"]
-        rows.append({"id": scenario.id, "runs": runs, "verdict_s": stats, "outcomes": outcomes,
+        rows.append({"id": scenario.id, "runs": runs, "verdict_s": stats, "outcomes": outcomes, "stall_verdicts": by_stall,
                      "failed_runs": len(failed), "failures": failed[:3],
                      "old_deadline_over_p95": round(OLD_HANG_DEADLINE_S / p95, 2) if p95 else None})
         say(f"hang: {scenario.id:<16} fault->HUNG median {stats['median']} s  p95 {p95} s  outcomes {outcomes}")

@@ -205,8 +205,7 @@ def hang(s: dict) -> list[dict]:
         text += f" (worst p95 {worst:.3f} s; the old fixed deadline {s['old_deadline_s']:g} s is "                 f"{s['old_deadline_s'] / worst:.1f}x that)"
     if never:
         text += f"; never HUNG (ended otherwise, see outcomes): {', '.join(never)}"
-    bounds = [f"{r['id']}: p95 {r['verdict_s']['p95']:.3f} s — the traces cannot prove this hang (a rank waits "
-              "outside any collective, which a straggler also does), so the deadline calls it" for r in missed]
+    bounds = [_hang_bound(r, s["stall_s"]) for r in missed]
     return [{
         "target": f"fault -> HUNG verdict p95 <= {s['target_s']:g} s per hang proof (stall window "
                   f"{s['stall_s']:g} s, {s['runs_per_scenario']} runs each)",
@@ -214,6 +213,18 @@ def hang(s: dict) -> list[dict]:
         "verdict": _verdict(not missed and bool(measured)),
         "bound": "; ".join(bounds) or f"the stall window ({s['stall_s']:g} s without progress) plus the dump",
     }]
+
+
+def _hang_bound(row: dict, stall_s: float) -> str:
+    """Why one hang proof missed: the deadline called it, or the run still moved after the fault."""
+    p95, hung = row["verdict_s"]["p95"], row["outcomes"].get("HUNG", 0)
+    if row.get("stall_verdicts", 0) < hung:
+        return (f"{row['id']}: p95 {p95:.3f} s — {hung - row.get('stall_verdicts', 0)} of {hung} HUNG runs called by "
+                "the deadline: the traces did not prove the hang (a rank waits outside any collective, which a "
+                "straggler also does)")
+    return (f"{row['id']}: p95 {p95:.3f} s — every run a stall verdict; the run still moved about "
+            f"{p95 - stall_s:.2f} s after the fault (a peer's own sleep or timeout, four ranks starting) and the "
+            "window counts from its last progress")
 
 
 def false_alarm(s: dict) -> list[dict]:

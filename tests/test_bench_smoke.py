@@ -104,3 +104,13 @@ def test_detection_numbers(bench):
     assert alarm["runs"] == 2 and alarm["peer_lost"] == 0 and alarm["not_clean"] == 0
     targets = {row["target"].split(" ")[0] for row in bench[0]["targets"]}
     assert {"flight", "fault", "zero"} <= targets
+    assert all(r["stall_verdicts"] == r["outcomes"].get("HUNG", 0) for r in hang["scenarios"])  # none waited out a deadline
+
+
+def test_a_missed_hang_target_says_whether_the_deadline_or_a_late_hang_is_why():
+    from benchmarks.targets import _hang_bound
+
+    late = {"id": "X/off", "verdict_s": {"p95": 1.54}, "outcomes": {"HUNG": 5}, "stall_verdicts": 5}
+    deadline = {**late, "stall_verdicts": 3}
+    assert "every run a stall verdict; the run still moved about 0.54 s after the fault" in _hang_bound(late, 1.0)
+    assert "2 of 5 HUNG runs called by the deadline" in _hang_bound(deadline, 1.0)
