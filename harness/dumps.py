@@ -55,8 +55,10 @@ class Dumps:
             size = self.followers[rank].size()
             if size != d["size"]:
                 d["size"], d["changed_at"] = size, now
-            if d["changed_at"] is None or (now - d["changed_at"] < QUIET_S and not self._fresh_trace(rank, d["sent_at"])):
+            if d["changed_at"] is None:
                 done = False
+            elif now - d["changed_at"] < QUIET_S and (d["changed_at"] == now or not self._fresh_trace(rank, d["sent_at"])):
+                done = False  # still growing this tick, or no trace written for this signal yet
         return done
 
     def _fresh_trace(self, rank: int, since: float) -> bool:
@@ -64,7 +66,8 @@ class Dumps:
         if rank not in self.flight_ranks:
             return False
         doc = trace.load(self.obs.log_paths[rank].parent, rank)
-        return doc is not None and float(doc.get("mono") or 0.0) >= since - 1e-3
+        return (doc is not None and doc.get("reason") == "SIGUSR1"  # not a TP-FATAL or exit dump racing the signal
+                and float(doc.get("mono") or 0.0) >= since - 1e-3)
 
     def collect(self, timeout_s: float) -> None:
         """Cut each answer's stacks out of its log; keep every rank's newest trace."""

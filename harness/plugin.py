@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
         config.stash[_RUN_DIR] = Path(workerinput[WORKER_KEY])
-        zygote.share_through(config.stash[_RUN_DIR])  # the workers of one run fork ranks from one zygote
+        zygote.share_through(Path(tempfile.gettempdir()) / f"breakit-zygote-{workerinput['testrunuid']}")
     else:
         root = settings["report_dir"]
         if not root.is_absolute():

@@ -152,8 +152,8 @@ class Pending:
 
         try:
             module, argv = zygote_module(self.command)
-            zygote.shared().spawn(module=module, argv=[*argv, *self.args], env=env, cwd=str(cwd), log=str(log),
-                                  on_exit=on_exit, timeout_s=PROBE_TIMEOUT_S)
+            zygote.spawn(module=module, argv=[*argv, *self.args], env=env, cwd=str(cwd), log=str(log),
+                         on_exit=on_exit, timeout_s=PROBE_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - any failure to ask means "did not answer"
             self.error = f"{' '.join(self.command)!r} could not be asked: {type(exc).__name__}: {exc}"
             forked["done"].set()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -70,6 +71,10 @@ class Zygote:
         self._dead: str | None = None
         self._errlog = tempfile.TemporaryFile(prefix="harness-zygote-")  # its stderr; no name to leak
         self._reader: threading.Thread | None = None
+        self.share_dir: Path | None = None
+        """Where this zygote's address is published (``share_through``): removed when its starter closes."""
+        self.greeted = False
+        """The zygote said ``ready`` to us (a joiner queued on a zygote on its way out never hears it)."""
 
     @classmethod
     def connect(cls, path: str) -> Zygote:
@@ -127,11 +132,14 @@ class Zygote:
     def _on_line(self, line: str) -> None:
         kind, _, rest = line.partition(" ")
         if kind == "ready":
+            self.greeted = True
             self._ready.set()
         elif kind in ("spawned", "error"):
             rid, _, value = rest.partition(" ")
             with self._lock:
-                slot = self._pending.pop(int(rid))
+                slot = self._pending.pop(int(rid), None) if rid.lstrip("-").isdigit() else None
+                if slot is None:  # an answer to nothing we asked (the zygote's word on a request it could not read)
+                    return
                 if kind == "spawned":
                     self._on_exit[int(value)] = slot["on_exit"]
             slot["value"] = (kind, value)
@@ -170,6 +178,8 @@ class Zygote:
         self.start()
         ready_at = time.monotonic() + timeout_s
         if not self._ready.wait(timeout=max(0.0, ready_at - time.monotonic())):
+            with self._lock:  # the next shared() starts a fresh one instead of waiting on this one again
+                self._dead = self._dead or f"the zygote did not become ready within {timeout_s:g} s"
             raise ZygoteError(f"the zygote did not become ready within {timeout_s:g} s")
         slot = {"event": threading.Event(), "on_exit": on_exit}
         with self._lock:
@@ -212,6 +222,8 @@ class Zygote:
         if self._reader is not None:
             self._reader.join(timeout=5)
         self._errlog.close()
+        if self.share_dir is not None:  # a worker starting later starts a zygote of its own
+            shutil.rmtree(self.share_dir, ignore_errors=True)
 
 _SHARED: Zygote | None = None
 _SHARED_LOCK = threading.Lock()
@@ -222,7 +234,7 @@ def share_through(directory: Path) -> None:
     """Harness processes that name the same directory share one zygote (the pytest-xdist workers of one run).
 
     The first to need it starts it, listening on a Unix socket in a private (0700) directory whose path it writes
-    into ``directory``; the others connect. One ``import torch`` fewer per worker, on the cores the workers' own
+    into ``directory`` (created 0700; the plugin names one per xdist run in the temp dir); the others connect. One ``import torch`` fewer per worker, on the cores the workers' own
     start-up fights over (about a second of a two-worker suite on a 2-core box).
     """
     global _SHARE_DIR
@@ -242,11 +254,26 @@ def shared() -> Zygote:
         return _SHARED
 
 
+def spawn(**request) -> int:
+    """``shared().spawn(**request)``; once more, from a fresh zygote, when the one joined went before it answered
+    (a worker joining just as the last other one left)."""
+    forker = shared()
+    try:
+        return forker.spawn(**request)
+    except ZygoteError:
+        if forker._conn is None or forker.greeted:
+            raise
+    return shared().spawn(**request)
+
+
 def _join_or_start(directory: Path | None, preload: tuple[str, ...] = PRELOAD) -> Zygote:
     """Join the zygote another process of this run started, or start one that others can join."""
     if directory is None:
         return Zygote(preload)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return Zygote(preload)
     with (directory / "zygote.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter; the others find its address
         address = directory / ADDRESS_FILE
@@ -256,9 +283,15 @@ def _join_or_start(directory: Path | None, preload: tuple[str, ...] = PRELOAD) -
             pass
         private = tempfile.mkdtemp(prefix="harness-zygote-")  # 0700: nobody else can ask it to fork
         listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listen.bind(os.path.join(private, "sock"))
-        listen.listen(16)  # joiners queue here until the zygote's loop starts (torch imported)
+        try:
+            listen.bind(os.path.join(private, "sock"))
+            listen.listen(16)  # joiners queue here until the zygote's loop starts (torch imported)
+        except OSError:  # a TMPDIR too long for a socket path, say: this process gets one of its own
+            listen.close()
+            os.rmdir(private)
+            return Zygote(preload)
         zygote = Zygote(preload, listen=listen)
+        zygote.share_dir = directory
         zygote.start()
         tmp = address.with_suffix(".tmp")
         tmp.write_text(os.path.join(private, "sock"))

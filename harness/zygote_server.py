@@ -24,6 +24,9 @@ import time
 
 from harness import lifetime, warm
 
+KILL_WAIT_S = 5.0
+"""How long the last client's exit waits for the killed children to be reaped before the zygote goes anyway."""
+
 
 def _rank_paths(req: dict) -> list[str]:
     """Where the rank's imports resolve: its working directory, then its ``PYTHONPATH``."""
@@ -108,20 +111,41 @@ def _kill_all(pids: list[int]) -> None:
                 proc.send_signal(sig)
             except psutil.Error:
                 pass
-    for proc in procs:
-        try:
-            os.waitpid(proc.pid, 0)
-        except ChildProcessError:  # not ours (a rank's descendant) or reaped already
-            pass
+    give_up_at = time.monotonic() + KILL_WAIT_S  # a child stuck in the kernel (D state) must not keep us here
+    waiting = [proc.pid for proc in procs]
+    while waiting and time.monotonic() < give_up_at:
+        for pid in list(waiting):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            except ChildProcessError:  # not ours (a rank's descendant) or reaped already
+                pass
+            waiting.remove(pid)
+        if waiting:
+            time.sleep(0.01)  # polling a bounded reap; nothing else is left to wait on
 
 
 def _kill_groups(pids: list[int]) -> None:
-    """One client is gone: kill its ranks' process groups (what left them comes back here: ``_kill_orphans``)."""
+    """One client is gone: kill its ranks, their process groups and their descendants (snapshotted first: a
+    grandchild in a session of its own is reparented here only once its parent dies)."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            procs += psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            pass
     for sig in (signal.SIGCONT, signal.SIGKILL):
         for pid in pids:
             try:
                 os.killpg(pid, sig)
             except OSError:
+                pass
+        for proc in procs:
+            try:
+                proc.send_signal(sig)
+            except psutil.Error:
                 pass
 
 
@@ -178,6 +202,8 @@ def serve(preload: list[str], listen_fd: int | None = None) -> None:
     for name in preload:
         __import__(name)
     listener = socket.socket(fileno=listen_fd) if listen_fd is not None else None
+    if listener is not None:
+        os.set_inheritable(listen_fd, False)  # pass_fds made it so: nothing we exec may keep it accepting
     zygote_pid = os.getpid()
     clients = {0: _Client(0, _pipe_send)}
     _reply(clients[0], "ready")
@@ -199,23 +225,37 @@ def serve(preload: list[str], listen_fd: int | None = None) -> None:
                     _reply(client, f"exit {pid} {code} {time.monotonic():.6f}")
                 _kill_orphans({pid for pid, _ in children.values()}, orphans)
             elif listener is not None and fd == listener.fileno():
-                conn, _ = listener.accept()
-                conn.setblocking(True)
-                clients[conn.fileno()] = client = _Client(conn.fileno(), conn.sendall, conn)
-                _reply(client, "ready")
+                _accept(listener, clients)
             elif fd in clients:
                 _read_client(clients, clients[fd], children, orphans, zygote_pid, warmed, listener)
+                if not clients and listener is not None:  # no one may join a zygote on its way out
+                    _close_listener(listener)
+                    listener = None
     _kill_all([pid for pid, _ in children.values()])
-    if listener is not None:  # its private directory (harness.zygote._join_or_start) goes with it
-        path = listener.getsockname()
-        for remove in (os.unlink, os.rmdir):
-            try:
-                remove(path)
-            except OSError:
-                pass
-            path = os.path.dirname(path)
     sys.stdout.flush()
     os._exit(0)  # no interpreter teardown with torch loaded: 0.4 s off every harness exit
+
+
+def _accept(listener: socket.socket, clients: dict[int, _Client]) -> None:
+    try:
+        conn, _ = listener.accept()
+    except OSError:  # the joiner gave up already, or no fd left: it sees no "ready" and starts its own
+        return
+    conn.setblocking(True)
+    clients[conn.fileno()] = client = _Client(conn.fileno(), conn.sendall, conn)
+    _reply(client, "ready")
+
+
+def _close_listener(listener: socket.socket) -> None:
+    """Stop accepting; its socket and private directory (``harness.zygote._join_or_start``) go too."""
+    path = listener.getsockname()
+    listener.close()  # a joiner still queued is reset: it starts a zygote of its own
+    for remove in (os.unlink, os.rmdir):
+        try:
+            remove(path)
+        except OSError:
+            pass
+        path = os.path.dirname(path)
 
 
 def _read_client(clients: dict[int, _Client], client: _Client, children: dict, orphans: dict, zygote_pid: int,
@@ -226,28 +266,50 @@ def _read_client(clients: dict[int, _Client], client: _Client, children: dict, o
     except OSError:
         data = b""
     if not data:
-        del clients[client.rfd]
-        if clients:  # the last one's ranks go with the zygote's own exit, descendants and all
-            _kill_groups(sorted(client.ranks))
-        if client.conn is not None:
-            client.conn.close()
+        _drop(clients, client)
         return
     client.buf += data
     *lines, client.buf = client.buf.split(b"\n")
     for line in lines:
-        req = json.loads(line)
-        warm.preload(req["module"], _rank_paths(req), warmed)
+        req = None
+        try:
+            req = json.loads(line)
+            rid = req["id"]
+            warm.preload(req["module"], _rank_paths(req), warmed)
+        except BaseException as exc:  # noqa: BLE001 - one client's bad request must not end everyone's ranks
+            _reply(client, f"error {req.get('id', -1) if isinstance(req, dict) else -1} bad request: {exc!r}")
+            _drop(clients, client)  # it speaks another protocol: its pending requests would wait forever
+            return
         try:
             pid = os.fork()
         except OSError as exc:
-            _reply(client, f"error {req['id']} fork failed: {exc}")
+            _reply(client, f"error {rid} fork failed: {exc}")
             continue
         if pid == 0:
             fds = [*clients, *children, *orphans, *([listener.fileno()] if listener is not None else [])]
             _child(req, [fd for fd in fds if fd not in (0, 1, 2)], zygote_pid, warmed)
-        children[os.pidfd_open(pid)] = (pid, client)
+        try:
+            children[os.pidfd_open(pid)] = (pid, client)
+        except OSError as exc:  # no fd left to watch it by: it cannot be reported, so it must not run
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            _reply(client, f"error {rid} cannot watch the fork: {exc}")
+            continue
         client.ranks.add(pid)
-        _reply(client, f"spawned {req['id']} {pid}")
+        _reply(client, f"spawned {rid} {pid}")
+
+
+def _drop(clients: dict[int, _Client], client: _Client) -> None:
+    """A client is gone (or speaks nonsense): its ranks go with it."""
+    del clients[client.rfd]
+    if clients:  # the last one's ranks go with the zygote's own exit, descendants and all
+        _kill_groups(sorted(client.ranks))
+    if client.conn is not None:
+        client.conn.close()
+    elif client.rfd == 0:  # the starter: close our end of its pipe so its reader ends now, not at our exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
 
 
 def _reap(pid: int, fd: int) -> int:

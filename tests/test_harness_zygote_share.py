@@ -104,25 +104,59 @@ WORKER = textwrap.dedent("""
 @pytest.mark.parametrize("who", ["joiner", "owner"])
 def test_a_killed_worker_takes_its_ranks_and_no_one_elses(tmp_path: Path, who: str) -> None:
     """A worker SIGKILLed (xdist's crash, an OOM kill) runs no cleanup: the zygote still ends its ranks; the
-    owner's death (the zygote is its child) leaves the other worker's ranks running."""
+    owner's death (the zygote is its child) leaves the other worker's ranks running and the zygote serving."""
     share = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(share), str(tmp_path), str(RANKS)], env=env,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    server = None
     try:
         answers = [p.stdout.readline().split() for p in procs]
-        ranks = [int(a[0]) for a in answers]
-        rank_procs = [psutil.Process(r) for r in ranks]
+        ranks = [psutil.Process(int(a[0])) for a in answers]
         owners = [a[1] for a in answers]
         assert owners.count("None") == 1, f"not one zygote for both workers: {answers}"
+        server = psutil.Process(int(next(o for o in owners if o != "None")))
         killed = owners.index("None") if who == "joiner" else 1 - owners.index("None")
         procs[killed].kill()
         procs[killed].wait(timeout=10)
-        assert wait_gone([rank_procs[killed]], timeout_s=10) == [], "a killed worker's rank lived on"
-        assert rank_procs[1 - killed].is_running(), "the other worker's rank was killed too"
+        assert wait_gone([ranks[killed]], timeout_s=10) == [], "a killed worker's rank lived on"
+        assert ranks[1 - killed].status() != psutil.STATUS_ZOMBIE, "the other worker's rank was killed too"
+        assert server.status() != psutil.STATUS_ZOMBIE, "the zygote went with one of its clients"
+        late = zygote.Zygote.connect((share / zygote.ADDRESS_FILE).read_text())  # still serving: a third client
+        exited = threading.Event()
+        try:
+            pid = _spawn(late, tmp_path, on_exit=lambda *a: exited.set())
+            os.kill(pid, signal.SIGTERM)
+            assert exited.wait(10), "the zygote no longer reports exits"
+        finally:
+            late.close()
     finally:
         for p in procs:
             if p.poll() is None:
                 p.stdin.close()
                 p.wait(timeout=30)
-    assert wait_gone(rank_procs, timeout_s=10) == [], "a rank outlived every worker"
+    assert wait_gone(ranks, timeout_s=10) == [], "a rank outlived every worker"
+    assert server is not None and wait_gone([server], timeout_s=10) == [], "the zygote outlived every worker"
+
+
+def test_a_client_with_a_bad_request_goes_alone(tmp_path: Path) -> None:
+    """One client speaking nonsense is dropped (its ranks with it); the zygote and the others' ranks stay."""
+    share = tmp_path / "run"
+    owner = zygote._join_or_start(share, preload=())
+    try:
+        owner.start()
+        mine = psutil.Process(_spawn(owner, tmp_path))
+        bad = zygote.Zygote.connect((share / zygote.ADDRESS_FILE).read_text())
+        theirs = psutil.Process(_spawn(bad, tmp_path))
+        bad._wfile.write(b"{not json\n")
+        bad._wfile.flush()
+        assert wait_gone([theirs], timeout_s=10) == [], "the bad client's rank outlived it"
+        assert bad._reader.join(10) is None and not bad._reader.is_alive(), "the bad client was not dropped"
+        assert mine.status() != psutil.STATUS_ZOMBIE, "the bad request killed another client's rank"
+        exited = threading.Event()
+        pid = _spawn(owner, tmp_path, on_exit=lambda *a: exited.set())
+        os.kill(pid, signal.SIGTERM)
+        assert exited.wait(10), "the zygote stopped serving after a bad request"
+        bad.close()
+    finally:
+        owner.close()

@@ -62,7 +62,7 @@ class Launch:
             return
         if self.spec.mode == "zygote":
             module, argv = zygote_module(self.spec.command)
-            forker = zygote.shared()
+            zygote.shared()  # starting (or joining) it now overlaps its start-up with the store's
         if self.spec.mode == "srun":
             self.port = free_port()
         else:
@@ -75,7 +75,7 @@ class Launch:
             log.write_bytes(b"")
             if self.spec.mode == "zygote":
                 try:
-                    pid = forker.spawn(module=module, argv=argv, env=renv, cwd=str(self.spec.cwd),
+                    pid = zygote.spawn(module=module, argv=argv, env=renv, cwd=str(self.spec.cwd),
                                        log=str(log), on_exit=self._exit_callback(rank))
                 except zygote.ZygoteError as exc:
                     raise LaunchError(f"zygote could not start rank {rank}: {exc}") from None
