@@ -100,29 +100,23 @@ def _kill_all(pids: list[int]) -> None:
     import psutil
 
     procs = psutil.Process().children(recursive=True)
-    for sig in (signal.SIGCONT, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.killpg(pid, sig)
-            except OSError:
-                pass
-        for proc in procs:
-            try:
-                proc.send_signal(sig)
-            except psutil.Error:
-                pass
+    _kill(pids, procs)
+    watched = {}
+    for proc in procs:
+        try:
+            watched[os.pidfd_open(proc.pid)] = proc.pid
+        except OSError:  # gone already
+            pass
     give_up_at = time.monotonic() + KILL_WAIT_S  # a child stuck in the kernel (D state) must not keep us here
-    waiting = [proc.pid for proc in procs]
-    while waiting and time.monotonic() < give_up_at:
-        for pid in list(waiting):
+    while watched and time.monotonic() < give_up_at:
+        readable, _, _ = select.select(list(watched), [], [], max(0.0, give_up_at - time.monotonic()))
+        for fd in readable:
+            pid = watched.pop(fd)
+            os.close(fd)
             try:
-                if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                    continue
+                os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:  # not ours (a rank's descendant) or reaped already
                 pass
-            waiting.remove(pid)
-        if waiting:
-            time.sleep(0.01)  # polling a bounded reap; nothing else is left to wait on
 
 
 def _kill_groups(pids: list[int]) -> None:
@@ -136,8 +130,15 @@ def _kill_groups(pids: list[int]) -> None:
             procs += psutil.Process(pid).children(recursive=True)
         except psutil.Error:
             pass
+    _kill(pids, procs)
+
+
+def _kill(groups: list[int], procs: list) -> None:
+    """SIGCONT then SIGKILL to each process group in ``groups`` and each psutil process in ``procs``."""
+    import psutil
+
     for sig in (signal.SIGCONT, signal.SIGKILL):
-        for pid in pids:
+        for pid in groups:
             try:
                 os.killpg(pid, sig)
             except OSError:
