@@ -81,6 +81,26 @@ STACK_CAP_BYTES = 64 << 10
 """At most this much of a stack dump is kept."""
 
 
+_GLUED = re.compile(rb'^((?:  File "|Thread 0x|Current thread 0x).*?)(TP-(?:EVENT|FAULT|FATAL|INFO) )')
+
+
+def _split(data: bytes) -> list[bytes]:
+    """``data`` split into lines, a contract line that ran into a stack dump's line set apart.
+
+    faulthandler writes each frame line in pieces from a signal handler (the harness's SIGUSR1): a rank's
+    ``TP-FATAL`` line, one write, can land between ``... in recv`` and its newline. It started at column 0
+    of its own write, so it is read as its own line (the frame line keeps its text).
+    """
+    out = []
+    for raw in data.split(b"\n"):
+        glued = _GLUED.match(raw) if b"TP-" in raw else None
+        if glued is not None:
+            out.append(glued[1])
+            raw = raw[len(glued[1]):]
+        out.append(raw)
+    return out
+
+
 def _cut(raw: bytes, limit: int = MAX_LINE_BYTES) -> str:
     """One line as text, cut to ``limit`` bytes with a note saying how much was dropped."""
     if len(raw) <= limit:
@@ -112,7 +132,7 @@ class LogFollower:
         except FileNotFoundError:
             return []
         self.offset += len(data)
-        *lines, partial = (self._partial + data).split(b"\n")
+        *lines, partial = _split(self._partial + data)
         # A line still growing is kept only as far as it will be shown; the rest is never held.
         self._partial = partial[:MAX_LINE_BYTES + 1]
         return [_cut(raw) for raw in lines]
@@ -139,7 +159,7 @@ def read_text(path: Path, limit: int = READ_CAP_BYTES) -> str:
 
 
 def _lines(data: bytes) -> str:
-    return "\n".join(_cut(raw) for raw in data.split(b"\n"))
+    return "\n".join(_cut(raw) for raw in _split(data))
 
 
 def read_bytes_from(path: Path, offset: int, limit: int = STACK_CAP_BYTES) -> str:

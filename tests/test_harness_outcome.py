@@ -183,3 +183,26 @@ def test_a_rank_that_never_started_is_not_still_running(tmp_path) -> None:
     result = judge(_scenario(Expect.crash()), obs, deadline_s=8.0, baseline=_no_baseline, meta=META)
     assert [(r.rank, r.exit) for r in result.ranks] == [(0, "exit 1"), (1, "never started")]
     assert result.observed == "HARNESS_ERROR"
+
+
+GLUED = (b'  File "/repo/tp/transport.py", line 135 in recv'
+         b'TP-FATAL fm=FM-15 code=PROGRESS_TIMEOUT rank=1 call_id=9 chunk=1 mono=100.2 detail="no progress"\n'
+         b'\nThread 0x00007f3ac6e3c6c0 (most recent call first):\n')
+
+
+def test_a_fatal_line_that_ran_into_a_stack_dump_line_is_still_read(tmp_path) -> None:
+    """CI, explore run 3: the harness's SIGUSR1 landed as the watchdog died; faulthandler, writing a frame line
+    in pieces, had not written its newline when the TP-FATAL line (one write) went out."""
+    from harness.logs import LogFollower, contract_lines, read_text
+
+    log = tmp_path / "rank1.log"
+    log.write_bytes(b"TP-FAULT site=envelope.after_recv action=hang rank=1 chunk=2 call_id=9 mono=100.0\n" + GLUED)
+    fatal = [line for line in contract_lines(read_text(log)) if line.kind == "TP-FATAL"]
+    assert [line.fields["code"] for line in fatal] == ["PROGRESS_TIMEOUT"]
+    follower = LogFollower(log)
+    lines = follower.read_new()
+    assert '  File "/repo/tp/transport.py", line 135 in recv' in lines
+    assert any(line.startswith("TP-FATAL fm=FM-15 code=PROGRESS_TIMEOUT rank=1 ") for line in lines)
+    # Free text that merely mentions a prefix is not cut: only a stack dump's line can be run into this way.
+    log.write_bytes(b"worker said TP-FATAL is coming\n")
+    assert contract_lines(read_text(log)) == []
