@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.stats import summary
+from harness import stall
 from harness.result import Outcome
 from harness.runner import RunConfig, run_scenario
 from harness.scenario import Expect, Scenario, load_catalog
@@ -75,10 +76,6 @@ def flight(*, iters: int, cwd: Path, say) -> dict:
             "target_pct": TRACE_TARGET_PCT}
 
 
-STALL_VERDICT = "flight traces show every live rank stuck"
-"""In a HUNG result's reason when the stall probe, not the deadline, called it (harness/stall.py)."""
-
-
 def hang_proofs(catalog: list[Scenario]) -> list[Scenario]:
     return [s for s in catalog if Outcome.HUNG in s.expect.outcomes]
 
@@ -94,7 +91,7 @@ def hang(*, runs: int, world_size: int, run_dir: Path, cwd: Path, say, limit: in
             outcomes[result.observed] = outcomes.get(result.observed, 0) + 1
             if result.observed == Outcome.HUNG.value and result.hang_verdict_s is not None:
                 times.append(result.hang_verdict_s)
-                by_stall += STALL_VERDICT in result.reason
+                by_stall += stall.PROVEN in result.reason
             if not result.passed:
                 failed.append(f"{result.dir}: {result.reason}")
         stats = summary(times)

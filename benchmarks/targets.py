@@ -218,8 +218,9 @@ def hang(s: dict) -> list[dict]:
 def _hang_bound(row: dict, stall_s: float) -> str:
     """Why one hang proof missed: the deadline called it, or the run still moved after the fault."""
     p95, hung = row["verdict_s"]["p95"], row["outcomes"].get("HUNG", 0)
-    if row.get("stall_verdicts", 0) < hung:
-        return (f"{row['id']}: p95 {p95:.3f} s — {hung - row.get('stall_verdicts', 0)} of {hung} HUNG runs called by "
+    by_deadline = hung - row.get("stall_verdicts", 0)
+    if by_deadline:
+        return (f"{row['id']}: p95 {p95:.3f} s — {by_deadline} of {hung} HUNG runs called by "
                 "the deadline: the traces did not prove the hang (a rank waits outside any collective, which a "
                 "straggler also does)")
     return (f"{row['id']}: p95 {p95:.3f} s — every run a stall verdict; the run still moved about "

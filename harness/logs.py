@@ -81,7 +81,8 @@ STACK_CAP_BYTES = 64 << 10
 """At most this much of a stack dump is kept."""
 
 
-_GLUED = re.compile(rb'^((?:  File "|Thread 0x|Current thread 0x).*?)(TP-(?:EVENT|FAULT|FATAL|INFO) )')
+_GLUED = re.compile(rb'^((?:  File "|Thread 0x|Current thread 0x).*?)('
+                    + b"|".join(re.escape(p.encode()) for p in (*PREFIXES, "TP-INFO ")) + rb")")
 
 
 def _split(data: bytes) -> list[bytes]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from harness import trace
 
+PROVEN = "the flight traces show every live rank stuck"
+"""In the hang reason of every stall verdict (a HUNG the deadline called never says it)."""
 BEATS_SILENT_S = 1.0
 """With a stopped rank and the peers' watchdogs beating, a probe waits until no beat moved for this long (or
 the window, if longer). It is the peers' watchdogs' horizon, not the window's: a live peer's heartbeat thread
@@ -76,5 +78,4 @@ class StallClock:
         if why is None:
             return None
         _, name = obs.anchor()
-        return (f"no progress for {self.window_s:g} s after {name} and the flight traces show every live rank "
-                f"stuck: {why}")
+        return (f"no progress for {self.window_s:g} s after {name} and {PROVEN}: {why}")

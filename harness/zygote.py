@@ -114,6 +114,7 @@ class Zygote:
             )
             if self._listen is not None:
                 self._listen.close()  # the zygote's now: it goes when the zygote goes
+                self._listen = None
             self._rfile, self._wfile = self._proc.stdout, self._proc.stdin
             self._start_reader()
 
@@ -214,7 +215,7 @@ class Zygote:
         elif proc is not None and proc.poll() is None:
             try:
                 proc.stdin.close()  # type: ignore[union-attr]
-                if self._listen is None:  # a shared zygote lives on for the others: never wait for it or kill it
+                if self.share_dir is None:  # a shared zygote lives on for the others: never wait for it or kill it
                     proc.wait(timeout=5)
             except (OSError, subprocess.TimeoutExpired):
                 proc.kill()
@@ -225,6 +226,7 @@ class Zygote:
         if self.share_dir is not None:  # a worker starting later starts a zygote of its own
             shutil.rmtree(self.share_dir, ignore_errors=True)
 
+
 _SHARED: Zygote | None = None
 _SHARED_LOCK = threading.Lock()
 _SHARE_DIR: Path | None = None
@@ -234,8 +236,9 @@ def share_through(directory: Path) -> None:
     """Harness processes that name the same directory share one zygote (the pytest-xdist workers of one run).
 
     The first to need it starts it, listening on a Unix socket in a private (0700) directory whose path it writes
-    into ``directory`` (created 0700; the plugin names one per xdist run in the temp dir); the others connect. One ``import torch`` fewer per worker, on the cores the workers' own
-    start-up fights over (about a second of a two-worker suite on a 2-core box).
+    into ``directory`` (created 0700; the plugin names one per xdist run in the temp dir); the others connect.
+    One ``import torch`` fewer per worker, on the cores the workers' own start-up fights over (about half a
+    second of a two-worker suite on a 2-core box).
     """
     global _SHARE_DIR
     _SHARE_DIR = Path(directory)

@@ -212,8 +212,7 @@ def serve(preload: list[str], listen_fd: int | None = None) -> None:
     orphans: dict[int, int] = {}  # pidfd -> pid, for what ranks left behind
     warmed: dict[str, tuple[str, ...]] = {}  # package -> the paths its ZYGOTE_PRELOAD was imported from
     while clients:
-        waits = [*clients, *children, *orphans, *([listener.fileno()] if listener is not None else [])]
-        readable, _, _ = select.select(waits, [], [])
+        readable, _, _ = select.select(_fds(clients, children, orphans, listener), [], [])
         for fd in readable:
             if fd in orphans:  # its own children, if any, are ours now
                 _reap(orphans.pop(fd), fd)
@@ -222,7 +221,7 @@ def serve(preload: list[str], listen_fd: int | None = None) -> None:
                 pid, client = children.pop(fd)
                 code = _reap(pid, fd)
                 client.ranks.discard(pid)
-                if client.rfd in clients:  # the harness learns of the exit before the scan for what the rank left
+                if clients.get(client.rfd) is client:  # the harness learns of the exit before the scan for what the rank left
                     _reply(client, f"exit {pid} {code} {time.monotonic():.6f}")
                 _kill_orphans({pid for pid, _ in children.values()}, orphans)
             elif listener is not None and fd == listener.fileno():
@@ -235,6 +234,11 @@ def serve(preload: list[str], listen_fd: int | None = None) -> None:
     _kill_all([pid for pid, _ in children.values()])
     sys.stdout.flush()
     os._exit(0)  # no interpreter teardown with torch loaded: 0.4 s off every harness exit
+
+
+def _fds(clients: dict, children: dict, orphans: dict, listener: socket.socket | None) -> list[int]:
+    """Every descriptor the loop waits on (and a forked rank must not keep)."""
+    return [*clients, *children, *orphans, *([listener.fileno()] if listener is not None else [])]
 
 
 def _accept(listener: socket.socket, clients: dict[int, _Client]) -> None:
@@ -287,7 +291,7 @@ def _read_client(clients: dict[int, _Client], client: _Client, children: dict, o
             _reply(client, f"error {rid} fork failed: {exc}")
             continue
         if pid == 0:
-            fds = [*clients, *children, *orphans, *([listener.fileno()] if listener is not None else [])]
+            fds = _fds(clients, children, orphans, listener)
             _child(req, [fd for fd in fds if fd not in (0, 1, 2)], zygote_pid, warmed)
         try:
             children[os.pidfd_open(pid)] = (pid, client)
