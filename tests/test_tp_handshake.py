@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 import torch.distributed as dist
@@ -98,13 +99,19 @@ def test_versions_are_checked_before_plan_env_and_weights() -> None:
 
 # -- run(): the store protocol, ranks as threads over one HashStore -----------------
 
-def _run_ranks(records: list[dict | None], timeout_s: float = 5.0) -> dict[int, object]:
-    """Run handshake.run for every rank whose record is not None; returns rank -> verdict or Fatal."""
+def _run_ranks(records: list[dict | None], timeout_s: float = 5.0,
+               after: dict[int, str] | None = None) -> dict[int, object]:
+    """Run handshake.run for every rank whose record is not None; returns rank -> verdict or Fatal.
+
+    ``after`` holds a rank back until another rank's key is in the store (an order, not a sleep).
+    """
     store = dist.HashStore()
     n = len(records)
     out: dict[int, object] = {}
 
     def one(rank: int) -> None:
+        if after and rank in after:
+            store.wait([after[rank]], timedelta(seconds=timeout_s))
         try:
             handshake.run(store, rank=rank, world_size=n, record=records[rank], timeout_s=timeout_s,
                           expected_fingerprints=FINGERPRINTS[:n] if rank == 0 else None)
@@ -149,5 +156,20 @@ def test_rank_0_names_the_ranks_that_never_published() -> None:
 def test_a_worker_without_a_verdict_times_out_instead_of_waiting_forever() -> None:
     out = _run_ranks([None, _record(1)], timeout_s=0.3)
     assert isinstance(out[1], Fatal) and out[1].code == "HANDSHAKE_TIMEOUT"
-    assert out[1].detail == "no handshake verdict from rank 0 within 0.3 s"
+    assert out[1].detail == "rank 0 did not publish a handshake within 0.3 s"
     assert out["verdict"] is None
+
+
+def test_a_rank_that_published_before_rank_0_still_gets_rank_0s_verdict() -> None:
+    # Rank 0 publishes after rank 1 and waits its whole deadline for rank 2: rank 1 must not time out first
+    # (at world size 4 it did, and its "no verdict" was taken for the root cause).
+    out = _run_ranks([_record(0), _record(1), None], timeout_s=0.3, after={0: "tp/hs/1"})
+    assert out[0].detail == "rank(s) [2] did not publish a handshake within 0.3 s"
+    assert isinstance(out[1], Fatal) and (out[1].code, out[1].detail) == (out[0].code, out[0].detail)
+
+
+def test_a_worker_gives_up_when_rank_0_published_and_never_decided() -> None:
+    store = dist.HashStore()
+    store.set("tp/hs/0", json.dumps(_record(0)))
+    with pytest.raises(Fatal, match=r"^HANDSHAKE_TIMEOUT: no handshake verdict from rank 0 within 0.6 s of its publish$"):
+        handshake.run(store, rank=1, world_size=2, record=_record(1), timeout_s=0.3)

@@ -4,7 +4,10 @@ Every rank publishes what it believes (protocol and envelope version, plan,
 role, env-parity keys, weight-shard fingerprint). Rank 0 checks them all and
 publishes one verdict that *every* rank reads, so on a mismatch every rank
 exits within the handshake deadline naming both values and the ranks that
-hold them — no rank is left waiting on a key that will never be written.
+hold them — no rank is left waiting on a key that will never be written. Rank 0
+gives up within the handshake deadline of its publish; the others wait for rank 0's
+record (one deadline), then for its verdict (two more at most), so the rank that
+names the cause is rank 0 whenever rank 0 is alive.
 """
 
 from __future__ import annotations
@@ -31,13 +34,23 @@ def run(store: dist.Store, *, rank: int, world_size: int, record: dict, timeout_
         verdict = _collect(store, world_size, timeout_s, expected_fingerprints)
         store.set(VERDICT, json.dumps(verdict))
     else:
-        try:
-            store.wait([VERDICT], timedelta(seconds=timeout_s))
-        except Exception:
-            raise Fatal("HANDSHAKE_TIMEOUT", f"no handshake verdict from rank 0 within {timeout_s} s") from None
-        verdict = json.loads(store.get(VERDICT))
+        verdict = _await_verdict(store, timeout_s)
     if not verdict["ok"]:
         raise Fatal(verdict["code"], verdict["detail"])
+
+
+def _await_verdict(store: dist.Store, timeout_s: float) -> dict:
+    # Rank 0's own deadline runs from its publish, not from ours. Waiting for the verdict alone, from our
+    # publish, a rank that published before rank 0 would time out with rank 0 (or before it) when another
+    # rank is missing, and its "no verdict" would be taken for the cause. So: rank 0's record within our
+    # deadline, then its verdict within twice its deadline (rank 0 writes it just after its own expires).
+    for key, within, missing in ((_key(0), timeout_s, "rank 0 did not publish a handshake within {} s"),
+                                 (VERDICT, 2 * timeout_s, "no handshake verdict from rank 0 within {} s of its publish")):
+        try:
+            store.wait([key], timedelta(seconds=within))
+        except Exception:
+            raise Fatal("HANDSHAKE_TIMEOUT", missing.format(f"{within:g}")) from None
+    return json.loads(store.get(VERDICT))
 
 
 def _collect(store: dist.Store, world_size: int, timeout_s: float, expected: list[str] | None) -> dict:
