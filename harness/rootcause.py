@@ -1,7 +1,8 @@
 """Which rank failed first, and which log lines count as evidence.
 
 The root cause is the earliest failure, the rest are collateral (torchelastic's
-``ChildFailedError``). A failure is a ``TP-FATAL`` line at its ``mono``, or a
+``ChildFailedError``); a ``TP-FATAL`` line that repeats the code of the rank it
+names as its ``cause_rank`` follows that rank, whenever it was printed. A failure is a ``TP-FATAL`` line at its ``mono``, or a
 death that wrote none: a rank its own fault killed (``kill(SIGKILL)``,
 ``exit(3)``) or froze (``kill(SIGSTOP)``) failed when its ``TP-FAULT`` line was
 written, which is before any peer could notice; any other non-zero exit at the
@@ -90,6 +91,7 @@ def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str]) -> di
     cutoff = reap_cutoff(obs)
     limit = obs.hung_at if obs.hung_at is not None else float("inf")
     failures = []  # (mono, rank, code, line, how)
+    follows: dict[int, int] = {}  # rank -> the other rank its TP-FATAL line names as the cause
     for r in ranks:
         text = texts.get(r.rank, "")
         fatal = next((ln for ln in logs.contract_lines(text) if ln.kind == "TP-FATAL"), None)
@@ -99,6 +101,9 @@ def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str]) -> di
             mono = fatal.mono if fatal.mono is not None else float("inf")
             if mono < limit:
                 failures.append((mono, r.rank, fatal.fields.get("code"), fatal.raw, "earliest TP-FATAL"))
+                cause = str(fatal.fields.get("cause_rank", ""))
+                if cause.isdigit() and int(cause) != r.rank:
+                    follows[r.rank] = int(cause)
             else:
                 r.role = "collateral"
         elif r.fatal:  # its TP-FATAL came after reaping began: the reaping's doing
@@ -114,7 +119,12 @@ def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str]) -> di
                                  f"{r.exit} without a TP-FATAL line"))
     if not failures:
         return None
-    root = min(failures, key=lambda f: (f[0], f[1]))
+    # A line repeating the code of the rank it names as its cause is that rank's follower, even when printed
+    # first (ranks dying of rank 0's handshake verdict can print before rank 0 does). Not so a PEER_LOST
+    # printed before the rank it names failed otherwise: that early claim is the first failure.
+    fatal_codes = {f[1]: f[2] for f in failures if f[2] is not None}
+    roots = [f for f in failures if f[1] not in follows or fatal_codes.get(follows[f[1]]) != f[2]] or failures
+    root = min(roots, key=lambda f: (f[0], f[1]))
     for _, rank, *_ in failures:
         ranks[rank].role = "root cause" if rank == root[1] else "collateral"
     _, rank, code, line, how = root

@@ -59,6 +59,20 @@ def test_earliest_fatal_still_wins_over_a_later_death(tmp_path) -> None:
     assert result.root_cause["rank"] == 0 and result.root_cause["code"] == "PEER_LOST"
 
 
+def test_a_rank_repeating_rank_0s_verdict_is_its_follower_even_when_printed_first(tmp_path) -> None:
+    line = ('TP-FATAL fm=FM-05 code=HANDSHAKE_TIMEOUT rank={r}{cause} call_id=-1 chunk=-1 mono={mono} '
+            'detail="rank(s) [1] did not publish a handshake within 0.3 s"')
+    r0 = line.format(r=0, cause="", mono="100.020000")
+    r2 = line.format(r=2, cause=" cause_rank=0", mono="100.010000")
+    fault = "TP-FAULT site=handshake.publish action=hang rank=1 chunk=-1 call_id=-1 mono=99.500000"
+    aborted = 'TP-FATAL fm=FM-05 code=PEER_ABORT rank=1 cause_rank=0 call_id=-1 chunk=-1 mono=100.100000 detail="x"'
+    obs = _obs(tmp_path, {0: [r0], 1: [fault, aborted], 2: [r2]},
+               {0: (54, 100.03, False), 1: (51, 100.11, False), 2: (54, 100.02, False)}, fault)
+    result = judge(_scenario(Expect.crash()), obs, deadline_s=8.0, baseline=_no_baseline, meta=META)
+    assert result.root_cause["rank"] == 0 and result.root_cause["line"] == r0
+    assert [r.role for r in result.ranks] == ["root cause", "collateral", "collateral"]
+
+
 def test_frozen_rank_is_the_root_cause(tmp_path) -> None:
     obs = _obs(tmp_path, {0: [LOST0], 1: [STOP1]}, {0: (50, 100.06, False), 1: (-9, 100.2, True)}, STOP1,
                frozen_reaped=[1])

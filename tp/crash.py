@@ -43,10 +43,14 @@ def done_key(rank: int) -> str:
 class Fatal(Exception):
     """Raised inside a rank; ``die`` turns it into the crash-only exit."""
 
-    def __init__(self, code: str, detail: str, *, cause_rank: int | None = None, fm: str | None = None) -> None:
+    def __init__(self, code: str, detail: str, *, cause_rank: int | None = None, fm: str | None = None,
+                 publish: bool = True) -> None:
         super().__init__(f"{code}: {detail}")
         codes.code(code)
         self.code, self.detail, self.cause_rank, self.fm = code, detail, cause_rank, fm
+        self.publish = publish
+        """False when ``cause_rank`` publishes this very abort itself (a verdict it wrote): the race to the
+        abort key is then left to it, so followers name it, not whichever rank read its verdict first."""
 
 
 class Crash:
@@ -84,7 +88,7 @@ class Crash:
                 fm = fatal.fm or entry.fm
                 print(log.fatal_line(fm=fm, code=fatal.code, rank=self.rank, call_id=self.call_id, chunk=self.chunk,
                                      detail=fatal.detail, cause_rank=fatal.cause_rank), flush=True)
-                if fatal.code != "PEER_ABORT":  # a follower never claims to be the cause
+                if fatal.code != "PEER_ABORT" and fatal.publish:  # a follower never claims to be the cause
                     self._publish(fatal, fm)
                 if dump_stack:
                     _dump_stacks()

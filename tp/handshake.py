@@ -36,7 +36,9 @@ def run(store: dist.Store, *, rank: int, world_size: int, record: dict, timeout_
     else:
         verdict = _await_verdict(store, timeout_s)
     if not verdict["ok"]:
-        raise Fatal(verdict["code"], verdict["detail"])
+        # Rank 0 wrote the verdict and publishes the abort as it dies of it; the others repeat it as its followers.
+        raise Fatal(verdict["code"], verdict["detail"]) if rank == 0 else \
+            Fatal(verdict["code"], verdict["detail"], cause_rank=0, publish=False)
 
 
 def _await_verdict(store: dist.Store, timeout_s: float) -> dict:
