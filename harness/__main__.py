@@ -179,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("harness: nothing ran: every selected scenario was skipped", file=sys.stderr)
         return 1
     pending = _preflight(planned, settings)
-    probe.overlap_store_import()
+    probe.overlap_store_import(settings["launch"])
     _await(pending)
     from harness.runner import RunConfig, run_scenario
 

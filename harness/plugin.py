@@ -225,7 +225,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if pending is not None and launches and config.stash[_SETTINGS]["launch"] == "zygote":
         zygote.shared()  # the zygote forks the TP path's answer, then the ranks
     if pending is not None:
-        probe.overlap_store_import()
+        probe.overlap_store_import(config.stash[_SETTINGS]["launch"])
     if pending is not None and _tp_verdict(session, pending):
         report.write_planned(config.stash[_RUN_DIR], len(planned))
 

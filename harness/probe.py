@@ -244,13 +244,15 @@ def ask(command: tuple[str, ...], planned: Iterable[tuple[Scenario, int]], *, ba
                  launch=launch, cwd=cwd)
 
 
-def overlap_store_import() -> None:
-    """Import what hosting the store needs while the TP path answers (the first launch needs it anyway).
+def overlap_store_import(launch: str) -> None:
+    """Import what a ``launch`` needs of torch here while the TP path answers (the first launch needs it anyway).
 
-    The zygote and the TP path's answer import torch in other processes; paying this
-    process's own import now keeps the three in parallel instead of in a row.
+    The TP path's answer imports torch in another process; paying this process's own
+    import now keeps the two in parallel instead of in a row. Under the zygote there is
+    none to pay: the zygote forks the store's host (``harness.store_host``).
     """
-    import torch.distributed  # noqa: F401
+    if launch != "zygote":
+        import torch.distributed  # noqa: F401
 
 
 def check(command: tuple[str, ...], **inputs) -> Answer:

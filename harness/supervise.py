@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from harness import logs, trace
 from harness.dumps import Dumps
-from harness.launch import Launch
+from harness.launch import Launch, read_keys
 from harness.observation import Observation, RankExit
 from harness.scenario import Interrupt
 from harness.stall import StallClock
@@ -192,20 +192,22 @@ class _Loop:
             return
         obs = self.obs
         try:
-            for rank in range(obs.world_size):
-                for key, slot in ((f"tp/progress/{rank}", obs.progress), (f"tp/hb/{rank}", obs.heartbeats)):
-                    if store.check([key]):
-                        raw = store.get(key).decode(errors="replace")
-                        value = int(raw) if slot is obs.heartbeats and raw.isdigit() else raw
-                        if slot.get(rank) != value:
-                            if slot is obs.progress:
-                                self.say(f"rank {rank} progress {value}")
-                                self.stall.last_progress_at = time.monotonic()
-                            else:
-                                self.stall.beat_moved_at = time.monotonic()
-                        slot[rank] = value
-            if obs.abort is None and store.check(["tp/abort"]):
-                raw = store.get("tp/abort").decode(errors="replace")
+            watched = {**{f"tp/progress/{r}": (r, obs.progress) for r in range(obs.world_size)},
+                       **{f"tp/hb/{r}": (r, obs.heartbeats) for r in range(obs.world_size)}}
+            values = read_keys(store, [*watched, *([] if obs.abort is not None else ["tp/abort"])])
+            for key, (rank, slot) in watched.items():
+                if key in values:
+                    raw = values[key].decode(errors="replace")
+                    value = int(raw) if slot is obs.heartbeats and raw.isdigit() else raw
+                    if slot.get(rank) != value:
+                        if slot is obs.progress:
+                            self.say(f"rank {rank} progress {value}")
+                            self.stall.last_progress_at = time.monotonic()
+                        else:
+                            self.stall.beat_moved_at = time.monotonic()
+                    slot[rank] = value
+            if "tp/abort" in values:
+                raw = values["tp/abort"].decode(errors="replace")
                 try:
                     obs.abort = json.loads(raw)
                 except ValueError:

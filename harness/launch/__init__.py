@@ -4,7 +4,9 @@ Five modes, same contract (docs/CONTRACT.md §1):
 
 * ``zygote``     fork each rank from a process that has torch imported (fast);
                  works only for ``python -m MODULE`` rank commands. The
-                 pytest-xdist workers of one run share one zygote.
+                 pytest-xdist workers of one run share one zygote. The
+                 zygote forks the store's host too (``harness.store_host``),
+                 so the harness never imports torch.
 * ``subprocess`` a plain ``Popen`` per rank.
 * ``srun``       a plain ``Popen`` per rank with only torchrun's variables, as
                  Slurm's ``srun`` or an MPI launcher starts them: no launcher
@@ -31,7 +33,7 @@ of live launches), ``core`` (``Launch``, which ties them together).
 from harness.launch.core import Launch
 from harness.launch.reap import reap_all, wait_gone
 from harness.launch.spec import HOST, MODES, LaunchError, LaunchSpec, base_env, zygote_module
-from harness.launch.store import BoundedStore, free_port, host_store
+from harness.launch.store import BoundedStore, free_port, host_store, read_keys
 
 __all__ = ["HOST", "MODES", "BoundedStore", "Launch", "LaunchError", "LaunchSpec", "base_env", "free_port",
-           "host_store", "reap_all", "wait_gone", "zygote_module"]
+           "host_store", "read_keys", "reap_all", "wait_gone", "zygote_module"]

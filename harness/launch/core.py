@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from harness import lifetime, zygote
+from harness import lifetime, store_host, zygote
 from harness.launch import reap, torchrun
 from harness.launch.spec import HOST, MODES, LaunchError, LaunchSpec, base_env, zygote_module
 from harness.launch.store import CLIENT_CONNECT_S, STORE_CALL_LIMIT_S, BoundedStore, free_port, host_store
@@ -36,6 +36,8 @@ class Launch:
         self.pids: dict[int, int] = {}
         self.log_paths = {r: spec.log_dir / f"rank{r}.log" for r in range(spec.world_size)}
         self.store = None
+        self._host: store_host.HostedStore | None = None
+        """This launch's store under the zygote, served by ``harness.store_host``: closed after every rank is gone."""
         self.port: int | None = None
         self._procs: dict[int, psutil.Process] = {}
         self._exited: set[int] = set()
@@ -46,46 +48,56 @@ class Launch:
 
     @property
     def hosts_store(self) -> bool:
-        """True when this process serves the store (zygote and subprocess); it then outlives every rank."""
+        """True when the harness serves the store (subprocess; zygote, through its store host): it outlives every rank."""
         return self.spec.mode in ("zygote", "subprocess")
 
     # ------------------------------------------------------------------ start
 
     def start(self) -> None:
         """Host the store, then start every rank. Raises LaunchError."""
-        from torch.distributed import TCPStore
-
         self.spec.log_dir.mkdir(parents=True, exist_ok=True)
         reap.register(self)
+        env = base_env(self.spec)
+        if self.spec.mode == "zygote":
+            # The zygote forks the store's host too: a harness on this path never imports torch.
+            module, argv = zygote_module(self.spec.command)
+            try:
+                self._host = store_host.open_store(zygote.spawn, HOST)
+            except (zygote.ZygoteError, store_host.HostError) as exc:
+                raise LaunchError(f"zygote could not serve the store: {exc}") from None
+            self.store, self.port = self._host, self._host.port
+            self._start_ranks(env, module, argv)
+            return
+        from torch.distributed import TCPStore
+
         if self.spec.mode in torchrun.NODES:
             self._start_torchrun(TCPStore)
             return
-        if self.spec.mode == "zygote":
-            module, argv = zygote_module(self.spec.command)
-            zygote.shared()  # starting (or joining) it now overlaps its start-up with the store's
         if self.spec.mode == "srun":
             self.port = free_port()
         else:
             self.store = host_store(TCPStore)
             self.port = self.store.port
-        env = base_env(self.spec)
+        self._start_ranks(env)
+        if self.spec.mode == "srun":
+            # Rank 0 serves the store once it has imported torch: connect without blocking the supervisor.
+            threading.Thread(target=self._connect_client, args=(TCPStore,), name="harness-store-client",
+                             daemon=True).start()
+
+    def _start_ranks(self, env: dict, module: str = "", argv: list[str] | None = None) -> None:
         for rank in range(self.spec.world_size):
             renv = {**env, **self.contract_env(rank), **self.spec.rank_env.get(rank, {})}
             log = self.log_paths[rank]
             log.write_bytes(b"")
             if self.spec.mode == "zygote":
                 try:
-                    pid = zygote.spawn(module=module, argv=argv, env=renv, cwd=str(self.spec.cwd),
+                    pid = zygote.spawn(module=module, argv=argv or [], env=renv, cwd=str(self.spec.cwd),
                                        log=str(log), on_exit=self._exit_callback(rank))
                 except zygote.ZygoteError as exc:
                     raise LaunchError(f"zygote could not start rank {rank}: {exc}") from None
             else:
                 pid = self._popen(rank, renv, log)
             self._track(rank, pid)
-        if self.spec.mode == "srun":
-            # Rank 0 serves the store once it has imported torch: connect without blocking the supervisor.
-            threading.Thread(target=self._connect_client, args=(TCPStore,), name="harness-store-client",
-                             daemon=True).start()
 
     def _connect_client(self, tcp_store) -> None:
         try:
@@ -224,4 +236,6 @@ class Launch:
                 agent.kill()
                 agent.wait()
         self.store = None
+        if self._host is not None:
+            self._host.close()
         reap.unregister(self)

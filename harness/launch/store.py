@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
-import re
 import socket
-from datetime import timedelta
 
+from harness import store_host
 from harness.launch.spec import HOST
 
 CLIENT_CONNECT_S = 60.0
@@ -49,30 +48,8 @@ class BoundedStore:
 
 
 def host_store(tcp_store):
-    """The rendezvous store, served from an IPv4-only socket on ``HOST``.
-
-    Left to itself the store listens dual-stack, so every rank's connection
-    arrives as ``::ffff:127.0.0.1``; c10d names each accepted peer with
-    ``getnameinfo``, and /etc/hosts has no entry for that mapped form, so each
-    accept costs a reverse-DNS query, and a dropped one stalls that rank's
-    store connect for the resolver's 5 s timeout. An IPv4 peer is answered
-    from /etc/hosts. (The ranks' own lookup of the server, client side, is
-    c10d's and stays.) The libuv store takes over a listening socket from
-    torch 2.8 on; with older versions it listens as before.
-    """
-    if not _store_takes_listen_fd():
-        return tcp_store(HOST, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((HOST, 0))
-        port = listener.getsockname()[1]
-    except OSError:
-        listener.close()
-        raise
-    # The store owns the socket from here on (it closes it), hence detach().
-    return tcp_store(HOST, port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30),
-                     master_listen_fd=listener.detach())
+    """The rendezvous store, served from this process (``harness.store_host.host_store`` on ``HOST``)."""
+    return store_host.host_store(tcp_store, HOST)
 
 
 def free_port() -> int:
@@ -82,9 +59,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _store_takes_listen_fd() -> bool:
-    """True when TCPStore's default (libuv) server accepts ``master_listen_fd`` (torch >= 2.8)."""
-    import torch
-
-    version = re.match(r"(\d+)\.(\d+)", torch.__version__)
-    return version is not None and (int(version[1]), int(version[2])) >= (2, 8)
+def read_keys(store, keys: list[str]) -> dict[str, bytes]:
+    """The value of each of ``keys`` that exists: one round trip to a forked store host, two a key elsewhere."""
+    if isinstance(store, store_host.HostedStore):
+        return store.read(keys)
+    return {key: store.get(key) for key in keys if store.check([key])}

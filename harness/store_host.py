@@ -1,0 +1,292 @@
+"""The ranks' stores, served by a process the zygote forks: a harness on the zygote path never imports torch.
+
+Serving each run's ``TCPStore`` in the harness process cost every
+pytest-xdist worker its own ``import torch`` (1.2 to 2 CPU-seconds on a 2-core
+box, raced against the zygote's own before the first scenario, and 0.4 s of
+teardown at the worker's exit). The zygote has torch imported already, so it
+forks one store host per harness process, as it forks a rank; the host serves
+one ``TCPStore`` per launch (its own port and keys, dropped when the launch
+closes), and the harness reads the keys it watches through it.
+
+Protocol, one JSON line each way over a Unix socket in the abstract namespace
+(nothing on disk to clean up) that the harness listens on and the host joins::
+
+    host    -> harness  {"ready": true}
+    harness -> host     {"op": "open", "host": ADDR}       -> {"id": K, "port": N} | {"error": "..."}
+    harness -> host     {"op": "read", "id": K, "keys": [KEY, ...]}
+                                                            -> {"values": {KEY: VALUE}}  (keys that exist, latin-1)
+    harness -> host     {"op": "close", "id": K}           -> {}
+
+The harness accepts only the pid the zygote forked (``SO_PEERCRED``). The host
+exits when the harness's end closes (at its exit, or when it dies: the zygote
+kills a leaving client's children too) and with the zygote
+(``PR_SET_PDEATHSIG``, set for every fork). A launch closes its store after
+its last rank is gone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import secrets
+import select
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+CALL_LIMIT_S = 2.0
+"""How long one call may take before the harness gives the host up (starved on a busy box: no rank can freeze it)."""
+START_S = 30.0
+"""How long a forked host may take to say ready (a fork and a socket: milliseconds, unless the box is starved)."""
+
+
+class HostError(RuntimeError):
+    """The store host did not start serving."""
+
+
+def host_store(tcp_store, host: str):
+    """The rendezvous store, served from an IPv4-only socket on ``host``.
+
+    Left to itself the store listens dual-stack, so every rank's connection
+    arrives as ``::ffff:127.0.0.1``; c10d names each accepted peer with
+    ``getnameinfo``, and /etc/hosts has no entry for that mapped form, so each
+    accept costs a reverse-DNS query, and a dropped one stalls that rank's
+    store connect for the resolver's 5 s timeout. An IPv4 peer is answered
+    from /etc/hosts. (The ranks' own lookup of the server, client side, is
+    c10d's and stays.) The libuv store takes over a listening socket from
+    torch 2.8 on; with older versions it listens as before.
+    """
+    if not _store_takes_listen_fd():
+        return tcp_store(host, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, 0))
+        port = listener.getsockname()[1]
+    except OSError:
+        listener.close()
+        raise
+    # The store owns the socket from here on (it closes it), hence detach().
+    return tcp_store(host, port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30),
+                     master_listen_fd=listener.detach())
+
+
+def _store_takes_listen_fd() -> bool:
+    """True when TCPStore's default (libuv) server accepts ``master_listen_fd`` (torch >= 2.8)."""
+    import torch
+
+    version = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    return version is not None and (int(version[1]), int(version[2])) >= (2, 8)
+
+
+# ---------------------------------------------------------------- harness side
+
+class _Host:
+    """The harness's connection to its host; calls are serialised and bounded by ``CALL_LIMIT_S``."""
+
+    def __init__(self, conn: socket.socket, pid: int, log: str) -> None:
+        self.pid, self.log = pid, log
+        self._conn, self._rfile = conn, conn.makefile("rb")
+        self._lock = threading.Lock()
+        self.dead: str | None = None
+
+    def call(self, request: dict) -> dict:
+        with self._lock:
+            if self.dead:
+                raise TimeoutError(self.dead)
+            try:
+                self._conn.settimeout(CALL_LIMIT_S)
+                self._conn.sendall(json.dumps(request).encode() + b"\n")
+                line = self._rfile.readline()
+            except OSError as exc:
+                line, self.dead = b"", f"the store host (pid {self.pid}) stopped answering: {exc}"
+            if not line:
+                self.dead = self.dead or f"the store host (pid {self.pid}) is gone"
+                self.close()
+                raise TimeoutError(self.dead)
+        reply = json.loads(line)
+        if "error" in reply:
+            raise HostError(f"the store host (pid {self.pid}): {reply['error']}; see {self.log}")
+        return reply
+
+    def close(self) -> None:
+        """The host exits when it reads our end's EOF."""
+        self.dead = self.dead or "closed"
+        for end in (self._rfile, self._conn):
+            try:
+                end.close()
+            except OSError:
+                pass
+
+
+class HostedStore:
+    """One launch's store, served by the host: ``read`` (one round trip), ``check`` and ``get`` as a c10d store's."""
+
+    def __init__(self, host: _Host, sid: int, port: int) -> None:
+        self._host, self._sid, self.port = host, sid, port
+
+    def read(self, keys: list[str]) -> dict[str, bytes]:
+        """The value of each of ``keys`` that exists."""
+        values = self._host.call({"op": "read", "id": self._sid, "keys": list(keys)})["values"]
+        return {k: v.encode("latin-1") for k, v in values.items()}
+
+    def check(self, keys: list[str]) -> bool:
+        return len(self.read(keys)) == len(set(keys))
+
+    def get(self, key: str) -> bytes:
+        values = self.read([key])
+        if key not in values:
+            raise KeyError(key)
+        return values[key]
+
+    def close(self) -> None:
+        """Drop the store (its port closes); the host stays for the next launch."""
+        try:
+            self._host.call({"op": "close", "id": self._sid})
+        except (TimeoutError, HostError):
+            pass
+
+
+_HOST: _Host | None = None
+_HOST_LOCK = threading.Lock()
+
+
+def open_store(spawn: Callable[..., int], host: str) -> HostedStore:
+    """A fresh store on ``host`` for one launch, from this process's store host (forked by ``spawn``,
+    ``zygote.spawn``, on first use, and again if the one before went). Raises HostError."""
+    global _HOST
+    with _HOST_LOCK:
+        for attempt in (1, 2):
+            if _HOST is None or _HOST.dead:
+                _HOST = _start(spawn)
+            try:
+                reply = _HOST.call({"op": "open", "host": host})
+                return HostedStore(_HOST, int(reply["id"]), int(reply["port"]))
+            except TimeoutError as exc:  # it went (its zygote went, or it was killed): one fresh try
+                if attempt == 2:
+                    raise HostError(str(exc)) from None
+    raise AssertionError("unreachable")
+
+
+def close_host() -> None:
+    """End this process's host (it exits at our EOF); the next ``open_store`` forks a new one."""
+    global _HOST
+    with _HOST_LOCK:
+        if _HOST is not None:
+            _HOST.close()
+            _HOST = None
+
+
+def _start(spawn: Callable[..., int]) -> _Host:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    name = f"tp-breakit-store-{os.getpid()}-{secrets.token_hex(8)}"
+    fd, log = tempfile.mkstemp(prefix="harness-store-host-", suffix=".log")
+    os.close(fd)
+    gone: list[int | None] = []
+    wake_r, wake_w = socket.socketpair()
+
+    def on_exit(_pid: int, code: int | None, _mono: float | None) -> None:
+        gone.append(code)
+        try:
+            wake_w.send(b"x")  # the host will never join: stop waiting for it
+        except OSError:
+            pass
+
+    try:
+        listener.bind("\0" + name)
+        listener.listen(1)
+        pid = spawn(module=__name__, argv=[name], env=dict(os.environ), cwd=str(Path(__file__).resolve().parent.parent),
+                    log=log, on_exit=on_exit)
+        conn = _accept(listener, wake_r, pid, gone, log)
+    finally:
+        for sock in (listener, wake_r, wake_w):
+            sock.close()
+    host = _Host(conn, pid, log)
+    try:
+        conn.settimeout(START_S)
+        ready = json.loads(host._rfile.readline() or b"{}")
+    except (OSError, ValueError):
+        ready = {}
+    if not ready.get("ready"):
+        host.close()
+        raise HostError(f"the store host (pid {pid}) did not say ready within {START_S:g} s; see {log}")
+    import atexit
+
+    atexit.register(_remove, log)
+    return host
+
+
+def _accept(listener: socket.socket, wake: socket.socket, pid: int, gone: list, log: str) -> socket.socket:
+    give_up_at = time.monotonic() + START_S
+    while True:
+        ready, _, _ = select.select([listener, wake], [], [], max(0.0, give_up_at - time.monotonic()))
+        if listener not in ready:
+            why = f"exited ({gone[0]})" if gone else f"did not connect within {START_S:g} s"
+            raise HostError(f"the store host (pid {pid}) {why}; see {log}")
+        conn, _ = listener.accept()
+        peer_pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        if peer_pid == pid:
+            return conn
+        conn.close()  # someone else found the name: not ours to serve
+
+
+def _remove(log: str) -> None:
+    """At exit: the host's log, unless it says something."""
+    try:
+        if os.path.getsize(log) == 0:
+            os.unlink(log)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------- host side
+
+def _serve(name: str) -> int:
+    from torch.distributed import TCPStore
+
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect("\0" + name)
+    wfile, rfile = conn.makefile("wb"), conn.makefile("rb")
+    stores: dict[int, object] = {}
+    ids = itertools.count(1)  # never reused: a closed launch's id cannot reach a newer launch's store
+    reply: dict = {"ready": True}
+    for line in itertools.chain((b"",), rfile):
+        if line:
+            reply = _answer(json.loads(line), stores, ids, TCPStore)
+        wfile.write(json.dumps(reply).encode() + b"\n")
+        wfile.flush()
+    return 0
+
+
+def _answer(req: dict, stores: dict, ids: itertools.count, tcp_store) -> dict:
+    op = req.get("op")
+    if op == "open":
+        try:
+            store = host_store(tcp_store, req["host"])
+        except Exception as exc:  # noqa: BLE001 - the harness says why
+            print(f"store host: cannot serve a store: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return {"error": f"cannot serve a store: {type(exc).__name__}: {exc}"}
+        sid = next(ids)
+        stores[sid] = store
+        return {"id": sid, "port": store.port}
+    store = stores.get(req.get("id"))
+    if op == "close":
+        stores.pop(req.get("id"), None)
+        return {}
+    if op == "read" and store is not None:
+        return {"values": {k: store.get(k).decode("latin-1") for k in req["keys"] if store.check([k])}}
+    return {"error": f"bad request {req!r}"}
+
+
+if __name__ == "__main__":
+    code = _serve(sys.argv[1])
+    sys.stderr.flush()
+    os._exit(code)  # the stores' threads may still hold a rank's connection: no interpreter teardown
