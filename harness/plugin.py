@@ -12,6 +12,7 @@ the command line: it is part of what the scenario proves).
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +28,7 @@ from harness.scenario import Scenario
 FM_MARKERS = tuple(f"fm{n:02d}" for n in range(1, 16))
 MARKER_KEYS = ("deadline", "world_size", "launch")
 WORKER_KEY = "breakit_run_dir"
+ZYGOTE_KEY = "breakit_zygote_share"
 TALLY_PLUGIN = "breakit-tally"
 _SETTINGS = pytest.StashKey[dict]()
 _RUN_DIR = pytest.StashKey[Path]()
@@ -73,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
         config.stash[_RUN_DIR] = Path(workerinput[WORKER_KEY])
-        zygote.share_through(Path(tempfile.gettempdir()) / f"breakit-zygote-{workerinput['testrunuid']}")
+        zygote.share_through(Path(workerinput[ZYGOTE_KEY]))
     else:
         root = settings["report_dir"]
         if not root.is_absolute():
@@ -82,6 +84,10 @@ def pytest_configure(config: pytest.Config) -> None:
         if not config.option.collectonly:
             _check_writable(root)
             _check_baseline(config)
+        if getattr(config.option, "numprocesses", None):  # an xdist controller: its workers share one zygote
+            zygote.share_through(Path(tempfile.gettempdir()) / f"breakit-zygote-{secrets.token_hex(8)}")
+            if settings["launch"] == "zygote" and not config.option.collectonly:
+                zygote.shared()  # now: its import of torch overlaps the workers' start-up instead of following it
     config.pluginmanager.register(_Tally(), TALLY_PLUGIN)
 
 
@@ -127,6 +133,7 @@ def _resolve(config: pytest.Config, opt: options.Option):
 def pytest_configure_node(node) -> None:
     """xdist controller: every worker writes into the controller's run directory."""
     node.workerinput[WORKER_KEY] = str(node.config.stash[_RUN_DIR])
+    node.workerinput[ZYGOTE_KEY] = str(zygote.share_dir())
 
 
 def _scenario_of(item: pytest.Item) -> Scenario | None:
@@ -376,18 +383,8 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     if verbosity >= 0:
         tr.write_sep("=", "tp-breakit")
     doc = json.loads(summary.json_path.read_text())
-    if doc.get("delta"):
-        shown = delta.lines(doc["delta"])
-        tr.write_line("baseline delta: " + shown[0], red=delta.regressed(doc["delta"]))
-        for line in shown[1:]:
-            tr.write_line(line, red=delta.regressed(doc["delta"]))
-    # -q keeps the failing rows and the verdict line, -qq the verdict line alone.
-    for row in doc["scenarios"] if verbosity >= -1 else ():
-        if verbosity < 0 and row["verdict"] == "PASS":
-            continue
-        ttc = report.ttc_text(row)
-        tr.write_line(f"{row['id']:<22} ws{row['world_size']}  expected {row['expected']:<14} "
-                      f"observed {row['observed']:<13} ttc {ttc:>9}  {row['verdict']}")
+    for line, red in report.terminal_lines(doc, verbosity):
+        tr.write_line(line, red=red)
     rel = summary.md_path
     try:
         rel = summary.md_path.relative_to(Path.cwd())

@@ -174,6 +174,22 @@ def write_summary(run_dir: Path, *, planned: int | None = None, interrupted: boo
                    total=len(rows), failed=failed, overall=doc["overall"], planned=planned)
 
 
+def terminal_lines(doc: dict, verbosity: int) -> list[tuple[str, bool]]:
+    """The plugin's terminal summary of a run's summary.json, as ``(line, red)`` before its verdict line.
+
+    -q keeps the failing rows, -qq none.
+    """
+    out = []
+    if doc.get("delta"):
+        red = delta.regressed(doc["delta"])
+        out += [(("baseline delta: " if i == 0 else "") + line, red) for i, line in enumerate(delta.lines(doc["delta"]))]
+    for row in doc["scenarios"] if verbosity >= -1 else ():
+        if verbosity >= 0 or row["verdict"] != "PASS":
+            out.append((f"{row['id']:<22} ws{row['world_size']}  expected {row['expected']:<14} "
+                        f"observed {row['observed']:<13} ttc {ttc_text(row):>9}  {row['verdict']}", False))
+    return out
+
+
 def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 

@@ -244,6 +244,11 @@ def share_through(directory: Path) -> None:
     _SHARE_DIR = Path(directory)
 
 
+def share_dir() -> Path | None:
+    """The directory named by ``share_through``, if any."""
+    return _SHARE_DIR
+
+
 def shared() -> Zygote:
     """The one zygote of this harness process (started, or joined, on first use)."""
     global _SHARED

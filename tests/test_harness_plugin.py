@@ -203,12 +203,14 @@ def test_quiet_flags_trim_the_breakit_summary(tester: pytest.Pytester, flag: str
     result.stdout.fnmatch_lines(["breakit FAIL: 2 scenarios, 1 failed; report: *"])
 
 
-def test_xdist_workers_share_the_controllers_run_dir(tester: pytest.Pytester) -> None:
-    tester.makepyfile(test_clean="""
+def test_xdist_workers_share_the_controllers_run_dir_and_zygote(tester: pytest.Pytester) -> None:
+    lineage = tester.path / "lineage"
+    lineage.mkdir()
+    tester.makepyfile(test_clean=f"""
         import pytest
         from harness import Expect, Scenario
-        SCENARIOS = [Scenario(id=f"control/{n}", fm="control", title="healthy", proves="control",
-                              expect=Expect.clean()) for n in "ab"]
+        SCENARIOS = [Scenario(id=f"control/{{n}}", fm="control", title="healthy", proves="control",
+                              env={{"FAKE_LINEAGE_DIR": {str(lineage)!r}}}, expect=Expect.clean()) for n in "ab"]
 
         @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
         def test_clean(breakit, scenario):
@@ -221,6 +223,10 @@ def test_xdist_workers_share_the_controllers_run_dir(tester: pytest.Pytester) ->
     assert sorted(p.parent.name for p in run_dirs[0].glob("*/result.json")) == ["control_a-ws2", "control_b-ws2"]
     assert len(json.loads((run_dirs[0] / "baseline.json").read_text())) == 1
     assert "breakit PASS: 2 scenarios, 0 failed" in result.stdout.str()
+    # Every rank of both workers was forked by one zygote, which the controller (our child) started before
+    # the workers needed it, so its import of torch ran alongside their start-up.
+    ancestry = {tuple(p.read_text().split()) for p in lineage.glob("*.lineage")}
+    assert len(ancestry) == 1 and int(next(iter(ancestry))[2]) == os.getpid(), ancestry
 
 
 def test_loading_by_entry_point_and_conftest_registers_once(tester: pytest.Pytester, monkeypatch) -> None:

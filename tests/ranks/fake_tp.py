@@ -5,6 +5,7 @@ others, like a collective would). Failpoint sites: ``fake.init`` (after init)
 and ``fake.chunk`` (start of each chunk). Test knobs (env):
 
 * ``FAKE_PIDFILE_DIR``  write ``rank{R}.pid`` there once started;
+* ``FAKE_LINEAGE_DIR``  write ``{pid}.lineage`` there: the pids of its parent, grandparent, great-grandparent;
 * ``FAKE_CHUNK_S``      seconds of "compute" per chunk;
 * ``FAKE_SALT``         mixed into this rank's digest (divergence);
 * ``FAKE_NO_FAULTHANDLER=1``  do not register faulthandler on SIGUSR1;
@@ -163,6 +164,16 @@ def flood() -> None:
     out.flush()
 
 
+def _ancestors(n: int) -> list[int]:
+    """This process's parent, grandparent... (``n`` of them, fewer at init)."""
+    out, pid = [], os.getpid()
+    while len(out) < n and pid > 1:
+        with open(f"/proc/{pid}/stat") as fh:
+            pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        out.append(pid)
+    return out
+
+
 def write_pid(name: str, pid: int) -> None:
     directory = os.environ.get("FAKE_PIDFILE_DIR")
     if directory:
@@ -203,6 +214,9 @@ def main() -> None:
         child = subprocess.Popen(["sleep", "600"], start_new_session=os.environ["FAKE_CHILD"] == "session")
         write_pid(f"rank{os.environ['RANK']}.child.pid", child.pid)
     write_pid(f"rank{os.environ['RANK']}.pid", os.getpid())
+    if os.environ.get("FAKE_LINEAGE_DIR"):  # who forked this rank, and who started that
+        with open(os.path.join(os.environ["FAKE_LINEAGE_DIR"], f"{os.getpid()}.lineage"), "w") as fh:
+            fh.write(" ".join(str(p) for p in _ancestors(3)))
     if os.environ.get("FAKE_HANG_AT_START") == "1":
         threading.Event().wait()
     rank = Rank(args.chunks)
