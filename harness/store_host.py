@@ -92,8 +92,8 @@ def _store_takes_listen_fd() -> bool:
 class _Host:
     """The harness's connection to its host; calls are serialised and bounded by ``CALL_LIMIT_S``."""
 
-    def __init__(self, conn: socket.socket, pid: int, log: str) -> None:
-        self.pid, self.log = pid, log
+    def __init__(self, conn: socket.socket, pid: int, log) -> None:
+        self.pid, self._log = pid, log
         self._conn, self._rfile = conn, conn.makefile("rb")
         self._lock = threading.Lock()
         self.dead: str | None = None
@@ -109,18 +109,18 @@ class _Host:
             except OSError as exc:
                 line, self.dead = b"", f"the store host (pid {self.pid}) stopped answering: {exc}"
             if not line:
-                self.dead = self.dead or f"the store host (pid {self.pid}) is gone"
+                self.dead = (self.dead or f"the store host (pid {self.pid}) is gone") + _tail(self._log)
                 self.close()
                 raise TimeoutError(self.dead)
         reply = json.loads(line)
         if "error" in reply:
-            raise HostError(f"the store host (pid {self.pid}): {reply['error']}; see {self.log}")
+            raise HostError(f"the store host (pid {self.pid}): {reply['error']}{_tail(self._log)}")
         return reply
 
     def close(self) -> None:
         """The host exits when it reads our end's EOF."""
         self.dead = self.dead or "closed"
-        for end in (self._rfile, self._conn):
+        for end in (self._rfile, self._conn, self._log):
             try:
                 end.close()
             except OSError:
@@ -188,8 +188,10 @@ def close_host() -> None:
 def _start(spawn: Callable[..., int]) -> _Host:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     name = f"tp-breakit-store-{os.getpid()}-{secrets.token_hex(8)}"
-    fd, log = tempfile.mkstemp(prefix="harness-store-host-", suffix=".log")
-    os.close(fd)
+    # Its stderr: a file the host opens by name, unlinked once it has (nothing is left on disk, whatever ends
+    # this process); what it says is quoted in the errors that need it.
+    fd, path = tempfile.mkstemp(prefix="harness-store-host-", suffix=".log")
+    log = os.fdopen(fd, "rb")
     gone: list[int | None] = []
     wake_r, wake_w = socket.socketpair()
 
@@ -204,9 +206,13 @@ def _start(spawn: Callable[..., int]) -> _Host:
         listener.bind("\0" + name)
         listener.listen(1)
         pid = spawn(module=__name__, argv=[name], env=dict(os.environ), cwd=str(Path(__file__).resolve().parent.parent),
-                    log=log, on_exit=on_exit)
+                    log=path, on_exit=on_exit)
         conn = _accept(listener, wake_r, pid, gone, log)
+    except BaseException:
+        log.close()
+        raise
     finally:
+        os.unlink(path)
         for sock in (listener, wake_r, wake_w):
             sock.close()
     host = _Host(conn, pid, log)
@@ -216,21 +222,19 @@ def _start(spawn: Callable[..., int]) -> _Host:
     except (OSError, ValueError):
         ready = {}
     if not ready.get("ready"):
+        why = f"the store host (pid {pid}) did not say ready within {START_S:g} s{_tail(log)}"
         host.close()
-        raise HostError(f"the store host (pid {pid}) did not say ready within {START_S:g} s; see {log}")
-    import atexit
-
-    atexit.register(_remove, log)
+        raise HostError(why)
     return host
 
 
-def _accept(listener: socket.socket, wake: socket.socket, pid: int, gone: list, log: str) -> socket.socket:
+def _accept(listener: socket.socket, wake: socket.socket, pid: int, gone: list, log) -> socket.socket:
     give_up_at = time.monotonic() + START_S
     while True:
         ready, _, _ = select.select([listener, wake], [], [], max(0.0, give_up_at - time.monotonic()))
         if listener not in ready:
             why = f"exited ({gone[0]})" if gone else f"did not connect within {START_S:g} s"
-            raise HostError(f"the store host (pid {pid}) {why}; see {log}")
+            raise HostError(f"the store host (pid {pid}) {why}{_tail(log)}")
         conn, _ = listener.accept()
         peer_pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
         if peer_pid == pid:
@@ -238,13 +242,14 @@ def _accept(listener: socket.socket, wake: socket.socket, pid: int, gone: list, 
         conn.close()  # someone else found the name: not ours to serve
 
 
-def _remove(log: str) -> None:
-    """At exit: the host's log, unless it says something."""
+def _tail(log, limit: int = 600) -> str:
+    """``; it said: ...`` with the end of what the host wrote to its stderr, or "" when it said nothing."""
     try:
-        if os.path.getsize(log) == 0:
-            os.unlink(log)
-    except OSError:
-        pass
+        os.lseek(log.fileno(), max(0, os.fstat(log.fileno()).st_size - limit), os.SEEK_SET)
+        said = os.read(log.fileno(), limit).decode(errors="replace").strip()
+    except (OSError, ValueError):
+        return ""
+    return f"; it said: {' | '.join(line.strip() for line in said.splitlines() if line.strip())}" if said else ""
 
 
 # ---------------------------------------------------------------- host side

@@ -94,7 +94,8 @@ def test_a_host_that_cannot_start_is_a_clear_error(forker) -> None:
     def spawn(**request) -> int:
         return forker.spawn(**{**request, "argv": ["no-such-listener"]})  # it connects nowhere and dies
 
-    with pytest.raises(store_host.HostError, match=r"the store host \(pid \d+\) exited \(1\); see .*\.log"):
+    with pytest.raises(store_host.HostError, match=r"the store host \(pid \d+\) exited \(1\); it said: .*"
+                                                   r"ConnectionRefusedError: \[Errno 111\] Connection refused$"):
         store_host.open_store(spawn, "127.0.0.1")
 
 
