@@ -156,6 +156,11 @@ def wait_for_peers(store: dist.Store, *, rank: int, world_size: int, keys, withi
         tick.wait(0.02)
 
 
+def lost_peer(text: str) -> bool:
+    """True when a collective's error says the other end went (gloo's words for a peer that died or closed)."""
+    return any(word in text for word in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+
+
 def read_abort(store: dist.Store) -> dict | None:
     """The published abort, if any (non-blocking)."""
     try:

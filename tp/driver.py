@@ -17,7 +17,7 @@ import torch
 from tp import ENVELOPE_VERSION, flight, log
 from tp.chunk import ChunkRules, ChunkRunner
 from tp.config import RankConfig
-from tp.crash import Fatal
+from tp.crash import Fatal, lost_peer
 from tp.envelope import Action, EnvelopeError, Header, quantise
 from tp.failpoints import failpoint
 from tp.transport import Transport
@@ -125,6 +125,8 @@ class Driver:
             if not self.transport.header_sent:
                 raise Fatal(code or "INTERNAL_ERROR", str(exc)) from None
             if "poison_on_post_header_error" in self.cfg.guardrails:
+                if isinstance(exc, RuntimeError) and lost_peer(str(exc)):
+                    raise  # a peer died mid-envelope: not this envelope's fault; the runtime names that peer
                 raise Fatal("POST_HEADER_ERROR", f"after the header of call_id {header.call_id}: "
                                                  f"{type(exc).__name__}: {exc}") from None
             # Legacy serving loop: log, drop the request, wait for the next one.

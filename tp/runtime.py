@@ -28,6 +28,7 @@ from tp.crash import (
     exit_key,
     gone_peers,
     lost_fm,
+    lost_peer,
     peer_abort,
     publish_identity,
     read_abort,
@@ -107,7 +108,7 @@ class Rank:
 
     def _classify(self, exc: Exception) -> Fatal:
         text = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
-        lost = any(word in text for word in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+        lost = lost_peer(text)
         # Look for vanished peers *before* the abort key: a rank that died on a fatal path published
         # the key before exiting, so any peer seen gone here has either published by now or died hard.
         gone = self._wait_for_gone_peer() if lost else []
