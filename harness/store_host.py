@@ -112,7 +112,12 @@ class _Host:
                 self.dead = (self.dead or f"the store host (pid {self.pid}) is gone") + _tail(self._log)
                 self.close()
                 raise TimeoutError(self.dead)
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            self.dead = f"the store host (pid {self.pid}) answered {line[:200]!r}"
+            self.close()
+            raise TimeoutError(self.dead) from None
         if "error" in reply:
             raise HostError(f"the store host (pid {self.pid}): {reply['error']}{_tail(self._log)}")
         return reply
@@ -265,7 +270,10 @@ def _serve(name: str) -> int:
     reply: dict = {"ready": True}
     for line in itertools.chain((b"",), rfile):
         if line:
-            reply = _answer(json.loads(line), stores, ids, TCPStore)
+            try:
+                reply = _answer(json.loads(line), stores, ids, TCPStore)
+            except Exception as exc:  # noqa: BLE001 - one bad request or store error must not end every launch's store
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
         wfile.write(json.dumps(reply).encode() + b"\n")
         wfile.flush()
     return 0

@@ -136,3 +136,11 @@ def test_a_launch_closes_its_store_after_its_ranks(forker, tmp_path: Path, monke
     with pytest.raises(RuntimeError):
         dist.TCPStore("127.0.0.1", launch.port, is_master=False, timeout=timedelta(seconds=1))
     assert psutil.Process(store_host._HOST.pid).is_running(), "the host itself stays for the next launch"
+
+
+def test_one_bad_request_is_answered_and_the_host_keeps_serving(forker) -> None:
+    store = store_host.open_store(forker.spawn, "127.0.0.1")
+    _client(store.port).set("k", "v")
+    with pytest.raises(store_host.HostError, match="TypeError"):
+        store._host.call({"op": "read", "id": store._sid, "keys": 5})
+    assert store.read(["k"]) == {"k": b"v"}
