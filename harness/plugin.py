@@ -75,7 +75,8 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
         config.stash[_RUN_DIR] = Path(workerinput[WORKER_KEY])
-        zygote.share_through(Path(workerinput[ZYGOTE_KEY]))
+        share = workerinput.get(ZYGOTE_KEY) or Path(tempfile.gettempdir()) / f"breakit-zygote-{workerinput['testrunuid']}"
+        zygote.share_through(Path(share))
     else:
         root = settings["report_dir"]
         if not root.is_absolute():
@@ -133,7 +134,8 @@ def _resolve(config: pytest.Config, opt: options.Option):
 def pytest_configure_node(node) -> None:
     """xdist controller: every worker writes into the controller's run directory."""
     node.workerinput[WORKER_KEY] = str(node.config.stash[_RUN_DIR])
-    node.workerinput[ZYGOTE_KEY] = str(zygote.share_dir())
+    if zygote.share_dir() is not None:  # not with --tx alone (no -n): the workers then name one by testrunuid
+        node.workerinput[ZYGOTE_KEY] = str(zygote.share_dir())
 
 
 def _scenario_of(item: pytest.Item) -> Scenario | None:

@@ -98,12 +98,12 @@ class _Host:
         self._lock = threading.Lock()
         self.dead: str | None = None
 
-    def call(self, request: dict) -> dict:
+    def call(self, request: dict, limit_s: float = CALL_LIMIT_S) -> dict:
         with self._lock:
             if self.dead:
                 raise TimeoutError(self.dead)
             try:
-                self._conn.settimeout(CALL_LIMIT_S)
+                self._conn.settimeout(limit_s)
                 self._conn.sendall(json.dumps(request).encode() + b"\n")
                 line = self._rfile.readline()
             except OSError as exc:
@@ -173,7 +173,9 @@ def open_store(spawn: Callable[..., int], host: str) -> HostedStore:
             if _HOST is None or _HOST.dead:
                 _HOST = _start(spawn)
             try:
-                reply = _HOST.call({"op": "open", "host": host})
+                # A new TCPStore may wait out a resolver stall (5 s measured): a slow open must not end the
+                # host, and with it every other launch's store.
+                reply = _HOST.call({"op": "open", "host": host}, limit_s=START_S)
                 return HostedStore(_HOST, int(reply["id"]), int(reply["port"]))
             except TimeoutError as exc:  # it went (its zygote went, or it was killed): one fresh try
                 if attempt == 2:
