@@ -97,6 +97,8 @@ class _Host:
         self._conn, self._rfile = conn, conn.makefile("rb")
         self._lock = threading.Lock()
         self.dead: str | None = None
+        self.lost: str | None = None
+        """Why the host process ended while this harness still used it (set by ``exited``), else None."""
 
     def call(self, request: dict, limit_s: float = CALL_LIMIT_S) -> dict:
         with self._lock:
@@ -122,6 +124,16 @@ class _Host:
             raise HostError(f"the store host (pid {self.pid}): {reply['error']}{_tail(self._log)}")
         return reply
 
+    def exited(self, code: int | None, mono: float | None) -> None:
+        """The zygote saw the host process end (``mono`` None: the zygote itself went, the host's fate unknown).
+
+        Called on the zygote's reader thread, before the exit of any rank the loss made fail: a supervisor
+        that checks ``HostedStore.lost`` after taking a rank's exit never mistakes them for the TP path's."""
+        if self.dead == "closed":  # we ended it
+            return
+        why = "was lost with the zygote that forked it" if mono is None else f"exited ({code})"
+        self.lost = f"the store host (pid {self.pid}) {why} while the ranks used its store{_tail(self._log)}"
+
     def close(self) -> None:
         """The host exits when it reads our end's EOF."""
         self.dead = self.dead or "closed"
@@ -137,6 +149,11 @@ class HostedStore:
 
     def __init__(self, host: _Host, sid: int, port: int) -> None:
         self._host, self._sid, self.port = host, sid, port
+        self._closed = False
+
+    def lost(self) -> str | None:
+        """Why this store stopped serving before its launch closed it (its host process ended), else None."""
+        return None if self._closed else self._host.lost
 
     def read(self, keys: list[str]) -> dict[str, bytes]:
         """The value of each of ``keys`` that exists."""
@@ -154,6 +171,7 @@ class HostedStore:
 
     def close(self) -> None:
         """Drop the store (its port closes); the host stays for the next launch."""
+        self._closed = True
         try:
             self._host.call({"op": "close", "id": self._sid})
         except (TimeoutError, HostError):
@@ -200,9 +218,13 @@ def _start(spawn: Callable[..., int]) -> _Host:
     fd, path = tempfile.mkstemp(prefix="harness-store-host-", suffix=".log")
     log = os.fdopen(fd, "rb")
     gone: list[int | None] = []
+    started: list[_Host] = []
     wake_r, wake_w = socket.socketpair()
 
-    def on_exit(_pid: int, code: int | None, _mono: float | None) -> None:
+    def on_exit(_pid: int, code: int | None, mono: float | None) -> None:
+        if started:  # it served: the launches using it must learn it went
+            started[0].exited(code, mono)
+            return
         gone.append(code)
         try:
             wake_w.send(b"x")  # the host will never join: stop waiting for it
@@ -223,6 +245,7 @@ def _start(spawn: Callable[..., int]) -> _Host:
         for sock in (listener, wake_r, wake_w):
             sock.close()
     host = _Host(conn, pid, log)
+    started.append(host)
     try:
         conn.settimeout(START_S)
         ready = json.loads(host._rfile.readline() or b"{}")

@@ -116,6 +116,10 @@ class _Loop:
         obs = self.obs
         while len(obs.exits) < obs.world_size:
             self._take_exits(self.limits.tick_s)
+            lost = self.launch.store_lost()
+            if lost:  # the ranks' own reports now blame each other for what the harness lost
+                obs.harness_error = f"{lost}: each rank's failure from here on is the harness's, not the TP path's"
+                break
             now = time.monotonic()
             self._scan_logs()
             if now >= self.next_poll_at and self.phase == RUNNING:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -197,3 +198,32 @@ def test_zygote_death_is_a_harness_error_and_orphans_are_reaped(tmp_path, monkey
     assert results and results[0].observed == "HARNESS_ERROR", results
     assert "the zygote that forked it exited" in results[0].reason
     assert all(_gone(pid) for pid in ranks)
+
+
+def test_store_host_death_is_a_harness_error_not_the_ranks_verdict(tmp_path, monkeypatch) -> None:
+    # Under the zygote the ranks' store is the harness's: losing it makes every rank fail (PEER_LOST,
+    # STORE_LOST) for a reason that is not the TP path's, and a crash proof would have passed on it.
+    from harness import store_host, zygote
+
+    private = zygote.Zygote()
+    monkeypatch.setattr(zygote, "_SHARED", private)
+    monkeypatch.setattr(store_host, "_HOST", None)
+    scenario = Scenario(id="FM-13/t", title="test", proves="watchdog", expect=Expect.crash(), chunks=100_000)
+    config = RunConfig(run_dir=tmp_path / "run", tp_command=(sys.executable, "-m", "tp"),
+                       cwd=Path(__file__).resolve().parent.parent, deadline_s=60)
+    results = []
+    runner = threading.Thread(target=lambda: results.append(run_scenario(scenario, config)))
+    runner.start()
+    try:
+        wait_until = time.monotonic() + 60
+        while not any('"event": "chunk"' in log.read_text() for log in config.run_dir.glob("*/rank0.log")):
+            assert time.monotonic() < wait_until, "rank 0 ran no chunk within 60 s"
+            time.sleep(0.01)  # polls a file the rank writes, bounded: the ranks are past the handshake
+        psutil.Process(store_host._HOST.pid).kill()
+        runner.join(timeout=30)
+    finally:
+        store_host.close_host()
+        private.close()
+    assert results and results[0].observed == "HARNESS_ERROR", results
+    assert re.search(r"the store host \(pid \d+\) exited \(-?9\) while the ranks used its store", results[0].reason), \
+        results[0].reason

@@ -184,6 +184,12 @@ class Launch:
             except subprocess.TimeoutExpired:
                 pass
 
+    def store_lost(self) -> str | None:
+        """Why the store the harness serves the ranks went while they ran (its host died), else None.
+
+        Every rank then fails for the harness's reason, not the TP path's: the run is a HARNESS_ERROR."""
+        return self._host.lost() if self._host is not None else None
+
     # ---------------------------------------------------------------- control
 
     def mark_exited(self, rank: int) -> None:
