@@ -108,6 +108,8 @@ class Zygote:
             if self._listen is not None:
                 argv.append(str(self._listen.fileno()))
                 fds = (self._listen.fileno(),)
+                if self.share_dir is not None:
+                    argv.append(str(self.share_dir))
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errlog, pass_fds=fds,
                 cwd=str(Path(__file__).resolve().parent.parent), env=env, start_new_session=True,
@@ -278,30 +280,46 @@ def _join_or_start(directory: Path | None, preload: tuple[str, ...] = PRELOAD) -
     """Join the zygote another process of this run started, or start one that others can join."""
     if directory is None:
         return Zygote(preload)
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError:
-        return Zygote(preload)
-    with (directory / "zygote.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one starter; the others find its address
-        address = directory / ADDRESS_FILE
+    while True:
         try:
-            return Zygote.connect(address.read_text())
-        except OSError:  # none yet, or gone (its last client left): start one
-            pass
-        private = tempfile.mkdtemp(prefix="harness-zygote-")  # 0700: nobody else can ask it to fork
-        listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listen.bind(os.path.join(private, "sock"))
-            listen.listen(16)  # joiners queue here until the zygote's loop starts (torch imported)
-        except OSError:  # a TMPDIR too long for a socket path, say: this process gets one of its own
-            listen.close()
-            os.rmdir(private)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            lock = (directory / "zygote.lock").open("a")
+        except OSError:
             return Zygote(preload)
-        zygote = Zygote(preload, listen=listen)
-        zygote.share_dir = directory
-        zygote.start()
-        tmp = address.with_suffix(".tmp")
-        tmp.write_text(os.path.join(private, "sock"))
-        tmp.replace(address)
-        return zygote
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one starter; the others find its address
+            if _still_named(lock, directory / "zygote.lock"):
+                return _join_or_start_locked(directory, preload)
+            # A zygote on its way out removed the directory while we waited for its lock: start over.
+
+
+def _still_named(lock, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(lock.fileno()), os.stat(path))
+    except OSError:
+        return False
+
+
+def _join_or_start_locked(directory: Path, preload: tuple[str, ...]) -> Zygote:
+    """``_join_or_start`` holding the directory's lock."""
+    address = directory / ADDRESS_FILE
+    try:
+        return Zygote.connect(address.read_text())
+    except OSError:  # none yet, or gone (its last client left): start one
+        pass
+    private = tempfile.mkdtemp(prefix="harness-zygote-")  # 0700: nobody else can ask it to fork
+    listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listen.bind(os.path.join(private, "sock"))
+        listen.listen(16)  # joiners queue here until the zygote's loop starts (torch imported)
+    except OSError:  # a TMPDIR too long for a socket path, say: this process gets one of its own
+        listen.close()
+        os.rmdir(private)
+        return Zygote(preload)
+    zygote = Zygote(preload, listen=listen)
+    zygote.share_dir = directory
+    zygote.start()
+    tmp = address.with_suffix(".tmp")
+    tmp.write_text(os.path.join(private, "sock"))
+    tmp.replace(address)
+    return zygote

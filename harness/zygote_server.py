@@ -1,10 +1,13 @@
-"""The zygote's server side: ``python -m harness.zygote_server PRELOAD [LISTEN_FD]``.
+"""The zygote's server side: ``python -m harness.zygote_server PRELOAD [LISTEN_FD SHARE_DIR]``.
 
 See ``harness.zygote`` for what the zygote is and its protocol. Its first
 client is the harness that started it, over the zygote's stdin/stdout. With a
 listening Unix socket passed as ``LISTEN_FD`` (pytest-xdist workers sharing one
 zygote: one ``import torch`` fewer per worker), more clients connect there; each
-gets its own ``ready`` and the exits of the ranks it asked for.
+gets its own ``ready`` and the exits of the ranks it asked for. ``SHARE_DIR`` is
+where its address is published (``harness.zygote.share_through``); the zygote
+removes it on its way out when it still names this zygote, so that a starter
+killed before its own clean-up (SIGKILL, an OOM kill) leaves nothing in the temp dir.
 
 A client that goes (its stream closes: it exited or died) takes its ranks with
 it: the zygote kills them (their process groups) and reaps them. The zygote
@@ -13,6 +16,7 @@ exits once its last client has gone, killing whatever is still alive.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
@@ -196,7 +200,7 @@ def _reply(client: _Client, line: str) -> None:
         pass
 
 
-def serve(preload: list[str], listen_fd: int | None = None) -> None:
+def serve(preload: list[str], listen_fd: int | None = None, share_dir: str | None = None) -> None:
     """The zygote's main loop (``python -m harness.zygote_server torch,... [LISTEN_FD]``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     lifetime.become_subreaper()
@@ -229,8 +233,10 @@ def serve(preload: list[str], listen_fd: int | None = None) -> None:
             elif fd in clients:
                 _read_client(clients, clients[fd], children, orphans, zygote_pid, warmed, listener)
                 if not clients and listener is not None:  # no one may join a zygote on its way out
-                    _close_listener(listener)
+                    _close_listener(listener, share_dir)
                     listener = None
+    if listener is not None:  # the last client left another way (a failed reply)
+        _close_listener(listener, share_dir)
     _kill_all([pid for pid, _ in children.values()])
     sys.stdout.flush()
     os._exit(0)  # no interpreter teardown with torch loaded: 0.4 s off every harness exit
@@ -251,9 +257,10 @@ def _accept(listener: socket.socket, clients: dict[int, _Client]) -> None:
     _reply(client, "ready")
 
 
-def _close_listener(listener: socket.socket) -> None:
-    """Stop accepting; its socket and private directory (``harness.zygote._join_or_start``) go too."""
-    path = listener.getsockname()
+def _close_listener(listener: socket.socket, share_dir: str | None) -> None:
+    """Stop accepting; its socket and private directory (``harness.zygote._join_or_start``) go too, and the
+    share directory while it still names this zygote."""
+    sock = path = listener.getsockname()
     listener.close()  # a joiner still queued is reset: it starts a zygote of its own
     for remove in (os.unlink, os.rmdir):
         try:
@@ -261,6 +268,37 @@ def _close_listener(listener: socket.socket) -> None:
         except OSError:
             pass
         path = os.path.dirname(path)
+    if share_dir:
+        _leave_share_dir(share_dir, sock)
+
+
+def _leave_share_dir(share_dir: str, sock: str) -> None:
+    """Remove the share directory unless a newer zygote's address is in it, under the joiners' lock.
+
+    A joiner that waited for the lock meanwhile holds an unlinked lock file: ``_join_or_start`` sees that
+    and starts over, with a fresh directory."""
+    try:
+        lock = open(os.path.join(share_dir, "zygote.lock"), "a")  # noqa: SIM115 - closed below
+    except OSError:  # gone already: the starter closed it
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        address = os.path.join(share_dir, "zygote.addr")
+        try:
+            with open(address) as fh:
+                if fh.read() != sock:
+                    return
+        except OSError:
+            pass
+        for name in ("zygote.addr", "zygote.addr.tmp", "zygote.lock"):
+            try:
+                os.unlink(os.path.join(share_dir, name))
+            except OSError:
+                pass
+        try:
+            os.rmdir(share_dir)
+        except OSError:
+            pass
 
 
 def _read_client(clients: dict[int, _Client], client: _Client, children: dict, orphans: dict, zygote_pid: int,
@@ -325,4 +363,4 @@ def _reap(pid: int, fd: int) -> int:
 
 if __name__ == "__main__":
     serve([name for name in (sys.argv[1] if len(sys.argv) > 1 else "").split(",") if name],
-          int(sys.argv[2]) if len(sys.argv) > 2 else None)
+          int(sys.argv[2]) if len(sys.argv) > 2 else None, sys.argv[3] if len(sys.argv) > 3 else None)

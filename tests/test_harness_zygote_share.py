@@ -7,6 +7,7 @@ an event with a deadline (a pid file appearing, an exit reported, a process gone
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import stat
@@ -137,6 +138,35 @@ def test_a_killed_worker_takes_its_ranks_and_no_one_elses(tmp_path: Path, who: s
                 p.wait(timeout=30)
     assert wait_gone(ranks, timeout_s=10) == [], "a rank outlived every worker"
     assert server is not None and wait_gone([server], timeout_s=10) == [], "the zygote outlived every worker"
+    # The owner's close() never ran when it was the one killed: the zygote removes the share dir on its way out.
+    assert not share.exists(), f"left behind in the temp dir: {sorted(p.name for p in share.iterdir())}"
+
+
+def test_a_joiner_that_waited_on_a_removed_lock_starts_over(tmp_path: Path) -> None:
+    """A zygote on its way out removes the share dir under the lock; a joiner that waited for that lock holds
+    an unlinked file and must not publish into a directory that is gone."""
+    share = tmp_path / "run"
+    share.mkdir()
+    leaving = (share / "zygote.lock").open("a")
+    fcntl.flock(leaving, fcntl.LOCK_EX)
+    joined: list[zygote.Zygote] = []
+    joiner = threading.Thread(target=lambda: joined.append(zygote._join_or_start(share, preload=())))
+    joiner.start()
+    give_up_at = time.monotonic() + 10
+    while not any(" -> FLOCK" in f" {line}" for line in Path("/proc/locks").read_text().splitlines()):
+        assert time.monotonic() < give_up_at, "the joiner never waited for the lock"
+        time.sleep(0.01)
+    (share / "zygote.lock").unlink()  # what the leaving zygote does, holding the lock
+    share.rmdir()
+    leaving.close()
+    joiner.join(timeout=30)
+    assert joined, "the joiner failed (see the thread's exception above)"
+    try:
+        joined[0].start()
+        assert joined[0].share_dir == share and (share / zygote.ADDRESS_FILE).exists()
+        _spawn(joined[0], tmp_path)
+    finally:
+        joined[0].close()
 
 
 def test_a_client_with_a_bad_request_goes_alone(tmp_path: Path) -> None:
