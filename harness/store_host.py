@@ -17,6 +17,7 @@ Protocol, one JSON line each way over a Unix socket in the abstract namespace
                                                             -> {"values": {KEY: VALUE}}  (keys that exist, latin-1)
     harness -> host     {"op": "close", "id": K}           -> {}
 
+Every request also carries ``"n"``, its number, and its answer repeats it.
 The harness accepts only the pid the zygote forked (``SO_PEERCRED``). The host
 exits when the harness's end closes (at its exit, or when it dies: the zygote
 kills a leaving client's children too) and with the zygote
@@ -90,11 +91,16 @@ def _store_takes_listen_fd() -> bool:
 # ---------------------------------------------------------------- harness side
 
 class _Host:
-    """The harness's connection to its host; calls are serialised and bounded by ``CALL_LIMIT_S``."""
+    """The harness's connection to its host; calls are serialised and bounded by ``CALL_LIMIT_S``.
+
+    A call that runs out of time fails alone: its answer, when it comes, is told apart by its number and
+    dropped, so one slow moment of a starved host does not take every concurrent launch's store with it.
+    """
 
     def __init__(self, conn: socket.socket, pid: int, log) -> None:
         self.pid, self._log = pid, log
-        self._conn, self._rfile = conn, conn.makefile("rb")
+        self._conn, self._buf = conn, b""
+        self._calls = itertools.count(1)
         self._lock = threading.Lock()
         self.dead: str | None = None
         self.lost: str | None = None
@@ -104,22 +110,30 @@ class _Host:
         with self._lock:
             if self.dead:
                 raise TimeoutError(self.dead)
+            number = next(self._calls)
+            give_up_at = time.monotonic() + limit_s
             try:
                 self._conn.settimeout(limit_s)
-                self._conn.sendall(json.dumps(request).encode() + b"\n")
-                line = self._rfile.readline()
+                self._conn.sendall(json.dumps({**request, "n": number}).encode() + b"\n")
+                while True:
+                    line = self._line(give_up_at)
+                    reply = json.loads(line) if line else None
+                    if not isinstance(reply, dict) or reply.get("n") in (number, None):
+                        break  # older numbers: answers to calls that gave up, dropped
+            except TimeoutError:
+                raise TimeoutError(f"the store host (pid {self.pid}) did not answer within {limit_s:g} s") from None
             except OSError as exc:
                 line, self.dead = b"", f"the store host (pid {self.pid}) stopped answering: {exc}"
+            except ValueError:
+                self.dead = f"the store host (pid {self.pid}) answered {line[:200]!r}"
+                self.close()
+                raise TimeoutError(self.dead) from None
             if not line:
                 self.dead = (self.dead or f"the store host (pid {self.pid}) is gone") + _tail(self._log)
                 self.close()
                 raise TimeoutError(self.dead)
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            self.dead = f"the store host (pid {self.pid}) answered {line[:200]!r}"
-            self.close()
-            raise TimeoutError(self.dead) from None
+        if not isinstance(reply, dict):
+            raise HostError(f"the store host (pid {self.pid}) answered {line[:200]!r}")
         if "error" in reply:
             raise HostError(f"the store host (pid {self.pid}): {reply['error']}{_tail(self._log)}")
         return reply
@@ -134,10 +148,21 @@ class _Host:
         why = "was lost with the zygote that forked it" if mono is None else f"exited ({code})"
         self.lost = f"the store host (pid {self.pid}) {why} while the ranks used its store{_tail(self._log)}"
 
+    def _line(self, give_up_at: float) -> bytes:
+        """The next line from the host (b"" at its EOF); TimeoutError at ``give_up_at``, nothing lost by it."""
+        while b"\n" not in self._buf:
+            self._conn.settimeout(max(0.001, give_up_at - time.monotonic()))
+            data = self._conn.recv(65536)
+            if not data:
+                return b""
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
     def close(self) -> None:
         """The host exits when it reads our end's EOF."""
         self.dead = self.dead or "closed"
-        for end in (self._rfile, self._conn, self._log):
+        for end in (self._conn, self._log):
             try:
                 end.close()
             except OSError:
@@ -248,7 +273,7 @@ def _start(spawn: Callable[..., int]) -> _Host:
     started.append(host)
     try:
         conn.settimeout(START_S)
-        ready = json.loads(host._rfile.readline() or b"{}")
+        ready = json.loads(host._line(time.monotonic() + START_S) or b"{}")
     except (OSError, ValueError):
         ready = {}
     if not ready.get("ready"):
@@ -295,10 +320,14 @@ def _serve(name: str) -> int:
     reply: dict = {"ready": True}
     for line in itertools.chain((b"",), rfile):
         if line:
+            number = None
             try:
-                reply = _answer(json.loads(line), stores, ids, TCPStore)
+                req = json.loads(line)
+                number = req.get("n")
+                reply = _answer(req, stores, ids, TCPStore)
             except Exception as exc:  # noqa: BLE001 - one bad request or store error must not end every launch's store
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
+            reply["n"] = number  # the harness drops answers to calls it gave up on
         wfile.write(json.dumps(reply).encode() + b"\n")
         wfile.flush()
     return 0

@@ -144,3 +144,20 @@ def test_one_bad_request_is_answered_and_the_host_keeps_serving(forker) -> None:
     with pytest.raises(store_host.HostError, match="TypeError"):
         store._host.call({"op": "read", "id": store._sid, "keys": 5})
     assert store.read(["k"]) == {"k": b"v"}
+
+
+def test_a_call_that_times_out_fails_alone_and_its_late_answer_is_dropped(forker) -> None:
+    # A host starved for a moment (here: stopped) must not take every concurrent launch's store with it.
+    first = store_host.open_store(forker.spawn, "127.0.0.1")
+    second = store_host.open_store(forker.spawn, "127.0.0.1")
+    _client(first.port).set("k", "first")
+    _client(second.port).set("k", "second")
+    host = psutil.Process(first._host.pid)
+    host.suspend()
+    try:
+        with pytest.raises(TimeoutError, match=r"did not answer within 0.3 s"):
+            first._host.call({"op": "read", "id": first._sid, "keys": ["k"]}, limit_s=0.3)
+    finally:
+        host.resume()
+    assert second.read(["k"]) == {"k": b"second"}, "the late answer to the first launch's read was taken for this one"
+    assert first.read(["k"]) == {"k": b"first"} and not first._host.dead
