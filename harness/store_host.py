@@ -48,6 +48,16 @@ CALL_LIMIT_S = 2.0
 START_S = 30.0
 """How long a forked host may take to say ready (a fork and a socket: milliseconds, unless the box is starved)."""
 
+RES_OPTIONS = "timeout:1 attempts:1"
+"""The resolver options of the store host and of the ranks the harness starts, unless its env sets its own
+(glibc reads ``RES_OPTIONS``).
+
+c10d names every store connection it opens by a reverse lookup of the peer (``getnameinfo`` of
+``::ffff:127.0.0.1``, which /etc/hosts does not list), so a new TCPStore, or a rank joining one, asks DNS.
+On a box whose resolver drops a query, glibc's default (5 s, two tries) stalled it 5 s: 4 of the bench's
+700 time-to-crash runs, and 2 of 150 store opens. A lookup that fails only leaves the name numeric, and
+one second is the least glibc waits."""
+
 
 class HostError(RuntimeError):
     """The store host did not start serving."""
@@ -259,7 +269,7 @@ def _start(spawn: Callable[..., int]) -> _Host:
     try:
         listener.bind("\0" + name)
         listener.listen(1)
-        pid = spawn(module=__name__, argv=[name], env=dict(os.environ), cwd=str(Path(__file__).resolve().parent.parent),
+        pid = spawn(module=__name__, argv=[name], env={"RES_OPTIONS": RES_OPTIONS, **os.environ}, cwd=str(Path(__file__).resolve().parent.parent),
                     log=path, on_exit=on_exit)
         conn = _accept(listener, wake_r, pid, gone, log)
     except BaseException:

@@ -227,3 +227,14 @@ def test_store_host_death_is_a_harness_error_not_the_ranks_verdict(tmp_path, mon
     assert results and results[0].observed == "HARNESS_ERROR", results
     assert re.search(r"the store host \(pid \d+\) exited \(-?9\) while the ranks used its store", results[0].reason), \
         results[0].reason
+
+
+def test_ranks_resolve_with_a_one_second_dns_timeout_unless_the_env_says_otherwise(tmp_path, monkeypatch) -> None:
+    # c10d reverse-looks-up every store peer; glibc's default 5 s per dropped query stalled whole runs.
+    from harness.launch.spec import base_env
+
+    spec = LaunchSpec(command=FAKE, world_size=2, log_dir=tmp_path)
+    monkeypatch.delenv("RES_OPTIONS", raising=False)
+    assert base_env(spec)["RES_OPTIONS"] == "timeout:1 attempts:1"
+    monkeypatch.setenv("RES_OPTIONS", "timeout:3")
+    assert base_env(spec)["RES_OPTIONS"] == "timeout:3"

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.store_host import RES_OPTIONS
+
 MODES = ("zygote", "subprocess", "srun", "torchrun", "torchrun-2node")
 HOST = "127.0.0.1"
 _INHERITED_DROP = (
@@ -67,6 +69,6 @@ def base_env(spec: LaunchSpec) -> dict[str, str]:
         if k not in _INHERITED_DROP and not k.startswith(("TORCHELASTIC_", "TP_"))
     }
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.setdefault("RES_OPTIONS", RES_OPTIONS)
     env.update(spec.env)
     return env
-
