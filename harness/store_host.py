@@ -149,14 +149,14 @@ class _Host:
         return reply
 
     def exited(self, code: int | None, mono: float | None) -> None:
-        """The zygote saw the host process end (``mono`` None: the zygote itself went, the host's fate unknown).
+        """The zygote saw the host process end.
 
         Called on the zygote's reader thread, before the exit of any rank the loss made fail: a supervisor
-        that checks ``HostedStore.lost`` after taking a rank's exit never mistakes them for the TP path's."""
-        if self.dead == "closed":  # we ended it
+        that checks ``HostedStore.lost`` after taking a rank's exit never mistakes them for the TP path's.
+        ``mono`` None means the zygote itself went: each rank's own "lost" event says so, more precisely."""
+        if self.dead == "closed" or mono is None:  # we ended it, or the zygote's loss is reported per rank
             return
-        why = "was lost with the zygote that forked it" if mono is None else f"exited ({code})"
-        self.lost = f"the store host (pid {self.pid}) {why} while the ranks used its store{_tail(self._log)}"
+        self.lost = f"the store host (pid {self.pid}) exited ({code}) while the ranks used its store{_tail(self._log)}"
 
     def _line(self, give_up_at: float) -> bytes:
         """The next line from the host (b"" at its EOF); TimeoutError at ``give_up_at``, nothing lost by it."""
@@ -230,7 +230,10 @@ def open_store(spawn: Callable[..., int], host: str) -> HostedStore:
                 # host, and with it every other launch's store.
                 reply = _HOST.call({"op": "open", "host": host}, limit_s=START_S)
                 return HostedStore(_HOST, int(reply["id"]), int(reply["port"]))
-            except TimeoutError as exc:  # it went (its zygote went, or it was killed): one fresh try
+            except TimeoutError as exc:  # it went (its zygote went, or it was killed), or is stuck: one fresh try
+                if not _HOST.dead:  # silent for START_S: ending it also drops the store it may yet have opened
+                    _HOST.dead = f"{exc}; given up"
+                    _HOST.close()
                 if attempt == 2:
                     raise HostError(str(exc)) from None
     raise AssertionError("unreachable")

@@ -116,7 +116,7 @@ class _Loop:
         obs = self.obs
         while len(obs.exits) < obs.world_size:
             self._take_exits(self.limits.tick_s)
-            lost = self.launch.store_lost()
+            lost = None if obs.harness_error else self.launch.store_lost()
             if lost:  # the ranks' own reports now blame each other for what the harness lost
                 obs.harness_error = f"{lost}: each rank's failure from here on is the harness's, not the TP path's"
                 break

@@ -277,12 +277,18 @@ def _leave_share_dir(share_dir: str, sock: str) -> None:
 
     A joiner that waited for the lock meanwhile holds an unlinked lock file: ``_join_or_start`` sees that
     and starts over, with a fresh directory."""
+    path = os.path.join(share_dir, "zygote.lock")
     try:
-        lock = open(os.path.join(share_dir, "zygote.lock"), "a")  # noqa: SIM115 - closed below
+        lock = open(path, "a")  # noqa: SIM115 - closed below
     except OSError:  # gone already: the starter closed it
         return
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):
+                return  # removed while we waited, and made anew: a newer zygote's directory
+        except OSError:
+            return
         address = os.path.join(share_dir, "zygote.addr")
         try:
             with open(address) as fh:

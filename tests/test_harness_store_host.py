@@ -161,3 +161,20 @@ def test_a_call_that_times_out_fails_alone_and_its_late_answer_is_dropped(forker
         host.resume()
     assert second.read(["k"]) == {"k": b"second"}, "the late answer to the first launch's read was taken for this one"
     assert first.read(["k"]) == {"k": b"first"} and not first._host.dead
+
+
+def test_a_host_silent_through_an_open_is_replaced(forker, monkeypatch) -> None:
+    # An open that times out may yet create a store in the host: the host is ended (its stores go with it)
+    # and the launch gets a fresh one, instead of every later launch waiting on the same stuck host.
+    first = store_host.open_store(forker.spawn, "127.0.0.1")
+    stuck = psutil.Process(first._host.pid)
+    monkeypatch.setattr(store_host, "START_S", 0.5)
+    stuck.suspend()
+    try:
+        fresh = store_host.open_store(forker.spawn, "127.0.0.1")
+    finally:
+        stuck.resume()
+    assert fresh._host.pid != stuck.pid
+    _client(fresh.port).set("k", "v")
+    assert fresh.read(["k"]) == {"k": b"v"}
+    assert wait_gone([stuck], timeout_s=10) == [], "the stuck host outlived being given up"
