@@ -27,7 +27,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -43,6 +42,8 @@ ExitCallback = Callable[[int, "int | None", "float | None"], None]
 PRELOAD = ("torch", "torch.distributed")
 """What the zygote imports before it forks anything."""
 ADDRESS_FILE = "zygote.addr"
+LOCK_FILE = "zygote.lock"
+"""In the shared directory: held while a process joins or starts the shared zygote, or removes the directory."""
 """In the shared directory: the path of the shared zygote's socket."""
 
 
@@ -73,6 +74,8 @@ class Zygote:
         self._reader: threading.Thread | None = None
         self.share_dir: Path | None = None
         """Where this zygote's address is published (``share_through``): removed when its starter closes."""
+        self.share_sock = ""
+        """The address published there: the socket of this zygote's listener."""
         self.greeted = False
         """The zygote said ``ready`` to us (a joiner queued on a zygote on its way out never hears it)."""
 
@@ -226,7 +229,7 @@ class Zygote:
             self._reader.join(timeout=5)
         self._errlog.close()
         if self.share_dir is not None:  # a worker starting later starts a zygote of its own
-            shutil.rmtree(self.share_dir, ignore_errors=True)
+            leave_share_dir(self.share_dir, self.share_sock)
 
 
 _SHARED: Zygote | None = None
@@ -283,17 +286,49 @@ def _join_or_start(directory: Path | None, preload: tuple[str, ...] = PRELOAD) -
     while True:
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            lock = (directory / "zygote.lock").open("a")
+            lock = (directory / LOCK_FILE).open("a")
         except OSError:
             return Zygote(preload)
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one starter; the others find its address
-            if _still_named(lock, directory / "zygote.lock"):
+            if _still_named(lock, directory / LOCK_FILE):
                 return _join_or_start_locked(directory, preload)
             # A zygote on its way out removed the directory while we waited for its lock: start over.
 
 
+def leave_share_dir(directory: Path, sock: str) -> None:
+    """Remove the share directory unless a newer zygote's address is in it, under the joiners' lock.
+
+    Called by the zygote on its way out (its starter may have been killed before its own ``close``) and by
+    the starter's ``close``. A joiner that waited for the lock meanwhile holds an unlinked lock file:
+    ``_join_or_start`` sees that and starts over, with a fresh directory."""
+    path = directory / LOCK_FILE
+    try:
+        lock = path.open("a")
+    except OSError:  # gone already
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _still_named(lock, path):
+            return  # removed while we waited, and made anew: a newer zygote's directory
+        try:
+            if (directory / ADDRESS_FILE).read_text() != sock:
+                return
+        except OSError:
+            pass
+        for name in (ADDRESS_FILE, ADDRESS_FILE + ".tmp", LOCK_FILE):
+            try:
+                (directory / name).unlink()
+            except OSError:
+                pass
+        try:
+            directory.rmdir()
+        except OSError:
+            pass
+
+
 def _still_named(lock, path: Path) -> bool:
+    """True when the open ``lock`` is still the file at ``path`` (not removed, not made anew)."""
     try:
         return os.path.samestat(os.fstat(lock.fileno()), os.stat(path))
     except OSError:
@@ -317,9 +352,9 @@ def _join_or_start_locked(directory: Path, preload: tuple[str, ...]) -> Zygote:
         os.rmdir(private)
         return Zygote(preload)
     zygote = Zygote(preload, listen=listen)
-    zygote.share_dir = directory
+    zygote.share_dir, zygote.share_sock = directory, os.path.join(private, "sock")
     zygote.start()
     tmp = address.with_suffix(".tmp")
-    tmp.write_text(os.path.join(private, "sock"))
+    tmp.write_text(zygote.share_sock)
     tmp.replace(address)
     return zygote

@@ -1,13 +1,14 @@
-"""The zygote's server side: ``python -m harness.zygote_server PRELOAD [LISTEN_FD SHARE_DIR]``.
+"""The zygote's server side: ``python -m harness.zygote_server PRELOAD [LISTEN_FD [SHARE_DIR]]``.
 
 See ``harness.zygote`` for what the zygote is and its protocol. Its first
 client is the harness that started it, over the zygote's stdin/stdout. With a
 listening Unix socket passed as ``LISTEN_FD`` (pytest-xdist workers sharing one
 zygote: one ``import torch`` fewer per worker), more clients connect there; each
 gets its own ``ready`` and the exits of the ranks it asked for. ``SHARE_DIR`` is
-where its address is published (``harness.zygote.share_through``); the zygote
-removes it on its way out when it still names this zygote, so that a starter
-killed before its own clean-up (SIGKILL, an OOM kill) leaves nothing in the temp dir.
+where its address is published (``harness.zygote.share_through``);
+the zygote removes it on its way out when it still names this zygote, so that a
+starter killed before its own clean-up (SIGKILL, an OOM kill) leaves nothing in
+the temp dir.
 
 A client that goes (its stream closes: it exited or died) takes its ranks with
 it: the zygote kills them (their process groups) and reaps them. The zygote
@@ -16,7 +17,6 @@ exits once its last client has gone, killing whatever is still alive.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import select
@@ -25,8 +25,10 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 from harness import lifetime, warm
+from harness.zygote import leave_share_dir
 
 KILL_WAIT_S = 5.0
 """How long the last client's exit waits for the killed children to be reaped before the zygote goes anyway."""
@@ -201,7 +203,7 @@ def _reply(client: _Client, line: str) -> None:
 
 
 def serve(preload: list[str], listen_fd: int | None = None, share_dir: str | None = None) -> None:
-    """The zygote's main loop (``python -m harness.zygote_server torch,... [LISTEN_FD]``)."""
+    """The zygote's main loop (``python -m harness.zygote_server torch,... [LISTEN_FD [SHARE_DIR]]``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     lifetime.become_subreaper()
     for name in preload:
@@ -269,42 +271,7 @@ def _close_listener(listener: socket.socket, share_dir: str | None) -> None:
             pass
         path = os.path.dirname(path)
     if share_dir:
-        _leave_share_dir(share_dir, sock)
-
-
-def _leave_share_dir(share_dir: str, sock: str) -> None:
-    """Remove the share directory unless a newer zygote's address is in it, under the joiners' lock.
-
-    A joiner that waited for the lock meanwhile holds an unlinked lock file: ``_join_or_start`` sees that
-    and starts over, with a fresh directory."""
-    path = os.path.join(share_dir, "zygote.lock")
-    try:
-        lock = open(path, "a")  # noqa: SIM115 - closed below
-    except OSError:  # gone already: the starter closed it
-        return
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):
-                return  # removed while we waited, and made anew: a newer zygote's directory
-        except OSError:
-            return
-        address = os.path.join(share_dir, "zygote.addr")
-        try:
-            with open(address) as fh:
-                if fh.read() != sock:
-                    return
-        except OSError:
-            pass
-        for name in ("zygote.addr", "zygote.addr.tmp", "zygote.lock"):
-            try:
-                os.unlink(os.path.join(share_dir, name))
-            except OSError:
-                pass
-        try:
-            os.rmdir(share_dir)
-        except OSError:
-            pass
+        leave_share_dir(Path(share_dir), sock)
 
 
 def _read_client(clients: dict[int, _Client], client: _Client, children: dict, orphans: dict, zygote_pid: int,

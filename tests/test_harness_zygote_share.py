@@ -196,14 +196,12 @@ def test_a_client_with_a_bad_request_goes_alone(tmp_path: Path) -> None:
 def test_a_leaving_zygote_keeps_out_of_a_newer_share_dir(tmp_path: Path) -> None:
     """The leaving zygote waits for the joiners' lock; if the directory was removed and made anew meanwhile
     (its starter's close() removes it without the lock), the lock it gets is stale and the directory not its own."""
-    from harness.zygote_server import _leave_share_dir
-
     share = tmp_path / "run"
     share.mkdir()
     held = (share / "zygote.lock").open("a")
     fcntl.flock(held, fcntl.LOCK_EX)
     (share / zygote.ADDRESS_FILE).write_text("/old/sock")
-    leaving = threading.Thread(target=_leave_share_dir, args=(str(share), "/old/sock"))
+    leaving = threading.Thread(target=zygote.leave_share_dir, args=(share, "/old/sock"))
     leaving.start()
     give_up_at = time.monotonic() + 10
     while not any(" -> FLOCK" in f" {line}" for line in Path("/proc/locks").read_text().splitlines()):
