@@ -12,9 +12,10 @@ import pytest
 from benchmarks import SCHEMA, SECTIONS
 
 REPO = Path(__file__).resolve().parent.parent
-# One worker runs every test here (``nox -s tests`` uses --dist loadgroup): under plain load scheduling xdist may
-# split a module across workers, and each would run the whole quick bench for its module-scoped fixture (~60 s).
-pytestmark = pytest.mark.xdist_group("bench-smoke")
+# The quick bench (~50 s) runs once, for one test that checks every section. As separate tests, xdist spread
+# them over both workers and each ran the whole bench: ``xdist_group`` no longer keeps a group on one worker
+# (with pytest 9 a node id derives from its structured id, so xdist 3.8's ``--dist loadgroup`` suffix does
+# not take), and a worker that came back to the module ran it again.
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
-def test_schema_and_machine(bench):
+def _schema_and_machine(bench) -> None:
     doc, _, _ = bench
     assert doc["schema"] == SCHEMA
     assert doc["quick"] is True
@@ -42,7 +43,7 @@ def test_schema_and_machine(bench):
         assert "error" not in section, f"{name}: {section.get('error')}"
 
 
-def test_launch_numbers(bench):
+def _launch_numbers(bench) -> None:
     launch = bench[0]["sections"]["launch"]
     assert _positive(launch["zygote_start_s"])
     assert _positive(launch["ratio_subprocess_over_zygote"])
@@ -52,7 +53,7 @@ def test_launch_numbers(bench):
         assert all(_positive(stats[k]) for k in ("median", "p95", "max"))
 
 
-def test_time_to_crash_numbers(bench):
+def _time_to_crash_numbers(bench) -> None:
     ttc = bench[0]["sections"]["ttc"]
     assert ttc["scenarios"], "no guarded scenario measured"
     for row in ttc["scenarios"]:
@@ -62,7 +63,7 @@ def test_time_to_crash_numbers(bench):
         assert all(_positive(v) for v in row["anchor_over_p95"].values()), row
 
 
-def test_overhead_numbers(bench):
+def _overhead_numbers(bench) -> None:
     overhead = bench[0]["sections"]["overhead"]
     assert set(overhead["world_sizes"]) == {"2", "4"}
     for rows in overhead["world_sizes"].values():
@@ -73,7 +74,7 @@ def test_overhead_numbers(bench):
             assert isinstance(rows[name]["overhead_pct"]["median"], float)
 
 
-def test_reference_and_suite_numbers(bench):
+def _reference_and_suite_numbers(bench) -> None:
     doc = bench[0]
     for ops in doc["sections"]["reference"]["world_sizes"].values():
         assert ops and all(_positive(op["median_us"]) for op in ops.values())
@@ -81,7 +82,7 @@ def test_reference_and_suite_numbers(bench):
     assert runs and all(_positive(r["wall_s"]) and r["returncode"] == 0 for r in runs.values())
 
 
-def test_markdown_printed_and_written(bench):
+def _markdown_printed_and_written(bench) -> None:
     doc, stdout, out = bench
     text = (out / "bench.md").read_text()
     assert text in stdout
@@ -92,7 +93,7 @@ def test_markdown_printed_and_written(bench):
     assert all(t["verdict"] in ("met", "missed") for t in doc["targets"])
 
 
-def test_detection_numbers(bench):
+def _detection_numbers(bench) -> None:
     sections = bench[0]["sections"]
     flight = sections["flight"]
     assert _positive(flight["per_collective_us"]) and _positive(flight["cost_pct"])
@@ -105,6 +106,20 @@ def test_detection_numbers(bench):
     targets = {row["target"].split(" ")[0] for row in bench[0]["targets"]}
     assert {"flight", "fault", "zero"} <= targets
     assert all(r["stall_verdicts"] == r["outcomes"].get("HUNG", 0) for r in hang["scenarios"])  # none waited out a deadline
+
+
+CHECKS = (_schema_and_machine, _launch_numbers, _time_to_crash_numbers, _overhead_numbers,
+          _reference_and_suite_numbers, _markdown_printed_and_written, _detection_numbers)
+
+
+def test_the_quick_bench_measures_every_section(bench):
+    failed = []
+    for check in CHECKS:  # every section's verdict, not only the first that fails
+        try:
+            check(bench)
+        except (AssertionError, KeyError) as exc:
+            failed.append(f"{check.__name__[1:]}: {type(exc).__name__}: {exc}")
+    assert not failed, "\n".join(failed)
 
 
 def test_a_missed_hang_target_says_whether_the_deadline_or_a_late_hang_is_why():
