@@ -285,7 +285,6 @@ def _start(spawn: Callable[..., int]) -> _Host:
     host = _Host(conn, pid, log)
     started.append(host)
     try:
-        conn.settimeout(START_S)
         ready = json.loads(host._line(time.monotonic() + START_S) or b"{}")
     except (OSError, ValueError):
         ready = {}

@@ -42,9 +42,11 @@ ExitCallback = Callable[[int, "int | None", "float | None"], None]
 PRELOAD = ("torch", "torch.distributed")
 """What the zygote imports before it forks anything."""
 ADDRESS_FILE = "zygote.addr"
+"""In the shared directory: the path of the shared zygote's socket."""
+_ADDRESS_TMP = ADDRESS_FILE + ".tmp"
+"""Written first, then renamed over ``ADDRESS_FILE``: a joiner never reads half an address."""
 LOCK_FILE = "zygote.lock"
 """In the shared directory: held while a process joins or starts the shared zygote, or removes the directory."""
-"""In the shared directory: the path of the shared zygote's socket."""
 
 
 class ZygoteError(RuntimeError):
@@ -316,7 +318,7 @@ def leave_share_dir(directory: Path, sock: str) -> None:
                 return
         except OSError:
             pass
-        for name in (ADDRESS_FILE, ADDRESS_FILE + ".tmp", LOCK_FILE):
+        for name in (ADDRESS_FILE, _ADDRESS_TMP, LOCK_FILE):
             try:
                 (directory / name).unlink()
             except OSError:
@@ -354,7 +356,7 @@ def _join_or_start_locked(directory: Path, preload: tuple[str, ...]) -> Zygote:
     zygote = Zygote(preload, listen=listen)
     zygote.share_dir, zygote.share_sock = directory, os.path.join(private, "sock")
     zygote.start()
-    tmp = address.with_suffix(".tmp")
+    tmp = directory / _ADDRESS_TMP
     tmp.write_text(zygote.share_sock)
     tmp.replace(address)
     return zygote
