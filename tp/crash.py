@@ -19,12 +19,11 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from datetime import timedelta
 
 import torch.distributed as dist
 
-from tp import codes, flight, log
+from tp import codes, flight, log, signals
 
 ABORT_KEY = "tp/abort"
 _ABORT_CLAIM = "tp/abort_claims"
@@ -91,7 +90,7 @@ class Crash:
                 if fatal.code != "PEER_ABORT" and fatal.publish:  # a follower never claims to be the cause
                     self._publish(fatal, fm)
                 if dump_stack:
-                    _dump_stacks()
+                    signals.dump_stacks()
                 flight.dump(f"TP-FATAL {fatal.code}")
                 self._leave(fatal.cause_rank)
                 log.event("exit", rank=self.rank, code=fatal.code, exit=entry.exit)
@@ -122,21 +121,6 @@ class Crash:
                                within_s=HOST_LINGER_S, skip=lost)
         except Exception as exc:
             log.info(f"could not mark this rank's exit: {exc}")
-
-
-def _dump_stacks() -> None:
-    """Every thread's stack into the log, worded as faulthandler words it.
-
-    Read through ``sys._current_frames()``, the interpreter's own consistent view, not faulthandler's
-    all-threads walk: called from the watchdog thread while the main thread unwinds a failed collective,
-    that walk killed a rank with SIGSEGV after its first ``Thread 0x...`` line (a PEER_ABORT that should
-    have exited 51), which turns a clean crash into an exit outside the contract.
-    """
-    me = threading.get_ident()
-    for ident, frame in sys._current_frames().items():
-        lines = [f"{'Current thread' if ident == me else 'Thread'} 0x{ident:016x} (most recent call first):"]
-        lines += [f'  File "{f.filename}", line {f.lineno} in {f.name}' for f in reversed(traceback.extract_stack(frame))]
-        sys.stderr.write("\n".join(lines) + "\n\n")
 
 
 def wait_for_peers(store: dist.Store, *, rank: int, world_size: int, keys, within_s: float,

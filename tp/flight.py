@@ -13,8 +13,8 @@ Always on, so it must be cheap: an entry is one list holding the tensor's own
 
 The ring is written on SIGUSR1, on every TP-FATAL and at a clean exit. A
 rank blocked inside a collective is inside C++ and never runs a Python signal
-handler, so SIGUSR1 is acted on by ``tp.signals``' thread, which writes the
-dump. faulthandler is chained after it, so stacks still go to the log.
+handler, so SIGUSR1 is acted on by ``tp.signals``' thread, which writes every
+thread's stack to the log and then the dump.
 """
 
 from __future__ import annotations
@@ -122,12 +122,20 @@ def dump(reason: str) -> None:
 
 
 def install(rec: Recorder) -> None:
-    """Make ``rec`` the process's recorder and dump it on SIGUSR1 (then faulthandler, chained)."""
+    """Make ``rec`` the process's recorder; on SIGUSR1 the signal thread dumps every stack, then the ring.
+
+    Stacks first, trace file last: the harness takes a fresh trace as "this answer is complete" (CONTRACT §6).
+    """
     global recorder
     recorder = rec
-    import faulthandler
+    if not signals.on(signal.SIGUSR1, _answer):
+        # Not the main thread (an embedding runtime): no signal thread, so faulthandler's own handler is the
+        # only way to answer. It walks frames without the GIL (see tp.signals): stacks only, traces on exit.
+        import faulthandler
 
-    if signals.on(signal.SIGUSR1, lambda: dump("SIGUSR1")):
-        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
-    else:  # not the main thread (an embedding runtime): stacks only, traces on exit
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+
+
+def _answer() -> None:
+    signals.dump_stacks()
+    dump("SIGUSR1")

@@ -9,11 +9,19 @@ only so the C handler is installed.
 
 Where a process cannot install handlers (code embedding the TP path outside
 the main thread) ``on`` says so and the signal keeps its previous meaning.
+
+Stacks are dumped here too (``dump_stacks``), never from a signal handler:
+faulthandler's handler walks every thread's frames without the GIL while
+those threads keep pushing and popping frames, and reads a data-stack chunk
+the interpreter has just freed. Under the harness's SIGUSR1 that killed a
+rank with SIGSEGV on its own fatal path (a rank whose watchdog was dumping
+stacks while the probe arrived). ``tools/stack_race.py`` shows the rate.
 """
 
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import os
 import signal
 import sys
@@ -50,6 +58,20 @@ def on(signum: signal.Signals, action: Callable[[], None]) -> bool:
             _actions[signum] = previous
         return False
     return True
+
+
+def dump_stacks() -> None:
+    """Every thread's stack to stderr (so into the rank's log), in faulthandler's words.
+
+    One C call made with the GIL held: no other thread runs Python, so no frame it reads is pushed, popped or
+    freed meanwhile, and two dumps (a SIGUSR1 answer, a fatal path's) never interleave. Never raises: it runs
+    on the way to ``os._exit``.
+    """
+    try:
+        sys.stderr.flush()
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    except (OSError, ValueError, RuntimeError) as exc:  # a closed or vanished log must not stop an exit
+        print(f"TP-INFO stack dump failed: {exc}", file=sys.stderr, flush=True)
 
 
 def die_by(signum: signal.Signals) -> None:
