@@ -1,4 +1,4 @@
-"""pytest plugin: markers, ``--breakit-*`` options, the ``breakit`` fixture.
+"""pytest plugin: markers, ``--breakit-*`` options; it exports the ``breakit`` fixture (fixtures/breakit.py).
 
 Its name is ``breakit`` (``-p no:breakit`` keeps it out): the ``pytest11`` entry
 point of an installed tp-breakit, or the root conftest of a checkout. Loaded by its
@@ -11,6 +11,7 @@ the command line: it is part of what the scenario proves).
 
 from __future__ import annotations
 
+import importlib
 import json
 import secrets
 import sys
@@ -20,9 +21,7 @@ from pathlib import Path
 import pytest
 from _pytest import junitxml
 
-from harness import delta, options, probe, rank_command, report, zygote
-from harness.result import Result
-from harness.runner import RunConfig, run_scenario
+from harness import delta, options, probe, rank_command, report, stash, zygote
 from harness.scenario import Scenario
 
 FM_MARKERS = tuple(f"fm{n:02d}" for n in range(1, 16))
@@ -30,8 +29,7 @@ MARKER_KEYS = ("deadline", "world_size", "launch")
 WORKER_KEY = "breakit_run_dir"
 ZYGOTE_KEY = "breakit_zygote_share"
 TALLY_PLUGIN = "breakit-tally"
-_SETTINGS = pytest.StashKey[dict]()
-_RUN_DIR = pytest.StashKey[Path]()
+FIXTURES_PLUGIN = "breakit-fixtures"
 _SUMMARY = pytest.StashKey[report.Summary]()
 _REFUSED = pytest.StashKey[str]()
 _LOST = pytest.StashKey[list]()
@@ -68,20 +66,20 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = {}
     for opt in options.OPTIONS.values():
         settings[opt.name] = _resolve(config, opt)
-    config.stash[_SETTINGS] = settings
+    config.stash[stash.SETTINGS] = settings
     rank_command.header(config, settings)
     if not config.option.collectonly:  # xdist workers too: each starts ranks the way the controller decided
         rank_command.fit_launch(config, settings)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
-        config.stash[_RUN_DIR] = Path(workerinput[WORKER_KEY])
+        config.stash[stash.RUN_DIR] = Path(workerinput[WORKER_KEY])
         share = workerinput.get(ZYGOTE_KEY) or Path(tempfile.gettempdir()) / f"breakit-zygote-{workerinput['testrunuid']}"
         zygote.share_through(Path(share))
     else:
         root = settings["report_dir"]
         if not root.is_absolute():
             root = rank_command.base_dir(config) / root
-        config.stash[_RUN_DIR] = root / report.run_dir_name()
+        config.stash[stash.RUN_DIR] = root / report.run_dir_name()
         if not config.option.collectonly:
             _check_writable(root)
             _check_baseline(config)
@@ -90,6 +88,8 @@ def pytest_configure(config: pytest.Config) -> None:
             if settings["launch"] == "zygote" and not config.option.collectonly:
                 zygote.shared()  # now: its import of torch overlaps the workers' start-up instead of following it
     config.pluginmanager.register(_Tally(), TALLY_PLUGIN)
+    # The fixtures users' scenarios request live in fixtures/, shared with this project's own tests.
+    config.pluginmanager.register(importlib.import_module("fixtures.breakit"), FIXTURES_PLUGIN)
 
 
 def _check_baseline(config: pytest.Config) -> None:
@@ -133,7 +133,7 @@ def _resolve(config: pytest.Config, opt: options.Option):
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
     """xdist controller: every worker writes into the controller's run directory."""
-    node.workerinput[WORKER_KEY] = str(node.config.stash[_RUN_DIR])
+    node.workerinput[WORKER_KEY] = str(node.config.stash[stash.RUN_DIR])
     if zygote.share_dir() is not None:  # not with --tx alone (no -n): the workers then name one by testrunuid
         node.workerinput[ZYGOTE_KEY] = str(zygote.share_dir())
 
@@ -175,7 +175,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _planned(session: pytest.Session) -> list[tuple[Scenario, int]]:
     """``(scenario, world size)`` of every selected scenario test that will run (not skip)."""
-    settings = session.config.stash[_SETTINGS]
+    settings = session.config.stash[stash.SETTINGS]
     out = []
     for item in session.items:
         scenario = _scenario_of(item)
@@ -199,7 +199,7 @@ def _refuse(session: pytest.Session, why: str) -> None:
 
 def _ask_tp(session: pytest.Session, planned: list[tuple[Scenario, int]]) -> probe.Pending | None:
     """Check every planned scenario's ranks, then ask the rank command about the rest (in the background)."""
-    settings = session.config.stash[_SETTINGS]
+    settings = session.config.stash[stash.SETTINGS]
     try:
         return probe.ask(settings["tp_command"], planned, backend=settings["backend"], launch=settings["launch"],
                          cwd=rank_command.base_dir(session.config))
@@ -231,67 +231,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     planned = _planned(session)
     pending = _ask_tp(session, planned) if planned else None
     launches = any("breakit" in getattr(item, "fixturenames", ()) for item in session.items)
-    if pending is not None and launches and config.stash[_SETTINGS]["launch"] == "zygote":
+    if pending is not None and launches and config.stash[stash.SETTINGS]["launch"] == "zygote":
         zygote.shared()  # the zygote forks the TP path's answer, then the ranks
     if pending is not None:
-        probe.overlap_store_import(config.stash[_SETTINGS]["launch"])
+        probe.overlap_store_import(config.stash[stash.SETTINGS]["launch"])
     if pending is not None and _tp_verdict(session, pending):
-        report.write_planned(config.stash[_RUN_DIR], len(planned))
+        report.write_planned(config.stash[stash.RUN_DIR], len(planned))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     refused = item.config.stash.get(_REFUSED, None)
     if refused is not None and _scenario_of(item) is not None:
         pytest.fail(f"refused before any rank started: {refused}", pytrace=False)
-
-
-class Breakit:
-    """The ``breakit`` fixture: ``breakit.check(scenario)`` runs and judges one scenario."""
-
-    def __init__(self, request: pytest.FixtureRequest) -> None:
-        self._request = request
-
-    def settings(self) -> dict:
-        """Effective settings for this test: marker > CLI > ini > default."""
-        settings = dict(self._request.config.stash[_SETTINGS])
-        marker = self._request.node.get_closest_marker("breakit")
-        for key, value in (marker.kwargs if marker else {}).items():
-            settings[key] = options.OPTIONS[key].validate(value, f"@pytest.mark.breakit({key}=...)")
-        settings["marker_deadline"] = marker.kwargs.get("deadline") if marker else None
-        return settings
-
-    def check(self, scenario: Scenario) -> Result:
-        """Run ``scenario``; fail the test with the reason and log tails on a mismatch."""
-        s = self.settings()
-        reason = scenario.skip_reason(s["world_size"])
-        if reason:
-            pytest.skip(reason)
-        config = RunConfig(
-            run_dir=self._request.config.stash[_RUN_DIR], world_size=s["world_size"], backend=s["backend"],
-            device=s["device"], deadline_s=s["deadline"], stall_s=s["stall"], launch=s["launch"],
-            tp_command=s["tp_command"], startup_deadline_s=s["startup_deadline"],
-            cwd=rank_command.base_dir(self._request.config),
-        )
-        marker_deadline = s["marker_deadline"]
-        result = run_scenario(scenario, config, deadline_s=float(marker_deadline) if marker_deadline else None)
-        if _per_test_properties(self._request.config):  # what record_property does, without its warning
-            for key, value in (("scenario", result.id), ("fm", result.fm), ("outcome", result.observed),
-                               ("time_to_crash_s", result.time_to_crash_s), ("verdict", result.verdict)):
-                self._request.node.user_properties.append((key, "" if value is None else value))
-        if not result.passed:
-            pytest.fail(result.failure_text(), pytrace=False)
-        return result
-
-
-def _per_test_properties(config: pytest.Config) -> bool:
-    """xunit2, JUnit's default family, has no per-test properties (the verdict is the suite's breakit_overall)."""
-    return not config.option.xmlpath or config.getini("junit_family") in ("xunit1", "legacy")
-
-
-@pytest.fixture
-def breakit(request: pytest.FixtureRequest) -> Breakit:
-    """Runs tp-breakit scenarios: ``breakit.check(scenario)``."""
-    return Breakit(request)
 
 
 class _Tally:
@@ -322,7 +273,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     Runs before junitxml writes its file, so the overall verdict lands there as a property.
     """
     config = session.config
-    run_dir = config.stash.get(_RUN_DIR, None)
+    run_dir = config.stash.get(stash.RUN_DIR, None)
     if hasattr(config, "workerinput") or run_dir is None:
         return
     planned = report.read_planned(run_dir)
@@ -353,7 +304,7 @@ def _selection(config: pytest.Config) -> str:
     """What the run was asked for (paths, ``-m``, ``-k``): runs compare only with runs of the same selection."""
     opt = config.option
     words = [*config.args, *(["-m", opt.markexpr] if opt.markexpr else []), *(["-k", opt.keyword] if opt.keyword else [])]
-    device = config.stash[_SETTINGS].get("device", "auto")
+    device = config.stash[stash.SETTINGS].get("device", "auto")
     words += [f"--breakit-device {device}"] if device != "auto" else []  # a CUDA run never compares with a CPU one
     return " ".join(words)
 

@@ -2,7 +2,7 @@
 
 The commands are parsed out of README.md, so the doc and this test cannot drift.
 They run in a temporary directory holding only the stand-in package ``mypkg``
-(tests/ranks/fake_tp.py as ``mypkg/serve.py``) and ``my_scenarios/`` (no conftest,
+(fixtures/ranks/fake_tp.py as ``mypkg/serve.py``) and ``my_scenarios/`` (no conftest,
 no ini), with tp-breakit installed into a fresh virtualenv the way a user installs it.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from installed import REPO, Installed
 
-STAND_IN = REPO / "tests" / "ranks" / "fake_tp.py"
+STAND_IN = REPO / "fixtures" / "ranks" / "fake_tp.py"
 SCENARIOS = textwrap.dedent("""
     import pytest
 

@@ -1,6 +1,6 @@
 """Never a false green: a verdict needs evidence, and bad input is refused before any rank starts.
 
-Black-box through ``python -m harness`` with the stand-in rank (tests/ranks/fake_tp.py) wherever the
+Black-box through ``python -m harness`` with the stand-in rank (fixtures/ranks/fake_tp.py) wherever the
 real TP path is not needed; the few refusals that only the TP path can make ask the real one.
 """
 
@@ -19,7 +19,7 @@ import pytest
 from interrupting import interrupt_after_first_result
 
 REPO = Path(__file__).resolve().parent.parent
-RANKS = REPO / "tests" / "ranks"
+RANKS = REPO / "fixtures" / "ranks"
 FAKE = ("--tp-command", "python -m fake_tp", "--report-dir", "reports")
 CRASH = ("--fault", "fake.chunk=raise@rank=0,chunk=1", "--expect", "crash")
 

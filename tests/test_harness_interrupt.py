@@ -16,7 +16,7 @@ import pytest
 from harness.launch import wait_gone
 
 REPO = Path(__file__).resolve().parent.parent
-RANKS = REPO / "tests" / "ranks"
+RANKS = REPO / "fixtures" / "ranks"
 
 TEST_MODULE = textwrap.dedent("""
     from harness import Expect, Fault, Scenario

@@ -1,4 +1,4 @@
-"""Real ranks (tests/ranks/fake_tp.py) through launch, supervise and judge."""
+"""Real ranks (fixtures/ranks/fake_tp.py) through launch, supervise and judge."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from harness import Expect, Fault, Interrupt, Scenario
 from harness.launch import Launch, LaunchSpec, reap_all
 from harness.runner import RunConfig, run_scenario
 
-RANKS = Path(__file__).resolve().parent / "ranks"
+RANKS = Path(__file__).resolve().parent.parent / "fixtures" / "ranks"
 FAKE = (sys.executable, "-m", "fake_tp")
 
 

@@ -24,7 +24,7 @@ from harness.launch import wait_gone
 from harness.zygote import Zygote
 
 REPO = Path(__file__).resolve().parent.parent
-RANKS = REPO / "tests" / "ranks"
+RANKS = REPO / "fixtures" / "ranks"
 
 
 def _wait_for(directory: Path, pattern: str, count: int, timeout_s: float) -> list[int]:

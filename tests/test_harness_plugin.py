@@ -14,7 +14,7 @@ import pytest
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parent.parent
-RANKS = REPO / "tests" / "ranks"
+RANKS = REPO / "fixtures" / "ranks"
 FAKE = ["--breakit-tp-command", "python -m fake_tp"]
 
 SETTINGS_TESTS = textwrap.dedent("""

@@ -16,7 +16,7 @@ from interrupting import interrupt_after_first_result
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parent.parent
-RANKS = REPO / "tests" / "ranks"
+RANKS = REPO / "fixtures" / "ranks"
 FAKE = ["--breakit-tp-command", "python -m fake_tp", "-p", "no:cacheprovider"]
 
 SCENARIOS = textwrap.dedent("""

@@ -26,7 +26,7 @@ from harness import zygote
 from harness.launch import wait_gone
 
 REPO = Path(__file__).resolve().parent.parent
-RANKS = REPO / "tests" / "ranks"
+RANKS = REPO / "fixtures" / "ranks"
 
 
 def _spawn(client: zygote.Zygote, tmp_path: Path, on_exit=lambda *a: None) -> int:
