@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, metavar="N", help="schedules run at once (default: one per core, at most 4, "
                    "under --launch zygote or subprocess; 1 otherwise)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="extra environment for every rank (repeatable), e.g. a test-only TP_TEST_PLANT")
+                   help="extra environment for every rank (repeatable), e.g. TP_PROGRESS_TIMEOUT_S=1")
     add(p, "deadline", "stall", "launch", "backend", "device", "report_dir", "tp_command")
     p = sub.add_parser("report", help="print summary.md of a run (default: reports/latest)")
     p.add_argument("dir", nargs="?", type=Path, default=None, help="run directory or report root")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -69,11 +70,11 @@ def test_the_first_pass_of_the_deck_starts_one_schedule_at_every_site_placed_whe
 def test_the_reproducer_is_one_run_command_holding_the_whole_schedule() -> None:
     s = explore.Schedule(world_size=4, faults=(Fault(site="driver.idle", action="kill(SIGSTOP)", rank=0, chunk=1),
                                                 Fault(site="generator.call", action="sleep(0.2)", rank=3, hit=1)),
-                         env=(("TP_TEST_PLANT", "x"),))
+                         env=(("TP_EXTRA", "x"),))
     line = s.reproducer()
     assert line.startswith("python -m harness run --fault 'driver.idle=kill(SIGSTOP)@rank=0,chunk=1' ")
     assert "--fault 'generator.call=sleep(0.2)@rank=3,hit=1'" in line and "--expect crash --world-size 4" in line
-    assert "--env TP_PROGRESS_TIMEOUT_S=1" in line and "--env TP_TEST_PLANT=x" in line
+    assert "--env TP_PROGRESS_TIMEOUT_S=1" in line and "--env TP_EXTRA=x" in line
     assert s.expect().frozen == {0}
     assert explore.Schedule(world_size=2, faults=(Fault(site="generator.call", action="sleep(0.2)", rank=1),)
                             ).reproducer().count("--expect clean") == 1
@@ -155,16 +156,30 @@ def _first_seed_planting(action: str) -> int:
     raise AssertionError(f"no seed below 1000 draws {action}")
 
 
+def _planted_tp(tmp_path: Path) -> Path:
+    """A scratch copy of tp/ whose digest guardrail hashes only the first byte of what it compares (the bug
+    explore must find). The product has no switch for it: the mutation lives in this copy only."""
+    root = tmp_path / "planted"
+    shutil.copytree(REPO / "tp", root / "tp", ignore=shutil.ignore_patterns("__pycache__"))
+    envelope = root / "tp" / "envelope.py"
+    text = envelope.read_text()
+    anchor = "    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), \"little\") >> 1\n"
+    assert text.count(anchor) == 1, "tp.envelope.digest changed shape: update the planted bug"
+    envelope.write_text(text.replace(anchor, "    data = data[:1]\n" + anchor))
+    return root
+
+
 @pytest.mark.timeout(240)
 def test_a_planted_guardrail_bug_is_found_shrunk_and_reproduced_alone(tmp_path: Path) -> None:
-    """The digest guardrail made to compare only the first byte (TP_TEST_PLANT, test-only): explore reports a
-    violation, and its reproducer, run alone, fails the same way (DIVERGED where the guardrail crashes)."""
+    """The digest guardrail made to compare only the first byte (in a scratch copy of tp/): explore reports a
+    violation, and its reproducer, run alone there, fails the same way (DIVERGED where the guardrail crashes)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
+    planted = _planted_tp(tmp_path)
     seed = _first_seed_planting("corrupt(last)")
     cmd = [sys.executable, "-m", "harness", "explore", "--seed", str(seed), "--runs", "1", "--world-size", "2",
            "--faults-per-run", "1", "--sites", "envelope.after_recv", "--max-shrink", "2",
-           "--report-dir", str(tmp_path), "--env", "TP_TEST_PLANT=digest_first_byte"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
+           "--report-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=planted, env=env, capture_output=True, text=True, timeout=200)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "1 violations" in proc.stdout and "explore: 1 runs" in proc.stderr
     run_dir = next(tmp_path.glob("2*"))
@@ -173,16 +188,15 @@ def test_a_planted_guardrail_bug_is_found_shrunk_and_reproduced_alone(tmp_path: 
     assert violation["observed"] == "DIVERGED" and (run_dir / "violations" / "0000.json").is_file()
     assert doc["runs"][0]["fired"] == ["envelope.after_recv=corrupt"]
     line = violation["reproducer"]
-    assert "--env TP_TEST_PLANT=digest_first_byte" in line and line in proc.stdout
+    assert line in proc.stdout
 
-    alone = subprocess.run(["bash", "-c", line.replace("python -m", f"{sys.executable} -m", 1)
-                            + f" -q --report-dir {tmp_path / 'alone'}"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    rerun = line.replace("python -m", f"{sys.executable} -m", 1)
+    alone = subprocess.run(["bash", "-c", rerun + f" -q --report-dir {tmp_path / 'alone'}"],
+                           cwd=planted, env=env, capture_output=True, text=True, timeout=120)
     assert alone.returncode == 1 and "observed DIVERGED" in alone.stdout, alone.stdout + alone.stderr
-    # Without the plant the same schedule keeps the invariant: the violation is the planted bug, nothing else.
-    healthy = subprocess.run(["bash", "-c", line.replace("python -m", f"{sys.executable} -m", 1).replace(
-        " --env TP_TEST_PLANT=digest_first_byte", "") + f" -q --report-dir {tmp_path / 'healthy'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    # With the product's own tp/ the same schedule keeps the invariant: the violation is the planted bug, nothing else.
+    healthy = subprocess.run(["bash", "-c", rerun + f" -q --report-dir {tmp_path / 'healthy'}"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert healthy.returncode == 0 and "observed CRASHED" in healthy.stdout, healthy.stdout + healthy.stderr
 
 

@@ -19,7 +19,6 @@ on a GPU by ``python -m benchmarks.gpu``).
 
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -56,9 +55,6 @@ def on_device(t: object) -> bool:
 def device_digest(t: torch.Tensor) -> torch.Tensor:
     """The digest of ``t``'s bytes as a 0-d int64 tensor on ``t.device``, in [0, 2^63); no synchronisation."""
     data = t.detach().contiguous().reshape(-1).view(torch.uint8)
-    if os.environ.get("TP_TEST_PLANT") == "digest_first_byte":
-        # Test-only planted bug, as in tp.envelope.digest: the guardrail sees only the first byte.
-        data = data[:1]
     nbytes = data.numel()
     pad = (-nbytes) % 8
     if pad or data.storage_offset() % 8:

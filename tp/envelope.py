@@ -11,7 +11,6 @@ import enum
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -358,7 +357,4 @@ def digest(t: torch.Tensor | bytes | None) -> int:
     if t is None:
         return 0
     data = t if isinstance(t, bytes) else t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-    if os.environ.get("TP_TEST_PLANT") == "digest_first_byte":
-        # Test-only planted bug (tests/test_harness_explore.py): proves explore finds a broken guardrail.
-        data = data[:1]
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
