@@ -229,3 +229,29 @@ def test_kv_cache_keeps_only_the_window() -> None:
     for layer in gen.kv:
         assert sorted(layer) == list(range(15 - window, 15))
         assert all(k.shape == (CFG.heads, TOKENS, CFG.dim // CFG.heads) for k, _ in layer.values())
+
+
+def test_the_plan_places_every_weight_and_refuses_one_it_does_not_name():
+    """Sharding is a plan, not a naming convention: a weight the plan does not name is an error, never replicated."""
+    cfg = ModelConfig(layers=2)
+    weights = full_weights(cfg, torch.float64)
+    assert {tp.model.placement(name).style for name in weights} == {"colwise", "rowwise", "replicate"}
+    with pytest.raises(ValueError, match=r"weight 'l1\.wq_new' has no placement in tp\.model\.TP_PLAN"):
+        shard(cfg, {**weights, "l1.wq_new": torch.zeros(cfg.dim, cfg.dim)}, 0, 2)
+    with pytest.raises(ValueError, match="'bias' has no placement"):
+        shard(cfg, {"bias": torch.zeros(cfg.dim)}, 0, 2)
+
+
+def test_rowwise_rows_match_colwise_columns_of_the_same_heads():
+    """A rank's rowwise rows of ``wo`` are the heads its colwise ``wqkv`` columns produce (q, k and v alike)."""
+    cfg = ModelConfig()
+    weights = full_weights(cfg, torch.float64)
+    hd, ws = cfg.dim // cfg.heads, 4
+    for rank in range(ws):
+        mine = shard(cfg, weights, rank, ws)
+        width = cfg.heads // ws * hd
+        q, k, v = weights["l0.wqkv"].chunk(3, dim=1)
+        cols = slice(rank * width, (rank + 1) * width)
+        assert torch.equal(mine["l0.wqkv"], torch.cat([q[:, cols], k[:, cols], v[:, cols]], dim=1))
+        assert torch.equal(mine["l0.wo"], weights["l0.wo"][cols, :])
+        assert torch.equal(mine["w_in"], weights["w_in"])

@@ -32,9 +32,8 @@ class ModelConfig:
     layers: int = 1
     """Transformer blocks; each does three all_reduces per call (self-attention, cross-attention, MLP).
 
-    One block already issues every kind of collective the TP path has; a second repeated the same three
-    per call, and each gloo all_reduce costs about 1.5 ms of this 2-core box's CPU, so two blocks made the
-    break-it suite about 3.5 s slower with two workers while proving nothing more."""
+    One block already issues every kind of collective the TP path has; each more repeats the same three per
+    call, at about 1.5 ms of a 2-core box's CPU per gloo all_reduce, and proves nothing more."""
     mlp_hidden: int = 256
     """MLP hidden width; must be divisible by the world size."""
     channels: int = 8
@@ -82,36 +81,60 @@ def full_weights(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor
     weights = {"w_in": init(cfg.channels, d), "w_t": init(d, d), "w_out": init(d, cfg.channels)}
     for i in range(cfg.layers):
         weights |= {
-            f"l{i}.wqkv": init(d, 3 * cfg.heads * hd),  # colwise
-            f"l{i}.wo": init(cfg.heads * hd, d),  # rowwise
-            f"l{i}.cq": init(d, cfg.heads * hd),  # colwise
-            f"l{i}.ckv": init(d, 2 * cfg.heads * hd),  # colwise
-            f"l{i}.co": init(cfg.heads * hd, d),  # rowwise
-            f"l{i}.w1": init(d, cfg.mlp_hidden),  # colwise
-            f"l{i}.w2": init(cfg.mlp_hidden, d),  # rowwise
+            f"l{i}.wqkv": init(d, 3 * cfg.heads * hd),
+            f"l{i}.wo": init(cfg.heads * hd, d),
+            f"l{i}.cq": init(d, cfg.heads * hd),
+            f"l{i}.ckv": init(d, 2 * cfg.heads * hd),
+            f"l{i}.co": init(cfg.heads * hd, d),
+            f"l{i}.w1": init(d, cfg.mlp_hidden),
+            f"l{i}.w2": init(cfg.mlp_hidden, d),
         }
     return weights
 
 
+@dataclass(frozen=True)
+class Placement:
+    """How one weight is laid out across ranks (torchtitan's ``parallelize_module`` plan, as data)."""
+
+    style: str
+    """``colwise`` (split output columns), ``rowwise`` (split input rows) or ``replicate``."""
+    over: str = "heads"
+    """What the split divides: the attention ``heads`` or the MLP ``hidden`` width."""
+    fused: int = 1
+    """Projections stored side by side (q|k|v is 3): each is split on its own, so a rank keeps its heads of each."""
+
+
+TP_PLAN: dict[str, Placement] = {
+    "w_in": Placement("replicate"), "w_t": Placement("replicate"), "w_out": Placement("replicate"),
+    "wqkv": Placement("colwise", fused=3), "wo": Placement("rowwise"),
+    "cq": Placement("colwise"), "ckv": Placement("colwise", fused=2), "co": Placement("rowwise"),
+    "w1": Placement("colwise", over="hidden"), "w2": Placement("rowwise", over="hidden"),
+}
+"""Every weight's placement, by its name (a block's weights by their name inside the block, ``l0.wqkv`` -> ``wqkv``)."""
+
+
+def placement(name: str) -> Placement:
+    """The plan's entry for weight ``name``; a weight the plan does not name is an error, never replicated."""
+    block, _, inner = name.partition(".")
+    key = inner if inner and block[:1] == "l" and block[1:].isdigit() else name
+    try:
+        return TP_PLAN[key]
+    except KeyError:
+        raise ValueError(f"weight {name!r} has no placement in tp.model.TP_PLAN (known: {', '.join(TP_PLAN)}); "
+                         "add it as colwise, rowwise or replicate") from None
+
+
 def shard(cfg: ModelConfig, weights: dict[str, torch.Tensor], rank: int, world_size: int) -> dict[str, torch.Tensor]:
-    """This rank's slice: colwise linears split output columns, rowwise split input rows."""
-    hd, hl = cfg.dim // cfg.heads, cfg.heads // world_size
-    heads = slice(rank * hl * hd, (rank + 1) * hl * hd)
-    hidden = slice(rank * cfg.mlp_hidden // world_size, (rank + 1) * cfg.mlp_hidden // world_size)
+    """This rank's slice of every weight, as ``TP_PLAN`` places it."""
+    width = {"heads": cfg.dim // cfg.heads * (cfg.heads // world_size), "hidden": cfg.mlp_hidden // world_size}
     out = {}
     for name, w in weights.items():
-        kind = name.split(".")[-1]
-        if kind in ("wqkv", "ckv"):
-            n = 3 if kind == "wqkv" else 2
-            out[name] = torch.cat([part[:, heads] for part in w.chunk(n, dim=1)], dim=1)
-        elif kind == "cq":
-            out[name] = w[:, heads]
-        elif kind in ("wo", "co"):
-            out[name] = w[heads, :]
-        elif kind == "w1":
-            out[name] = w[:, hidden]
-        elif kind == "w2":
-            out[name] = w[hidden, :]
+        p = placement(name)
+        mine = slice(rank * width[p.over], (rank + 1) * width[p.over]) if p.style != "replicate" else None
+        if p.style == "colwise":
+            out[name] = torch.cat([part[:, mine] for part in w.chunk(p.fused, dim=1)], dim=1)
+        elif p.style == "rowwise":
+            out[name] = w[mine, :]
         else:
             out[name] = w
     return {k: v.contiguous() for k, v in out.items()}
