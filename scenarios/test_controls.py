@@ -15,10 +15,9 @@ SCENARIOS = [
              faults=(Fault(site="generator.call", action="sleep(1.0)", rank=1, chunk=2, hit=1),),
              expect=Expect.clean()),
     Scenario(id="CTL-shutdown", fm="control", title="SIGTERM to rank 0: graceful SHUTDOWN", proves="control",
-             # Many chunks: the SIGTERM must land while chunks remain, however late the harness sees chunk 2.
-             # Under srun the harness reaches rank 0's store only after a client connect that retries once a
-             # second (and asks DNS): 40 chunks of the one-block generator (1.5 s) ended before it once. The
-             # chunks after the SIGTERM never run, so the margin costs nothing when the harness is on time.
+             # Many chunks: the SIGTERM must land while chunks remain, however late the harness sees chunk 2
+             # (under srun it reaches rank 0's store only after a client connect that retries once a second).
+             # The chunks after the SIGTERM never run, so the margin costs nothing when the harness is on time.
              interrupt=Interrupt(rank=0, signal="SIGTERM", after_chunk=2), chunks=400,
              expect=Expect.clean({0: r"TP-INFO SIGTERM: shutting down", "others": r"SHUTDOWN received"})),
 ]

@@ -10,12 +10,11 @@ before the cut at chunk 4 (cache epoch 1 while it is in epoch 2). Guarded: the
 worker's fence refuses it (STALE_EPOCH). Without the fence and the digest,
 rank 1 computes on the old chunk's inputs while the others use the new ones.
 
-And at the cut itself (found by ``python -m harness explore``): at chunk 4 rank
-1 acts on chunk 3's envelope instead of the cut it received. The fence used to
-learn the epoch only from envelopes the rank acted on, so it never saw epoch 2
-and let the duplicate through; the old plan has one call more (the KV
-recompute), so rank 1 sat in a generator all_reduce while the others waited in
-the digest exchange, until the progress deadline (a minute by default). Now a
+And at the cut itself: at chunk 4 rank 1 acts on chunk 3's envelope instead of
+the cut it received. A fence that learnt the epoch only from envelopes the rank
+acted on would never see epoch 2 and let the duplicate through; its plan has one
+call more (the KV recompute), so rank 1 would sit in a generator all_reduce
+while the others wait in the digest exchange, until the progress deadline. A
 received cut moves the fence's epoch: STALE_EPOCH at once. Without the fence the
 collectives desync.
 """

@@ -87,7 +87,9 @@ def test_exchange_mixes_tensor_digests_with_host_ones(one_rank_group):
     """Digests hashed on a device arrive as 0-d tensors; the exchange must carry their values unchanged."""
     values = {key: 1000 + i for i, key in enumerate(DIGEST_KEYS)}
     values[DIGEST_KEYS[0]] = device_digest(torch.arange(5))
-    exchange_digests(values, rank=0, world_size=1, device=torch.device("cpu"))  # one rank: nothing to differ
+    table = exchange_digests(values, rank=0, world_size=1, device=torch.device("cpu"))  # one rank: nothing differs
+    expected = [int(values[k]) for k in DIGEST_KEYS]
+    assert table.tolist() == [expected] and expected[0] == int(device_digest(torch.arange(5)))
 
 
 def test_exchange_names_the_key_that_differs():

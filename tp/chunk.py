@@ -106,8 +106,9 @@ class ChunkRunner:
 
 
 def exchange_digests(values: dict[str, int | torch.Tensor], *, rank: int, world_size: int,
-                     device: torch.device) -> None:
-    """All-gather per-key digests; name the first key on which ranks differ."""
+                     device: torch.device) -> torch.Tensor:
+    """All-gather per-key digests; name the first key on which ranks differ. Returns the gathered table
+    (one row per rank, one column per ``DIGEST_KEYS`` entry) when they all agree."""
     ordered = [values.get(k, 0) for k in DIGEST_KEYS]
     mine = torch.tensor([0 if isinstance(v, torch.Tensor) else v for v in ordered], dtype=torch.int64).to(device)
     hashed_there = [j for j, v in enumerate(ordered) if isinstance(v, torch.Tensor)]
@@ -126,6 +127,7 @@ def exchange_digests(values: dict[str, int | torch.Tensor], *, rank: int, world_
                 groups.setdefault(v, []).append(r)
             parts = "; ".join(f"ranks {ranks} have {v:016x}" for v, ranks in groups.items())
             raise Fatal("DIGEST_MISMATCH", f"tensor '{key}' differs across ranks: {parts}")
+    return table
 
 
 class ChunkRules:
