@@ -26,6 +26,22 @@ class RankExit:
 
 
 @dataclass(kw_only=True)
+class Stall:
+    """A stall the flight traces proved in a run where HUNG is not allowed: recorded, and the run went on."""
+
+    at: float
+    """``time.monotonic()`` of the probe (SIGUSR1) whose answers proved it."""
+    reason: str
+    """Where each live rank was stuck (``harness.trace.stall_verdict``)."""
+    stacks: dict[int, str] = field(default_factory=dict)
+    """Rank -> the stacks it dumped for that probe."""
+    stack_notes: dict[int, str] = field(default_factory=dict)
+    """Rank -> why it gave no stack then."""
+    traces: dict[int, dict] = field(default_factory=dict)
+    """Rank -> the flight trace it dumped for that probe."""
+
+
+@dataclass(kw_only=True)
 class Observation:
     """What the supervisor saw; the verdict is computed from this and the logs."""
 
@@ -75,6 +91,8 @@ class Observation:
     """Expected-frozen ranks found stopped after every other rank exited, then reaped."""
     traces: dict[int, dict] = field(default_factory=dict)
     """Rank -> flight trace (CONTRACT §6) as dumped on SIGUSR1 when the run hung, before reaping."""
+    stall: Stall | None = None
+    """A stall proven while HUNG was not an allowed outcome (``Limits.stall_ends_run`` False)."""
     reap_offsets: dict[int, int] = field(default_factory=dict)
     """Rank -> its log's size when reaping began: what a rank wrote later is the reaping's doing, not evidence."""
 

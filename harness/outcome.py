@@ -72,13 +72,23 @@ def judge(
         duration_s=round(obs.ended_at - obs.started_at, 3),
         backend=meta["backend"], launch=meta["launch"], dir=meta["dir"],
         divergence=divergence.to_json() if divergence is not None else None,
-        leftovers=list(obs.leftovers),
+        leftovers=list(obs.leftovers), stall=_stall(obs, anchor_mono, anchor),
         hang_verdict_s=(round(obs.verdict_at - anchor_mono, 4)
                         if obs.hung and obs.verdict_at is not None and anchor_mono is not None else None),
     )
 
 
 _TRACED = (Outcome.HUNG, Outcome.CRASHED, Outcome.DIVERGED)
+
+
+def _stall(obs: Observation, anchor_mono: float | None, anchor: str) -> dict | None:
+    """The stall a probe proved while HUNG was not allowed (the run went on), as ``Result.stall``."""
+    if obs.stall is None:
+        return None
+    at_s = round(obs.stall.at - anchor_mono, 3) if anchor_mono is not None else None
+    return {"at_s": at_s, "after": anchor, "reason": obs.stall.reason,
+            "stacks": {str(r): t for r, t in obs.stall.stacks.items()},
+            "stack_notes": {str(r): t for r, t in obs.stall.stack_notes.items()}}
 
 
 def _time_to_crash(obs: Observation, anchor_mono: float | None) -> float | None:
@@ -204,6 +214,11 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
         if observed is Outcome.CRASHED and ttc > deadline_s:
             head += f", beyond the {deadline_s:g} s deadline"
     notes = [why] if why else []
+    if obs.stall is not None:
+        at = (f"{obs.stall.at - anchor_mono:.1f} s after {anchor}" if (anchor_mono := obs.anchor()[0]) is not None
+              else "before any anchor")
+        notes.append(f"stalled at {at}: {obs.stall.reason}; HUNG is not an allowed outcome, so the ranks were left "
+                     f"to act until the {deadline_s:g} s deadline (stacks and traces of that moment kept)")
     if obs.abort:
         notes.append("tp/abort: " + explain.fields(obs.abort))
     if obs.interrupt_note and observed is not Outcome.HARNESS_ERROR:

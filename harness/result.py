@@ -154,6 +154,9 @@ class Result:
     """First divergent collective from the ranks' flight traces (``harness.trace``), if they wrote any."""
     leftovers: list[str] = field(default_factory=list)
     """Processes of the run still alive after every rank was reaped (the harness killed them)."""
+    stall: dict | None = None
+    """A stall the flight traces proved where HUNG was not allowed, so the run went on to its deadline:
+    ``{"at_s", "after", "reason", "stacks", "stack_notes"}`` (``at_s`` counts from ``after``, the anchor)."""
 
     @property
     def verdict(self) -> str:
@@ -172,6 +175,13 @@ class Result:
                 parts.append(f"--- stack of rank {rank.rank} (pid {rank.pid}) ---\n{rank.stack.rstrip()}")
             elif rank.stack_note:
                 parts.append(f"--- no stack for rank {rank.rank}: {rank.stack_note} ---")
+        if self.stall:
+            at = f"{self.stall['at_s']:.1f} s after {self.stall['after']}"
+            for rank in self.ranks:
+                stack = self.stall["stacks"].get(str(rank.rank))
+                if stack:
+                    parts.append(f"--- stack of rank {rank.rank} (pid {rank.pid}) when stalled at {at} ---\n"
+                                 + stack.rstrip())
         for rank in self.ranks:
             header = f"--- rank {rank.rank} ({rank.exit}), last lines of {rank.log} ---"
             parts.append("\n".join([header, *rank.log_tail]))

@@ -98,7 +98,7 @@ def _execute(scenario: Scenario, config: RunConfig, *, ws: int, deadline_s: floa
     )
     limits = Limits(deadline_s=deadline_s, run_timeout_s=scenario.run_timeout_s or config.run_timeout_s,
                     faults_armed=bool(scenario.faults), frozen=scenario.expect.frozen, stall_s=config.stall_s,
-                    startup_s=config.startup_deadline_s)
+                    stall_ends_run=Outcome.HUNG in scenario.expect.outcomes, startup_s=config.startup_deadline_s)
     say = config.on_progress
     on_progress = (lambda msg: say(f"[{scenario.id}] {msg}")) if say else None
     launch = Launch(spec)

@@ -41,6 +41,8 @@ class StallClock:
     """``time.monotonic()`` when a heartbeat counter last moved."""
     flight_ranks: set[int] = field(default_factory=set)
     """Ranks whose init event says they dump a flight trace on SIGUSR1."""
+    proof: str = ""
+    """What the last conclusive probe's traces showed (``harness.trace.stall_verdict``), without the preamble."""
 
     def due(self, now: float, live: list[int], stopped_ranks: Callable[[], list[int]], *, beats_visible: bool,
             unwatched: bool = False) -> bool:
@@ -77,5 +79,6 @@ class StallClock:
         why = trace.stall_verdict(fresh, live=live, stopped=stopped, world_size=obs.world_size, parked=parked)
         if why is None:
             return None
+        self.proof = why
         _, name = obs.anchor()
         return (f"no progress for {self.window_s:g} s after {name} and {PROVEN}: {why}")

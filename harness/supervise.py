@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from harness import logs, trace
 from harness.dumps import Dumps
 from harness.launch import Launch, read_keys
-from harness.observation import Observation, RankExit
+from harness.observation import Observation, RankExit, Stall
 from harness.scenario import Interrupt
 from harness.stall import StallClock
 
@@ -82,7 +82,12 @@ class Limits:
     """Ranks expected to be frozen (SIGSTOP): reaped once they are all that is left."""
     stall_s: float | None = None
     """After the deadline's anchor, no progress for this long makes the loop probe the ranks' flight
-    traces (SIGUSR1); HUNG at once when they prove it (``harness.trace.stall_verdict``). None: deadline only."""
+    traces (SIGUSR1); HUNG at once when they prove it (``harness.trace.stall_verdict``) and ``stall_ends_run``.
+    None: deadline only."""
+    stall_ends_run: bool = True
+    """HUNG is an allowed outcome: a stall the traces prove ends the run at once. False (a crash or clean
+    proof): the proof is recorded (``Observation.stall``: when, why, stacks, traces) and the ranks act on
+    until the deadline, so a TP path's own guardrail with a timeout of its own gets its chance."""
 
 
 def supervise(launch: Launch, *, limits: Limits, interrupt: Interrupt | None = None,
@@ -339,11 +344,17 @@ class _Loop:
         self.probe_at = None
         why = self.stall.verdict(obs, probe_at=probe_at, live=self._live(), stopped=set(self._stopped()),
                                  parked=self._parked())
-        if why is None:
+        if why is None or not self.limits.stall_ends_run:
+            if why is not None:  # recorded, not acted on: the deadline is the bound of a crash (or clean) proof
+                obs.stall = Stall(at=probe_at, reason=self.stall.proof or why, stacks=dict(obs.stacks),
+                                  stack_notes=dict(obs.stack_notes), traces=dict(obs.traces))
+                self.stall.next_probe_at = float("inf")  # proven once: no more SIGUSR1s for this run
+                self.say(f"stall proven ({why}); HUNG is not an allowed outcome: the ranks act on until the deadline")
+            else:
+                self.stall.back_off(now)
+                self.say("stall probe inconclusive: the traces do not show every live rank stuck; running on")
             self.dumps.forget()
             self.phase = RUNNING
-            self.stall.back_off(now)
-            self.say("stall probe inconclusive: the traces do not show every live rank stuck; running on")
             return False
         obs.hung, obs.hung_at, obs.hang_reason = True, probe_at, why
         self.say(why)

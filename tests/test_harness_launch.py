@@ -54,7 +54,7 @@ def test_hung_rank_is_reported_with_its_stack_and_the_whole_tree_is_reaped(tmp_p
     result = run_scenario(scenario, _config(tmp_path, launch=mode))
     assert result.observed == "HUNG" and result.passed, result.reason
     assert "deadline 1 s after TP-FAULT passed with rank 0" in result.reason
-    assert "in failpoint" in result.ranks[1].stack and "in barrier" in result.ranks[0].stack
+    assert "in failpoint" in result.ranks[1].stack and "in collective" in result.ranks[0].stack
     assert f"stack of rank 1 (pid {result.ranks[1].pid})" in result.failure_text()
     assert all(r.reaped for r in result.ranks)
     started = _pids(pids)
@@ -121,7 +121,7 @@ def test_config_rejected_by_the_rank_is_a_harness_error(tmp_path) -> None:
     scenario = _scenario(Expect.crash(), world_size=1, faults=(Fault(site="fake.nope", action="raise"),))
     result = run_scenario(scenario, _config(tmp_path))
     assert result.observed == "HARNESS_ERROR" and not result.passed
-    assert "no such failpoint 'fake.nope' in TP_FAILPOINTS; known: fake.chunk, fake.init" in result.reason
+    assert "no such failpoint 'fake.nope' in TP_FAILPOINTS; known: fake.call, fake.chunk, fake.init" in result.reason
 
 
 @pytest.mark.parametrize(
