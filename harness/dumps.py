@@ -9,6 +9,8 @@ traces as the hang left them: reaping makes ranks dump again, later.
 from __future__ import annotations
 
 import signal
+import time
+from pathlib import Path
 
 from harness import logs, trace
 from harness.launch import Launch
@@ -16,6 +18,25 @@ from harness.observation import Observation
 
 QUIET_S = 0.1
 """From a rank that writes no trace file, an answer is whole once its log stayed quiet this long."""
+STACK_SIGNAL = signal.SIGUSR1
+
+
+def catches(pid: int | None, sig: signal.Signals) -> bool | None:
+    """Whether process ``pid`` has a handler installed for ``sig`` (``SigCgt`` in ``/proc/PID/status``).
+
+    None when that cannot be read (the process is gone). A signal a process does not catch takes its default
+    action, which for SIGUSR1 is to die: the harness sends it only where this says True.
+    """
+    if pid is None:
+        return None
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (int(sig) - 1) & 1)
+    return None
 
 
 class Dumps:
@@ -29,16 +50,33 @@ class Dumps:
         """Ranks whose init event says they write a flight trace (shared with the stall clock)."""
         self.pending: dict[int, dict] = {}
 
-    def ask(self, live: list[int], now: float) -> None:
-        """SIGUSR1 to every live rank that can answer; a stopped one gets a note instead."""
+    def ask(self, live: list[int], now: float, exiting: set[int] = frozenset()) -> None:
+        """SIGUSR1 to every live rank that can answer; any other gets a note saying why it was not asked.
+
+        Never to a rank that printed its ``exit`` event (on its way out, its handlers may be gone any moment),
+        a stopped or dying one, or one without a SIGUSR1 handler installed right now (``SigCgt``): the
+        signal's default action would kill it, and the harness would have caused the death it then judges.
+        """
         obs = self.obs
         for rank in live:
-            if self.launch.rank_status(rank) == "stopped":
-                obs.stack_notes[rank] = (f"rank {rank} (pid {obs.pids.get(rank)}) is stopped (SIGSTOP); "
+            pid = obs.pids.get(rank)
+            status = self.launch.rank_status(rank)
+            if status == "stopped":
+                obs.stack_notes[rank] = (f"rank {rank} (pid {pid}) is stopped (SIGSTOP); "
                                          "a stopped process cannot dump its stack")
                 continue
+            if rank in exiting or status in (None, "zombie", "dead"):
+                obs.stack_notes[rank] = (f"rank {rank} (pid {pid}) is on its way out (its exit event, or the "
+                                         "process is ending): not asked for its stack")
+                continue
+            if not catches(pid, STACK_SIGNAL):
+                obs.stack_notes[rank] = obs.signal_notes[rank] = (f"rank {rank} (pid {pid}) has no {STACK_SIGNAL.name} handler installed "
+                                         f"(SigCgt in /proc/{pid}/status): not asked for its stack, which would have "
+                                         f"killed it (CONTRACT §1: register faulthandler on {STACK_SIGNAL.name})")
+                continue
             size = self.followers[rank].size()
-            if self.launch.signal_rank(rank, signal.SIGUSR1):
+            if self.launch.signal_rank(rank, STACK_SIGNAL):
+                obs.signals_sent.setdefault(rank, []).append((STACK_SIGNAL.name, time.monotonic()))
                 self.pending[rank] = {"offset": size, "size": size, "changed_at": None, "sent_at": now}
 
     def done(self, now: float) -> bool:
@@ -80,9 +118,12 @@ class Dumps:
             pid = obs.pids.get(rank)
             if text.strip():
                 obs.stacks[rank] = text[start:].rstrip()
+            elif rank in obs.exits and obs.exits[rank].returncode == -STACK_SIGNAL:
+                obs.stack_notes[rank] = (f"rank {rank} (pid {pid}) died of the {STACK_SIGNAL.name} the harness sent "
+                                         "for its stack: its handler was installed when asked, and gone when the "
+                                         "signal arrived (it was on its way out)")
             elif rank in obs.exits:
-                obs.stack_notes[rank] = (f"rank {rank} (pid {pid}) died on SIGUSR1 without a stack: "
-                                         "it registered no faulthandler on SIGUSR1 (CONTRACT §1)")
+                obs.stack_notes[rank] = f"rank {rank} (pid {pid}) exited ({obs.exits[rank].returncode}) before its stack came"
             else:
                 obs.stack_notes[rank] = f"rank {rank} (pid {pid}) wrote no stack within {timeout_s:g} s of SIGUSR1"
         for rank, path in obs.log_paths.items():

@@ -48,6 +48,22 @@ def unproven_crash(scenario: Scenario, obs: Observation, ranks: list[RankResult]
             + " (CONTRACT §3: a TP-FATAL line and its code's exit status, or the signal the fault itself sent)")
 
 
+def killed_by_harness(r: RankResult, obs: Observation, scenario: Scenario) -> str:
+    """How the harness's own signal ended rank ``r`` ("" when it did not): a stack request (SIGUSR1) it sent
+    before reaping. The scenario's interrupt is not counted here: it is the run's fault, as an armed one is."""
+    if r.returncode is None or r.returncode >= 0 or r.reaped:
+        return ""
+    interrupt = scenario.interrupt
+    for name, mono in obs.signals_sent.get(r.rank, []):
+        if interrupt is not None and interrupt.rank == r.rank and name == interrupt.signal:
+            continue
+        if -signal.Signals[name] == r.returncode:
+            at = obs.anchor()[0]
+            when = f" {mono - at:.1f} s after {obs.anchor()[1]}" if at is not None else ""
+            return f"killed by the {name} the harness sent it{when} (a stack request)"
+    return ""
+
+
 def off_contract(r: RankResult, text: str, codes: dict[str, int] | None, scenario: Scenario) -> str:
     """Why rank ``r``'s non-zero exit is outside the contract ("" when it is inside)."""
     if r.code:

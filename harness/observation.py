@@ -91,6 +91,13 @@ class Observation:
     """Expected-frozen ranks found stopped after every other rank exited, then reaped."""
     traces: dict[int, dict] = field(default_factory=dict)
     """Rank -> flight trace (CONTRACT §6) as dumped on SIGUSR1 when the run hung, before reaping."""
+    signals_sent: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
+    """Rank -> ``(signal name, time.monotonic())`` of every signal the harness sent it before reaping (stack
+    requests, the scenario's interrupt): a death by one of them is the harness's doing, never the rank's."""
+    signal_notes: dict[int, str] = field(default_factory=dict)
+    """Rank -> why the harness did not send it a stack request it wanted to (no SIGUSR1 handler installed)."""
+    interrupt_at: float | None = None
+    """``time.monotonic()`` when the scenario's interrupt was sent."""
     stall: Stall | None = None
     """A stall proven while HUNG was not an allowed outcome (``Limits.stall_ends_run`` False)."""
     reap_offsets: dict[int, int] = field(default_factory=dict)

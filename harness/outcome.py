@@ -38,11 +38,12 @@ def judge(
     ranks = [_rank_result(r, obs, texts.get(r, "")) for r in range(obs.world_size)]
     # Evidence is what ranks wrote before the harness started reaping them.
     before = {r: rootcause.before_reap(text, obs, r) for r, text in texts.items()}
-    root = rootcause.find(ranks, obs, before)
+    killed = {r.rank: how for r in ranks if (how := evidence.killed_by_harness(r, obs, scenario))}
+    root = rootcause.find(ranks, obs, before, harness_killed=killed, interrupt=scenario.interrupt)
     anchor_mono, anchor = obs.anchor()
 
     digests: dict = {"per_rank": {r.rank: r.output_digest for r in ranks if r.output_digest}}
-    observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes)
+    observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes, killed)
     ttc = _time_to_crash(obs, anchor_mono) if observed is Outcome.CRASHED else None
     divergence = _divergence(obs, ranks, texts) if observed in _TRACED else None
     if divergence is not None:
@@ -123,7 +124,7 @@ def _rank_result(rank: int, obs: Observation, text: str) -> RankResult:
     )
 
 
-def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None) -> tuple[Outcome, str]:
+def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=None) -> tuple[Outcome, str]:
     """The observed outcome and, for the reason, why it was classed so."""
     if obs.harness_error:
         return Outcome.HARNESS_ERROR, obs.harness_error
@@ -136,6 +137,10 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None) -> tupl
         return Outcome.HARNESS_ERROR, (
             f"the TP path rejected its configuration (rank {r.rank} exit 2, CONTRACT §3): {last}"
         )
+    if killed:
+        return Outcome.HARNESS_ERROR, (
+            "; ".join(f"rank {r} (pid {obs.pids.get(r)}) was {how}" for r, how in sorted(killed.items()))
+            + ": the harness's doing, not the TP path's, so this run proves nothing about it")
     if any(r.returncode != 0 for r in ranks):
         unproven = evidence.unproven_crash(scenario, obs, ranks, texts, codes)
         return (Outcome.HARNESS_ERROR, unproven) if unproven else (Outcome.CRASHED, "")
@@ -193,6 +198,8 @@ def _describe_rank(r: RankResult) -> str:
         notes.append(r.code + (f" cause_rank={cause}" if cause is not None else ""))
     elif r.returncode == 2:
         notes.append("configuration rejected")
+    elif "the harness sent" in r.role:
+        pass
     elif r.returncode not in (0, None) and not r.reaped:
         notes.append("no TP-FATAL line")
     if r.reaped:
@@ -227,6 +234,7 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
     if stacked:
         notes.append("stacks captured for rank " + ", ".join(map(str, stacked)))
     notes.extend(r.stack_note for r in ranks if r.stack_note)
+    notes.extend(n for r, n in sorted(obs.signal_notes.items()) if n != ranks[r].stack_note)
     if obs.leftovers:
         notes.append("leftover processes killed after the run: " + ", ".join(obs.leftovers))
     return {

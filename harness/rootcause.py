@@ -83,11 +83,15 @@ def fault_that_ended(r: RankResult, text: str, frozen: bool) -> logs.LogLine | N
     return None
 
 
-def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str]) -> dict | None:
+def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str], *,
+         harness_killed: dict[int, str] | None = None, interrupt=None) -> dict | None:
     """The earliest failure as ``{"rank", "code", "line", "how"}``; sets every failed rank's ``role``.
 
-    ``texts`` are the logs as they stood before reaping (``before_reap``).
+    ``texts`` are the logs as they stood before reaping (``before_reap``). ``harness_killed``: rank -> how a
+    signal the harness sent it (a stack request) ended it; such a death is the harness's, never a failure of
+    the rank. A rank ended by the scenario's ``interrupt`` failed when the harness sent it.
     """
+    harness_killed = harness_killed or {}
     cutoff = reap_cutoff(obs)
     limit = obs.hung_at if obs.hung_at is not None else float("inf")
     failures = []  # (mono, rank, code, line, how)
@@ -97,6 +101,15 @@ def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str]) -> di
         fatal = next((ln for ln in logs.contract_lines(text) if ln.kind == "TP-FATAL"), None)
         frozen = r.frozen or "stopped" in (r.stack_note or "")
         fault = None if fatal is not None or r.fatal else fault_that_ended(r, text, frozen)
+        if r.rank in harness_killed and fatal is None:
+            r.role = harness_killed[r.rank]
+            continue
+        if (fatal is None and fault is None and interrupt is not None and interrupt.rank == r.rank
+                and obs.interrupt_at is not None and r.returncode == -signal.Signals[interrupt.signal]):
+            failures.append((obs.interrupt_at, r.rank, None, f"the harness sent rank {r.rank} {interrupt.signal} "
+                             f"(the scenario's interrupt): {obs.interrupt_note}",
+                             f"ended by the scenario's interrupt ({interrupt.signal}, sent by the harness)"))
+            continue
         if fatal is not None:
             mono = fatal.mono if fatal.mono is not None else float("inf")
             if mono < limit:

@@ -116,6 +116,7 @@ class _Loop:
         self.dumps = Dumps(self.obs, launch, self.followers, self.stall.flight_ranks)
         self.probe_at: float | None = None  # set while a stall probe's dumps are collected
         self.unwatched: set[int] = set()  # ranks whose init event lists guardrails without the watchdog
+        self.exiting: set[int] = set()  # ranks that printed their exit event: never signalled again
 
     def run(self) -> Observation:
         obs = self.obs
@@ -194,6 +195,7 @@ class _Loop:
                         self.unwatched.add(rank)
                 elif line.event == "exit":  # on its way out: a late SIGUSR1 may meet Python's default handler
                     self.stall.flight_ranks.discard(rank)
+                    self.exiting.add(rank)
 
     def _poll_store(self) -> None:
         store = self.launch.store
@@ -235,7 +237,8 @@ class _Loop:
         if chunk.lstrip("-").isdigit() and int(chunk) >= spec.after_chunk:
             pid = obs.pids.get(spec.rank)
             if self.launch.signal_rank(spec.rank, signal.Signals[spec.signal]):
-                obs.interrupt_sent = True
+                obs.interrupt_sent, obs.interrupt_at = True, time.monotonic()
+                obs.signals_sent.setdefault(spec.rank, []).append((spec.signal, obs.interrupt_at))
                 obs.interrupt_note = f"sent {spec.signal} to rank {spec.rank} (pid {pid}) at chunk {chunk}"
                 self.say(obs.interrupt_note)
 
@@ -313,7 +316,7 @@ class _Loop:
         self._signal_dumps(now)
 
     def _signal_dumps(self, now: float) -> None:
-        self.dumps.ask(self._live(), now)
+        self.dumps.ask(self._live(), now, self.exiting)
         self.phase, self.phase_until_at = DUMPING, now + self.limits.dump_timeout_s
 
     def _stopped(self) -> list[int]:
