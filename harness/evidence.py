@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from harness import logs
 
 if TYPE_CHECKING:
+    from harness.fault import Fault
     from harness.observation import Observation
     from harness.result import RankResult
     from harness.scenario import Scenario
@@ -48,6 +49,25 @@ def unproven_crash(scenario: Scenario, obs: Observation, ranks: list[RankResult]
             + " (CONTRACT §3: a TP-FATAL line and its code's exit status, or the signal the fault itself sent)")
 
 
+def unfired(scenario: Scenario, obs: Observation, texts: dict[int, str]) -> list[Fault]:
+    """The armed faults no rank printed a ``TP-FAULT`` line for (same site, and rank where one is named)."""
+    lines = [*obs.fault_lines, *(ln for t in texts.values() for ln in logs.contract_lines(t) if ln.kind == "TP-FAULT")]
+
+    def seen(f: Fault) -> bool:
+        return any(ln.fields.get("site") == f.site and (f.rank is None or str(ln.fields.get("rank")) == str(f.rank))
+                   for ln in lines)
+
+    return [f for f in scenario.faults if not seen(f)]
+
+
+def never_fired(scenario: Scenario, missing: list[Fault]) -> str:
+    """The verdict's first sentence when no armed fault fired (empty otherwise): nothing then is evidence."""
+    if not scenario.faults or len(missing) < len(scenario.faults):
+        return ""
+    return (f"the fault never fired: no rank printed a TP-FAULT line for {scenario.failpoints()[:200]} (a site "
+            "this TP path does not have or never passes, or a trigger never met), so the run says nothing about it")
+
+
 def killed_by_harness(r: RankResult, obs: Observation, scenario: Scenario) -> str:
     """How the harness's own signal ended rank ``r`` ("" when it did not): a stack request (SIGUSR1) it sent
     before reaping. The scenario's interrupt is not counted here: it is the run's fault, as an armed one is."""
@@ -75,9 +95,11 @@ def off_contract(r: RankResult, text: str, codes: dict[str, int] | None, scenari
     actions = []
     for line in logs.contract_lines(text):
         if line.kind == "TP-FAULT":
-            # The line names the action; the armed spec supplies its argument if the line leaves it out.
+            # The line names the action; the spec armed for this rank there supplies its argument if the line
+            # leaves it out. Nothing else exempts the rank whose fault fired: it must still end as its action says.
             actions.append(str(line.fields.get("action", "")))
-            actions += [f.action for f in scenario.faults if f.site == line.fields.get("site")]
+            actions += [f.action for f in scenario.faults
+                        if f.site == line.fields.get("site") and f.rank in (None, r.rank)]
     for action in actions:
         m = re.fullmatch(r"(kill|exit)\((\w+)\)", action)
         if m and m[1] == "exit" and m[2].isdigit() and int(m[2]) == r.returncode:

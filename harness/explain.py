@@ -26,6 +26,7 @@ def _items(parts: dict) -> list[tuple[str, str]]:
     if parts.get("verdict_why"):
         verdict += f": {parts['verdict_why']}"
     items = [
+        ("never fired", parts.get("first") or ""),
         ("outcome", parts.get("headline", "")),
         ("ranks", ", ".join(parts.get("ranks") or [])),
         ("root cause", parts.get("root_cause") or ""),
@@ -40,7 +41,8 @@ def _items(parts: dict) -> list[tuple[str, str]]:
 
 def paragraph(parts: dict) -> str:
     """One readable paragraph (the pytest message, the CLI line, summary rows)."""
-    sentences = [parts["headline"] + ": " + ", ".join(parts["ranks"])]
+    sentences = [parts["first"]] if parts.get("first") else []
+    sentences.append(parts["headline"] + ": " + ", ".join(parts["ranks"]))
     if parts.get("root_cause"):
         sentences.append(f"root cause: {parts['root_cause']}")
     sentences += parts.get("notes") or []

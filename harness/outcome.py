@@ -49,18 +49,17 @@ def judge(
     if divergence is not None:
         why = (why + "; " if why else "") + f"first divergent collective: {divergence.line}"
 
-    sig_errors = _match_signatures(scenario, ranks, before, obs.world_size)
-    if observed is Outcome.HUNG:
-        stopped = {r.rank for r in ranks if "stopped" in (r.stack_note or "")}
-        sig_errors += trace.check_blocked(scenario.expect, traces=obs.traces, divergence=divergence, stopped=stopped,
-                                          world_size=obs.world_size)
+    sig_errors = _check_signatures(scenario, obs, ranks, before, observed, divergence)
     missing = [(r.rank, s["regex"]) for r in ranks for s in r.signatures if not s["matched"]]
-    passed = observed in scenario.expect.outcomes and not missing and not sig_errors
+    unfired = evidence.unfired(scenario, obs, texts)
+    first = evidence.never_fired(scenario, unfired)
+    passed = observed in scenario.expect.outcomes and not missing and not sig_errors and not first
     expected = sorted(scenario.expect.outcomes, key=list(Outcome).index)
 
     parts = _reason(
         expected=expected, observed=observed, why=why, ttc=ttc, anchor=anchor, obs=obs,
         ranks=ranks, missing=missing, sig_errors=sig_errors, deadline_s=deadline_s, root=root,
+        first=first, unfired=[] if first else unfired,
     )
     return Result(
         id=scenario.id, fm=scenario.fm, title=scenario.title, proves=scenario.proves,
@@ -172,9 +171,25 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
     return Outcome.CLEAN, ""
 
 
-def _match_signatures(scenario, ranks, texts, world_size) -> list[str]:
+def _check_signatures(scenario, obs, ranks, before, observed, divergence) -> list[str]:
+    """Signatures per rank, and for a hang where ``Expect.blocked`` says ranks must be; the errors found."""
+    sig_errors = _match_signatures(scenario, ranks, before, obs.world_size, _ended_by_fault(ranks, before))
+    if observed is Outcome.HUNG:
+        stopped = {r.rank for r in ranks if "stopped" in (r.stack_note or "")}
+        sig_errors += trace.check_blocked(scenario.expect, traces=obs.traces, divergence=divergence, stopped=stopped,
+                                          world_size=obs.world_size)
+    return sig_errors
+
+
+def _ended_by_fault(ranks: list[RankResult], texts: dict[int, str]) -> set[int]:
+    """Ranks their own fault killed, made exit or froze: they print no follower's line, so ``"others"`` skips them."""
+    return {r.rank for r in ranks
+            if r.frozen or rootcause.fault_that_ended(r, texts.get(r.rank, ""), r.frozen) is not None}
+
+
+def _match_signatures(scenario, ranks, texts, world_size, not_others=frozenset()) -> list[str]:
     try:
-        wanted = scenario.expect.signatures_for(world_size)
+        wanted = scenario.expect.signatures_for(world_size, not_others=not_others)
     except ValueError as exc:
         return [str(exc)]
     for rank, patterns in wanted.items():
@@ -209,15 +224,16 @@ def _describe_rank(r: RankResult) -> str:
     return f"rank {r.rank} {r.exit}" + (f" ({', '.join(notes)})" if notes else "")
 
 
-def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_errors, deadline_s, root) -> dict:
+def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_errors, deadline_s, root,
+            first="", unfired=()) -> dict:
     """The reason, structured (``harness.explain`` renders it as a paragraph, Markdown or HTML)."""
     want = "|".join(o.value for o in expected)
     head = f"expected {want}, observed {observed.value}"
     if ttc is not None and observed is not Outcome.HARNESS_ERROR:
         head += f" in {ttc:.3f} s after {anchor}"
         if obs.fault_lines:
-            first = min(obs.fault_lines, key=lambda ln: ln.mono or 0.0)
-            head += f" ({first.fields.get('site', '?')} on rank {first.fields.get('rank', '?')})"
+            earliest = min(obs.fault_lines, key=lambda ln: ln.mono or 0.0)
+            head += f" ({earliest.fields.get('site', '?')} on rank {earliest.fields.get('rank', '?')})"
         if observed is Outcome.CRASHED and ttc > deadline_s:
             head += f", beyond the {deadline_s:g} s deadline"
     notes = [why] if why else []
@@ -237,7 +253,11 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
     notes.extend(n for r, n in sorted(obs.signal_notes.items()) if n != ranks[r].stack_note)
     if obs.leftovers:
         notes.append("leftover processes killed after the run: " + ", ".join(obs.leftovers))
+    if unfired:
+        notes.append("armed but never fired (no TP-FAULT line): " + ", ".join(f.spec() for f in unfired))
+    ok = observed in expected and not missing and not sig_errors and not first
     return {
+        "first": first,
         "headline": head,
         "expected": [o.value for o in expected],
         "observed": observed.value,
@@ -247,6 +267,7 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
         "signature_errors": list(sig_errors),
         "signatures_matched": [f"rank {r.rank} /{s['regex']}/" for r in ranks for s in r.signatures if s["matched"]],
         "signatures_missing": [f"rank {r} /{rx}/" for r, rx in missing],
-        "verdict": "PASS" if observed in expected and not missing and not sig_errors else "FAIL",
-        "verdict_why": (f"{observed.value} is not among the expected {want}" if observed not in expected else ""),
+        "verdict": "PASS" if ok else "FAIL",
+        "verdict_why": (f"{observed.value} is not among the expected {want}" if observed not in expected
+                        else "the fault never fired" if first else ""),
     }

@@ -149,15 +149,17 @@ class Expect:
             return None
         return self.blocked.get(rank, self.blocked.get("others", self.blocked.get("all")))
 
-    def signatures_for(self, world_size: int) -> dict[int, list[re.Pattern]]:
-        """Compiled regexes per rank at this world size."""
+    def signatures_for(self, world_size: int, *, not_others: Iterable[int] = ()) -> dict[int, list[re.Pattern]]:
+        """Compiled regexes per rank at this world size; ``"others"`` leaves out the ranks in ``not_others``
+        (those a fault killed, made exit or froze: they print no follower's line)."""
         named = {k for k in self.signatures if isinstance(k, int)}
         too_big = sorted(k for k in named if k >= world_size)
         if too_big:
             raise ValueError(f"signature for rank {too_big[0]} but the world size is {world_size}")
+        skip = set(not_others)
         out: dict[int, list[re.Pattern]] = {}
         for rank in range(world_size):
-            keys = [rank] if rank in named else ["others"]
+            keys = [rank] if rank in named else [] if rank in skip else ["others"]
             keys.append("all")
             out[rank] = [re.compile(self.signatures[k], re.MULTILINE) for k in keys if k in self.signatures]
         return out
