@@ -121,9 +121,9 @@ def report(session: nox.Session) -> None:
 
 @nox.session(venv_params=VENV_PARAMS)
 def bench(session: nox.Session) -> None:
-    """Speed numbers side by side: writes reports/bench/bench.json and bench.md."""
+    """Speed numbers side by side: writes reports/bench/bench.json and bench.md, and docs/PERFORMANCE.md from them."""
     _install(session)
-    session.run("python", "-m", "benchmarks", *session.posargs)
+    session.run("python", "-m", "benchmarks", *(session.posargs or ("--docs", "docs/PERFORMANCE.md")))
 
 
 @nox.session(venv_params=["--system-site-packages"])

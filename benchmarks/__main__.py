@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--false-alarm-runs", type=int, default=None, metavar="N",
                    help="healthy runs on the oversubscribed box (default 100, --quick 2; the issue asks >= 500)")
     p.add_argument("--hang-runs", type=int, default=None, metavar="N", help="runs per hang proof (default 10)")
+    p.add_argument("--docs", type=Path, default=None, metavar="FILE",
+                   help="also write the report as this Markdown page (nox -s bench: docs/PERFORMANCE.md), "
+                        "so the figures in the docs are this run's, never copied by hand")
     p.add_argument("--ttc-only", default=None, metavar="IDS",
                    help="comma-separated ids the ttc section measures, e.g. FM-13/frozen,FM-14/frozen")
     return p
@@ -185,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     (out / "bench.md").write_text(text)
+    if args.docs is not None:
+        args.docs.write_text(render.page(doc, text))
+        _say(f"wrote {args.docs}")
     print(text)
     _say(f"wrote {out / 'bench.json'} and {out / 'bench.md'} in {doc['total_s']} s")
     return 1 if failed else 0

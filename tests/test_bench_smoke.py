@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out),
+                           "--docs", str(out / "PERFORMANCE.md")], cwd=REPO,
                           capture_output=True, text=True, timeout=180, check=False)  # a bound, not a speed
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads((out / "bench.json").read_text()), proc.stdout, out
@@ -108,8 +109,15 @@ def _detection_numbers(bench) -> None:
     assert all(r["stall_verdicts"] == r["outcomes"].get("HUNG", 0) for r in hang["scenarios"])  # none waited out a deadline
 
 
+def _docs_page_is_the_report(bench) -> None:
+    _, _, out = bench
+    page = (out / "PERFORMANCE.md").read_text()
+    assert page.startswith("# Performance\n") and "do not edit by hand" in page
+    assert (out / "bench.md").read_text().strip() in page, "docs/PERFORMANCE.md is the bench's own report, whole"
+
+
 CHECKS = (_schema_and_machine, _launch_numbers, _time_to_crash_numbers, _overhead_numbers,
-          _reference_and_suite_numbers, _markdown_printed_and_written, _detection_numbers)
+          _reference_and_suite_numbers, _markdown_printed_and_written, _detection_numbers, _docs_page_is_the_report)
 
 
 def test_the_quick_bench_measures_every_section(bench):
