@@ -65,6 +65,10 @@ class Observation:
     """Last ``tp/progress/{rank}`` value."""
     heartbeats: dict[int, int] = field(default_factory=dict)
     """Last ``tp/hb/{rank}`` counter."""
+    progress_seen_at: dict[int, float] = field(default_factory=dict)
+    """Rank -> ``time.monotonic()`` when the harness last saw its ``tp/progress/{rank}`` change."""
+    beat_seen_at: dict[int, float] = field(default_factory=dict)
+    """Rank -> ``time.monotonic()`` when the harness last saw its heartbeat counter move."""
     abort: dict | None = None
     """Parsed ``tp/abort`` value."""
     hung: bool = False
@@ -104,10 +108,13 @@ class Observation:
     """Rank -> its log's size when reaping began: what a rank wrote later is the reaping's doing, not evidence."""
 
     def anchor(self) -> tuple[float | None, str]:
-        """``(mono, name)`` that deadline and time-to-crash count from."""
+        """``(mono, name)`` that deadline and time-to-crash count from: the first TP-FAULT, else the scenario's
+        interrupt once sent, else the first init."""
         monos = [ln.mono for ln in self.fault_lines if ln.mono is not None]
         if monos:
             return min(monos), "TP-FAULT"
+        if self.interrupt_at is not None:  # the scenario's interrupt is its fault: the crash counts from it
+            return self.interrupt_at, "interrupt"
         if self.init_mono is not None:
             return self.init_mono, "init"
         return None, ""

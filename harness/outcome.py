@@ -101,10 +101,37 @@ def _time_to_crash(obs: Observation, anchor_mono: float | None) -> float | None:
     return round(max(0.0, last_exit - anchor_mono), 4)
 
 
+SEEN_SLACK_S = 0.25
+"""What the harness saw at a poll (a store key, an exit) happened up to this much earlier."""
+_PROGRESS_EVENTS = ("chunk", "result", "handshake")
+
+
+def _signs_of_life(obs: Observation, texts: dict[int, str]) -> tuple[dict[int, float], dict[int, float]]:
+    """Per rank, when it last progressed (a chunk, a fault, a progress key) and last showed any life at all
+    (also any stamped line, a heartbeat, its exit): what makes an older flight trace stale (``trace.stale``)."""
+    progress: dict[int, float] = {}
+    alive: dict[int, float] = {}
+    for rank, text in texts.items():
+        for line in logs.contract_lines(text):
+            if line.mono is None:
+                continue
+            alive[rank] = max(alive.get(rank, 0.0), line.mono)
+            if line.kind == "TP-FAULT" or line.event in _PROGRESS_EVENTS:
+                progress[rank] = max(progress.get(rank, 0.0), line.mono)
+    for rank, at in obs.progress_seen_at.items():
+        progress[rank] = max(progress.get(rank, 0.0), at - SEEN_SLACK_S)
+    seen = [*obs.beat_seen_at.items(), *((r, e.mono) for r, e in obs.exits.items() if e.mono is not None)]
+    for rank, at in [*seen, *progress.items()]:
+        alive[rank] = max(alive.get(rank, 0.0), at - (SEEN_SLACK_S if (rank, at) in seen else 0.0))
+    return progress, alive
+
+
 def _divergence(obs: Observation, ranks: list[RankResult], texts: dict[int, str]) -> trace.Divergence | None:
     notes = {r.rank: "stopped by SIGSTOP" if r.frozen or "stopped" in (r.stack_note or "") else r.exit for r in ranks}
     log_dir = next(iter(obs.log_paths.values())).parent if obs.log_paths else None
-    return trace.for_run(traces=obs.traces, log_dir=log_dir, world_size=obs.world_size, texts=texts, notes=notes)
+    progress, alive = _signs_of_life(obs, texts)
+    return trace.for_run(traces=obs.traces, log_dir=log_dir, world_size=obs.world_size, texts=texts, notes=notes,
+                         progress_at=progress, alive_at=alive)
 
 
 def _rank_result(rank: int, obs: Observation, text: str) -> RankResult:

@@ -213,9 +213,9 @@ class _Loop:
                     if slot.get(rank) != value:
                         if slot is obs.progress:
                             self.say(f"rank {rank} progress {value}")
-                            self.stall.last_progress_at = time.monotonic()
+                            self.stall.last_progress_at = obs.progress_seen_at[rank] = time.monotonic()
                         else:
-                            self.stall.beat_moved_at = time.monotonic()
+                            self.stall.beat_moved_at = obs.beat_seen_at[rank] = time.monotonic()
                     slot[rank] = value
             if "tp/abort" in values:
                 raw = values["tp/abort"].decode(errors="replace")
@@ -259,7 +259,7 @@ class _Loop:
             return
         if self.phase == RUNNING:
             anchor, name = self.obs.anchor()
-            counts = anchor is not None and (name == "TP-FAULT" or not self.limits.faults_armed)
+            counts = anchor is not None and (name in ("TP-FAULT", "interrupt") or not self.limits.faults_armed)
             deadline_at = anchor + self.limits.deadline_s if counts else float("inf")
             if now >= min(deadline_at, self.run_timeout_at):
                 if now >= deadline_at:

@@ -74,7 +74,20 @@ class Divergence:
 
 
 def signature(entry: dict) -> tuple:
+    """What the transport matches a collective on: ranks that agree on it pair up, whatever each meant to call."""
     return (entry.get("op"), json.dumps(entry.get("shapes")), json.dumps(entry.get("dtypes")), entry.get("root"))
+
+
+def same_call(a: dict, b: dict) -> bool:
+    """Whether two ranks' n-th collectives are the same call: the same signature, and the same site and call id
+    where both traces have them. A call id is compared only on an unrooted collective (all_reduce, all_gather):
+    the receivers of a broadcast learn its call id from what it carries, so theirs may lag the root's."""
+    if signature(a) != signature(b):
+        return False
+    if a.get("site") is not None and b.get("site") is not None and a["site"] != b["site"]:
+        return False
+    return (a.get("root") is not None or a.get("call_id") is None or b.get("call_id") is None
+            or a["call_id"] == b["call_id"])
 
 
 def describe(entry: dict) -> str:
@@ -85,7 +98,7 @@ def describe(entry: dict) -> str:
     return f"{entry.get('op', '?')}{root} {tensors} ({entry.get('site', '?')}, chunk {entry.get('chunk', '?')})"
 
 
-def _side(rank: int, doc: dict | None, entry: dict | None, note: str | None) -> str:
+def _side(rank: int, doc: dict | None, entry: dict | None, note: str | None, show_call: bool = False) -> str:
     if doc is None:
         return f"rank {rank} has no flight trace" + (f" ({note})" if note else "")
     if entry is None:
@@ -96,6 +109,8 @@ def _side(rank: int, doc: dict | None, entry: dict | None, note: str | None) -> 
         state = "still inside it" if last.get("leave") is None else "left it"
         return f"rank {rank} never entered it (its last: seq {last['seq']} {describe(last)}, {state})"
     text = f"rank {rank} {describe(entry)}"
+    if show_call and entry.get("call_id") is not None:
+        text += f" call_id {entry['call_id']}"
     if entry.get("leave") is None:
         ago = float(doc.get("mono", entry["enter"])) - float(entry["enter"])
         text += f", entered {ago:.1f} s ago, never left"
@@ -118,7 +133,8 @@ def first_divergence(traces: dict[int, dict], world_size: int,
         present = {r: by_seq[r].get(seq) for r in traces}
         entered = {r: e for r, e in present.items() if e is not None}
         kind = None
-        if len({signature(e) for e in entered.values()}) > 1:
+        sides_of = list(entered.values())
+        if any(not same_call(sides_of[0], e) for e in sides_of[1:]):
             kind = "mismatch"
         elif len(entered) < len(traces):
             kind = "never entered"
@@ -126,7 +142,8 @@ def first_divergence(traces: dict[int, dict], world_size: int,
             kind = "never left"
         if kind is None:
             continue
-        sides = {r: _side(r, traces.get(r), present.get(r), notes.get(r)) for r in range(world_size)}
+        show_call = kind == "mismatch" and len({signature(e) for e in entered.values()}) == 1
+        sides = {r: _side(r, traces.get(r), present.get(r), notes.get(r), show_call) for r in range(world_size)}
         marks = {}
         for r, doc in traces.items():
             e = present[r] or (doc["entries"][-1] if doc["entries"] else None)
@@ -137,22 +154,52 @@ def first_divergence(traces: dict[int, dict], world_size: int,
     return None
 
 
+FINAL_REASONS = ("exit", "TP-FATAL")
+"""A trace dumped for one of these (``reason`` starts so) is the rank's last word: nothing it does later counts."""
+
+
+def stale(doc: dict, *, progress_at: float | None, alive_at: float | None) -> str:
+    """Why ``doc`` is older than what its rank did since ("" when it is not).
+
+    A trace dumped on the way out (``FINAL_REASONS``) never is. Any other is when the rank progressed after it
+    (a chunk, a fault, a progress key: ``progress_at``), or, unless the trace shows it inside a collective it
+    could still be stuck in, when it showed any life after it (a log line, a heartbeat, its exit: ``alive_at``).
+    """
+    if str(doc.get("reason", "")).startswith(FINAL_REASONS):
+        return ""
+    mono = float(doc.get("mono") or 0.0)
+    later = progress_at if open_entry(doc) is not None else max(progress_at or 0.0, alive_at or 0.0) or None
+    if later is None or later <= mono:
+        return ""
+    return (f"its newest trace ({doc.get('reason') or 'no reason'}, written at mono {mono:.3f}) is older than "
+            f"its last sign of life (mono {later:.3f}), so it was dropped")
+
+
 def for_run(*, traces: dict[int, dict], log_dir: Path | None, world_size: int, texts: dict[int, str],
-            notes: dict[int, str]) -> Divergence | None:
-    """The run's first divergence: from the traces taken at the hang if any, else as the ranks left them.
+            notes: dict[int, str], progress_at: dict[int, float] | None = None,
+            alive_at: dict[int, float] | None = None) -> Divergence | None:
+    """The run's first divergence: from the traces taken at the hang if any, else as the ranks left them,
+    without those older than their rank's last sign of life (``stale``; their notes say so).
 
     When there is none the result still says why (kind ``agree`` or ``untraced``), so every failed
     run's report answers "where did the ranks part?".
     """
+    dropped: dict[int, str] = {}
     if not traces and log_dir is not None:
-        traces = load_all(log_dir, world_size, texts)
+        traces, notes = dict(load_all(log_dir, world_size, texts)), dict(notes)
+        for rank, doc in list(traces.items()):
+            why = stale(doc, progress_at=(progress_at or {}).get(rank), alive_at=(alive_at or {}).get(rank))
+            if why:
+                del traces[rank]
+                notes[rank] = dropped[rank] = why
     found = first_divergence(traces, world_size, notes)
     if found is not None:
         return found
-    untraced = [r for r in range(world_size) if r not in traces]
+    untraced = [r for r in range(world_size) if r not in traces and r not in dropped]
     missing = f"; rank {', '.join(map(str, untraced))} left no trace" if untraced and traces else ""
+    missing += "".join(f"; rank {r}: {why}" for r, why in sorted(dropped.items()))
     if not traces:
-        return Divergence(seq=-1, kind="untraced", line="none known: no rank left a flight trace")
+        return Divergence(seq=-1, kind="untraced", line=f"none known: no rank left a flight trace{missing}")
     last = [doc["entries"][-1] for doc in traces.values() if doc["entries"]]
     if not last:
         return Divergence(seq=-1, kind="agree", line=f"none: no rank entered a collective{missing}")

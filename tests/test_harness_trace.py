@@ -296,3 +296,59 @@ def test_a_short_window_still_leaves_a_stopped_rank_to_the_peers_watchdogs_for_a
     assert not due(9.5, window_s=0.3)  # beats silent 0.5 s: longer than the window, not than the watchdogs' horizon
     assert due(8.9, window_s=0.3)  # silent over a second: nothing is beating
     assert not due(8.5, window_s=2.0)  # a window longer than the horizon still counts
+
+
+# -- the true first divergence: call ids and sites, where traces have them -----------------------------
+
+
+def _calls(plan: list[int], *, chunk: int = 1) -> list[dict]:
+    """One rank's trace: a chunk barrier, then one all_reduce per call id in ``plan`` (site ``step <id>``)."""
+    entries = [dict(_entry(0, op="barrier", shape=(4,), dtype="float32", site="chunk start"), call_id=None)]
+    for seq, call in enumerate(plan, start=1):
+        entries.append(dict(_entry(seq, shape=(4,), dtype="float32", site=f"step {call}", chunk=chunk), call_id=call))
+    return entries
+
+
+@pytest.mark.parametrize(
+    ("rank1", "seq", "kind"),
+    [([1, 2, 4, 5], 3, "mismatch"),        # call 3 skipped: seq 3 is call 4 on rank 1, call 3 on rank 0
+     ([1, 2, 3, 3, 4, 5], 4, "mismatch"),  # call 3 twice: seq 4 is call 3 again on rank 1
+     ([1, 2, 4, 3, 5], 3, "mismatch")],    # calls 3 and 4 swapped
+    ids=["skipped", "extra", "reordered"],
+)
+def test_the_first_divergence_is_where_call_ids_and_sites_part(rank1, seq, kind) -> None:
+    r0 = _calls([1, 2, 3, 4, 5])
+    r1 = _calls(rank1)
+    # Shapes alone agree on every seq both ranks entered: the old answer was the end of the shorter trace.
+    assert all(trace.signature(a) == trace.signature(b) for a, b in zip(r0, r1, strict=False))
+    div = trace.first_divergence({0: _doc(0, r0), 1: _doc(1, r1)}, 2)
+    assert div is not None and (div.seq, div.kind) == (seq, kind), div.line
+    assert f"rank 0 all_reduce float32[4] (step {seq}, chunk 1) call_id {seq}" in div.line
+
+
+def test_a_broadcast_s_receiver_may_lag_its_call_id() -> None:
+    root = [dict(_entry(0, op="broadcast", shape=(8,), dtype="int64", site="envelope header", root=0), call_id=4)]
+    recv = [dict(_entry(0, op="broadcast", shape=(8,), dtype="int64", site="envelope header", root=0), call_id=3)]
+    assert trace.first_divergence({0: _doc(0, root), 1: _doc(1, recv)}, 2) is None
+
+
+def test_a_trace_older_than_its_rank_s_last_sign_of_life_is_dropped(tmp_path) -> None:
+    (tmp_path / "flight_rank0.json").write_text(json.dumps(_doc(0, [_entry(i) for i in range(3)], mono=300.0)))
+    startup = {**_doc(1, [], mono=100.5), "reason": "init"}  # written at start-up; the rank ran on, then was killed
+    (tmp_path / "flight_rank1.json").write_text(json.dumps(startup))
+    div = trace.for_run(traces={}, log_dir=tmp_path, world_size=2, texts={}, notes={1: "SIGKILL"},
+                        progress_at={1: 104.0}, alive_at={1: 105.0})
+    assert "no collective yet" not in div.line, div.line
+    assert div.line.endswith("; rank 1: its newest trace (init, written at mono 100.500) is older than its last "
+                             "sign of life (mono 105.000), so it was dropped"), div.line
+    # Beside a rank stuck inside a collective, the dropped rank is named with why it has no trace.
+    (tmp_path / "flight_rank0.json").write_text(json.dumps(_doc(0, [_entry(0), _entry(1, left=False)], mono=300.0)))
+    div = trace.for_run(traces={}, log_dir=tmp_path, world_size=2, texts={}, notes={1: "SIGKILL"},
+                        progress_at={1: 104.0}, alive_at={1: 105.0})
+    assert (div.seq, div.kind) == (1, "never left")
+    assert div.sides[1].startswith("rank 1 has no flight trace (its newest trace (init"), div.sides
+    # A final dump is the rank's last word, and a rank inside a collective may still be stuck there.
+    assert trace.stale({**startup, "reason": "exit"}, progress_at=104.0, alive_at=105.0) == ""
+    inside = _doc(1, [_entry(0, left=False)], mono=100.5)
+    assert trace.stale(inside, progress_at=None, alive_at=105.0) == ""
+    assert trace.stale(inside, progress_at=104.0, alive_at=105.0) != ""
