@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import harness
-from harness import adhoc, delta, options, probe, report
+from harness import adhoc, delta, engine, options, probe, report
 from harness.scenario import Scenario
 from harness.selection import CATALOG_HELP, UsageError, check_ids, load_scenarios
 
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", action="append", type=Path, metavar="PATH", help=CATALOG_HELP)
     p = sub.add_parser("failpoints", help="ask the TP path for its failpoint sites")
     add(p, "tp_command")
-    p = sub.add_parser("run", help="run catalog scenarios by id, or one ad-hoc fault")
+    p = engine.add_arguments(sub.add_parser("run", help="run catalog scenarios by id, one ad-hoc fault, or an engine"))
     p.add_argument("ids", nargs="*", metavar="ID",
                    help="scenario id, e.g. FM-03 (also runs FM-03/...); none: every scenario of the catalog")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
@@ -380,7 +380,7 @@ def _compare(before_dir: Path, after_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    commands = {"list": cmd_list, "failpoints": cmd_failpoints, "run": cmd_run, "explore": cmd_explore,
+    commands = {"list": cmd_list, "failpoints": cmd_failpoints, "run": engine.cli(cmd_run), "explore": cmd_explore,
                 "report": cmd_report}
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -139,9 +139,9 @@ def test_public_surface_changes_only_on_purpose() -> None:
     assert cli == {
         "list": ["--catalog"],
         "failpoints": ["--tp-command"],
-        "run": ["--backend", "--baseline", "--catalog", "--chunks", "--deadline", "--device", "--env", "--expect", "--fault", "--guardrails",
-                "--launch", "--quiet", "--report-dir", "--signature", "--stall", "--startup-deadline", "--tp-command",
-                "--world-size", "-q"],
+        "run": ["--backend", "--baseline", "--catalog", "--chunks", "--deadline", "--device", "--engine", "--env", "--expect",
+                "--fault", "--guardrails", "--launch", "--output-regex", "--quiet", "--report-dir", "--signature", "--stall",
+                "--startup-deadline", "--tp-command", "--world-size", "-q"],
         "explore": ["--backend", "--budget", "--deadline", "--device", "--env", "--faults-per-run", "--jobs", "--launch",
                     "--max-shrink", "--report-dir", "--runs", "--seed", "--sites", "--stall", "--tp-command",
                     "--world-size", "--world-sizes"],

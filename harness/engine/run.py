@@ -1,0 +1,156 @@
+"""``run --engine "CMD"``: one ad-hoc fault (or none) against an unmodified engine, judged like any run.
+
+The engine is started as given, nothing appended, never asked ``--check-*`` / ``--list-*``: everything it
+will be judged on comes from the bootstrap (``harness/engine/boot``), its exits and the output the user names.
+A CLEAN run must reproduce the healthy run's output, run once per world size and cached in the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from harness import adhoc, logs, options, report
+from harness.engine.env import CODES, boot_env
+from harness.engine.boot import _breakit_faults as faults
+from harness.launch import Launch, LaunchError, LaunchSpec
+from harness.observation import Observation
+from harness.outcome import judge
+from harness.result import Baseline, Outcome, Result
+from harness.scenario import Expect, Scenario
+from harness.selection import UsageError
+from harness.supervise import Limits, harness_signals, supervise
+
+LAUNCHES = ("subprocess", "srun", "torchrun", "torchrun-2node")
+"""Launch modes that start the command afresh (the zygote forks a pre-imported interpreter: no sitecustomize)."""
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    """``run --engine``: check every input, run the scenario, print the verdict, write the report."""
+    engine, settings, scenario = _inputs(args)
+    run_dir = settings["report_dir"] / report.run_dir_name()
+    from harness.runner import RunConfig
+
+    config = RunConfig(run_dir=run_dir, world_size=settings["world_size"], deadline_s=settings["deadline"],
+                       stall_s=settings["stall"], launch=settings["launch"], tp_command=engine,
+                       startup_deadline_s=settings["startup_deadline"])
+    result = run_engine(scenario, config, output_regex=args.output_regex)
+    print(f"{result.verdict} {result.id} (ws{result.world_size}): {result.reason}")
+    if not result.passed:
+        print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
+    summary = report.write_summary(run_dir, planned=1, interrupted=False, selection=f"--engine {args.engine}")
+    if summary.overall != "INCOMPLETE":
+        report.update_latest(run_dir)
+    print(f"{summary.overall}: {summary.total} run, {summary.failed} failed; report: {summary.md_path}")
+    return 0 if summary.passed else 1
+
+
+def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:
+    """The engine command, the settings and the scenario, each checked before any rank starts."""
+    if args.ids:
+        raise UsageError("--engine runs one ad-hoc fault (--fault/--expect) or a healthy run, not scenario ids")
+    if args.fault and not args.expect:
+        raise UsageError("--fault needs --expect crash|clean|hang|diverge")
+    if args.guardrails is not None or args.chunks is not None or args.tp_command is not None:
+        raise UsageError("--guardrails, --chunks and --tp-command belong to a contract TP path, not to --engine: "
+                         "the engine is started as given")
+    try:
+        engine = options.OPTIONS["tp_command"].parse(args.engine)
+    except ValueError as exc:
+        raise UsageError(f"invalid engine command {args.engine!r} from --engine: {exc}") from None
+    if args.output_regex is not None:
+        try:
+            re.compile(args.output_regex)
+        except re.error as exc:
+            raise UsageError(f"invalid --output-regex {args.output_regex!r}: {exc}") from None
+    settings = {}
+    for name in ("world_size", "deadline", "stall", "report_dir", "startup_deadline", "launch"):
+        opt, value = options.OPTIONS[name], getattr(args, name, None)
+        try:
+            settings[name] = opt.validate(value, opt.cli_flag) if value is not None else options.default(name)
+        except options.OptionError as exc:
+            raise UsageError(str(exc)) from None
+    if args.launch is None:
+        settings["launch"] = "subprocess"
+    elif settings["launch"] not in LAUNCHES:
+        raise UsageError(f"launch mode {settings['launch']!r} cannot start an engine command afresh (the zygote "
+                         f"forks a pre-imported interpreter); valid with --engine: {', '.join(LAUNCHES)}")
+    try:
+        faults.parse(";".join(args.fault), where="--fault")
+        scenario = adhoc.scenario(faults=args.fault, expect=args.expect or "clean", signatures=args.signature,
+                                  env=args.env)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return engine, settings, scenario
+
+
+def run_engine(scenario: Scenario, config, *, output_regex: str | None = None,
+               deadline_s: float | None = None) -> Result:
+    """Run ``scenario`` against the engine ``config.tp_command`` (started as given) and judge it."""
+    ws = scenario.world_size or config.world_size
+    deadline = deadline_s or scenario.deadline_s or config.deadline_s
+    sdir = report.scenario_dir(config.run_dir, scenario.id, ws)
+    obs = execute(scenario, config, ws=ws, deadline_s=deadline, log_dir=sdir, output_regex=output_regex)
+    result = judge(scenario, obs, deadline_s=deadline,
+                   baseline=lambda: healthy(config, world_size=ws, output_regex=output_regex),
+                   meta={"backend": "engine", "device": config.device, "launch": config.launch, "dir": str(sdir)},
+                   codes=CODES)
+    report.write_result(result, sdir)
+    return result
+
+
+def execute(scenario: Scenario, config, *, ws: int, deadline_s: float, log_dir: Path,
+            output_regex: str | None) -> Observation:
+    """Launch the engine's ranks with the bootstrap and supervise them."""
+    env = {"TP_FAILPOINTS": scenario.failpoints(), "TP_REPORT_DIR": str(log_dir), **boot_env(output_regex),
+           **scenario.env}
+    spec = LaunchSpec(command=tuple(config.tp_command), world_size=ws, log_dir=log_dir, env=env,
+                      rank_env=scenario.rank_env, mode=config.launch, cwd=config.cwd)
+    limits = Limits(deadline_s=deadline_s, run_timeout_s=scenario.run_timeout_s or config.run_timeout_s,
+                    faults_armed=bool(scenario.faults), frozen=scenario.expect.frozen, stall_s=config.stall_s,
+                    startup_s=config.startup_deadline_s)
+    launch = Launch(spec)
+    try:
+        with harness_signals():
+            try:
+                launch.start()
+            except LaunchError as exc:
+                now = time.monotonic()
+                return Observation(world_size=ws, pids=dict(launch.pids), log_paths=dict(launch.log_paths),
+                                   started_at=now, ended_at=now, harness_error=str(exc))
+            return supervise(launch, limits=limits, interrupt=scenario.interrupt, on_progress=config.on_progress)
+    finally:
+        launch.close()
+
+
+def healthy(config, *, world_size: int, output_regex: str | None) -> Baseline:
+    """The engine's healthy output at ``world_size``, run once per run directory (``engine_baseline.json``)."""
+    key = f"ws={world_size} engine={' '.join(config.tp_command)} regex={output_regex}"
+    cache = config.run_dir / "engine_baseline.json"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if key in known:
+        return Baseline(**known[key])
+    scenario = Scenario(id="baseline", fm="control", title="healthy engine run (no fault)", proves="control",
+                        expect=Expect.clean(), world_size=world_size)
+    where = config.run_dir / "_baseline" / f"engine-{len(known)}-ws{world_size}"
+    obs = execute(scenario, config, ws=world_size, deadline_s=config.deadline_s, log_dir=where,
+                  output_regex=output_regex)
+    final = logs.final_json(logs.read_text(obs.log_paths.get(0, where / "rank0.log")), "output_digest")
+    digest = final.get("output_digest") if final else None
+    result = judge(scenario, obs, deadline_s=config.deadline_s,
+                   baseline=lambda: Baseline(ok=True, digest=digest, where=str(where)),
+                   meta={"backend": "engine", "launch": config.launch, "dir": str(where)}, codes=CODES)
+    if result.observed != Outcome.CLEAN.value:
+        base = Baseline(ok=False, reason=f"observed {result.observed}: {result.reason}", where=str(where))
+    else:
+        base = Baseline(ok=True, digest=digest, where=str(where))
+    known[key] = asdict(base)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(known, indent=2))
+    tmp.replace(cache)
+    return base

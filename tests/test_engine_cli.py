@@ -1,0 +1,49 @@
+"""``python -m harness run --engine``: every input is refused in one line before any rank starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", "run", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--fault", "collective.all_reduc=hang", "--expect", "hang"), ["no such collective site", "--fault"]),
+    (("--fault", "collective.all_reduce=hang"), ["--fault needs --expect"]),
+    (("--launch", "zygote"), ["launch mode 'zygote'", "subprocess"]),
+    (("--output-regex", "(unclosed"), ["invalid --output-regex"]),
+    (("--tp-command", "python -m tp"), ["--tp-command", "belong to a contract TP path"]),
+    (("FM-01",), ["not scenario ids"]),
+])
+def test_a_bad_engine_run_is_refused_before_any_rank_starts(tmp_path: Path, args: tuple, words: list[str]) -> None:
+    marker = tmp_path / "engine_ran"
+    engine = f"python -c 'open({str(marker)!r}, \"w\")'"
+    proc = cli("--engine", engine, "--report-dir", str(tmp_path / "reports"), *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for word in words:
+        assert word in proc.stderr
+    assert not marker.exists(), "the engine was started"
+
+
+def test_the_engine_command_runs_as_given_with_nothing_appended(tmp_path: Path) -> None:
+    """A stand-in engine that prints its argv and an output digest: one clean run and its healthy baseline."""
+    engine = tmp_path / "engine.py"
+    engine.write_text("import json, os, sys\n"
+                      "if os.environ['RANK'] == '0':\n"
+                      "    print(json.dumps({'argv': sys.argv[1:], 'output_digest': 'abc'}), flush=True)\n")
+    proc = cli("--engine", f"python {engine} --mine", "--report-dir", str(tmp_path / "reports"), "--world-size", "1",
+               "--deadline", "60", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("PASS adhoc (ws1): expected CLEAN, observed CLEAN"), proc.stdout
+    logs = list((tmp_path / "reports").glob("*/adhoc-ws1/rank0.log"))
+    assert '"argv": ["--mine"]' in logs[0].read_text()
