@@ -19,12 +19,13 @@ import os
 import random
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness import invariant
+from harness import invariant, options
 from harness.fault import Fault, frozen_by
 from harness.result import Outcome, Result
 from harness.scenario import Expect, Scenario
@@ -51,12 +52,13 @@ class Schedule:
     chunks: int = CHUNKS
     """Chunks the run drives."""
     env: tuple[tuple[str, str], ...] = ()
-    """Extra rank environment (``--env``), besides the progress timeout."""
+    """Extra rank environment (``--env``), besides the knobs explore tunes."""
+    knobs: tuple[tuple[str, str], ...] = ()
+    """The timeouts explore shortens (``tuned``): only those the TP path declares in ``--list-env``."""
 
     def rank_env(self) -> dict[str, str]:
         """The environment every rank gets."""
-        return {"TP_PROGRESS_TIMEOUT_S": f"{PROGRESS_TIMEOUT_S:g}", "TP_HANDSHAKE_TIMEOUT_S": f"{HANDSHAKE_TIMEOUT_S:g}",
-                **dict(self.env)}
+        return {**dict(self.knobs), **dict(self.env)}
 
     def expect(self) -> Expect:
         """What the runner supervises for: CLEAN or CRASHED, ranks frozen by SIGSTOP reaped when alone."""
@@ -71,8 +73,10 @@ class Schedule:
                         proves="adhoc", faults=self.faults, expect=self.expect(), chunks=self.chunks,
                         world_size=self.world_size, env=self.rank_env())
 
-    def reproducer(self, *, launch: str = "zygote") -> str:
-        """The one-line ``python -m harness run`` command that runs this schedule alone."""
+    def reproducer(self, *, launch: str = "zygote", config=None) -> str:
+        """The one-line ``python -m harness run`` command that runs this schedule alone, as it ran: the rank
+        command (from its directory), launch mode, backend, device, deadline, stall window and env of ``config``
+        (a ``RunConfig``) wherever they differ from the defaults."""
         expect = "clean" if self.expect().outcomes == {Outcome.CLEAN} else "crash"
         words = ["python", "-m", "harness", "run"]
         for f in self.faults:
@@ -80,9 +84,19 @@ class Schedule:
         words += ["--expect", expect, "--world-size", str(self.world_size), "--chunks", str(self.chunks)]
         for k, v in self.rank_env().items():
             words += ["--env", f"{k}={v}"]
+        launch = config.launch if config is not None else launch
         if launch != "zygote":
             words += ["--launch", launch]
-        return shlex.join(words)
+        if config is None:
+            return shlex.join(words)
+        for name, value in (("backend", config.backend), ("device", config.device), ("deadline", config.deadline_s),
+                            ("stall", config.stall_s)):
+            if value is not None and value != options.default(name):
+                words += [options.OPTIONS[name].cli_flag, f"{value:g}" if isinstance(value, float) else str(value)]
+        if tuple(config.tp_command) == options.default("tp_command"):
+            return shlex.join(words)
+        command = ["python" if w == sys.executable else w for w in config.tp_command]
+        return f"cd {shlex.quote(str(config.cwd))} && " + shlex.join([*words, "--tp-command", shlex.join(command)])
 
     def to_json(self) -> dict:
         """The schedule as recorded in reports."""
@@ -106,6 +120,26 @@ def declared_sites(tp_command: tuple[str, ...], env: dict[str, str]) -> list[dic
         raise RuntimeError(f"{shlex.join(command)!r} declares no actions for any site (CONTRACT §1 "
                            "'--list-failpoints'): nothing to explore")
     return usable
+
+
+TUNED = {"TP_PROGRESS_TIMEOUT_S": PROGRESS_TIMEOUT_S, "TP_HANDSHAKE_TIMEOUT_S": HANDSHAKE_TIMEOUT_S}
+"""The timeouts explore shortens so a run ends within its deadline, where the TP path declares them."""
+
+
+def tuned(tp_command: tuple[str, ...], env: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """``TUNED`` knobs the TP path declares in ``--list-env`` (CONTRACT §1); none when it declares nothing."""
+    try:
+        proc = subprocess.run([*tp_command, "--list-env"], check=False, capture_output=True, text=True, timeout=120,
+                              env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    declared = set()
+    for line in proc.stdout.splitlines() if proc.returncode == 0 else ():
+        try:
+            declared.add(json.loads(line).get("env"))
+        except (ValueError, AttributeError):
+            continue
+    return tuple((k, f"{v:g}") for k, v in TUNED.items() if k in declared)
 
 
 def pairs(sites: list[dict]) -> list[tuple[dict, dict]]:
@@ -270,6 +304,7 @@ def explore(*, seed: int, runs: int | None, budget_s: float | None, world_sizes:
             raise ValueError(f"unknown site(s) {', '.join(unknown)}; declared: {', '.join(s['site'] for s in sites)}")
         sites = [s for s in sites if s["site"] in only_sites]
     extra = tuple(sorted(env.items()))
+    knobs = tuned(config.tp_command, tp_env)
     tally = Tally()
 
     def run(schedule: Schedule, sid: str) -> tuple[Result, list[str]]:
@@ -280,7 +315,7 @@ def explore(*, seed: int, runs: int | None, budget_s: float | None, world_sizes:
         index = 0
         while (runs is None or index < runs) and (budget_s is None or time.monotonic() - tally.started < budget_s):
             yield index, replace(generate(seed, index, sites, world_sizes=world_sizes, faults_per_run=faults_per_run),
-                                 env=extra)
+                                 env=extra, knobs=knobs)
             index += 1
 
     for index, schedule, (result, broken) in _concurrently(schedules(), run, jobs=jobs):
@@ -344,7 +379,7 @@ def _shrunk(index, schedule, result, broken, run, config, say, max_shrink) -> di
         small, final, final_broken = schedule, result, broken
     record = {"index": index, "schedule": schedule.to_json(), "shrunk": small.to_json(), "shrink_runs": tries,
               "observed": final.observed, "violations": final_broken, "dir": final.dir,
-              "reproducer": small.reproducer(launch=config.launch)}
+              "reproducer": small.reproducer(config=config)}
     path = config.run_dir / "violations" / f"{index:04d}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")

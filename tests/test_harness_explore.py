@@ -70,7 +70,7 @@ def test_the_first_pass_of_the_deck_starts_one_schedule_at_every_site_placed_whe
 def test_the_reproducer_is_one_run_command_holding_the_whole_schedule() -> None:
     s = explore.Schedule(world_size=4, faults=(Fault(site="driver.idle", action="kill(SIGSTOP)", rank=0, chunk=1),
                                                 Fault(site="generator.call", action="sleep(0.2)", rank=3, hit=1)),
-                         env=(("TP_EXTRA", "x"),))
+                         env=(("TP_EXTRA", "x"),), knobs=(("TP_PROGRESS_TIMEOUT_S", "1"),))
     line = s.reproducer()
     assert line.startswith("python -m harness run --fault 'driver.idle=kill(SIGSTOP)@rank=0,chunk=1' ")
     assert "--fault 'generator.call=sleep(0.2)@rank=3,hit=1'" in line and "--expect crash --world-size 4" in line
@@ -241,3 +241,31 @@ def test_jobs_default_to_the_cores_and_stay_one_where_a_rank_serves_the_store() 
     for bad, launch in ((2, "srun"), (0, "zygote")):
         with pytest.raises(ValueError, match="--jobs"):
             explore.jobs_for(bad, launch)
+
+
+def test_explore_tunes_only_the_knobs_the_tp_path_declares() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "fixtures" / "ranks")])}
+    assert explore.tuned((sys.executable, "-m", "tp"), env) == (("TP_PROGRESS_TIMEOUT_S", "1"),
+                                                                 ("TP_HANDSHAKE_TIMEOUT_S", "3"))
+    assert explore.tuned((sys.executable, "-m", "fake_tp"), env) == ()  # it declares none (no --list-env)
+    plain = explore.Schedule(world_size=2, faults=(Fault(site="fake.chunk", action="raise", rank=0),))
+    assert "--env" not in plain.reproducer() and plain.rank_env() == {}
+
+
+def test_a_reproducer_carries_the_run_and_reruns_verbatim_from_a_new_shell(tmp_path: Path) -> None:
+    from harness.runner import RunConfig
+
+    config = RunConfig(run_dir=tmp_path / "run", tp_command=(sys.executable, "-m", "fake_tp"),
+                       cwd=REPO / "fixtures" / "ranks", launch="subprocess", deadline_s=5.0)
+    schedule = explore.Schedule(world_size=3, chunks=3,
+                                faults=(Fault(site="fake.chunk", action="raise", rank=2, chunk=1),))
+    line = schedule.reproducer(config=config)
+    assert line.startswith(f"cd {REPO / 'fixtures' / 'ranks'} && python -m harness run "), line
+    assert "--tp-command 'python -m fake_tp'" in line and "--launch subprocess" in line, line
+    assert "--world-size 3" in line and "--deadline 5" in line, line
+    # A new shell with this interpreter first on PATH, anywhere: the line alone says how the run ran.
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    proc = subprocess.run(["bash", "-c", line + f" -q --report-dir {tmp_path / 'reports'}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "observed CRASHED" in proc.stdout, proc.stdout + proc.stderr
+    assert len(list((tmp_path / "reports").glob("2*/adhoc-ws3/result.json"))) == 1  # at the world size it ran

@@ -13,6 +13,17 @@ import sys
 from collections.abc import Callable
 
 
+TUNABLE_ENV = {
+    "TP_HEARTBEAT_S": ("0.05", "watchdog heartbeat and poll interval, seconds"),
+    "TP_PEER_TIMEOUT_S": ("2.0", "ceiling of the adaptive peer timeout, seconds"),
+    "TP_PEER_TIMEOUT_MIN_S": ("0.5", "floor of the adaptive peer timeout, seconds"),
+    "TP_PROGRESS_TIMEOUT_S": ("60", "busy without progress this long is fatal, seconds"),
+    "TP_HANDSHAKE_TIMEOUT_S": ("10", "init handshake deadline, seconds"),
+    "TP_DIGEST_EVERY": ("1", "digest exchange every N chunks"),
+}
+"""``--list-env`` (CONTRACT §1): the knobs a harness may set to fit its deadlines; it sets no other."""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tp", description=__doc__)
     p.add_argument("--world-size", type=int, default=None, help="spawn this many local ranks (no RANK in env)")
@@ -24,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--list-failpoints", action="store_true", help="print every failpoint site as JSON lines")
     p.add_argument("--list-codes", action="store_true", help="print every fatal code as JSON lines")
     p.add_argument("--list-guardrails", action="store_true", help="print every guardrail as JSON lines")
+    p.add_argument("--list-env", action="store_true", help="print the TP_* knobs a harness may tune as JSON lines")
     p.add_argument("--check-failpoints", action="append", default=[], metavar="SPEC",
                    help="check a TP_FAILPOINTS value without running; one JSON verdict line (repeatable)")
     p.add_argument("--check-guardrails", action="append", default=[], metavar="SPEC",
@@ -98,7 +110,8 @@ def _check_backend(name: str) -> None:
 
 
 def _listed(args: argparse.Namespace) -> bool:
-    """Answer ``--list-failpoints``, ``--list-codes`` or ``--list-guardrails`` (JSON lines); False if none asked."""
+    """Answer ``--list-failpoints``, ``--list-codes``, ``--list-guardrails`` or ``--list-env`` (JSON lines); False if
+    none asked."""
     from tp import codes, failpoints, guardrails
 
     if args.list_failpoints:
@@ -110,6 +123,9 @@ def _listed(args: argparse.Namespace) -> bool:
     elif args.list_guardrails:
         for name, description in guardrails.NAMES.items():
             print(json.dumps({"guardrail": name, "description": description}))
+    elif args.list_env:
+        for name, (default, description) in TUNABLE_ENV.items():
+            print(json.dumps({"env": name, "default": default, "description": description}))
     else:
         return False
     return True
