@@ -11,6 +11,11 @@ diffs to name the first divergent collective (docs/CONTRACT.md §6).
 Always on, so it must be cheap: an entry is one list holding the tensor's own
 ``shape`` and ``dtype`` objects; names and JSON are made only when dumping.
 
+With PyTorch's Flight Recorder on (``TORCH_FR_BUFFER_SIZE`` set before the process group exists), each dump
+also writes the recorder's own pickle as ``fr/fr_rank{R}`` in the report directory: the layout PyTorch's
+analyzer (``python -m torch.distributed.flight_recorder.fr_trace DIR/fr -p fr_rank``) reads. Off by default,
+so a run without the variable pays nothing.
+
 The ring is written on SIGUSR1, on every TP-FATAL and at a clean exit. A
 rank blocked inside a collective is inside C++ and never runs a Python signal
 handler, so SIGUSR1 is acted on by ``tp.signals``' thread, which writes every
@@ -33,6 +38,12 @@ SCHEMA = "tp-flight/1"
 DEFAULT_ENTRIES = 512
 """Ring length: about ten chunks of collectives at world size 2."""
 
+FR_ENV = "TORCH_FR_BUFFER_SIZE"
+"""PyTorch's Flight Recorder records only when this is set (to its ring length) before the group is made."""
+FR_DIR = "fr"
+"""Subdirectory of the report directory holding only ``fr_rank{R}`` pickles: the analyzer reads every file of
+its directory tree whose name holds the prefix, so nothing else may live there."""
+
 GENERATOR_SITE = "generator call"
 """The site of the generator's all_reduces; dumps append the call_id ("generator call 5")."""
 
@@ -49,6 +60,8 @@ class Recorder:
         self.ring: collections.deque[list] = collections.deque(maxlen=entries)
         self.seq = 0
         self.report_dir = report_dir or None
+        self.fr = bool(os.environ.get(FR_ENV)) and self.report_dir is not None
+        """Whether dumps also write PyTorch's Flight Recorder pickle (``FR_ENV`` set and a report directory)."""
         self.idle: str | None = None
         """Set while the main thread waits for outside input (a request), in no collective; dumped as ``idle``."""
         self._lock = threading.Lock()
@@ -76,6 +89,8 @@ class Recorder:
     def dump(self, reason: str) -> None:
         """Write ``flight_rank{R}.json`` into the report directory, or one ``TP-TRACE`` log line."""
         with self._lock:
+            if self.fr:  # before the trace file: a fresh trace tells the harness this answer is complete
+                _dump_fr(self.report_dir, self.rank)
             text = json.dumps(self.document(reason), separators=(",", ":"))
             if self.report_dir is not None:
                 path = os.path.join(self.report_dir, f"flight_rank{self.rank}.json")
@@ -89,6 +104,24 @@ class Recorder:
                     sys.stdout.write(f"TP-INFO cannot write {path} ({exc}); the trace follows as a log line\n")
             sys.stdout.write("TP-TRACE " + text + "\n")
             sys.stdout.flush()
+
+
+def _dump_fr(report_dir: str, rank: int) -> None:
+    """PyTorch's Flight Recorder pickle (every collective, no stacks) to ``fr/fr_rank{R}``, atomically."""
+    try:
+        import torch
+
+        data = torch._C._distributed_c10d._dump_fr_trace(includeCollectives=True, includeStackTraces=False,
+                                                        onlyActive=False)
+        folder = os.path.join(report_dir, FR_DIR)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"fr_rank{rank}")
+        tmp = os.path.join(report_dir, f".fr_rank{rank}.{os.getpid()}.tmp")  # outside fr/: never half-read there
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except Exception as exc:  # noqa: BLE001 - an older torch, a full disk: the flight trace still follows
+        sys.stdout.write(f"TP-INFO cannot write the Flight Recorder dump of rank {rank} ({exc})\n")
 
 
 def _entry_json(e: list) -> dict:
