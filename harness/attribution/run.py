@@ -1,0 +1,80 @@
+"""Run every case with the Flight Recorder on, read each run's dumps with PyTorch's analyzer, score, write.
+
+``reports/attribution/attribution.json`` holds every run (its truth, the analyzer's and the harness's
+answers, verdicts, why) and the table per fault kind; ``attribution.md`` and ``docs/ATTRIBUTION.md`` are
+rendered from it (``render``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import metadata
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from harness import trace
+from harness.attribution import fr, render, score, truth
+from harness.attribution.cases import KINDS, Case
+from harness.runner import RunConfig, run_scenario
+from harness.scenario import Expect
+
+SCHEMA = "breakit-attribution/1"
+
+
+def healthy_traces(case: Case, config: RunConfig, cache: dict) -> tuple[dict[int, dict], str]:
+    """The same settings without the fault (guardrails change which collectives run): each rank's trace."""
+    s = case.scenario
+    key = (s.world_size, s.chunks, s.guardrails, tuple(sorted(s.env.items())))
+    if key not in cache:
+        healthy = replace(s, id=f"healthy-{len(cache)}", fm="control", proves="control", faults=(), rank_env={},
+                          expect=Expect.clean(), interrupt=None, title="healthy: " + s.guardrails)
+        result = run_scenario(healthy, config)
+        cache[key] = (trace.load_all(Path(result.dir), s.world_size), result.observed)
+    return cache[key]
+
+
+def run_case(case: Case, config: RunConfig, cache: dict) -> dict:
+    """Run ``case``, find its truth, ask the analyzer, score both answers."""
+    s = case.scenario
+    result = run_scenario(s, config)
+    sdir = Path(result.dir)
+    healthy, healthy_observed = healthy_traces(case, config, cache)
+    traces = trace.load_all(sdir, s.world_size)
+    departure = truth.first_departure(culprit=case.culprit, traces=traces, healthy=healthy)
+    answers = fr.analyze(sdir / "fr")
+    missing = [r for r in range(s.world_size) if not (sdir / "fr" / f"{fr.PREFIX}{r}").exists()]
+    for answer in answers.values():
+        answer["missing_dumps"] = missing
+    return {"id": s.id, "source": case.source, "kind": case.kind, "world_size": s.world_size,
+            "faults": [f.spec() for f in s.faults], "rank_env": {str(r): dict(e) for r, e in s.rank_env.items()},
+            "guardrails": s.guardrails, "observed": result.observed, "dir": str(sdir),
+            "truth": {"rank": case.culprit, **departure, "healthy_observed": healthy_observed},
+            "analyzer": answers, "harness": result.divergence,
+            "score": score.score_case(truth_rank=case.culprit, truth=departure, answers=answers,
+                                      harness=result.divergence)}
+
+
+def attribution(cases: list[Case], config: RunConfig, *, out_dir: Path, docs: Path | None,
+                meta: dict, say: Callable[[str], None] = print) -> dict:
+    """Run and score ``cases``; write ``attribution.{json,md}`` into ``out_dir`` (and ``docs``); return the JSON."""
+    started = time.monotonic()
+    cache: dict = {}
+    records = []
+    for i, case in enumerate(cases, 1):
+        record = run_case(case, config, cache)
+        records.append(record)
+        a = record["score"]["analyzer"]["repaired"]
+        say(f"[{i}/{len(cases)}] {record['id']} ws{record['world_size']} ({record['kind']}): {record['observed']}; "
+            f"truth rank {case.culprit} seq {record['truth']['seq']}; analyzer culprit {a['culprit']}, "
+            f"collective {a['collective']}; harness {record['score']['harness']['collective']}")
+    doc = {"schema": SCHEMA, "torch": metadata.version("torch"), "backend": config.backend, "kinds": list(KINDS),
+           "meta": {**meta, "runs": len(records), "seconds": round(time.monotonic() - started, 1)},
+           "table": score.summarize(records, KINDS), "runs": records}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "attribution.json").write_text(json.dumps(doc, indent=1, default=str))
+    (out_dir / "attribution.md").write_text(render.report(doc))
+    if docs is not None:
+        docs.write_text(render.docs(doc))
+    return doc
