@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from interrupting import interrupt_after_first_result
+from interrupting import interrupt_when_parked
 
 REPO = Path(__file__).resolve().parent.parent
 RANKS = REPO / "fixtures" / "ranks"
@@ -194,10 +194,15 @@ def test_a_flooding_rank_cannot_flood_the_report(tmp_path) -> None:
 
 
 CATALOG = textwrap.dedent("""
-    from harness import Expect, Scenario
+    from harness import Expect, Fault, Scenario
 
-    SCENARIOS = [Scenario(id=f"CTL-{n}", fm="control", title="healthy", proves="control", expect=Expect.clean(),
-                          env={"FAKE_CHUNK_S": "0.3"}) for n in range(3)]
+    SCENARIOS = [
+        Scenario(id="CTL-0", fm="control", title="healthy", proves="control", expect=Expect.clean()),
+        # Parks rank 1 until the run is interrupted: the test waits on that, not on a race with the run.
+        Scenario(id="CTL-1", fm="control", title="parked", proves="control", expect=Expect.clean(),
+                 deadline_s=300, run_timeout_s=300, faults=(Fault(site="fake.chunk", action="hang", rank=1, chunk=1),)),
+        Scenario(id="CTL-2", fm="control", title="healthy", proves="control", expect=Expect.clean()),
+    ]
 """)
 
 
@@ -206,7 +211,7 @@ def test_an_interrupted_cli_run_is_incomplete_and_latest_stays(tmp_path) -> None
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "CTL-0", "CTL-1", "CTL-2", "--catalog",
                              "test_cat.py", *FAKE], cwd=tmp_path, env=_env(tmp_path), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = interrupt_after_first_result(proc, tmp_path / "reports", "*/CTL-0-ws2/result.json")
+    out, err = interrupt_when_parked(proc, tmp_path / "reports", "*/CTL-1-ws2/rank1.log")
     assert proc.returncode == 130, out + err
     assert "INCOMPLETE (1 of 3 ran" in err and "'latest' not moved" in err, err
     assert not (tmp_path / "reports" / "latest").exists()

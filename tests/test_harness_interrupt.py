@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from harness.launch import wait_gone
+from interrupting import PARKED, wait_for_line
 
 REPO = Path(__file__).resolve().parent.parent
 RANKS = REPO / "fixtures" / "ranks"
@@ -67,10 +68,12 @@ def test_interrupted_pytest_leaves_no_rank_alive(tmp_path: Path, sig: signal.Sig
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        started = _wait_for_files(pids, 4, timeout_s=30)  # 2 ranks + their grandchildren
+        started = _wait_for_files(pids, 4, timeout_s=60)  # 2 ranks + their grandchildren
         procs = [psutil.Process(pid) for pid in started]
+        # The state the test interrupts: the ranks up and rank 1 parked in its hang (not still starting).
+        wait_for_line(proc, tmp_path / "reports", "*/FM-14_hang-ws2/rank1.log", PARKED, within_s=60)
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=60)  # Ctrl-C ignored would be forever; 60 s is a starved box
     finally:
         if proc.poll() is None:
             proc.kill()

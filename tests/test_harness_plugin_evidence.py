@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from interrupting import interrupt_after_first_result
+from interrupting import interrupt_when_parked
 
 pytest_plugins = ["pytester"]
 
@@ -51,14 +51,32 @@ def _junit_properties(path: Path) -> dict:
             for props in suite.findall("properties") for p in props.iter("property")}
 
 
+PARKS_SECOND = textwrap.dedent("""
+    import pytest
+    from harness import Expect, Fault, Scenario
+
+    SCENARIOS = [
+        Scenario(id="CTL-a", fm="control", title="healthy", proves="control", expect=Expect.clean()),
+        # Parks rank 1 until the session is interrupted: the test waits on that, not on a race with the run.
+        Scenario(id="CTL-b", fm="control", title="parked", proves="control", expect=Expect.clean(),
+                 deadline_s=300, run_timeout_s=300, faults=(Fault(site="fake.chunk", action="hang", rank=1, chunk=1),)),
+        Scenario(id="CTL-c", fm="control", title="healthy", proves="control", expect=Expect.clean()),
+    ]
+
+    @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+    def test_ctl(breakit, scenario):
+        breakit.check(scenario)
+""")
+
+
 def test_interrupted_session_is_incomplete_everywhere(tester: pytest.Pytester) -> None:
-    tester.makepyfile(test_ctl=SCENARIOS.format(chunk_s="0.3"))
+    tester.makepyfile(test_ctl=PARKS_SECOND)
     out_dir = tester.path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", *FAKE, "--breakit-report-dir=out", "--junitxml=junit.xml", "-p",
          "no:randomly"], cwd=tester.path, env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
-    out, _ = interrupt_after_first_result(proc, out_dir, "*/CTL-a-ws2/result.json")
+    out, _ = interrupt_when_parked(proc, out_dir, "*/CTL-b-ws2/rank1.log")
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     assert "breakit INCOMPLETE (1 of 3 ran" in out and "'latest' not moved" in out, out
     assert not (out_dir / "latest").exists()
