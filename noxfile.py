@@ -1,7 +1,8 @@
 """Sessions: ``breakit`` (the break-it suite), ``tests`` (unit + plugin tests),
 ``launches`` (the launch-mode matrix and a world-size-8 smoke run), ``lint`` (ruff + actionlint),
 ``report`` (report.html of a passing and a failing run in headless Chromium, tools/report_check.py),
-``bench`` (speed numbers, see benchmarks/), ``gpu`` (one CUDA GPU, docs/GPU.md), ``explore`` (random fault schedules, one invariant), ``fuzz`` (the envelope decoder,
+``bench`` (speed numbers, see benchmarks/), ``gpu`` (one CUDA GPU, docs/GPU.md), ``explore`` (random fault schedules, one invariant), ``attribution`` (PyTorch's
+Flight Recorder analyzer scored against injected faults, docs/ATTRIBUTION.md), ``fuzz`` (the envelope decoder,
 tools/fuzz_envelope.py), ``soak`` (the suite N times, tools/soak.py), ``mutate`` (semantic
 mutants, see mutate/; nightly, not in CI: it takes minutes).
 
@@ -79,6 +80,15 @@ def launches(session: nox.Session) -> None:
     session.run(*pytest, "scenarios/test_controls.py::test_control[CTL-healthy]",
                 "scenarios/test_fm14_worker_lost.py::test_fm14[FM-14]", "--breakit-world-size", "8")
     session.run(*pytest, "tests/test_launch_paths.py", "-m", "world_size_8")
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def attribution(session: nox.Session) -> None:
+    """PyTorch's Flight Recorder analyzer scored against the faults the harness injects (harness/attribution/):
+    the catalog's hang and desync proofs at world sizes 2 and 4 plus seeded explore schedules; writes
+    reports/attribution/attribution.{json,md} and docs/ATTRIBUTION.md. Minutes of runs: not part of ``tests``."""
+    _install(session)
+    session.run("python", "-m", "harness.attribution", *(session.posargs or ("--docs", "docs/ATTRIBUTION.md")))
 
 
 @nox.session(venv_params=VENV_PARAMS)

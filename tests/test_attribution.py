@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from harness.attribution import cases, fr, render, score
-from harness.attribution.run import run_case
+from harness.attribution.run import analyze, run_case
 from harness.runner import RunConfig
 from harness.scenario import load_catalog
 from tp import flight
@@ -44,7 +44,7 @@ def hung(tmp_path_factory) -> dict:
     case = cases.Case(scenario=cases.with_fr(short),
                       kind=cases.CATALOG_KINDS[proof.id], culprit=0, source="catalog")
     config = RunConfig(run_dir=tmp_path_factory.mktemp("attribution"))
-    return run_case(case, config, {})
+    return analyze([run_case(case, config, {})])[0]
 
 
 def test_a_real_run_leaves_dumps_the_analyzer_reads(hung) -> None:

@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory for attribution.json/.md and the runs (default reports/attribution)")
     parser.add_argument("--docs", type=Path, default=None, help="also write this markdown (docs/ATTRIBUTION.md)")
     parser.add_argument("--world-sizes", default="2,4", help="world sizes of the catalog proofs (default 2,4)")
-    parser.add_argument("--explore", type=int, default=8, help="explore schedules to add (default 8)")
+    parser.add_argument("--every-size", action="store_true",
+                        help="every proof at every world size (default: all at the first, one per kind at the rest)")
+    parser.add_argument("--explore", type=int, default=6, help="explore schedules to add (default 6)")
     parser.add_argument("--seed", type=int, default=1, help="explore seed (default 1)")
     parser.add_argument("--only", action="append", default=[],
                         help="run only these catalog ids (repeatable; e.g. FM-14/off)")
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         world_sizes = tuple(int(w) for w in args.world_sizes.split(","))
     except ValueError:
         parser.error(f"--world-sizes {args.world_sizes!r}: give comma-separated integers, e.g. 2,4")
-    cases = catalog_cases.catalog(world_sizes)
+    cases = catalog_cases.catalog(world_sizes, every_size=args.every_size)
     if args.only:
         known = {c.scenario.id for c in cases}
         unknown = sorted(set(args.only) - known)
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     config = RunConfig(run_dir=args.out / time.strftime("%Y%m%d-%H%M%S"), backend=args.backend,
                        tp_command=tp_command)
     doc = attribution(cases, config, out_dir=args.out, docs=args.docs,
-                      meta={"seed": args.seed, "explore": args.explore, "world_sizes": list(world_sizes)},
+                      meta={"seed": args.seed, "explore": args.explore, "world_sizes": list(world_sizes),
+                            "every_size": args.every_size},
                       say=lambda line: print(line, flush=True))
     all_runs = doc["table"]["all"]
     print(f"attribution: {all_runs['runs']} runs; analyzer culprit right/wrong/none "

@@ -87,18 +87,23 @@ def with_fr(scenario: Scenario, sid: str | None = None) -> Scenario:
     return replace(scenario, id=sid or scenario.id, env={**scenario.env, **FR_ENV})
 
 
-def catalog(world_sizes: tuple[int, ...]) -> list[Case]:
-    """Every scored hang/desync proof at each of ``world_sizes`` its ranks fit (a fixed world size once)."""
+def catalog(world_sizes: tuple[int, ...], *, every_size: bool = False) -> list[Case]:
+    """Every scored hang/desync proof at the first of ``world_sizes`` (a fixed world size at its own), and at
+    the others the first proof of each kind (all of them with ``every_size``): every kind at every size."""
     cases = []
-    for s in load_catalog():
-        if s.id not in CATALOG_KINDS or not s.expect.outcomes & {Outcome.HUNG, Outcome.DIVERGED}:
-            continue
-        culprit = culprit_of(s)
-        for ws in (s.world_size,) if s.world_size else world_sizes:
-            if culprit is None or culprit >= ws or s.skip_reason(ws):
+    for i, ws in enumerate(world_sizes):
+        kinds_done = set()
+        for s in load_catalog():
+            kind, culprit = CATALOG_KINDS.get(s.id), culprit_of(s)
+            if kind is None or culprit is None or not s.expect.outcomes & {Outcome.HUNG, Outcome.DIVERGED}:
                 continue
-            cases.append(Case(scenario=with_fr(replace(s, world_size=ws)), kind=CATALOG_KINDS[s.id],
-                              culprit=culprit, source="catalog"))
+            if s.world_size not in (None, ws) or (s.world_size is None and i and kind in kinds_done and not every_size):
+                continue
+            if culprit >= ws or s.skip_reason(ws):
+                continue
+            kinds_done.add(kind)
+            cases.append(Case(scenario=with_fr(replace(s, world_size=ws)), kind=kind, culprit=culprit,
+                              source="catalog"))
     return cases
 
 

@@ -26,21 +26,30 @@ TIMEOUT_S = 180.0
 
 def analyze(fr_dir: Path, *, timeout_s: float = TIMEOUT_S) -> dict[str, dict]:
     """``{mode: answer}`` for ``fr_dir``; an answer is ``{"ok": False, "error": ...}`` when the analyzer failed."""
-    if not Path(fr_dir).is_dir():
-        silent = {"ok": False, "error": f"no Flight Recorder dumps: {fr_dir} does not exist"}
-        return {mode: dict(silent) for mode in MODES}
-    command = [sys.executable, "-m", "harness.attribution.fr", str(fr_dir)]
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        failed = {"ok": False, "error": f"the analyzer ran over {timeout_s:g} s"}
-        return {mode: dict(failed) for mode in MODES}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    failed = {"ok": False, "error": f"the analyzer's process exited {proc.returncode}: {last}"}
-    return {mode: dict(failed) for mode in MODES}
+    return analyze_many([fr_dir], timeout_s=timeout_s)[0]
+
+
+def analyze_many(fr_dirs: list[Path], *, timeout_s: float = TIMEOUT_S) -> list[dict[str, dict]]:
+    """``analyze`` for each of ``fr_dirs``, in one child (torch is imported once)."""
+    def failed(error: str) -> dict[str, dict]:
+        return {mode: {"ok": False, "error": error} for mode in MODES}
+
+    present = [str(d) for d in fr_dirs if Path(d).is_dir()]
+    found: dict[str, dict] = {}
+    if present:
+        command = [sys.executable, "-m", "harness.attribution.fr", *present]
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, check=False,
+                                  timeout=timeout_s * len(present))
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            found = json.loads(lines[-1]) if lines else {}
+            why = f"the analyzer's process exited {proc.returncode}: " + (
+                (proc.stderr.strip().splitlines() or ["(no output)"])[-1])
+        except subprocess.TimeoutExpired:
+            why = f"the analyzer ran over {timeout_s * len(present):g} s"
+    return [found[str(d)] if str(d) in found else
+            failed(f"no Flight Recorder dumps: {d} does not exist" if not Path(d).is_dir() else why)
+            for d in fr_dirs]
 
 
 def repair(details: dict) -> bool:
@@ -74,22 +83,35 @@ def first_flag(db) -> dict:
     return {"fr_seq": None, "seq": None, "op": None, "culprits": [], "how": "every collective matched"}
 
 
+_heard: list[str] | None = None
+
+
+def _listen() -> list[str]:
+    """What the analyzer's logger says, kept in a list (one handler per process)."""
+    global _heard
+    if _heard is None:
+        import logging
+
+        heard: list[str] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                heard.append(record.getMessage())
+
+        logging.getLogger("Flight Recorder").addHandler(Keep())
+        _heard = heard
+    return _heard
+
+
 def _child(fr_dir: str) -> dict[str, dict]:
     import copy
     import gc
-    import logging
 
     from torch.distributed.flight_recorder.components.builder import build_db
     from torch.distributed.flight_recorder.components.config_manager import JobConfig
     from torch.distributed.flight_recorder.components.loader import read_dir
 
-    said: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            said.append(record.getMessage())
-
-    logging.getLogger("Flight Recorder").addHandler(Keep())
+    said = _listen()
     args = JobConfig().parse_args([fr_dir, "-p", PREFIX, "--allow-incomplete-ranks"])
     answers: dict[str, dict] = {}
     try:
@@ -115,6 +137,6 @@ def _child(fr_dir: str) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m harness.attribution.fr DIR  (a directory of fr_rank{R} pickles)")
-    print(json.dumps(_child(sys.argv[1])), flush=True)
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m harness.attribution.fr DIR...  (directories of fr_rank{R} pickles)")
+    print(json.dumps({d: _child(d) for d in sys.argv[1:]}), flush=True)

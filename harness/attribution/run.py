@@ -36,43 +36,54 @@ def healthy_traces(case: Case, config: RunConfig, cache: dict) -> tuple[dict[int
 
 
 def run_case(case: Case, config: RunConfig, cache: dict) -> dict:
-    """Run ``case``, find its truth, ask the analyzer, score both answers."""
+    """Run ``case`` and find its truth; ``analyze`` adds the analyzer's answers and the scores."""
     s = case.scenario
     result = run_scenario(s, config)
     sdir = Path(result.dir)
     healthy, healthy_observed = healthy_traces(case, config, cache)
     traces = trace.load_all(sdir, s.world_size)
     departure = truth.first_departure(culprit=case.culprit, traces=traces, healthy=healthy)
-    answers = fr.analyze(sdir / "fr")
-    missing = [r for r in range(s.world_size) if not (sdir / "fr" / f"{fr.PREFIX}{r}").exists()]
-    for answer in answers.values():
-        answer["missing_dumps"] = missing
     return {"id": s.id, "source": case.source, "kind": case.kind, "world_size": s.world_size,
             "faults": [f.spec() for f in s.faults], "rank_env": {str(r): dict(e) for r, e in s.rank_env.items()},
             "guardrails": s.guardrails, "observed": result.observed, "dir": str(sdir),
             "truth": {"rank": case.culprit, **departure, "healthy_observed": healthy_observed},
-            "analyzer": answers, "harness": result.divergence,
-            "score": score.score_case(truth_rank=case.culprit, truth=departure, answers=answers,
-                                      harness=result.divergence)}
+            "harness": result.divergence}
+
+
+def analyze(records: list[dict]) -> list[dict]:
+    """Each run's dumps through PyTorch's analyzer (one child for all), then every verdict."""
+    all_answers = fr.analyze_many([Path(r["dir"]) / "fr" for r in records])
+    for record, answers in zip(records, all_answers, strict=True):
+        ws, fr_dir = record["world_size"], Path(record["dir"]) / "fr"
+        missing = [r for r in range(ws) if not (fr_dir / f"{fr.PREFIX}{r}").exists()]
+        for answer in answers.values():
+            answer["missing_dumps"] = missing
+        record["analyzer"] = answers
+        record["score"] = score.score_case(truth_rank=record["truth"]["rank"], truth=record["truth"],
+                                           answers=answers, harness=record["harness"])
+    return records
 
 
 def attribution(cases: list[Case], config: RunConfig, *, out_dir: Path, docs: Path | None,
                 meta: dict, say: Callable[[str], None] = print) -> dict:
     """Run and score ``cases``; write ``attribution.{json,md}`` into ``out_dir`` (and ``docs``); return the JSON."""
     started = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict = {}
     records = []
     for i, case in enumerate(cases, 1):
         record = run_case(case, config, cache)
         records.append(record)
-        a = record["score"]["analyzer"]["repaired"]
+        (out_dir / "runs.partial.json").write_text(json.dumps(records, indent=1, default=str))
+        h = record["harness"] or {}
         say(f"[{i}/{len(cases)}] {record['id']} ws{record['world_size']} ({record['kind']}): {record['observed']}; "
-            f"truth rank {case.culprit} seq {record['truth']['seq']}; analyzer culprit {a['culprit']}, "
-            f"collective {a['collective']}; harness {record['score']['harness']['collective']}")
+            f"truth rank {case.culprit} seq {record['truth']['seq']}; harness seq "
+            f"{h.get('seq') if h.get('kind') in score.DIVERGENT else None}")
+    say(f"reading {len(records)} runs' dumps with torch.distributed.flight_recorder")
+    analyze(records)
     doc = {"schema": SCHEMA, "torch": metadata.version("torch"), "backend": config.backend, "kinds": list(KINDS),
            "meta": {**meta, "runs": len(records), "seconds": round(time.monotonic() - started, 1)},
            "table": score.summarize(records, KINDS), "runs": records}
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "attribution.json").write_text(json.dumps(doc, indent=1, default=str))
     (out_dir / "attribution.md").write_text(render.report(doc))
     if docs is not None:
