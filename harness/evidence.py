@@ -60,12 +60,17 @@ def unfired(scenario: Scenario, obs: Observation, texts: dict[int, str]) -> list
     return [f for f in scenario.faults if not seen(f)]
 
 
-def never_fired(scenario: Scenario, missing: list[Fault]) -> str:
-    """The verdict's first sentence when no armed fault fired (empty otherwise): nothing then is evidence."""
-    if not scenario.faults or len(missing) < len(scenario.faults):
-        return ""
-    return (f"the fault never fired: no rank printed a TP-FAULT line for {scenario.failpoints()[:200]} (a site "
-            "this TP path does not have or never passes, or a trigger never met), so the run says nothing about it")
+def never_fired(scenario: Scenario, missing: list[Fault], obs: Observation | None = None) -> str:
+    """The verdict's first sentence when no armed fault fired, or the scenario's interrupt was never sent (empty
+    otherwise): nothing then is evidence of what they do."""
+    parts = []
+    if scenario.faults and len(missing) == len(scenario.faults):
+        parts.append(f"the fault never fired: no rank printed a TP-FAULT line for {scenario.failpoints()[:200]} (a "
+                     "site this TP path does not have or never passes, or a trigger never met), so the run says "
+                     "nothing about it")
+    if scenario.interrupt is not None and obs is not None and not obs.interrupt_sent:
+        parts.append(f"the interrupt never fired: {obs.interrupt_note or scenario.interrupt.describe()}")
+    return "; ".join(parts)
 
 
 def killed_by_harness(r: RankResult, obs: Observation, scenario: Scenario) -> str:

@@ -52,7 +52,7 @@ def judge(
     sig_errors = _check_signatures(scenario, obs, ranks, before, observed, divergence)
     missing = [(r.rank, s["regex"]) for r in ranks for s in r.signatures if not s["matched"]]
     unfired = evidence.unfired(scenario, obs, texts)
-    first = evidence.never_fired(scenario, unfired)
+    first = evidence.never_fired(scenario, unfired, obs)
     passed = observed in scenario.expect.outcomes and not missing and not sig_errors and not first
     expected = sorted(scenario.expect.outcomes, key=list(Outcome).index)
 
@@ -271,7 +271,7 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
                      f"to act until the {deadline_s:g} s deadline (stacks and traces of that moment kept)")
     if obs.abort:
         notes.append("tp/abort: " + explain.fields(obs.abort))
-    if obs.interrupt_note and observed is not Outcome.HARNESS_ERROR:
+    if obs.interrupt_note and obs.interrupt_sent and observed is not Outcome.HARNESS_ERROR:
         notes.append(obs.interrupt_note)
     stacked = [r.rank for r in ranks if r.stack]
     if stacked:
@@ -296,5 +296,5 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
         "signatures_missing": [f"rank {r} /{rx}/" for r, rx in missing],
         "verdict": "PASS" if ok else "FAIL",
         "verdict_why": (f"{observed.value} is not among the expected {want}" if observed not in expected
-                        else "the fault never fired" if first else ""),
+                        else first.partition(":")[0] if first else ""),
     }

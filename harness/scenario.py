@@ -48,20 +48,50 @@ def peers_follow(cause_rank: int) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class Interrupt:
-    """A harness-side action: signal one rank once it reports a chunk (graceful shutdown)."""
+    """A harness-side action: signal one rank once a trigger is met (a chunk, a time, a log line).
+
+    One of ``after_chunk``, ``after_s``, ``after_line``; none given: after chunk 2.
+    """
 
     rank: int = 0
     """Rank to signal."""
     signal: str = "SIGTERM"
     """Signal name."""
-    after_chunk: int = 2
-    """Send once ``tp/progress/{rank}`` reports this chunk (or a later one)."""
+    after_chunk: int | None = None
+    """Send once ``tp/progress/{rank}`` reports this chunk or a later one (also read under torch's default-store
+    prefix, ``default_pg/``, where an engine writing through ``init_process_group``'s store puts it)."""
+    after_s: float | None = None
+    """Send this many seconds after the first rank's init event (an engine that reports no progress)."""
+    after_line: str | None = None
+    """Send once the rank's log has a line matching this regex (searched in each new line)."""
 
     def __post_init__(self) -> None:
         if self.signal not in _signal.Signals.__members__:
             raise ValueError(f"Interrupt: unknown signal {self.signal!r}; use a name like SIGTERM or SIGINT")
-        if self.rank < 0 or self.after_chunk < 0:
+        given = [n for n in ("after_chunk", "after_s", "after_line") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"Interrupt: give one trigger of after_chunk, after_s, after_line; got {', '.join(given)}")
+        if not given:
+            object.__setattr__(self, "after_chunk", 2)
+        if self.rank < 0 or (self.after_chunk or 0) < 0:
             raise ValueError(f"Interrupt: rank and after_chunk must be >= 0; got {self.rank}, {self.after_chunk}")
+        if self.after_s is not None and not (isinstance(self.after_s, (int, float)) and 0 <= self.after_s < 1e6):
+            raise ValueError(f"Interrupt: after_s must be a number of seconds >= 0; got {self.after_s!r}")
+        if self.after_line is not None:
+            try:
+                re.compile(self.after_line)
+            except (re.error, TypeError) as exc:
+                raise ValueError(f"Interrupt: after_line is not a valid regex {self.after_line!r}: {exc}") from None
+
+    def describe(self) -> str:
+        """``SIGTERM to rank 0 after chunk 2`` (or ``1.5 s after init``, ``after a line matching /.../``)."""
+        if self.after_s is not None:
+            when = f"{self.after_s:g} s after init"
+        elif self.after_line is not None:
+            when = f"after a log line matching /{self.after_line}/"
+        else:
+            when = f"after chunk {self.after_chunk}"
+        return f"{self.signal} to rank {self.rank} {when}"
 
 
 @dataclass(frozen=True, kw_only=True)

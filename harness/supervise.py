@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import re
 import signal
 import threading
 import time
@@ -31,6 +32,9 @@ from harness.scenario import Interrupt
 from harness.stall import StallClock
 
 RUNNING, DUMPING, REAPING, KILLING = "running", "dumping", "reaping", "killing"
+PREFIX = "default_pg/"
+"""torch's prefix of the default store (``init_process_group``): an engine writing its progress through that store
+puts ``tp/progress/{rank}`` under it."""
 
 
 class HarnessInterrupted(KeyboardInterrupt):
@@ -117,6 +121,8 @@ class _Loop:
         self.probe_at: float | None = None  # set while a stall probe's dumps are collected
         self.unwatched: set[int] = set()  # ranks whose init event lists guardrails without the watchdog
         self.exiting: set[int] = set()  # ranks that printed their exit event: never signalled again
+        self.line_seen: str | None = None  # the interrupt rank's first line matching ``Interrupt.after_line``
+        self.line_re = re.compile(interrupt.after_line) if interrupt is not None and interrupt.after_line else None
 
     def run(self) -> Observation:
         obs = self.obs
@@ -128,6 +134,7 @@ class _Loop:
                 break
             now = time.monotonic()
             self._scan_logs()
+            self._maybe_interrupt()  # a time or a log line may be its trigger, not only the store
             if now >= self.next_poll_at and self.phase == RUNNING:
                 self._poll_store()
                 pending = self.interrupt is not None and not obs.interrupt_sent
@@ -141,8 +148,7 @@ class _Loop:
         obs.ended_at = time.monotonic()
         if self.interrupt is not None and not obs.interrupt_sent and obs.interrupt_note is None:
             seen = obs.progress.get(self.interrupt.rank, "nothing")
-            obs.interrupt_note = (f"{self.interrupt.signal} to rank {self.interrupt.rank} after chunk "
-                                  f"{self.interrupt.after_chunk} was never sent (last progress: {seen})")
+            obs.interrupt_note = f"{self.interrupt.describe()} was never sent (last progress: {seen})"
         self._kill_leftovers()
         return obs
 
@@ -177,6 +183,9 @@ class _Loop:
             if new:
                 self.stall.last_progress_at = time.monotonic()
             for text in new:
+                if self.line_re is not None and rank == self.interrupt.rank and self.line_seen is None \
+                        and self.line_re.search(text):
+                    self.line_seen = text
                 line = logs.parse_line(text)
                 if line is None:
                     continue
@@ -203,8 +212,10 @@ class _Loop:
             return
         obs = self.obs
         try:
-            watched = {**{f"tp/progress/{r}": (r, obs.progress) for r in range(obs.world_size)},
-                       **{f"tp/hb/{r}": (r, obs.heartbeats) for r in range(obs.world_size)}}
+            # An engine writing through init_process_group's store has its keys under torch's default prefix.
+            watched = {f"{prefix}tp/{kind}/{r}": (r, slot) for prefix in ("", PREFIX)
+                       for kind, slot in (("progress", obs.progress), ("hb", obs.heartbeats))
+                       for r in range(obs.world_size)}
             values = read_keys(store, [*watched, *([] if obs.abort is not None else ["tp/abort"])])
             for key, (rank, slot) in watched.items():
                 if key in values:
@@ -234,12 +245,20 @@ class _Loop:
         if spec is None or obs.interrupt_sent or self.phase != RUNNING or spec.rank in obs.exits:
             return
         chunk = obs.progress.get(spec.rank, "").split(" ")[0]
-        if chunk.lstrip("-").isdigit() and int(chunk) >= spec.after_chunk:
+        if spec.after_s is not None:
+            due = obs.init_mono is not None and time.monotonic() >= obs.init_mono + spec.after_s
+            when = f"{time.monotonic() - (obs.init_mono or 0.0):.2f} s after init"
+        elif spec.after_line is not None:
+            due, when = self.line_seen is not None, f"after its line {self.line_seen!r:.120}"
+        else:
+            due = chunk.lstrip("-").isdigit() and int(chunk) >= spec.after_chunk
+            when = f"at chunk {chunk}"
+        if due:
             pid = obs.pids.get(spec.rank)
             if self.launch.signal_rank(spec.rank, signal.Signals[spec.signal]):
                 obs.interrupt_sent, obs.interrupt_at = True, time.monotonic()
                 obs.signals_sent.setdefault(spec.rank, []).append((spec.signal, obs.interrupt_at))
-                obs.interrupt_note = f"sent {spec.signal} to rank {spec.rank} (pid {pid}) at chunk {chunk}"
+                obs.interrupt_note = f"sent {spec.signal} to rank {spec.rank} (pid {pid}) {when}"
                 self.say(obs.interrupt_note)
 
     # ------------------------------------------------------------ decisions
