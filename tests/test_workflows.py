@@ -46,6 +46,12 @@ CPU_EQUIVALENTS = {
         ("--budget 900", '--runs 1 --max-shrink 0 --report-dir "$BREAKIT_SCRATCH"'),
         ("--backend nccl", "--backend gloo"),
     ),
+    "Score PyTorch's Flight Recorder analyzer against injected faults on NCCL (docs/ATTRIBUTION.md on GPUs)": (
+        ("python -m nox -s attribution --", "python -m harness.attribution"),
+        ("--backend nccl", "--backend gloo"),
+        ("--explore 6", "--explore 0 --only FM-15/off"),
+        ("reports/attribution", '"$BREAKIT_SCRATCH/attribution"'),
+    ),
 }
 """Step name -> (text, CPU text) swaps, each of which must apply: the session's options are those its pytest or
 harness command takes (noxfile.py passes them through), so collect-only / one schedule checks they still parse."""
