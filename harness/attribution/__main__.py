@@ -6,12 +6,14 @@ A module of its own rather than a ``breakit`` subcommand: ``harness/__main__.py`
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 from harness import options
 from harness.attribution import cases as catalog_cases
+from harness.attribution import render
 from harness.attribution.run import attribution
 from harness.runner import RunConfig
 
@@ -29,7 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[],
                         help="run only these catalog ids (repeatable; e.g. FM-14/off)")
     parser.add_argument("--backend", default="gloo", help="gloo (CPU) or nccl (one GPU per rank)")
+    parser.add_argument("--render", type=Path, default=None, metavar="JSON",
+                        help="run nothing: write --docs (and JSON's attribution.md beside it) from this attribution.json")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        doc = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(render.report(doc))
+        if args.docs is not None:
+            args.docs.write_text(render.docs(doc))
+        return 0
     try:
         world_sizes = tuple(int(w) for w in args.world_sizes.split(","))
     except ValueError:

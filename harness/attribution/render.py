@@ -77,9 +77,22 @@ def _word(counts: dict, runs: int) -> str:
     return f"right in {counts['right']} of {runs} ({counts['wrong']} wrong, {counts['none']} silent)"
 
 
+def _as_dumped(doc: dict) -> list[str]:
+    runs = doc["runs"]
+    answered = sum(1 for r in runs if r["analyzer"]["as_dumped"].get("ok"))
+    unnamed = sum(1 for r in runs if str(r["analyzer"]["as_dumped"].get("error", "")).startswith(score.GLOO_UNNAMED))
+    lines = [f"**As dumped, the analyzer reads {answered} of {len(runs)} runs' dumps.**"]
+    if unnamed:
+        lines[0] += (f" In {unnamed} the dumps list the default group under an empty name in `pg_config` while "
+                     "their entries call it `'0'` (gloo), and the analyzer stops with `KeyError: ('0', 0)` "
+                     "before matching anything.")
+    lines[0] += (" The columns without \"as dumped\" read the same dumps with that one field repaired (the "
+                 "group's ranks copied under the name the entries use), to show what the matching itself gets right.")
+    return [*lines, ""]
+
+
 def docs(doc: dict) -> str:
     meta, everything = doc["meta"], doc["table"]["all"]
-    as_dumped = everything["analyzer/as_dumped/culprit"]
     harness = everything["harness/collective"]
     return "\n".join([
         "# How far to trust PyTorch's Flight Recorder analyzer",
@@ -97,12 +110,7 @@ def docs(doc: dict) -> str:
         "that rank left the sequence a healthy run with the same settings calls (from the TP path's own "
         "flight traces; for a rank that left none, the first collective a peer entered and never left).",
         "",
-        f"**As dumped, the analyzer answers {as_dumped['right'] + as_dumped['wrong']} of {everything['runs']} "
-        "runs.** On gloo each dump lists the default group under an empty name while its entries call it `'0'`, "
-        "and the analyzer stops with `KeyError: ('0', 0)` before matching anything. The columns below without "
-        "\"as dumped\" read the same dumps with that one field repaired (the group's ranks copied under the "
-        "name the entries use), to show what the matching itself gets right.",
-        "",
+        *_as_dumped(doc),
         *table(doc),
         "",
         "## What a user can trust it for",
