@@ -14,7 +14,7 @@ from pathlib import Path
 from harness import options
 from harness.attribution import cases as catalog_cases
 from harness.attribution import render
-from harness.attribution.run import attribution
+from harness.attribution.run import attribution, rescore
 from harness.runner import RunConfig
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run nothing: write --docs (and JSON's attribution.md beside it) from this attribution.json")
     args = parser.parse_args(argv)
     if args.render is not None:
-        doc = json.loads(args.render.read_text())
+        doc = rescore(json.loads(args.render.read_text()))
         args.render.with_suffix(".md").write_text(render.report(doc))
         if args.docs is not None:
             args.docs.write_text(render.docs(doc))

@@ -131,7 +131,9 @@ def _child(fr_dir: str) -> dict[str, dict]:
             answers[mode] = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "repaired": repaired}
             continue
         flag = first_flag(db)
+        reference = next(iter(details.values()))["rank"]  # the analyzer matches every other rank against it
         answers[mode] = {"ok": True, "repaired": repaired, "ranks": sorted(d["rank"] for d in details.values()),
+                         "reference": reference,
                          "said": list(dict.fromkeys(s for s in said if s.strip() and "tabulate" not in s))[:12], **flag}
     return answers
 

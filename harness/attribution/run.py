@@ -64,6 +64,15 @@ def analyze(records: list[dict]) -> list[dict]:
     return records
 
 
+def rescore(doc: dict) -> dict:
+    """``doc`` with every verdict and the table computed again from its runs' stored answers and truth."""
+    for record in doc["runs"]:
+        record["score"] = score.score_case(truth_rank=record["truth"]["rank"], truth=record["truth"],
+                                           answers=record["analyzer"], harness=record["harness"])
+    doc["table"] = score.summarize(doc["runs"], tuple(doc["kinds"]))
+    return doc
+
+
 def attribution(cases: list[Case], config: RunConfig, *, out_dir: Path, docs: Path | None,
                 meta: dict, say: Callable[[str], None] = print) -> dict:
     """Run and score ``cases``; write ``attribution.{json,md}`` into ``out_dir`` (and ``docs``); return the JSON."""

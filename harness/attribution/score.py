@@ -27,7 +27,11 @@ def culprit(answer: dict, truth_rank: int) -> tuple[str, str]:
     where = f"seq {answer['seq']} {answer['op']} ({answer['how']})"
     if truth_rank in named:
         return "wrong", f"blames ranks {named} at {where}, not rank {truth_rank} alone"
-    return "wrong", f"blames rank {', '.join(map(str, named))} at {where}; the fault was on rank {truth_rank}"
+    why = f"blames rank {', '.join(map(str, named))} at {where}; the fault was on rank {truth_rank}"
+    if answer.get("reference") == truth_rank and answer.get("how") != "not all ranks joined":
+        why += (f" (it takes the first dump it reads, rank {truth_rank}'s, as the reference and blames every rank "
+                "that differs from it)")
+    return "wrong", why
 
 
 def collective(seq: int | None, truth: dict, *, who: str, said: str = "") -> tuple[str, str]:
