@@ -11,7 +11,7 @@ from tp import codes, failpoints, guardrails
 FAILPOINT_SITES = [
     "driver.aux", "driver.idle", "driver.late_result", "driver.latents", "driver.meta", "driver.override",
     "driver.plan", "envelope.after_header", "envelope.after_recv", "envelope.before_header",
-    "generator.call", "handshake.publish", "model.shard", "worker.replay", "worker.skip_recompute",
+    "generator.call", "handshake.publish", "model.shard", "store.connect", "worker.replay", "worker.skip_recompute",
     "worker.stale_override",
 ]
 FATAL_CODES = {
@@ -19,10 +19,11 @@ FATAL_CODES = {
     "PLAN_MISMATCH": 44, "PROTOCOL_MISMATCH": 45, "MISSING_OVERRIDE": 46, "ENVELOPE_VIOLATION": 47,
     "DIGEST_MISMATCH": 48, "WEIGHT_MISMATCH": 49, "PEER_LOST": 50, "PEER_ABORT": 51, "POST_HEADER_ERROR": 52,
     "PROGRESS_TIMEOUT": 53, "HANDSHAKE_TIMEOUT": 54, "COLLECTIVE_ERROR": 55, "STALE_EPOCH": 56,
-    "INTERNAL_ERROR": 57, "FAULT_INJECTED": 58,
+    "INTERNAL_ERROR": 57, "FAULT_INJECTED": 58, "STORE_LOST": 59, "STORE_UNAVAILABLE": 60, "DUPLICATE_RANK": 61,
+    "STARTUP_TIMEOUT": 62,
 }
 GUARDRAILS = ["preflight", "poison_on_post_header_error", "lockstep", "handshake", "digest", "clear_after_read",
-              "epoch_fence", "watchdog"]
+              "epoch_fence", "watchdog", "startup"]
 
 
 def test_failpoint_sites_are_frozen():

@@ -19,6 +19,7 @@ TUNABLE_ENV = {
     "TP_PEER_TIMEOUT_MIN_S": ("0.5", "floor of the adaptive peer timeout, seconds"),
     "TP_PROGRESS_TIMEOUT_S": ("60", "busy without progress this long is fatal, seconds"),
     "TP_HANDSHAKE_TIMEOUT_S": ("10", "init handshake deadline, seconds"),
+    "TP_STARTUP_TIMEOUT_S": ("30", "start-up deadline: store connect, store reads and the handshake, seconds"),
     "TP_DIGEST_EVERY": ("1", "digest exchange every N chunks"),
 }
 """``--list-env`` (CONTRACT §1): the knobs a harness may set to fit its deadlines; it sets no other."""

@@ -42,6 +42,10 @@ _TABLE = (
     Code(name="STALE_EPOCH", exit=56, fm="FM-10", description="an envelope from an older cache epoch reached a worker"),
     Code(name="INTERNAL_ERROR", exit=57, fm="none", description="an unexpected exception; a bug, but still crash-only"),
     Code(name="FAULT_INJECTED", exit=58, fm="none", description="a failpoint raised; used where no specific code applies"),
+    Code(name="STORE_LOST", exit=59, fm="FM-16", description="during start-up, the rendezvous store this rank had reached is gone (its host rank died or closed it)"),
+    Code(name="STORE_UNAVAILABLE", exit=60, fm="FM-16", description="the rendezvous store never became this job's: its port is taken, nothing listens, or what listens is no c10d store"),
+    Code(name="DUPLICATE_RANK", exit=61, fm="FM-16", description="two processes claim the same RANK"),
+    Code(name="STARTUP_TIMEOUT", exit=62, fm="FM-16", description="start-up (store connect, store reads, handshake) found no verdict within TP_STARTUP_TIMEOUT_S"),
 )
 
 CODES: dict[str, Code] = {code.name: code for code in _TABLE}

@@ -108,6 +108,9 @@ class RankConfig:
     """Busy without progress this long is fatal; twice this while waiting in a collective (``TP_PROGRESS_TIMEOUT_S``)."""
     handshake_timeout_s: float = 10.0
     """Init handshake deadline (``TP_HANDSHAKE_TIMEOUT_S``)."""
+    startup_timeout_s: float = 30.0
+    """Bound of start-up, from ``main`` to the handshake verdict: store connect, store reads, the handshake
+    (``TP_STARTUP_TIMEOUT_S``; with the ``startup`` guardrail)."""
     collective_timeout_s: float | None = None
     """Process-group timeout (``TP_COLLECTIVE_TIMEOUT_S``); None keeps PyTorch's default."""
     digest_every: int = 1
@@ -241,6 +244,7 @@ def from_env(env: dict | None = None, **cli: object) -> RankConfig:
         peer_timeout_min_s=_seconds(env, "TP_PEER_TIMEOUT_MIN_S", 0.5),
         progress_timeout_s=_seconds(env, "TP_PROGRESS_TIMEOUT_S", 60.0),
         handshake_timeout_s=_seconds(env, "TP_HANDSHAKE_TIMEOUT_S", 10.0),
+        startup_timeout_s=_seconds(env, "TP_STARTUP_TIMEOUT_S", 30.0),
         collective_timeout_s=_seconds(env, "TP_COLLECTIVE_TIMEOUT_S", None),
         digest_every=_int(env, "TP_DIGEST_EVERY", 1, minimum=1),
         device=env.get("TP_DEVICE", ""), dtype=env.get("TP_DTYPE", ""),

@@ -104,7 +104,7 @@ class Crash:
         if self.store is None:
             return
         payload = {"code": fatal.code, "fm": fm, "rank": self.rank, "chunk": self.chunk,
-                   "call_id": self.call_id, "detail": fatal.detail}
+                   "call_id": self.call_id, "detail": fatal.detail, "pid": os.getpid()}
         try:
             if self.store.add(_ABORT_CLAIM, 1) == 1:
                 self.store.set(ABORT_KEY, json.dumps(payload))
@@ -143,6 +143,11 @@ def wait_for_peers(store: dist.Store, *, rank: int, world_size: int, keys, withi
 def lost_peer(text: str) -> bool:
     """True when a collective's error says the other end went (gloo's words for a peer that died or closed)."""
     return any(word in text for word in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+
+
+def from_another(abort: dict | None, rank: int) -> bool:
+    """True for an abort another process published: another rank, or this rank number claimed by a second process."""
+    return abort is not None and (abort.get("rank") != rank or abort.get("pid", os.getpid()) != os.getpid())
 
 
 def read_abort(store: dist.Store) -> dict | None:

@@ -40,6 +40,7 @@ SITES: dict[str, str] = {
     "generator.call": "any rank, at the start of each generator call (kill/hang here is 'mid-collective')",
     "model.shard": "any rank, its weight shard after loading (corrupt perturbs one weight)",
     "handshake.publish": "any rank, its handshake record before publishing",
+    "store.connect": "a rank that connects to the store as a client, just before (sleep here starts it late)",
 }
 
 ACTIONS = ("raise", "exit", "kill", "hang", "sleep", "corrupt", "flip", "set")
@@ -69,6 +70,7 @@ BREAKABLE: dict[str, dict] = {
     "generator.call": {"ranks": "any"},
     "model.shard": {**_ONCE, "data": ({"action": "corrupt", "args": [None]},)},
     "handshake.publish": dict(_ONCE),
+    "store.connect": dict(_ONCE),
 }
 
 

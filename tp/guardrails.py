@@ -16,6 +16,7 @@ NAMES: dict[str, str] = {
     "clear_after_read": "override tensors are consumed once; absent never means 'reuse'",
     "epoch_fence": "work from an older cache epoch is dropped, never delivered",
     "watchdog": "heartbeats, abort key and progress deadline: a rank learns of a fatal error anywhere",
+    "startup": "start-up is one phase with one deadline: a lost or foreign store, a rank claimed twice, a peer gone are named at once",
 }
 
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, flight, handshake, log, signals
+from tp import ENVELOPE_VERSION, PROTOCOL_VERSION, failpoints, flight, handshake, log, signals, startup
 from tp.chunk import ChunkRules, ChunkRunner
 from tp.config import NCCL_ENV_KNOBS, ConfigError, RankConfig
 from tp.crash import (
@@ -26,6 +26,7 @@ from tp.crash import (
     Fatal,
     done_key,
     exit_key,
+    from_another,
     gone_peers,
     lost_fm,
     lost_peer,
@@ -61,6 +62,8 @@ class Rank:
         self.dtype = getattr(torch, cfg.dtype_name)
         self.store: dist.Store | None = None
         self.watchdog: Watchdog | None = None
+        self.phase: startup.Phase | None = None
+        """Start-up's deadline and guard (the ``startup`` guardrail), from ``_main`` to the handshake verdict."""
         self.stop = threading.Event()
         self.driving = False
         """True once the driver's chunk loop runs: from then on a SIGTERM asks it to stop, not to die."""
@@ -76,14 +79,24 @@ class Rank:
         try:
             return self._main()
         except Fatal as fatal:
-            self.crash.die(fatal)
+            self._die(fatal)
         except EnvelopeError as exc:
-            self.crash.die(Fatal(exc.code, str(exc)))
+            self._die(Fatal(exc.code, str(exc)))
         except failpoints.InjectedFault as exc:
-            self.crash.die(Fatal("FAULT_INJECTED", str(exc)))
+            self._die(Fatal("FAULT_INJECTED", str(exc)))
         except Exception as exc:  # crash-only: even a bug exits with a line that says what happened
-            self.crash.die(self._classify(exc))
+            self._die(self._classify(exc))
         return 1
+
+    def _die(self, fatal: Fatal) -> None:
+        """``Crash.die``; a rank that dies before it reached the store first tries to, so its peers learn why.
+
+        Without that its peers could only wait out the handshake for a rank that never published.
+        """
+        if self.store is None and self.phase is not None and fatal.code not in startup.STORE_CODES \
+                and not (self.cfg.host_store and self.cfg.rank == 0):
+            self.crash.store = startup.reach(self.cfg)
+        self.crash.die(fatal)
 
     def _on_sigterm(self) -> None:
         """SIGTERM (on the signal thread): a peer's published abort first, else the driver stops and a worker ends.
@@ -113,8 +126,11 @@ class Rank:
         # the key before exiting, so any peer seen gone here has either published by now or died hard.
         gone = self._wait_for_gone_peer() if lost else []
         abort = read_abort(self.store) if self.store is not None else None
-        if abort is not None and abort.get("rank") != self.cfg.rank:
+        if from_another(abort, self.cfg.rank):
             return peer_abort(abort)
+        if self._store_gone(exc):
+            return self.phase.store_gone(f"{self.cfg.master_addr}:{self.cfg.master_port}", text,
+                                         hosted_by_rank0=self.cfg.host_store)
         if lost:
             if gone:
                 suspect, who = gone[0], f"rank {', '.join(map(str, gone))} (process gone)"
@@ -138,13 +154,24 @@ class Rank:
                 return gone
             self.stop.wait(0.01)
 
+    def _store_gone(self, exc: Exception) -> bool:
+        """True for a store connection that broke during start-up, once reached: no collective exists yet."""
+        phase = self.phase
+        return (phase is not None and phase.contacted and not phase.settled.is_set()
+                and isinstance(exc, dist.DistNetworkError) and not self.crash.hosts_store)
+
     def _connect(self, *, host: bool = False) -> dist.Store:
         """A connection to the job's one store; ``host`` serves it from this process.
 
         Exactly one process per job serves the store (rank 0 under an srun-style launch, else the
-        torchrun agent or the harness); every other connection, on any rank, is a client.
+        torchrun agent or the harness); every other connection, on any rank, is a client. With the
+        ``startup`` guardrail the connect is bounded by the start-up deadline (``tp.startup``).
         """
         cfg = self.cfg
+        if not host:
+            failpoint("store.connect", **self.ctx)
+        if self.phase is not None:
+            return startup.serve(cfg) if host else startup.connect(cfg, self.phase, hosted_by_rank0=cfg.host_store)
         return dist.TCPStore(cfg.master_addr, cfg.master_port, cfg.world_size, is_master=host,
                              timeout=timedelta(seconds=max(30.0, cfg.handshake_timeout_s)), wait_for_workers=False)
 
@@ -161,18 +188,18 @@ class Rank:
                   plan=cfg.plan, protocol=cfg.protocol_version, guardrails=sorted(cfg.guardrails),
                   env_parity=cfg.env_parity, pid=os.getpid(), flight=flight.SCHEMA)
         hosts = cfg.host_store and cfg.rank == 0
-        self.store = self._connect(host=hosts)
-        self.crash.store, self.crash.hosts_store = self.store, hosts
-        publish_identity(self.store, cfg.rank)
+        self._open_store(hosts)
         # Before the model loads and the handshake runs: a rank stuck in Python there (a hung failpoint, a
         # deadlocked import) must still read the abort its peers publish when their handshake times out.
         if "watchdog" in cfg.guardrails:
+            self.progress.mark("connecting the watchdog to the rendezvous store")
             self.watchdog = Watchdog(crash=self.crash, store_factory=self._connect, rank=cfg.rank,
                                      driver_rank=cfg.driver_rank, store_host=0 if cfg.host_store else None,
                                      world_size=cfg.world_size, heartbeat_s=cfg.heartbeat_s,
                                      peer_timeout_s=cfg.peer_timeout_s, peer_timeout_min_s=cfg.peer_timeout_min_s,
                                      progress_timeout_s=cfg.progress_timeout_s,
-                                     progress=self.progress)
+                                     progress=self.progress, startup_grace_s=cfg.startup_timeout_s,
+                                     watch_startup="startup" in cfg.guardrails)
             self.watchdog.start()
         model_cfg = ModelConfig()
         model_cfg.check_world_size(cfg.world_size)
@@ -184,6 +211,8 @@ class Rank:
             self._handshake(gen, model_cfg)
         if self.watchdog is not None:
             self.watchdog.settle()
+        if self.phase is not None:
+            self.phase.settle()
         self._join_group()
         transport = Transport(rank=cfg.rank, src=cfg.driver_rank, backend=cfg.backend, device=self.device,
                               guards=cfg.guardrails, model_dtype=self.dtype, ctx=self.ctx,
@@ -214,9 +243,33 @@ class Rank:
             "role": cfg.role, "driver_rank": cfg.driver_rank, "env": cfg.env_parity,
             "shard_fingerprint": fingerprint(gen.w)}, **self.ctx)
         expected = expected_fingerprints(model_cfg, cfg.world_size, self.dtype) if cfg.rank == 0 else None
+        timeout_s = cfg.handshake_timeout_s
+        if self.phase is not None:  # rank 0 names the missing ranks before anyone's start-up deadline
+            timeout_s = max(0.1, min(timeout_s, self.phase.remaining() - 1.0))
+        self.progress.mark("the init handshake (every rank's record, then rank 0's verdict)")
         handshake.run(self.store, rank=cfg.rank, world_size=cfg.world_size, record=record,
-                      timeout_s=cfg.handshake_timeout_s, expected_fingerprints=expected)
+                      timeout_s=timeout_s, expected_fingerprints=expected)
         log.event("handshake", rank=cfg.rank, ok=True)
+
+    def _open_store(self, hosts: bool) -> None:
+        """Serve or reach the store, claim this rank in it; with the ``startup`` guardrail under its deadline."""
+        cfg = self.cfg
+        if "startup" in cfg.guardrails:
+            self.phase = startup.Phase(crash=self.crash, timeout_s=cfg.startup_timeout_s,
+                                       doing=lambda: repr(self.progress.what),
+                                       die_via=lambda: self.watchdog.store if self.watchdog is not None else None)
+            self.phase.start()
+        addr = f"{cfg.master_addr}:{cfg.master_port}"
+        self.progress.mark(f"serving the rendezvous store at {addr}" if hosts else f"connecting to the rendezvous store at {addr}")
+        self.store = self._connect(host=hosts)
+        self.crash.store, self.crash.hosts_store = self.store, hosts
+        self.progress.mark(f"claiming rank {cfg.rank} in the rendezvous store")
+        if self.phase is None:
+            publish_identity(self.store, cfg.rank)
+            return
+        startup.claim_rank(self.store, cfg.rank)
+        if cfg.host_store and not hosts:
+            startup.note_store_host(self.store, self.phase)
 
     def _join_group(self) -> None:
         cfg = self.cfg

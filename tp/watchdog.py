@@ -33,7 +33,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 from tp import handshake
-from tp.crash import Crash, Fatal, done_key, exit_key, gone_peers, lost_fm, peer_abort, read_abort
+from tp.crash import Crash, Fatal, done_key, exit_key, from_another, gone_peers, lost_fm, peer_abort, read_abort
 from tp.liveness import Arrivals
 
 TERMINATING_HOLD_S = 0.5
@@ -89,8 +89,10 @@ class Watchdog:
     def __init__(self, *, crash: Crash, store_factory, rank: int, driver_rank: int, world_size: int, heartbeat_s: float,
                  peer_timeout_s: float, progress_timeout_s: float, progress: Progress,
                  store_host: int | None = None, peer_timeout_min_s: float | None = None,
-                 startup_grace_s: float = 30.0) -> None:
+                 startup_grace_s: float = 30.0, watch_startup: bool = False) -> None:
         self.startup_grace_s = startup_grace_s
+        self.watch_startup = watch_startup
+        """Until settled, also look for peers gone before their first beat (the ``startup`` guardrail)."""
         self.crash, self.rank, self.driver_rank, self.world_size = crash, rank, driver_rank, world_size
         self.heartbeat_s, self.peer_timeout_s, self.progress_timeout_s = heartbeat_s, peer_timeout_s, progress_timeout_s
         self.progress = progress
@@ -220,7 +222,7 @@ class Watchdog:
             try:
                 self.store.add(f"tp/hb/{self.rank}", 1)
                 abort = read_abort(self.store)
-                self._abort_pending = abort is not None and abort.get("rank") != self.rank
+                self._abort_pending = from_another(abort, self.rank)
                 if self._abort_pending and not self._defer(time.monotonic()):
                     self.crash.die(peer_abort(abort), dump_stack=True, via=self.store)
                 if self.terminating and not self._abort_pending:
@@ -228,6 +230,8 @@ class Watchdog:
                 if self.leaving:
                     self.store.set(exit_key(self.rank), "1")
                 now = time.monotonic()
+                if self.watch_startup and not self.settled:
+                    self._die_of_a_peer_gone_before_beating(peers)
                 for r in peers:
                     if self.store.check([done_key(r)]):
                         continue
@@ -267,6 +271,20 @@ class Watchdog:
             self.crash.die(Fatal("PEER_LOST", f"rank {r}'s process is gone and this rank was sent SIGTERM (a launcher "
                                  f"ending the survivors)", cause_rank=r, fm=lost_fm(r, self.driver_rank)),
                            dump_stack=True, via=self.store)
+
+    def _die_of_a_peer_gone_before_beating(self, peers: list[int]) -> None:
+        """During start-up: a peer that claimed its rank (its pid is known) and is gone before its first beat.
+
+        Its heartbeat never moved, so the heartbeat timeout cannot tell it from a peer still loading; its pid can.
+        """
+        quiet = [r for r in peers if self.seen[r][0] <= 0]
+        if not quiet:
+            return
+        for r in gone_peers(self.store, rank=self.rank, world_size=self.world_size):
+            if r in quiet and not any(self.store.check([key(r)]) for key in (done_key, exit_key)):
+                self.crash.die(Fatal("PEER_LOST", f"rank {r} claimed its rank in the store and its process is gone "
+                                     f"before its first heartbeat", cause_rank=r, fm=lost_fm(r, self.driver_rank)),
+                               dump_stack=True, via=self.store)
 
     def _next_poll(self) -> bool:
         """Wait one heartbeat interval, or less when poked; False once stopped."""
