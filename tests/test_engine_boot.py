@@ -25,7 +25,8 @@ ENGINE = ROOT / "fixtures" / "engines" / "dtensor_engine.py"
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "TP_FAILPOINTS", "TP_REPORT_DIR")}
-    env.update(boot_env(), RANK="0", WORLD_SIZE="1", PYTHONUNBUFFERED="1", **extra)
+    env.update(boot_env(), RANK="0", WORLD_SIZE="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
     return env
 
 
@@ -141,3 +142,32 @@ def test_the_fixture_engine_decodes_the_same_tokens_at_world_sizes_1_2_and_4(tmp
     assert {ws: o["world_size"] for ws, o in outputs.items()} == {1: 1, 2: 2, 4: 4}
     assert len({o["output_digest"] for o in outputs.values()}) == 1, outputs
     assert len(outputs[1]["tokens"]) == 8
+
+
+def test_every_collective_is_seen_once_whichever_api_issued_it_and_the_trace_names_each_call(tmp_path: Path) -> None:
+    """c10d API and functional collectives alike; a fault on every call (``sleep(0)``) prints one line per call."""
+    port, procs = free_port(), []
+    try:
+        for rank in range(2):
+            env = _env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port), TP_FAILPOINTS="collective.any=sleep(0)",
+                       TP_REPORT_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+            with (tmp_path / f"rank{rank}.log").open("w") as fh:
+                procs.append(subprocess.Popen([sys.executable, str(ROOT / "fixtures" / "engines" / "c10d_ops.py")],
+                                              env=env, stdout=fh, stderr=subprocess.STDOUT))
+        codes = [p.wait(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    texts = {r: (tmp_path / f"rank{r}.log").read_text() for r in range(2)}
+    assert codes == [0, 0], texts
+    common = ["all_reduce", "broadcast", "all_gather_into_tensor", "all_gather", "reduce_scatter_tensor", "barrier",
+              "all_reduce"]  # the last: torch.distributed._functional_collectives.all_reduce, DTensor's path
+    for rank, p2p in ((0, "send"), (1, "recv")):
+        ops = [ln.split(" op=")[1].split()[0] for ln in texts[rank].splitlines() if ln.startswith("TP-FAULT ")]
+        assert ops == [*common[:6], p2p, common[6]] * 2, ops  # a warm-up set, then the timed one
+        trace = json.loads((tmp_path / f"flight_rank{rank}.json").read_text())
+        sites = [e["site"].rpartition(" call ")[0] for e in trace["entries"]]
+        assert sites == common * 2, sites  # gloo's recorder keeps no p2p op: the rest still line up

@@ -161,8 +161,8 @@ class Injector:
             if not fired:
                 self.issued.append(call)
                 return op.redispatch(rest, *args, **kwargs)
-            for entry, call in fired:
-                self.on_fire(entry.site, entry.describe(), call, name)
+            for entry, nth in fired:
+                self.on_fire(entry.site, entry.describe(), nth, name)
                 if entry.action == "skip":
                     return _skipped(torch, op, args)
                 if entry.action == "extra":

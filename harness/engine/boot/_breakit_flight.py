@@ -12,6 +12,8 @@ What the recorder gives on gloo (torch 2.13, CPU), and so what the conversion do
   their sequences are not comparable with the default group's);
 * ``state`` stays ``scheduled`` and ``time_discovered_*`` stay 0 on gloo: ``retired`` (the work finished)
   is the only sign a collective returned, so ``leave`` is null exactly while it is not retired;
+* p2p ops are not recorded on gloo, and a ``reduce_scatter_tensor`` is recorded as ``gloo:all_reduce``
+  (gloo runs it as one); the ``site`` names the call the engine made;
 * ``time_created_ns`` is wall-clock time: ``enter`` is it moved onto ``time.monotonic()``;
 * ``input_sizes`` / ``input_dtypes`` (``Double``...) give ``shapes`` / ``dtypes`` (``float64``...); the root
   of a rooted collective is not recorded (``root`` null); a scatter's shapes are its output's (its root's input
@@ -28,6 +30,7 @@ import time
 SCHEMA = "tp-flight/1"
 BUFFER_ENV = "TORCH_FR_BUFFER_SIZE"
 BUFFER_DEFAULT = "4096"
+P2P = ("send", "recv", "recv_any_source")
 _DTYPES = {"Double": "float64", "Float": "float32", "Half": "float16", "BFloat16": "bfloat16", "Long": "int64",
            "Int": "int32", "Short": "int16", "Char": "int8", "Byte": "uint8", "Bool": "bool"}
 
@@ -57,10 +60,13 @@ def convert(raw: dict | None, *, rank: int, world_size: int, reason: str,
     offset = time.time() - time.monotonic()
     recorded = sorted((e for e in (raw or {}).get("entries") or [] if isinstance(e, dict)),
                       key=lambda e: int(e.get("record_id", 0)))
-    named = bool(issued) and bool(recorded) and recorded[0].get("record_id") == 0 and len(recorded) <= len(issued)
+    wrapped = not recorded or recorded[0].get("record_id") != 0
+    recorded = [e for e in recorded if not e.get("is_p2p")]
+    issued = [c for c in issued or () if c[0] not in P2P]  # gloo records no p2p op at all, NCCL its own way
+    named = bool(issued) and not wrapped and len(recorded) <= len(issued)
     entries = []
     for i, e in enumerate(recorded):
-        if e.get("is_p2p") or e.get("pg_id", 0) != 0:
+        if e.get("pg_id", 0) != 0:
             continue
         name = str(e.get("profiling_name", "?")).partition(":")[2] or str(e.get("profiling_name"))
         # What every rank passes alike: a scatter's root sends more than the others (its input is the whole
