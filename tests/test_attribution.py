@@ -14,7 +14,7 @@ import shutil
 import pytest
 import torch
 
-from harness.attribution import cases, fr, render, score
+from harness.attribution import cases, fr, render, score, truth
 from harness.attribution.run import analyze, run_case
 from harness.runner import RunConfig
 from harness.scenario import load_catalog
@@ -98,6 +98,30 @@ def test_the_docs_show_where_the_harness_is_wrong_or_silent(hung) -> None:
     assert "right in 1, wrong in 1, none in 1 of 3 runs" in text
     assert "`X/planted` ws2" in text and "+3 (later)" in text
     assert "`Y/planted` ws2" in text and "the harness names no collective" in text
+
+
+def _trace(rank: int, calls: list[tuple], left: bool = True) -> dict:
+    entries = [{"seq": i, "op": op, "shapes": [[n]], "dtypes": ["int64"], "root": 0, "site": site,
+                "enter": float(i), "leave": float(i) if left or i < len(calls) - 1 else None}
+               for i, (op, n, site) in enumerate(calls)]
+    return {"rank": rank, "next_seq": len(calls), "entries": entries}
+
+
+HEALTHY = [("broadcast", 8, "envelope header"), ("broadcast", 40, "envelope meta"), ("all_reduce", 4, "generator call 1")]
+
+
+def test_truth_is_where_the_culprit_left_and_its_peers_did_not_follow() -> None:
+    healthy = {0: _trace(0, HEALTHY), 1: _trace(1, HEALTHY)}
+    longer_meta = [HEALTHY[0], ("broadcast", 48, "envelope meta"), HEALTHY[2]]
+    followed = {0: _trace(0, longer_meta), 1: _trace(1, longer_meta)}  # the driver told rank 1 the new size
+    assert truth.first_departure(culprit=0, traces=followed, healthy=healthy)["seq"] is None
+    alone = {0: _trace(0, longer_meta), 1: _trace(1, HEALTHY)}
+    assert truth.first_departure(culprit=0, traces=alone, healthy=healthy)["seq"] == 1
+    stopped = {0: _trace(0, HEALTHY[:1]), 1: _trace(1, HEALTHY[:2], left=False)}
+    assert truth.first_departure(culprit=0, traces=stopped, healthy=healthy)["seq"] == 1
+    gone = {1: _trace(1, HEALTHY[:2], left=False)}
+    found = truth.first_departure(culprit=0, traces=gone, healthy=healthy)
+    assert found["seq"] == 1 and found["from"] == truth.FROM_PEERS
 
 
 def test_every_fault_kind_has_a_catalog_proof_or_an_explore_action() -> None:

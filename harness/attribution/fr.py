@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+FR_DIR = "fr"
+"""Subdirectory of a run's report directory holding the per-rank pickles."""
 PREFIX = "fr_rank"
 """File name prefix of the per-rank pickles (``tp/flight.py`` writes ``fr/fr_rank{R}``)."""
 MODES = ("as_dumped", "repaired")

@@ -84,7 +84,8 @@ def _as_dumped(doc: dict) -> list[str]:
     lines = [f"**As dumped, the analyzer reads {answered} of {len(runs)} runs' dumps.**"]
     if unnamed:
         lines[0] += (f" In {unnamed} the dumps list the default group under an empty name in `pg_config` while "
-                     "their entries call it `'0'` (gloo), and the analyzer stops with `KeyError: ('0', 0)` "
+                     "their entries call it `'0'` (gloo), and the analyzer stops with `KeyError: ('0', R)` "
+                     "(R: the rank whose dump it read first) "
                      "before matching anything.")
     lines[0] += (" The columns without \"as dumped\" read the same dumps with that one field repaired (the "
                  "group's ranks copied under the name the entries use), to show what the matching itself gets right.")

@@ -8,6 +8,7 @@ rendered from it (``render``).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from importlib import metadata
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from harness.runner import RunConfig, run_scenario
 from harness.scenario import Expect
 
 SCHEMA = "breakit-attribution/1"
+AT_HANG = "fr_at_hang"
+"""Beside ``fr/``: the dumps the analyzer reads when the culprit was stopped (``_at_hang``)."""
 
 
 def healthy_traces(case: Case, config: RunConfig, cache: dict) -> tuple[dict[int, dict], str]:
@@ -42,19 +45,35 @@ def run_case(case: Case, config: RunConfig, cache: dict) -> dict:
     sdir = Path(result.dir)
     healthy, healthy_observed = healthy_traces(case, config, cache)
     traces = trace.load_all(sdir, s.world_size)
+    if frozen(case):  # a stopped rank writes nothing at the hang; what it wrote came after the harness let it go
+        traces.pop(case.culprit, None)
+        _at_hang(sdir, case.culprit)
     departure = truth.first_departure(culprit=case.culprit, traces=traces, healthy=healthy)
     return {"id": s.id, "source": case.source, "kind": case.kind, "world_size": s.world_size,
             "faults": [f.spec() for f in s.faults], "rank_env": {str(r): dict(e) for r, e in s.rank_env.items()},
             "guardrails": s.guardrails, "observed": result.observed, "dir": str(sdir),
             "truth": {"rank": case.culprit, **departure, "healthy_observed": healthy_observed},
-            "harness": result.divergence}
+            "harness": result.divergence, "fr_dir": str(sdir / (AT_HANG if frozen(case) else fr.FR_DIR))}
+
+
+def frozen(case: Case) -> bool:
+    return any(f.action == "kill(SIGSTOP)" and f.rank == case.culprit for f in case.scenario.faults)
+
+
+def _at_hang(sdir: Path, culprit: int) -> None:
+    """The dumps a user has at the hang: every rank's but the stopped culprit's (written after its release)."""
+    source, target = sdir / fr.FR_DIR, sdir / AT_HANG
+    target.mkdir(exist_ok=True)
+    for path in source.glob(f"{fr.PREFIX}*") if source.is_dir() else ():
+        if path.name != f"{fr.PREFIX}{culprit}":
+            shutil.copy2(path, target / path.name)
 
 
 def analyze(records: list[dict]) -> list[dict]:
     """Each run's dumps through PyTorch's analyzer (one child for all), then every verdict."""
-    all_answers = fr.analyze_many([Path(r["dir"]) / "fr" for r in records])
+    all_answers = fr.analyze_many([Path(r["fr_dir"]) for r in records])
     for record, answers in zip(records, all_answers, strict=True):
-        ws, fr_dir = record["world_size"], Path(record["dir"]) / "fr"
+        ws, fr_dir = record["world_size"], Path(record["fr_dir"])
         missing = [r for r in range(ws) if not (fr_dir / f"{fr.PREFIX}{r}").exists()]
         for answer in answers.values():
             answer["missing_dumps"] = missing

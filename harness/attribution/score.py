@@ -12,7 +12,8 @@ from collections import Counter
 VERDICTS = ("right", "wrong", "none")
 DIVERGENT = ("mismatch", "never entered", "never left")
 """Kinds of the judge's ``divergence`` that name a collective (``agree`` and ``untraced`` name none)."""
-GLOO_UNNAMED = "KeyError: ('0', 0)"
+GLOO_UNNAMED = "KeyError: ('0', "
+"""How the analyzer fails on gloo dumps (the rank it started with follows): ``KeyError: ('0', 0)``."""
 
 
 def culprit(answer: dict, truth_rank: int) -> tuple[str, str]:
@@ -71,7 +72,7 @@ def _failed(answer: dict) -> str:
     error = str(answer.get("error", "failed"))
     if error.startswith(GLOO_UNNAMED):
         return ("the analyzer stops on its input: gloo's dump names the default group '' in pg_config while its "
-                f"entries name it '0' ({GLOO_UNNAMED})")
+                f"entries name it '0' ({error})")
     return f"the analyzer failed: {error}"
 
 
