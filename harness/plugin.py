@@ -24,7 +24,7 @@ from _pytest import junitxml
 from harness import delta, options, probe, rank_command, report, stash, zygote
 from harness.scenario import Scenario
 
-FM_MARKERS = tuple(f"fm{n:02d}" for n in range(1, 16))
+FM_MARKERS = tuple(f"fm{n:02d}" for n in range(1, 17))
 MARKER_KEYS = ("deadline", "world_size", "launch")
 WORKER_KEY = "breakit_run_dir"
 ZYGOTE_KEY = "breakit_zygote_share"

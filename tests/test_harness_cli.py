@@ -156,7 +156,7 @@ def test_public_surface_changes_only_on_purpose() -> None:
         "breakit_tp_command", "breakit_stall", "breakit_startup_deadline"]
     assert sorted(s for a in _parser()._actions for s in a.option_strings) == ["--help", "--version", "-h"]
     assert plugin.PLUGIN_NAME == "breakit"
-    assert plugin.FM_MARKERS == tuple(f"fm{n:02d}" for n in range(1, 16))
+    assert plugin.FM_MARKERS == tuple(f"fm{n:02d}" for n in range(1, 17))
     assert plugin.MARKER_KEYS == ("deadline", "world_size", "launch")
     assert [o.name for o in Outcome] == ["CLEAN", "CRASHED", "HUNG", "DIVERGED", "HARNESS_ERROR"]
     assert sorted(harness.__all__) == ["Blocked", "DESYNC", "Expect", "Fault", "Interrupt", "Outcome", "Scenario",

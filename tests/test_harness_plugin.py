@@ -79,12 +79,12 @@ def test_markers_are_registered_and_strict(tester: pytest.Pytester) -> None:
     tester.runpytest("--strict-markers", "test_ok.py").assert_outcomes(passed=1)
     tester.makepyfile(test_bad="""
         import pytest
-        @pytest.mark.fm16
+        @pytest.mark.fm99
         def test_a():
             pass
     """)
     result = tester.runpytest("--strict-markers", "test_bad.py")
-    result.stdout.fnmatch_lines(["*'fm16' not found in `markers` configuration option*"])
+    result.stdout.fnmatch_lines(["*'fm99' not found in `markers` configuration option*"])
 
 
 def test_help_text_is_shared_by_option_and_ini(tester: pytest.Pytester) -> None:
