@@ -37,6 +37,9 @@ PROGRESS_TIMEOUT_S = 1.0
 HANDSHAKE_TIMEOUT_S = 3.0
 """``TP_HANDSHAKE_TIMEOUT_S`` of explored runs: a rank lost before or during the handshake is noticed only by this
 timeout (no watchdog runs yet), and the TP default of 10 s is beyond the harness's 8 s deadline."""
+STARTUP_TIMEOUT_S = 6.0
+"""``TP_STARTUP_TIMEOUT_S`` of explored runs: a rank faulted before it reaches the store (``store.connect``) learns
+of nothing, and must end by this, within the harness's 8 s deadline, after the handshake timeout has named it."""
 SLEEPS = (0.2, 1.5)
 """Straggler delays tried for ``sleep``: under half the progress timeout (rule short-sleep), and over it."""
 
@@ -122,7 +125,8 @@ def declared_sites(tp_command: tuple[str, ...], env: dict[str, str]) -> list[dic
     return usable
 
 
-TUNED = {"TP_PROGRESS_TIMEOUT_S": PROGRESS_TIMEOUT_S, "TP_HANDSHAKE_TIMEOUT_S": HANDSHAKE_TIMEOUT_S}
+TUNED = {"TP_PROGRESS_TIMEOUT_S": PROGRESS_TIMEOUT_S, "TP_HANDSHAKE_TIMEOUT_S": HANDSHAKE_TIMEOUT_S,
+         "TP_STARTUP_TIMEOUT_S": STARTUP_TIMEOUT_S}
 """The timeouts explore shortens so a run ends within its deadline, where the TP path declares them."""
 
 

@@ -45,8 +45,9 @@ def test_generated_faults_are_valid_for_the_tp_path_and_stay_within_the_options(
             ranks = by_site[f.site]["ranks"]
             assert f.rank is not None and 0 <= f.rank < s.world_size
             assert (ranks != "driver" or f.rank == 0) and (ranks != "workers" or f.rank >= 1)
-    first_actions = {(s.faults[0].site, s.faults[0].action.partition("(")[0]) for s in schedules[:100]}
-    assert len(first_actions) == len(explore.pairs(SITES)), "100 schedules' first faults cover every pair"
+    passes = len(SITES) * max(len(site["actions"]) for site in SITES)  # deck_pair: every pair within these
+    first_actions = {(s.faults[0].site, s.faults[0].action.partition("(")[0]) for s in schedules[:passes]}
+    assert len(first_actions) == len(explore.pairs(SITES)), f"{passes} schedules' first faults cover every pair"
 
 
 def test_the_first_pass_of_the_deck_starts_one_schedule_at_every_site_placed_where_it_fires() -> None:
@@ -246,7 +247,8 @@ def test_jobs_default_to_the_cores_and_stay_one_where_a_rank_serves_the_store() 
 def test_explore_tunes_only_the_knobs_the_tp_path_declares() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "fixtures" / "ranks")])}
     assert explore.tuned((sys.executable, "-m", "tp"), env) == (("TP_PROGRESS_TIMEOUT_S", "1"),
-                                                                 ("TP_HANDSHAKE_TIMEOUT_S", "3"))
+                                                                 ("TP_HANDSHAKE_TIMEOUT_S", "3"),
+                                                                 ("TP_STARTUP_TIMEOUT_S", "6"))
     assert explore.tuned((sys.executable, "-m", "fake_tp"), env) == ()  # it declares none (no --list-env)
     plain = explore.Schedule(world_size=2, faults=(Fault(site="fake.chunk", action="raise", rank=0),))
     assert "--env" not in plain.reproducer() and plain.rank_env() == {}
