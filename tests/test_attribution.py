@@ -8,8 +8,10 @@ culprit planted into one dump must lower the score.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +36,11 @@ def test_fr_dump_is_written_only_when_the_recorder_is_on(tmp_path, monkeypatch) 
     dump = pickle.loads((tmp_path / "on" / flight.FR_DIR / "fr_rank1").read_bytes())
     assert {"version", "pg_config", "entries"} <= set(dump)
     assert sorted(p.name for p in (tmp_path / "on" / flight.FR_DIR).iterdir()) == ["fr_rank1"]
+    asked = tmp_path / "on" / flight.FR_ASKED_DIR
+    assert sorted(p.name for p in asked.iterdir()) == ["flight_rank1.json", "fr_rank1"]
+    on.dump("TP-FATAL PEER_LOST")  # what reaping makes a rank write: not the answer it gave when asked
+    assert json.loads((asked / "flight_rank1.json").read_text())["reason"] == "SIGUSR1"
+    assert json.loads((tmp_path / "on" / "flight_rank1.json").read_text())["reason"] == "TP-FATAL PEER_LOST"
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +56,8 @@ def hung(tmp_path_factory) -> dict:
 
 def test_a_real_run_leaves_dumps_the_analyzer_reads(hung) -> None:
     assert hung["observed"] == "HUNG"
+    asked = sorted(p.name for p in (Path(hung["dir"]) / flight.FR_ASKED_DIR).iterdir())
+    assert asked == ["flight_rank0.json", "flight_rank1.json", "fr_rank0", "fr_rank1"], "both ranks answer SIGUSR1"
     assert hung["analyzer"]["as_dumped"]["missing_dumps"] == []
     answer = hung["analyzer"]["repaired"]
     assert answer["ok"] and answer["ranks"] == [0, 1], answer
@@ -65,7 +74,7 @@ def test_a_planted_wrong_culprit_lowers_the_score(hung, tmp_path) -> None:
     real = hung["score"]["analyzer"]["repaired"]
     assert real["culprit"] == "right", hung["analyzer"]["repaired"]
     planted = tmp_path / "fr"
-    shutil.copytree(f"{hung['dir']}/fr", planted)
+    shutil.copytree(hung["fr_dir"], planted)
     # Rank 0's dump is made to show it joined the broadcast rank 1 waits in, and one more nobody joined:
     # now rank 1 looks like the rank that stopped.
     path = planted / "fr_rank0"
@@ -107,7 +116,8 @@ def _trace(rank: int, calls: list[tuple], left: bool = True) -> dict:
     return {"rank": rank, "next_seq": len(calls), "entries": entries}
 
 
-HEALTHY = [("broadcast", 8, "envelope header"), ("broadcast", 40, "envelope meta"), ("all_reduce", 4, "generator call 1")]
+HEALTHY = [("broadcast", 8, "envelope header"), ("broadcast", 40, "envelope meta"),
+           ("all_reduce", 4, "generator call 1")]
 
 
 def test_truth_is_where_the_culprit_left_and_its_peers_did_not_follow() -> None:

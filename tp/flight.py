@@ -13,8 +13,8 @@ Always on, so it must be cheap: an entry is one list holding the tensor's own
 
 With PyTorch's Flight Recorder on (``TORCH_FR_BUFFER_SIZE`` set before the process group exists), each dump
 also writes the recorder's own pickle as ``fr/fr_rank{R}`` in the report directory: the layout PyTorch's
-analyzer (``python -m torch.distributed.flight_recorder.fr_trace DIR/fr -p fr_rank``) reads. Off by default,
-so a run without the variable pays nothing.
+analyzer (``python -m torch.distributed.flight_recorder.fr_trace DIR/fr -p fr_rank``) reads, and an answer to
+SIGUSR1 also into ``fr_asked/`` (``FR_ASKED_DIR``). Off by default, so a run without the variable pays nothing.
 
 The ring is written on SIGUSR1, on every TP-FATAL and at a clean exit. A
 rank blocked inside a collective is inside C++ and never runs a Python signal
@@ -41,8 +41,12 @@ DEFAULT_ENTRIES = 512
 FR_ENV = "TORCH_FR_BUFFER_SIZE"
 """PyTorch's Flight Recorder records only when this is set (to its ring length) before the group is made."""
 FR_DIR = "fr"
-"""Subdirectory of the report directory holding only ``fr_rank{R}`` pickles: the analyzer reads every file of
-its directory tree whose name holds the prefix, so nothing else may live there."""
+"""Subdirectory of the report directory holding each rank's newest ``fr_rank{R}`` pickle: the analyzer reads
+every file of its directory tree whose name holds the prefix."""
+FR_ASKED_DIR = "fr_asked"
+"""Beside it: each rank's newest answer to SIGUSR1 (the pickle and this rank's flight trace, same moment). A
+hung run's ranks dump again while the harness reaps them (SIGCONT, SIGTERM), so ``fr/`` then holds the
+reaping, not the hang; this keeps what the ranks said when asked at the stall."""
 
 GENERATOR_SITE = "generator call"
 """The site of the generator's all_reduces; dumps append the call_id ("generator call 5")."""
@@ -89,9 +93,9 @@ class Recorder:
     def dump(self, reason: str) -> None:
         """Write ``flight_rank{R}.json`` into the report directory, or one ``TP-TRACE`` log line."""
         with self._lock:
-            if self.fr:  # before the trace file: a fresh trace tells the harness this answer is complete
-                _dump_fr(self.report_dir, self.rank)
             text = json.dumps(self.document(reason), separators=(",", ":"))
+            if self.fr:  # before the trace file: a fresh trace tells the harness this answer is complete
+                _dump_fr(self.report_dir, self.rank, text if reason == "SIGUSR1" else None)
             if self.report_dir is not None:
                 path = os.path.join(self.report_dir, f"flight_rank{self.rank}.json")
                 tmp = f"{path}.{os.getpid()}.tmp"
@@ -106,22 +110,28 @@ class Recorder:
             sys.stdout.flush()
 
 
-def _dump_fr(report_dir: str, rank: int) -> None:
-    """PyTorch's Flight Recorder pickle (every collective, no stacks) to ``fr/fr_rank{R}``, atomically."""
+def _dump_fr(report_dir: str, rank: int, asked_trace: str | None) -> None:
+    """PyTorch's Flight Recorder pickle (every collective, no stacks) to ``fr/fr_rank{R}``, atomically; an
+    answer to SIGUSR1 (``asked_trace``: the flight trace of the same moment) also to ``fr_asked/``."""
     try:
         import torch
 
         data = torch._C._distributed_c10d._dump_fr_trace(includeCollectives=True, includeStackTraces=False,
                                                         onlyActive=False)
-        folder = os.path.join(report_dir, FR_DIR)
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"fr_rank{rank}")
-        tmp = os.path.join(report_dir, f".fr_rank{rank}.{os.getpid()}.tmp")  # outside fr/: never half-read there
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        _replace(report_dir, FR_DIR, f"fr_rank{rank}", data)
+        if asked_trace is not None:
+            _replace(report_dir, FR_ASKED_DIR, f"flight_rank{rank}.json", asked_trace.encode())
+            _replace(report_dir, FR_ASKED_DIR, f"fr_rank{rank}", data)
     except Exception as exc:  # noqa: BLE001 - an older torch, a full disk: the flight trace still follows
         sys.stdout.write(f"TP-INFO cannot write the Flight Recorder dump of rank {rank} ({exc})\n")
+
+
+def _replace(report_dir: str, folder: str, name: str, data: bytes) -> None:
+    os.makedirs(os.path.join(report_dir, folder), exist_ok=True)
+    tmp = os.path.join(report_dir, f".{name}.{os.getpid()}.tmp")  # outside the folder: never half-read there
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, os.path.join(report_dir, folder, name))
 
 
 def _entry_json(e: list) -> dict:

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these catalog ids (repeatable; e.g. FM-14/off)")
     parser.add_argument("--backend", default="gloo", help="gloo (CPU) or nccl (one GPU per rank)")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
-                        help="run nothing: write --docs (and JSON's attribution.md beside it) from this attribution.json")
+                        help="run nothing: rescore this attribution.json, write attribution.md beside it (and --docs)")
     args = parser.parse_args(argv)
     if args.render is not None:
         doc = rescore(json.loads(args.render.read_text()))

@@ -22,8 +22,10 @@ from harness.runner import RunConfig, run_scenario
 from harness.scenario import Expect
 
 SCHEMA = "breakit-attribution/1"
+FR_DIR, ASKED_DIR = "fr", "fr_asked"
+"""Where the TP path writes each rank's newest Flight Recorder dump, and its newest answer to SIGUSR1."""
 AT_HANG = "fr_at_hang"
-"""Beside ``fr/``: the dumps the analyzer reads when the culprit was stopped (``_at_hang``)."""
+"""Beside them: the dumps the analyzer reads, as a user would have them when the run stopped (``at_hang``)."""
 
 
 def healthy_traces(case: Case, config: RunConfig, cache: dict) -> tuple[dict[int, dict], str]:
@@ -44,29 +46,46 @@ def run_case(case: Case, config: RunConfig, cache: dict) -> dict:
     result = run_scenario(s, config)
     sdir = Path(result.dir)
     healthy, healthy_observed = healthy_traces(case, config, cache)
-    traces = trace.load_all(sdir, s.world_size)
-    if frozen(case):  # a stopped rank writes nothing at the hang; what it wrote came after the harness let it go
-        traces.pop(case.culprit, None)
-        _at_hang(sdir, case.culprit)
+    traces = at_hang(sdir, s.world_size, hung=result.observed == "HUNG", drop=case.culprit if frozen(case) else None)
     departure = truth.first_departure(culprit=case.culprit, traces=traces, healthy=healthy)
     return {"id": s.id, "source": case.source, "kind": case.kind, "world_size": s.world_size,
             "faults": [f.spec() for f in s.faults], "rank_env": {str(r): dict(e) for r, e in s.rank_env.items()},
             "guardrails": s.guardrails, "observed": result.observed, "dir": str(sdir),
             "truth": {"rank": case.culprit, **departure, "healthy_observed": healthy_observed},
-            "harness": result.divergence, "fr_dir": str(sdir / (AT_HANG if frozen(case) else fr.FR_DIR))}
+            "harness": result.divergence, "fr_dir": str(sdir / AT_HANG)}
 
 
 def frozen(case: Case) -> bool:
     return any(f.action == "kill(SIGSTOP)" and f.rank == case.culprit for f in case.scenario.faults)
 
 
-def _at_hang(sdir: Path, culprit: int) -> None:
-    """The dumps a user has at the hang: every rank's but the stopped culprit's (written after its release)."""
-    source, target = sdir / fr.FR_DIR, sdir / AT_HANG
+def at_hang(sdir: Path, world_size: int, *, hung: bool, drop: int | None) -> dict[int, dict]:
+    """Each rank's flight trace as a user would have it when the run stopped, and its FR dump into ``AT_HANG``.
+
+    A hung run's ranks dump again while the harness reaps them (SIGCONT, SIGTERM), so its files are read from
+    the answers to the harness's SIGUSR1 (``fr_asked/``), and a rank that gave none from ``fr/`` only if it
+    wrote there before those answers (it died first). ``drop``: a rank stopped by SIGSTOP, which writes
+    nothing while stopped: whatever it wrote came after the harness let it go.
+    """
+    newest, asked, target = sdir / FR_DIR, sdir / ASKED_DIR, sdir / AT_HANG
     target.mkdir(exist_ok=True)
-    for path in source.glob(f"{fr.PREFIX}*") if source.is_dir() else ():
-        if path.name != f"{fr.PREFIX}{culprit}":
-            shutil.copy2(path, target / path.name)
+    answers = sorted(p.stat().st_mtime for p in asked.glob(f"{fr.PREFIX}*")) if hung and asked.is_dir() else []
+    traces: dict[int, dict] = {}
+    for rank in range(world_size):
+        if rank == drop:
+            continue
+        if answers and (asked / f"{fr.PREFIX}{rank}").exists():
+            where = asked
+        elif (newest / f"{fr.PREFIX}{rank}").exists() and (
+                not answers or (newest / f"{fr.PREFIX}{rank}").stat().st_mtime <= answers[0]):
+            where = newest
+        else:
+            continue
+        shutil.copy2(where / f"{fr.PREFIX}{rank}", target / f"{fr.PREFIX}{rank}")
+        doc = trace.load(where if where == asked else sdir, rank)
+        if doc is not None:
+            traces[rank] = doc
+    return traces
 
 
 def analyze(records: list[dict]) -> list[dict]:
