@@ -121,6 +121,7 @@ class _Loop:
         self.probe_at: float | None = None  # set while a stall probe's dumps are collected
         self.unwatched: set[int] = set()  # ranks whose init event lists guardrails without the watchdog
         self.exiting: set[int] = set()  # ranks that printed their exit event: never signalled again
+        self.prefixes: tuple[str, ...] = ("", PREFIX)  # where the ranks' progress keys are, until one is found
         self.line_seen: str | None = None  # the interrupt rank's first line matching ``Interrupt.after_line``
         self.line_re = re.compile(interrupt.after_line) if interrupt is not None and interrupt.after_line else None
 
@@ -213,10 +214,13 @@ class _Loop:
         obs = self.obs
         try:
             # An engine writing through init_process_group's store has its keys under torch's default prefix.
-            watched = {f"{prefix}tp/{kind}/{r}": (r, slot) for prefix in ("", PREFIX)
+            watched = {f"{prefix}tp/{kind}/{r}": (r, slot) for prefix in self.prefixes
                        for kind, slot in (("progress", obs.progress), ("hb", obs.heartbeats))
                        for r in range(obs.world_size)}
             values = read_keys(store, [*watched, *([] if obs.abort is not None else ["tp/abort"])])
+            found = {PREFIX if key.startswith(PREFIX) else "" for key in values if key in watched}
+            if found and len(self.prefixes) > 1:  # the ranks write under one of them: read only that from now on
+                self.prefixes = tuple(found)
             for key, (rank, slot) in watched.items():
                 if key in values:
                     raw = values[key].decode(errors="replace")
