@@ -105,7 +105,9 @@ def docs(doc: dict) -> str:
         "",
         "Each run breaks one rank on purpose (a catalog hang or desync proof, or an explore schedule) with "
         "PyTorch's Flight Recorder on (`TORCH_FR_BUFFER_SIZE`); every rank dumps it (`fr/fr_rank{R}` in the "
-        "run's report directory) at the hang probe, at a fatal exit and at a clean exit. The dumps go to "
+        "run's report directory) at the hang probe, at a fatal exit and at a clean exit. A hung run is read as "
+        "the ranks answered the probe (`fr_asked/`): reaping makes them dump again; a rank stopped by SIGSTOP "
+        "is read as having left no dump, as a user would find it. The dumps go to "
         "`torch.distributed.flight_recorder` as shipped (`read_dir`, `build_db`, with "
         "`--allow-incomplete-ranks`). The truth is the rank the harness broke and the first collective where "
         "that rank left the sequence a healthy run with the same settings calls (from the TP path's own "

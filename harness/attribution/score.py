@@ -16,13 +16,17 @@ GLOO_UNNAMED = "KeyError: ('0', "
 """How the analyzer fails on gloo dumps (the rank it started with follows): ``KeyError: ('0', 0)``."""
 
 
-def culprit(answer: dict, truth_rank: int) -> tuple[str, str]:
+def culprit(answer: dict, truth_rank: int, truth_seq: int | None = None) -> tuple[str, str]:
     """The analyzer's blamed ranks against ``truth_rank``: ``(verdict, why)``."""
     if not answer.get("ok"):
         return "none", _failed(answer)
     named = answer.get("culprits") or []
     if not named:
-        return "none", f"blames no rank: {_said(answer)}"
+        unseen = ""
+        if answer.get("how") == "every collective matched" and not answer.get("missing_dumps"):
+            unseen = ("; the fault changed values, and Flight Recorder records none" if truth_seq is None else
+                      "; what differs there is not recorded (a broadcast's root, which call it is, values)")
+        return "none", f"blames no rank: {_said(answer)}{unseen}"
     if named == [truth_rank]:
         return "right", ""
     where = f"seq {answer['seq']} {answer['op']} ({answer['how']})"
@@ -54,9 +58,11 @@ def score_case(*, truth_rank: int, truth: dict, answers: dict[str, dict], harnes
     """Every verdict of one run: the analyzer per mode (culprit, collective) and the harness (collective)."""
     out: dict = {"analyzer": {}}
     for mode, answer in answers.items():
-        c_verdict, c_why = culprit(answer, truth_rank)
+        c_verdict, c_why = culprit(answer, truth_rank, truth.get("seq"))
         if answer.get("ok"):
-            k_verdict, k_why = collective(answer.get("seq"), truth, who="the analyzer", said=_said(answer))
+            said = _said(answer)
+            k_verdict, k_why = collective(answer.get("seq"), truth, who="the analyzer",
+                                          said="(as above)" if said in c_why else said)
         else:
             k_verdict, k_why = "none", _failed(answer)
         out["analyzer"][mode] = {"culprit": c_verdict, "culprit_why": c_why, "collective": k_verdict,
@@ -80,7 +86,7 @@ def _said(answer: dict) -> str:
     how = answer.get("how") or ""
     said = [s for s in answer.get("said", []) if "tabulate" not in s]
     if how == "every collective matched" and said:
-        return said[0]
+        return said[0].split(". ")[0]
     if how == "every collective matched":
         missing = answer.get("missing_dumps") or []
         extra = f" (no dump from rank {', '.join(map(str, missing))})" if missing else ""
