@@ -47,3 +47,18 @@ def test_the_engine_command_runs_as_given_with_nothing_appended(tmp_path: Path) 
     assert proc.stdout.startswith("PASS adhoc (ws1): expected CLEAN, observed CLEAN"), proc.stdout
     logs = list((tmp_path / "reports").glob("*/adhoc-ws1/rank0.log"))
     assert '"argv": ["--mine"]' in logs[0].read_text()
+
+
+@pytest.mark.parametrize("expect, env, verdict", [("clean", "SALT=", "observed CLEAN"),
+                                                  ("diverge", "SALT=x", "observed DIVERGED")])
+def test_output_regex_names_the_output_a_clean_run_must_reproduce(tmp_path: Path, expect: str, env: str,
+                                                                  verdict: str) -> None:
+    """The engine prints no output_digest: rank 0's ``tokens: ...`` line is its output, compared with the
+    healthy run's (which gets no ``--env``): the same tokens are CLEAN, other tokens DIVERGED."""
+    engine = tmp_path / "engine.py"
+    engine.write_text("import os\nprint('loading', flush=True)\n"
+                      "print('tokens: [4, 41, 34]' + os.environ.get('SALT', ''), flush=True)\nprint('bye')\n")
+    proc = cli("--engine", f"python {engine}", "--output-regex", r"tokens: (\[.*)", "--expect", expect, "--env", env,
+               "--report-dir", str(tmp_path / "reports"), "--world-size", "1", "--deadline", "60", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert verdict in proc.stdout.splitlines()[0], proc.stdout
