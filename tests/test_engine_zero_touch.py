@@ -7,6 +7,7 @@ start-up (torch, DTensor), so the cases share one report run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -32,8 +33,9 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
                      tp_command=ENGINE, deadline_s=60.0, run_timeout_s=180.0, startup_deadline_s=120.0, cwd=ROOT)
 
 
-def _run(config: RunConfig, fault: str, expect: str):
+def _run(config: RunConfig, fault: str, expect: str, world_size: int | None = None):
     scenario = adhoc.scenario(faults=[fault] if fault else [], expect=expect, signatures=[], env=[])
+    scenario = dataclasses.replace(scenario, world_size=world_size)
     result = run_engine(scenario, config)
     pids = [r.pid for r in result.ranks if r.pid]
     assert pids, result.reason
@@ -92,3 +94,22 @@ def test_a_skipped_all_reduce_hangs_and_the_traces_part_where_it_was_skipped(con
     assert (at[0]["site"], at[1]["site"]) == ("all_reduce call 3", "all_reduce call 4")
     for rank in result.ranks:
         assert rank.stack, (rank.rank, rank.stack_note)
+
+
+def test_an_extra_all_reduce_hangs_and_the_traces_part_where_it_was_repeated(config: RunConfig) -> None:
+    result = _run(config, "collective.all_reduce=extra@rank=1,call=3", "hang")
+    assert result.observed == "HUNG", result.reason
+    traces = _traces(result)
+    sites = {r: {e["seq"]: e["site"] for e in doc["entries"]} for r, doc in traces.items()}
+    seq = SEQ_OF_THIRD_ALL_REDUCE
+    assert sites[0][seq] == sites[1][seq] == "all_reduce call 3"
+    assert (sites[0][seq + 1], sites[1][seq + 1]) == ("all_reduce call 4", "all_reduce call 3")
+
+
+def test_at_world_size_4_a_hang_in_rank_1_leaves_every_peer_in_that_collective(config: RunConfig) -> None:
+    result = _run(config, "collective.all_reduce=hang@rank=1,call=3", "hang", world_size=4)
+    assert result.observed == "HUNG", result.reason
+    assert result.divergence and result.divergence["seq"] == SEQ_OF_THIRD_ALL_REDUCE, result.divergence
+    for peer in (0, 2, 3):
+        assert f"rank {peer} in seq {SEQ_OF_THIRD_ALL_REDUCE} all_reduce" in result.reason
+    assert all(rank.stack for rank in result.ranks), [(r.rank, r.stack_note) for r in result.ranks]
