@@ -15,19 +15,27 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from harness import lifetime
 
 if TYPE_CHECKING:
     from harness.scenario import Scenario
 
 PROBE_TIMEOUT_S = 120.0
 """Bound on one question to the rank command (it may import torch: seconds on a busy box)."""
+REAP_S = 5.0
+"""How long the processes a question left behind may take to go once SIGKILLed (one stuck in the kernel)."""
+MAX_ANSWER_BYTES = 1 << 20
+"""What is read of one answer: its verdicts are a line per value."""
 
 
 _CANNOT_START = re.compile(r"No module named .*|can't open file .*|\S+: (command )?not found.*")
@@ -83,10 +91,76 @@ def fit_launch(command: tuple[str, ...], launch: str, *, chosen: bool) -> tuple[
 def _run(command: tuple[str, ...], args: list[str]) -> subprocess.CompletedProcess | str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
     try:
-        return subprocess.run([*command, *args], check=False, capture_output=True, text=True,
-                              timeout=PROBE_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        proc = Asked([*command, *args], env=env)
+    except OSError as exc:
         return f"{' '.join(command)!r} could not be asked: {type(exc).__name__}: {exc}"
+    code, out, err = proc.result(time.monotonic() + PROBE_TIMEOUT_S)
+    if code is None:
+        return _late(command)
+    return subprocess.CompletedProcess([*command, *args], code, out, err)
+
+
+def _late(command: tuple[str, ...]) -> str:
+    return (f"the rank command {' '.join(command)[:200]!r} did not answer --check-* within {PROBE_TIMEOUT_S:g} s; "
+            "it was killed with every process it started. A TP path answers at once (docs/CONTRACT.md §1): "
+            f"try '{' '.join(command)[:200]} --check-world-size 2' by hand")
+
+
+class Asked:
+    """One question to the rank command as a process of its own, answered within a deadline.
+
+    Its output goes to files, never pipes: a descendant that keeps them open (a helper the command
+    detached with ``setsid``) cannot hold the answer back, as a pipe's EOF would. Once it exits, or at
+    the deadline, whatever it started is killed and reaped: its session, its descendants, and what
+    carries its marker (``BREAKIT_LAUNCH``) having left both.
+    """
+
+    def __init__(self, argv: list[str], *, env: dict, cwd: Path | None = None) -> None:
+        self.marker = lifetime.launch_marker()
+        self._out = tempfile.TemporaryFile(prefix="harness-probe-")
+        self._err = tempfile.TemporaryFile(prefix="harness-probe-")
+        try:
+            self.proc = subprocess.Popen(argv, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
+                                         env={**env, lifetime.LAUNCH_ENV: self.marker}, cwd=cwd,
+                                         start_new_session=True)
+        except OSError:
+            self._out.close()
+            self._err.close()
+            raise
+
+    def result(self, give_up_at: float) -> tuple[int | None, str, str]:
+        """``(exit status, stdout, stderr)``; status None when it had not exited at ``give_up_at`` (killed)."""
+        try:
+            code: int | None = self.proc.wait(timeout=max(0.0, give_up_at - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            code = None
+        reap_marked(self.proc.pid, self.marker)
+        self.proc.wait()
+        return code, *(_read_all(f) for f in (self._out, self._err))
+
+
+def _read_all(fh) -> str:
+    with fh:
+        fh.seek(0)
+        return fh.read(MAX_ANSWER_BYTES).decode(errors="replace")
+
+
+def reap_marked(pid: int | None, marker: str) -> int:
+    """Kill and reap what a question left: process ``pid`` (while it runs), its session and descendants,
+    and every process carrying ``marker``. How many there were."""
+    import psutil
+
+    from harness.launch import reap
+
+    roots = []
+    try:
+        roots += [psutil.Process(pid)] if pid is not None else []
+    except psutil.NoSuchProcess:
+        pass
+    procs = reap.process_tree(roots, {pid} if pid is not None else set(), marker)
+    reap.signal_all(procs, signal.SIGKILL)
+    reap.wait_gone(procs, timeout_s=REAP_S)
+    return len(procs)
 
 
 def _json_lines(text: str, key: str) -> list[dict]:
@@ -122,19 +196,20 @@ class Pending:
         self.command, self.args = command, args
         self.labels = labels or {}
         """``(check, value)`` -> what a refusal names instead of the raw value (``proves 'x' of FM-01``)."""
-        self.proc: subprocess.Popen | None = None
+        self.proc: Asked | None = None
         self.error = ""
         self._forked: dict = {}
+        self.answer_at = time.monotonic() + PROBE_TIMEOUT_S
         if not args:
             return
         env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
         if launch == "zygote":
-            self._forked = {"done": threading.Event(), "dir": tempfile.TemporaryDirectory(prefix="harness-probe-")}
+            self._forked = {"done": threading.Event(), "dir": tempfile.TemporaryDirectory(prefix="harness-probe-"),
+                            "marker": lifetime.launch_marker()}
             threading.Thread(target=self._fork, args=(env, cwd or Path.cwd()), daemon=True).start()
             return
         try:
-            self.proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         stdin=subprocess.DEVNULL, text=True, env=env, cwd=cwd)
+            self.proc = Asked([*command, *args], env=env, cwd=cwd)
         except OSError as exc:
             self.error = f"{' '.join(command)!r} could not be asked: {type(exc).__name__}: {exc}"
 
@@ -152,18 +227,29 @@ class Pending:
 
         try:
             module, argv = zygote_module(self.command)
-            zygote.spawn(module=module, argv=[*argv, *self.args], env=env, cwd=str(cwd), log=str(log),
-                         on_exit=on_exit, timeout_s=PROBE_TIMEOUT_S)
+            forked["pid"] = zygote.spawn(module=module, argv=[*argv, *self.args], cwd=str(cwd), log=str(log),
+                                         env={**env, lifetime.LAUNCH_ENV: forked["marker"]}, on_exit=on_exit,
+                                         timeout_s=PROBE_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - any failure to ask means "did not answer"
             self.error = f"{' '.join(self.command)!r} could not be asked: {type(exc).__name__}: {exc}"
             forked["done"].set()
 
     def _forked_output(self) -> tuple[str, str, int | None] | None:
+        """What the question the zygote forked printed; None when it could not be asked. Raises Refused when it
+        did not answer in time (it and what it started are killed first)."""
         forked = self._forked
-        if not forked["done"].wait(timeout=PROBE_TIMEOUT_S) or self.error:
-            return None
+        done = forked["done"].wait(timeout=max(0.0, self.answer_at - time.monotonic()))
+        # Its exit is reported before the zygote reaps what it left: end that here, now.
+        reap_marked(forked.get("pid"), forked["marker"])
+        if not done:
+            forked["done"].wait(timeout=REAP_S)
         try:
-            out = forked["log"].read_text(errors="replace")
+            if not done:
+                raise Refused(_late(self.command))
+            if self.error:
+                return None
+            with forked["log"].open("rb") as fh:
+                out = fh.read(MAX_ANSWER_BYTES).decode(errors="replace")
         finally:
             forked["dir"].cleanup()
         return out, "", forked.get("code")
@@ -172,22 +258,17 @@ class Pending:
         """Wait for the verdicts; raise Refused with the first refusal."""
         if not self.args:
             return Answer(answered=True)
-        late = f"{' '.join(self.command)!r} did not answer in {PROBE_TIMEOUT_S:g} s"
         if self._forked:
             got = self._forked_output()
             if got is None:
-                return Answer(answered=False, note=self.error or late)
+                return Answer(answered=False, note=self.error)
             out, err, code = got
         elif self.proc is None:
             return Answer(answered=False, note=self.error)
         else:
-            try:
-                out, err = self.proc.communicate(timeout=PROBE_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.communicate()
-                return Answer(answered=False, note=late)
-            code = self.proc.returncode
+            code, out, err = self.proc.result(self.answer_at)
+            if code is None:
+                raise Refused(_late(self.command))
         verdicts = _json_lines(out, "check")
         cannot = _CANNOT_START.search(f"{out}\n{err}") if code else None
         if not verdicts and cannot:
