@@ -77,12 +77,13 @@ def first_flag(db) -> dict:
         blamed = sorted((c.mismatch_collectives or {}).keys())
         if c.pass_check and not missing:
             continue
-        how = "not all ranks joined" if missing else "; ".join(
-            str(m.type_of_mismatch) for m in (c.mismatch_collectives or {}).values()) or "failed its check"
+        how = "not all ranks joined" if missing else "; ".join(dict.fromkeys(
+            str(m.type_of_mismatch) for m in (c.mismatch_collectives or {}).values())) or "failed its check"
         return {"fr_seq": c.collective_seq_id, "seq": c.collective_seq_id - 1,
                 "op": str(c.collective_name).partition(":")[2] or str(c.collective_name),
-                "culprits": missing or blamed, "how": how}
-    return {"fr_seq": None, "seq": None, "op": None, "culprits": [], "how": "every collective matched"}
+                "culprits": missing or blamed, "how": how, "collectives": len(db.collectives)}
+    return {"fr_seq": None, "seq": None, "op": None, "culprits": [], "how": "every collective matched",
+            "collectives": len(db.collectives)}
 
 
 _heard: list[str] | None = None

@@ -23,7 +23,9 @@ def culprit(answer: dict, truth_rank: int, truth_seq: int | None = None) -> tupl
     named = answer.get("culprits") or []
     if not named:
         unseen = ""
-        if answer.get("how") == "every collective matched" and not answer.get("missing_dumps"):
+        if answer.get("collectives") == 0:
+            unseen = "; no entry: no rank entered a collective"
+        elif answer.get("how") == "every collective matched" and not answer.get("missing_dumps"):
             unseen = ("; the fault changed values, and Flight Recorder records none" if truth_seq is None else
                       "; what differs there is not recorded (a broadcast's root, which call it is, values)")
         return "none", f"blames no rank: {_said(answer)}{unseen}"
