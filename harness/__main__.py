@@ -8,7 +8,6 @@ iff every verdict passed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -17,9 +16,9 @@ import sys
 from pathlib import Path
 
 import harness
-from harness import adhoc, delta, engine, options, probe, report
+from harness import adhoc, cli_input, delta, engine, options, probe, report
 from harness.scenario import Scenario
-from harness.selection import CATALOG_HELP, UsageError, check_ids, load_scenarios
+from harness.selection import CATALOG_HELP, UsageError, load_scenarios
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,47 +120,6 @@ def cmd_failpoints(args: argparse.Namespace) -> int:
     return 0
 
 
-def _selected(args: argparse.Namespace) -> list[Scenario]:
-    """The scenarios ``run`` was asked for, fully validated (no rank started yet)."""
-    if args.fault and not args.expect:
-        raise UsageError("--fault needs --expect crash|clean|hang|diverge")
-    if args.ids and (args.fault or args.expect or args.signature):
-        raise UsageError("give scenario ids or an ad-hoc --fault/--expect, not both")
-    if args.env and not args.expect:
-        raise UsageError("--env belongs to an ad-hoc run: add --fault/--expect")
-    if args.signature and not args.expect:
-        raise UsageError("--signature belongs to an ad-hoc run: add --expect")
-    if args.chunks is not None and args.chunks < 1:
-        raise UsageError(f"invalid chunks '{args.chunks}' from --chunks: must be an integer >= 1")
-    try:
-        if args.expect:
-            scenarios = [adhoc.scenario(faults=args.fault, expect=args.expect, signatures=args.signature,
-                                        env=args.env)]
-        elif args.ids:
-            check_ids(args.ids)
-            catalog = load_scenarios(args.catalog)
-            scenarios = []
-            for wanted in args.ids:
-                found = [s for s in catalog if s.id == wanted or s.id.startswith(wanted + "/")]
-                if not found:
-                    known = ", ".join(s.id for s in catalog) or "none (no scenarios/test_*.py found)"
-                    raise UsageError(f"unknown scenario {wanted!r}; known: {known}")
-                scenarios += [s for s in found if s not in scenarios]
-        else:
-            scenarios = load_scenarios(args.catalog)
-            if not scenarios:
-                raise UsageError("the catalog holds no scenarios: give --catalog PATH (a module that defines "
-                                 "SCENARIOS, or a directory of them)")
-        overrides = {k: v for k, v in (("guardrails", args.guardrails), ("chunks", args.chunks)) if v is not None}
-        return [_replace(s, overrides) for s in scenarios]
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _replace(scenario: Scenario, overrides: dict) -> Scenario:
-    return dataclasses.replace(scenario, **overrides) if overrides else scenario
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         settings = {n: _setting(args, n) for n in ("world_size", "deadline", "stall", "launch", "backend", "device",
@@ -170,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     settings["launch"] = _fit_launch(args, settings)
     baseline = _baseline_dir(args.baseline)
-    scenarios = _selected(args)
+    scenarios = cli_input.selected(args)
     planned = [s for s in scenarios if not s.skip_reason(settings["world_size"])]
     for scenario in scenarios:
         if scenario not in planned:
@@ -202,7 +160,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         status.clear()
         _finish(run_dir, planned=len(planned), interrupted=True, baseline=baseline, selection=_asked(args))
         raise
+    except OSError as exc:  # the report directory filled up or went: the verdict in hand is printed, not lost
+        status.clear()
+        result = getattr(exc, "result", None)
+        if result is not None:
+            print(f"{result.verdict} {result.id} (ws{result.world_size}): {result.reason}")
+        _report_lost(run_dir, exc)
+        return 1
     return _finish(run_dir, planned=len(planned), interrupted=False, baseline=baseline, selection=_asked(args))
+
+
+def _report_lost(run_dir: Path, exc: OSError) -> None:
+    print(f"harness: could not write the report in {run_dir}: {type(exc).__name__}: {exc}; the run stopped there "
+          "and the verdicts above are all it has: free space there or pick another --report-dir", file=sys.stderr)
 
 
 def _asked(args: argparse.Namespace) -> str:
@@ -265,8 +235,12 @@ def _finish(run_dir: Path, *, planned: int, interrupted: bool, baseline: Path | 
     if not any(run_dir.glob("*/result.json")) and not interrupted:
         print("harness: nothing ran", file=sys.stderr)
         return 1
-    summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted, baseline=baseline,
-                                   selection=selection)
+    try:
+        summary = report.write_summary(run_dir, planned=planned, interrupted=interrupted, baseline=baseline,
+                                       selection=selection)
+    except OSError as exc:
+        _report_lost(run_dir, exc)
+        return 1
     if summary.overall != "INCOMPLETE":
         report.update_latest(run_dir)
     d = json.loads(summary.json_path.read_text()).get("delta") or {}

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 TRIGGERS = ("rank", "chunk", "call", "hit")
 MAX_SITE_LEN = 200
 """Longest failpoint name the harness passes on (a longer one is a mistake, not a site)."""
+MAX_TRIGGER = 2**63 - 1
+"""Largest trigger value: chunk indices, call ids and hit counts are int64 in the TP path (and on the wire)."""
 _SITE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z0-9_]+)+$")
 _ACTION = re.compile(r"^[a-z_]+(\([^();]*\))?$")
 _ENTRY = re.compile(r"^(?P<site>[^=@;\s]+)=(?P<action>[a-z_]+(?:\([^()]*\))?)(?:@(?P<triggers>.+))?$")
@@ -53,8 +55,10 @@ class Fault:
         for trig in TRIGGERS:
             value = getattr(self, trig)
             low = 1 if trig == "hit" else 0
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-                raise ValueError(f"{where}: {trig} must be an integer >= {low} or None; got {value!r}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not low <= value <= MAX_TRIGGER):
+                raise ValueError(f"{where}: {trig} must be an integer >= {low} and <= {MAX_TRIGGER} (int64) or None; "
+                                 f"got {_show(repr(value), 40)}")
 
     def spec(self) -> str:
         """This fault as a ``TP_FAILPOINTS`` entry, e.g. ``envelope.after_header=raise@rank=0,chunk=2``."""

@@ -7,6 +7,8 @@ reported with where it came from: ``invalid deadline '5x' from
 
 from __future__ import annotations
 
+import glob
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -50,6 +52,28 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _device(value: str) -> str:
+    """A device in ``DEVICES`` that this machine can give: ``cuda`` needs a GPU the ranks can open."""
+    value = _choice(DEVICES)(value)
+    if value == "cuda":
+        missing = no_gpu()
+        if missing:
+            raise ValueError(f"this machine has no GPU to put the ranks' tensors on ({missing}); use cpu or auto "
+                             "here, or run on a machine with a GPU")
+    return value
+
+
+def no_gpu() -> str:
+    """Why no rank started here could open a CUDA (or ROCm) device; "" when one could. Read from the device
+    nodes and ``CUDA_VISIBLE_DEVICES``, not from torch: the harness does not import torch to parse options."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+    if glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"):
+        return ""
+    return "no /dev/nvidia* or /dev/kfd device"
 
 
 def _path(value: str) -> Path:
@@ -121,7 +145,7 @@ OPTIONS: dict[str, Option] = {
                help="number of ranks per scenario, unless the scenario fixes it (default 2)"),
         Option(name="backend", metavar="NAME", label="backend", default="gloo", parse=_choice(BACKENDS),
                help="torch.distributed backend the ranks use: gloo (CPU) or nccl (one GPU per rank) (default gloo)"),
-        Option(name="device", metavar="NAME", label="device", default="auto", parse=_choice(DEVICES),
+        Option(name="device", metavar="NAME", label="device", default="auto", parse=_device,
                help="where the ranks' tensors live, passed as TP_DEVICE: cpu, cuda (gloo carries CUDA tensors, "
                     "so ranks may share one GPU), or auto to leave it to the TP path (cuda for nccl, cpu for "
                     "gloo) (default auto)"),

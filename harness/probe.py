@@ -333,7 +333,9 @@ def overlap_store_import(launch: str) -> None:
     none to pay: the zygote forks the store's host (``harness.store_host``).
     """
     if launch != "zygote":
-        import torch.distributed  # noqa: F401
+        from harness.launch.store import tcp_store_class
+
+        tcp_store_class()
 
 
 def check(command: tuple[str, ...], **inputs) -> Answer:

@@ -61,10 +61,22 @@ def _write_json(path: Path, doc: dict) -> None:
     tmp.replace(path)
 
 
+class ReportWriteError(OSError):
+    """A report file could not be written (a full filesystem, say); ``result`` is the verdict it was to hold,
+    so that the caller can still print it."""
+
+    def __init__(self, path: Path, cause: OSError, result: Result | None = None) -> None:
+        super().__init__(cause.errno, f"could not write {path}: {cause.strerror or cause}")
+        self.path, self.result = path, result
+
+
 def write_result(result: Result, directory: Path) -> Path:
-    """Write ``result.json`` (``"schema": 1``) into the scenario directory."""
+    """Write ``result.json`` (``"schema": 1``) into the scenario directory; ReportWriteError if it cannot."""
     path = directory / "result.json"
-    _write_json(path, result.to_json())
+    try:
+        _write_json(path, result.to_json())
+    except OSError as exc:
+        raise ReportWriteError(path, exc, result) from None
     return path
 
 

@@ -119,17 +119,15 @@ def test_nccl_reduces_float8_only_from_2_24_and_never_the_fnuz_pair(monkeypatch)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the refusal cannot happen here")
-def test_harness_device_option_reaches_every_rank(tmp_path):
-    """``--device cuda`` on a machine without CUDA: every rank must refuse it, which only happens if the
-    option reached each rank as TP_DEVICE (cpu is the default, so a cpu run could not tell)."""
+def test_harness_device_cuda_is_refused_where_no_gpu_is(tmp_path):
+    """``--device cuda`` on a machine without a GPU is the harness's refusal, in one line, before any rank starts
+    (each rank's own refusal of TP_DEVICE cuda is test_cuda_without_a_gpu_is_refused_before_any_rank_talks)."""
     proc = subprocess.run([sys.executable, "-m", "harness", "run", "CTL-healthy", "--device", "cuda", "-q",
                            "--report-dir", str(tmp_path)], cwd=REPO, text=True, capture_output=True, timeout=180,
                           env=_env())
-    assert proc.returncode != 0
-    logs = sorted((tmp_path / "latest" / "CTL-healthy-ws2").glob("rank*.log"))
-    assert len(logs) == 2
-    for log in logs:
-        assert "tensors on CUDA (TP_DEVICE cuda) but this machine has no usable CUDA device" in log.read_text()
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "invalid device 'cuda' from --device: this machine has no GPU" in proc.stderr
+    assert not list(tmp_path.iterdir()), "a run directory was made"
     bad = subprocess.run([sys.executable, "-m", "harness", "run", "CTL-healthy", "--device", "gpu"], cwd=REPO,
                          text=True, capture_output=True, timeout=60, env=_env())
     assert bad.returncode == 2 and "invalid device 'gpu'" in bad.stderr and "cuda" in bad.stderr

@@ -16,7 +16,8 @@ import psutil
 from harness import lifetime, store_host, zygote
 from harness.launch import reap, torchrun
 from harness.launch.spec import HOST, MODES, LaunchError, LaunchSpec, base_env, zygote_module
-from harness.launch.store import CLIENT_CONNECT_S, STORE_CALL_LIMIT_S, BoundedStore, free_port, host_store
+from harness.launch.store import (CLIENT_CONNECT_S, STORE_CALL_LIMIT_S, BoundedStore, free_port, host_store,
+                                  tcp_store_class)
 
 
 class Launch:
@@ -68,8 +69,7 @@ class Launch:
             self.store, self.port = self._host, self._host.port
             self._start_ranks(env, module, argv)
             return
-        from torch.distributed import TCPStore
-
+        TCPStore = tcp_store_class()  # noqa: N806 - the class, under its name
         if self.spec.mode in torchrun.NODES:
             self._start_torchrun(TCPStore)
             return

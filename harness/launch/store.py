@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import socket
+import sys
 
 from harness import store_host
 from harness.launch.spec import HOST
@@ -45,6 +47,30 @@ class BoundedStore:
                                    "the rank serving the store may be frozen") from None
 
         return call
+
+
+CPP_LOG_ENV = "TORCH_CPP_LOG_LEVEL"
+"""c10's C++ log level; read once, when torch loads."""
+
+
+def tcp_store_class():
+    """``torch.distributed.TCPStore``, torch loaded with c10's C++ log level at ERROR unless the user chose one.
+
+    The harness's own store client sees the server go whenever the process serving it exits (rank 0 under
+    srun, the agent under torchrun), and its next read fails, as the harness expects; c10d also logs that
+    read as a warning with a C++ stack (``TCPStore.cpp ... recvValue failed``) on the harness's terminal.
+    The variable is set only while torch loads: the ranks inherit the user's environment, and their logs
+    keep c10d's warnings (evidence).
+    """
+    if "torch" not in sys.modules and CPP_LOG_ENV not in os.environ:
+        os.environ[CPP_LOG_ENV] = "ERROR"
+        try:
+            import torch.distributed  # noqa: F401 - loaded here, with the log level set
+        finally:
+            del os.environ[CPP_LOG_ENV]
+    from torch.distributed import TCPStore
+
+    return TCPStore
 
 
 def host_store(tcp_store):
