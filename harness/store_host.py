@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import select
+import signal
 import socket
 import struct
 import sys
@@ -169,13 +170,19 @@ class _Host:
         line, _, self._buf = self._buf.partition(b"\n")
         return line
 
-    def close(self) -> None:
-        """The host exits when it reads our end's EOF."""
+    def close(self, *, kill: bool = False) -> None:
+        """The host exits when it reads our end's EOF; ``kill``: one that stopped reading (stuck, stopped) is
+        killed, with its session, instead of living on beside its successor until the zygote goes."""
         self.dead = self.dead or "closed"
         for end in (self._conn, self._log):
             try:
                 end.close()
             except OSError:
+                pass
+        if kill:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)  # the zygote made it a session leader; it reaps it
+            except OSError:  # gone already
                 pass
 
 
@@ -233,7 +240,7 @@ def open_store(spawn: Callable[..., int], host: str) -> HostedStore:
             except TimeoutError as exc:  # it went (its zygote went, or it was killed), or is stuck: one fresh try
                 if not _HOST.dead:  # silent for START_S: ending it also drops the store it may yet have opened
                     _HOST.dead = f"{exc}; given up"
-                    _HOST.close()
+                    _HOST.close(kill=True)
                 if attempt == 2:
                     raise HostError(str(exc)) from None
     raise AssertionError("unreachable")

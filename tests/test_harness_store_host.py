@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -173,8 +174,25 @@ def test_a_host_silent_through_an_open_is_replaced(forker, monkeypatch) -> None:
     try:
         fresh = store_host.open_store(forker.spawn, "127.0.0.1")
     finally:
-        stuck.resume()
+        with contextlib.suppress(psutil.NoSuchProcess):  # killed when given up
+            stuck.resume()
     assert fresh._host.pid != stuck.pid
     _client(fresh.port).set("k", "v")
     assert fresh.read(["k"]) == {"k": b"v"}
     assert wait_gone([stuck], timeout_s=10) == [], "the stuck host outlived being given up"
+
+
+def test_a_host_stuck_for_good_is_killed_when_given_up(forker, monkeypatch) -> None:
+    # Stopped and never resumed, it would never read the EOF that ends a host: it must not outlive being given up.
+    first = store_host.open_store(forker.spawn, "127.0.0.1")
+    stuck = psutil.Process(first._host.pid)
+    monkeypatch.setattr(store_host, "START_S", 0.5)
+    stuck.suspend()
+    try:
+        fresh = store_host.open_store(forker.spawn, "127.0.0.1")
+        assert wait_gone([stuck], timeout_s=10) == [], "the stuck host outlived being given up"
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            stuck.resume()
+    _client(fresh.port).set("k", "v")
+    assert fresh.read(["k"]) == {"k": b"v"}
