@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +42,8 @@ from harness import lifetime
 ExitCallback = Callable[[int, "int | None", "float | None"], None]
 PRELOAD = ("torch", "torch.distributed")
 """What the zygote imports before it forks anything."""
+KILL_WAIT_S = 5.0
+"""How long a SIGKILLed zygote may take to be reaped (one stuck in the kernel)."""
 ADDRESS_FILE = "zygote.addr"
 """In the shared directory: the path of the shared zygote's socket."""
 _ADDRESS_TMP = ADDRESS_FILE + ".tmp"
@@ -188,6 +191,7 @@ class Zygote:
         if not self._ready.wait(timeout=max(0.0, ready_at - time.monotonic())):
             with self._lock:  # the next shared() starts a fresh one instead of waiting on this one again
                 self._dead = self._dead or f"the zygote did not become ready within {timeout_s:g} s"
+            self._kill()
             raise ZygoteError(f"the zygote did not become ready within {timeout_s:g} s")
         slot = {"event": threading.Event(), "on_exit": on_exit}
         with self._lock:
@@ -209,6 +213,20 @@ class Zygote:
         if kind != "spawned":
             raise ZygoteError(value)
         return int(value)
+
+    def _kill(self) -> None:
+        """End a zygote this process started that is given up (stuck before ready): its session, reaped.
+        Nothing it forked outlives it (``PR_SET_PDEATHSIG``); one joined is its starter's to end."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)  # started in a session of its own
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout=KILL_WAIT_S)
+        except subprocess.TimeoutExpired:  # stuck in the kernel: nothing more a signal can do
+            pass
 
     def close(self) -> None:
         """Close our stream: the zygote kills our live ranks, and exits when no other harness uses it."""
