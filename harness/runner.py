@@ -84,18 +84,22 @@ def run_scenario(scenario: Scenario, config: RunConfig, *, deadline_s: float | N
 
 
 def _execute(scenario: Scenario, config: RunConfig, *, ws: int, deadline_s: float, log_dir: Path) -> Observation:
-    """Launch and supervise; a launch failure becomes a HARNESS_ERROR observation."""
+    """The contract TP path's ranks: its rank command with ``--chunks``/``--backend``, guardrails and device."""
     env = {
-        "TP_FAILPOINTS": scenario.failpoints(),
         "TP_GUARDRAILS": scenario.guardrails,
-        "TP_REPORT_DIR": str(log_dir),
         **({"TP_DEVICE": config.device} if config.device != "auto" else {}),
-        **scenario.env,
     }
-    spec = LaunchSpec(
-        command=(*config.tp_command, "--chunks", str(scenario.chunks), "--backend", config.backend),
-        world_size=ws, log_dir=log_dir, env=env, rank_env=scenario.rank_env, mode=config.launch, cwd=config.cwd,
-    )
+    command = (*config.tp_command, "--chunks", str(scenario.chunks), "--backend", config.backend)
+    return execute(scenario, config, ws=ws, deadline_s=deadline_s, log_dir=log_dir, command=command, env=env)
+
+
+def execute(scenario: Scenario, config: RunConfig, *, ws: int, deadline_s: float, log_dir: Path,
+            command: tuple[str, ...], env: dict[str, str]) -> Observation:
+    """Start ``command`` once per rank with ``env`` (plus the faults, the report dir and the scenario's own env)
+    and supervise it; a launch failure becomes a HARNESS_ERROR observation. Every kind of TP path runs here."""
+    env = {"TP_FAILPOINTS": scenario.failpoints(), "TP_REPORT_DIR": str(log_dir), **env, **scenario.env}
+    spec = LaunchSpec(command=command, world_size=ws, log_dir=log_dir, env=env, rank_env=scenario.rank_env,
+                      mode=config.launch, cwd=config.cwd)
     limits = Limits(deadline_s=deadline_s, run_timeout_s=scenario.run_timeout_s or config.run_timeout_s,
                     faults_armed=bool(scenario.faults), frozen=scenario.expect.frozen, stall_s=config.stall_s,
                     stall_ends_run=Outcome.HUNG in scenario.expect.outcomes, startup_s=config.startup_deadline_s)
@@ -118,6 +122,13 @@ def _execute(scenario: Scenario, config: RunConfig, *, ws: int, deadline_s: floa
 def healthy_baseline(config: RunConfig, *, world_size: int, chunks: int) -> Baseline:
     """The healthy run's digest for these settings, run once per run directory."""
     key = f"ws={world_size} chunks={chunks} backend={config.backend} device={config.device} cmd={' '.join(config.tp_command)}"
+    return cached_baseline(config, key, lambda index: _run_baseline(config, world_size=world_size, chunks=chunks,
+                                                                    index=index))
+
+
+def cached_baseline(config: RunConfig, key: str, run: Callable[[int], Baseline]) -> Baseline:
+    """``baseline.json``'s entry for ``key``, else ``run(index)``'s, stored there; under a file lock, so
+    pytest-xdist workers sharing a run directory run each baseline once between them."""
     config.run_dir.mkdir(parents=True, exist_ok=True)
     cache = config.run_dir / "baseline.json"
     with (config.run_dir / "baseline.lock").open("a") as lock:
@@ -126,7 +137,7 @@ def healthy_baseline(config: RunConfig, *, world_size: int, chunks: int) -> Base
             known = json.loads(cache.read_text()) if cache.exists() else {}
             if key in known:
                 return Baseline(**known[key])
-            base = _run_baseline(config, world_size=world_size, chunks=chunks, index=len(known))
+            base = run(len(known))
             known[key] = asdict(base)
             tmp = cache.with_suffix(".tmp")
             tmp.write_text(json.dumps(known, indent=2))
@@ -141,12 +152,18 @@ def _run_baseline(config: RunConfig, *, world_size: int, chunks: int, index: int
                         proves="control", expect=Expect.clean(), chunks=chunks, world_size=world_size)
     where = config.run_dir / "_baseline" / f"{index}-ws{world_size}-c{chunks}-{config.backend}-{config.device}"
     obs = _execute(scenario, config, ws=world_size, deadline_s=config.deadline_s, log_dir=where)
+    return judged_baseline(scenario, obs, config, where=where, backend=config.backend,
+                           codes=probe.exit_codes(config.tp_command))
+
+
+def judged_baseline(scenario: Scenario, obs: Observation, config: RunConfig, *, where: Path, backend: str,
+                    codes) -> Baseline:
+    """A healthy run's Baseline: its output digest if it ended CLEAN, else why it cannot serve as one."""
     final = logs.final_json(logs.read_text(obs.log_paths.get(0, where / "rank0.log")), "output_digest")
     digest = final.get("output_digest") if final else None
     result = judge(scenario, obs, deadline_s=config.deadline_s,
                    baseline=lambda: Baseline(ok=True, digest=digest, where=str(where)),
-                   meta={"backend": config.backend, "launch": config.launch, "dir": str(where)},
-                   codes=probe.exit_codes(config.tp_command))
+                   meta={"backend": backend, "launch": config.launch, "dir": str(where)}, codes=codes)
     if result.observed != Outcome.CLEAN.value:
         return Baseline(ok=False, reason=f"observed {result.observed}: {result.reason}", where=str(where))
     return Baseline(ok=True, digest=digest, where=str(where))

@@ -8,23 +8,18 @@ A CLEAN run must reproduce the healthy run's output, run once per world size and
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
 
-from harness import adhoc, logs, options, report
-from harness.engine.env import CODES, boot_env
+from harness import adhoc, options, report, runner
 from harness.engine.boot import _breakit_faults as faults
-from harness.launch import Launch, LaunchError, LaunchSpec
+from harness.engine.env import CODES, boot_env
 from harness.observation import Observation
 from harness.outcome import judge
-from harness.result import Baseline, Outcome, Result
+from harness.result import Baseline, Result
 from harness.scenario import Expect, Scenario
 from harness.selection import UsageError
-from harness.supervise import Limits, harness_signals, supervise
 
 LAUNCHES = ("subprocess", "srun", "torchrun", "torchrun-2node")
 """Launch modes that start the command afresh (the zygote forks a pre-imported interpreter: no sitecustomize)."""
@@ -34,9 +29,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     """``run --engine``: check every input, run the scenario, print the verdict, write the report."""
     engine, settings, scenario = _inputs(args)
     run_dir = settings["report_dir"] / report.run_dir_name()
-    from harness.runner import RunConfig
-
-    config = RunConfig(run_dir=run_dir, world_size=settings["world_size"], deadline_s=settings["deadline"],
+    config = runner.RunConfig(run_dir=run_dir, world_size=settings["world_size"], deadline_s=settings["deadline"],
                        stall_s=settings["stall"], launch=settings["launch"], tp_command=engine,
                        startup_deadline_s=settings["startup_deadline"])
     result = run_engine(scenario, config, output_regex=args.output_regex)
@@ -106,51 +99,21 @@ def run_engine(scenario: Scenario, config, *, output_regex: str | None = None,
 
 def execute(scenario: Scenario, config, *, ws: int, deadline_s: float, log_dir: Path,
             output_regex: str | None) -> Observation:
-    """Launch the engine's ranks with the bootstrap and supervise them."""
-    env = {"TP_FAILPOINTS": scenario.failpoints(), "TP_REPORT_DIR": str(log_dir), **boot_env(output_regex),
-           **scenario.env}
-    spec = LaunchSpec(command=tuple(config.tp_command), world_size=ws, log_dir=log_dir, env=env,
-                      rank_env=scenario.rank_env, mode=config.launch, cwd=config.cwd)
-    limits = Limits(deadline_s=deadline_s, run_timeout_s=scenario.run_timeout_s or config.run_timeout_s,
-                    faults_armed=bool(scenario.faults), frozen=scenario.expect.frozen, stall_s=config.stall_s,
-                    startup_s=config.startup_deadline_s)
-    launch = Launch(spec)
-    try:
-        with harness_signals():
-            try:
-                launch.start()
-            except LaunchError as exc:
-                now = time.monotonic()
-                return Observation(world_size=ws, pids=dict(launch.pids), log_paths=dict(launch.log_paths),
-                                   started_at=now, ended_at=now, harness_error=str(exc))
-            return supervise(launch, limits=limits, interrupt=scenario.interrupt, on_progress=config.on_progress)
-    finally:
-        launch.close()
+    """The engine's ranks: its command as given, with the bootstrap on their path."""
+    return runner.execute(scenario, config, ws=ws, deadline_s=deadline_s, log_dir=log_dir,
+                          command=tuple(config.tp_command), env=boot_env(output_regex))
 
 
 def healthy(config, *, world_size: int, output_regex: str | None) -> Baseline:
-    """The engine's healthy output at ``world_size``, run once per run directory (``engine_baseline.json``)."""
+    """The engine's healthy output at ``world_size``, run once per run directory (beside the TP path's)."""
     key = f"ws={world_size} engine={' '.join(config.tp_command)} regex={output_regex}"
-    cache = config.run_dir / "engine_baseline.json"
-    known = json.loads(cache.read_text()) if cache.exists() else {}
-    if key in known:
-        return Baseline(**known[key])
-    scenario = Scenario(id="baseline", fm="control", title="healthy engine run (no fault)", proves="control",
-                        expect=Expect.clean(), world_size=world_size)
-    where = config.run_dir / "_baseline" / f"engine-{len(known)}-ws{world_size}"
-    obs = execute(scenario, config, ws=world_size, deadline_s=config.deadline_s, log_dir=where,
-                  output_regex=output_regex)
-    final = logs.final_json(logs.read_text(obs.log_paths.get(0, where / "rank0.log")), "output_digest")
-    digest = final.get("output_digest") if final else None
-    result = judge(scenario, obs, deadline_s=config.deadline_s,
-                   baseline=lambda: Baseline(ok=True, digest=digest, where=str(where)),
-                   meta={"backend": "engine", "launch": config.launch, "dir": str(where)}, codes=CODES)
-    if result.observed != Outcome.CLEAN.value:
-        base = Baseline(ok=False, reason=f"observed {result.observed}: {result.reason}", where=str(where))
-    else:
-        base = Baseline(ok=True, digest=digest, where=str(where))
-    known[key] = asdict(base)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(known, indent=2))
-    tmp.replace(cache)
-    return base
+
+    def run(index: int) -> Baseline:
+        scenario = Scenario(id="baseline", fm="control", title="healthy engine run (no fault)", proves="control",
+                            expect=Expect.clean(), world_size=world_size)
+        where = config.run_dir / "_baseline" / f"engine-{index}-ws{world_size}"
+        obs = execute(scenario, config, ws=world_size, deadline_s=config.deadline_s, log_dir=where,
+                      output_regex=output_regex)
+        return runner.judged_baseline(scenario, obs, config, where=where, backend="engine", codes=CODES)
+
+    return runner.cached_baseline(config, key, run)
