@@ -20,7 +20,13 @@ import threading
 import time
 from datetime import timedelta
 
+from tp import codes
+
 FAILURE_GRACE_S = 10.0
+
+
+FOLLOWER_EXITS = tuple(codes.CODES[name].exit for name in ("PEER_LOST", "PEER_ABORT", "STORE_LOST"))
+"""Exit statuses of a rank that followed another's failure."""
 
 
 def spawn(*, world_size: int, argv: list[str]) -> int:
@@ -47,9 +53,10 @@ def spawn(*, world_size: int, argv: list[str]) -> int:
     while True:
         states = [p.poll() for p in procs]
         now = time.monotonic()
-        for rank, code in enumerate(states):
-            if code not in (None, 0) and first_failure is None:
-                first_failure = (rank, code)
+        failed = [(rank, code) for rank, code in enumerate(states) if code not in (None, 0)]
+        if failed and first_failure is None:
+            # Exits seen in one poll are unordered: a follower's code (a peer lost or aborted) is not the cause.
+            first_failure = min(failed, key=lambda rc: rc[1] in FOLLOWER_EXITS)
         if all(code is not None for code in states):
             break
         if kill_at is None and any(code is not None for code in states):

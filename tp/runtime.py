@@ -257,7 +257,8 @@ class Rank:
         if "startup" in cfg.guardrails:
             self.phase = startup.Phase(crash=self.crash, timeout_s=cfg.startup_timeout_s,
                                        doing=lambda: repr(self.progress.what),
-                                       die_via=lambda: self.watchdog.store if self.watchdog is not None else None)
+                                       die_via=lambda: self.watchdog.store if self.watchdog is not None else None,
+                                       watch=(lambda: startup.rank0_lost(cfg)) if cfg.host_store and not hosts else None)
             self.phase.start()
         addr = f"{cfg.master_addr}:{cfg.master_port}"
         self.progress.mark(f"serving the rendezvous store at {addr}" if hosts else f"connecting to the rendezvous store at {addr}")

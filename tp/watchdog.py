@@ -133,11 +133,12 @@ class Watchdog:
     def start(self) -> None:
         # Beat once before any collective can start: a peer that froze before the thread's first
         # beat would otherwise look "still starting" and get the long startup grace, not the timeout.
-        self.store.add(f"tp/hb/{self.rank}", 1)
         self.polled_at = time.monotonic()
         self._polling = True
+        self._sentinel.start()  # it watches this first beat too: a frozen store host blocks it with no bound
+        self.store.add(f"tp/hb/{self.rank}", 1)
+        self.polled_at = time.monotonic()
         self._thread.start()
-        self._sentinel.start()
 
     def recheck(self, *, within_s: float, leaving: bool) -> None:
         """Poll now; return once a poll that started after this call found no abort (bounded by ``within_s``).
