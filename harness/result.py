@@ -56,6 +56,8 @@ class Baseline:
     """Why the baseline is unusable (when ``ok`` is False)."""
     where: str = ""
     """Directory holding the baseline's rank logs."""
+    elapsed_s: float | None = None
+    """Launch to last exit of the healthy run (sizes an engine's deadline when none is given)."""
 
 
 @dataclass(kw_only=True)

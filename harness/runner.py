@@ -166,4 +166,4 @@ def judged_baseline(scenario: Scenario, obs: Observation, config: RunConfig, *, 
                    meta={"backend": backend, "launch": config.launch, "dir": str(where)}, codes=codes)
     if result.observed != Outcome.CLEAN.value:
         return Baseline(ok=False, reason=f"observed {result.observed}: {result.reason}", where=str(where))
-    return Baseline(ok=True, digest=digest, where=str(where))
+    return Baseline(ok=True, digest=digest, where=str(where), elapsed_s=round(obs.ended_at - obs.started_at, 3))

@@ -62,3 +62,28 @@ def test_output_regex_names_the_output_a_clean_run_must_reproduce(tmp_path: Path
                "--report-dir", str(tmp_path / "reports"), "--world-size", "1", "--deadline", "60", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert verdict in proc.stdout.splitlines()[0], proc.stdout
+
+
+def test_without_a_deadline_an_engine_gets_a_multiple_of_its_healthy_run(tmp_path: Path) -> None:
+    """An engine whose healthy run outlasts the default deadline is CLEAN, not HUNG: its deadline is measured.
+
+    The stand-in's work is a 2.5 s sleep (its workload, not synchronisation); the floor is 1 s, so a fixed
+    deadline calls it HUNG while it works, and the measured one (3 x its healthy run) lets it finish.
+    """
+    from harness.engine import run as engine_run
+    from harness.runner import RunConfig
+    from harness.scenario import Expect, Scenario
+
+    engine = tmp_path / "slow_engine.py"
+    engine.write_text("import json, time\nimport torch.distributed as dist\n"
+                      "dist.init_process_group('gloo')\n"  # the bootstrap's init event: the deadline counts from it
+                      "time.sleep(2.5)\ndist.barrier()\n"
+                      "print(json.dumps({'output_digest': 'ab12'}), flush=True)\ndist.destroy_process_group()\n")
+    config = RunConfig(run_dir=tmp_path / "run", world_size=2, deadline_s=1.0, launch="subprocess",
+                       tp_command=(sys.executable, str(engine)), cwd=tmp_path)
+    scenario = Scenario(id="slow", fm="control", title="a healthy engine slower than the floor", proves="control",
+                        expect=Expect.clean())
+    result = engine_run.run_engine(scenario, config)
+    assert result.observed == "CLEAN" and result.passed, result.reason
+    fixed = engine_run.run_engine(scenario, config, deadline_s=1.0)
+    assert fixed.observed == "HUNG", f"a given deadline is the bound, measured or not: {fixed.reason}"

@@ -21,6 +21,10 @@ from harness.result import Baseline, Result
 from harness.scenario import Expect, Scenario
 from harness.selection import UsageError
 
+DEADLINE_FACTOR = 3.0
+"""Without ``--deadline``, an engine's deadline is this many times its measured healthy run (at least the
+default): an engine's run takes what it takes (loading, compiling, a loaded box), and a fixed 8 s judged a
+healthy engine HUNG while it was still tearing down."""
 LAUNCHES = ("subprocess", "srun", "torchrun", "torchrun-2node")
 """Launch modes that start the command afresh (the zygote forks a pre-imported interpreter: no sitecustomize)."""
 
@@ -32,7 +36,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
     config = runner.RunConfig(run_dir=run_dir, world_size=settings["world_size"], deadline_s=settings["deadline"],
                        stall_s=settings["stall"], launch=settings["launch"], tp_command=engine,
                        startup_deadline_s=settings["startup_deadline"])
-    result = run_engine(scenario, config, output_regex=args.output_regex)
+    result = run_engine(scenario, config, output_regex=args.output_regex,
+                        deadline_s=settings["deadline"] if args.deadline is not None else None)
     print(f"{result.verdict} {result.id} (ws{result.world_size}): {result.reason}")
     if not result.passed:
         print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
@@ -84,9 +89,18 @@ def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:
 
 def run_engine(scenario: Scenario, config, *, output_regex: str | None = None,
                deadline_s: float | None = None) -> Result:
-    """Run ``scenario`` against the engine ``config.tp_command`` (started as given) and judge it."""
+    """Run ``scenario`` against the engine ``config.tp_command`` (started as given) and judge it.
+
+    Deadline: ``deadline_s`` (given) > ``scenario.deadline_s`` > ``DEADLINE_FACTOR`` x the healthy run's time,
+    at least ``config.deadline_s``; the healthy run is then measured first (it is needed for CLEAN anyway)."""
     ws = scenario.world_size or config.world_size
-    deadline = deadline_s or scenario.deadline_s or config.deadline_s
+    deadline = deadline_s or scenario.deadline_s
+    if deadline is None:
+        base = healthy(config, world_size=ws, output_regex=output_regex)
+        deadline = max(config.deadline_s, DEADLINE_FACTOR * base.elapsed_s) if base.elapsed_s else config.deadline_s
+        if config.on_progress:
+            config.on_progress(f"deadline {deadline:.1f} s: {DEADLINE_FACTOR:g} x the healthy run's "
+                               f"{base.elapsed_s} s (at least {config.deadline_s:g} s)")
     sdir = report.scenario_dir(config.run_dir, scenario.id, ws)
     obs = execute(scenario, config, ws=ws, deadline_s=deadline, log_dir=sdir, output_regex=output_regex)
     result = judge(scenario, obs, deadline_s=deadline,
@@ -112,7 +126,8 @@ def healthy(config, *, world_size: int, output_regex: str | None) -> Baseline:
         scenario = Scenario(id="baseline", fm="control", title="healthy engine run (no fault)", proves="control",
                             expect=Expect.clean(), world_size=world_size)
         where = config.run_dir / "_baseline" / f"engine-{index}-ws{world_size}"
-        obs = execute(scenario, config, ws=world_size, deadline_s=config.deadline_s, log_dir=where,
+        # Bounded by the run timeout, not the deadline: this run is what the deadline is measured from.
+        obs = execute(scenario, config, ws=world_size, deadline_s=config.run_timeout_s, log_dir=where,
                       output_regex=output_regex)
         return runner.judged_baseline(scenario, obs, config, where=where, backend="engine", codes=CODES)
 
