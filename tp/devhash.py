@@ -19,7 +19,6 @@ on a GPU by ``python -m benchmarks.gpu``).
 
 from __future__ import annotations
 
-
 import torch
 
 DEVICE_MIN_BYTES = 256 * 1024

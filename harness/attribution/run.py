@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from importlib import metadata
 from collections.abc import Callable
 from dataclasses import replace
+from importlib import metadata
 from pathlib import Path
 
 from harness import trace

@@ -16,8 +16,14 @@ import psutil
 from harness import lifetime, store_host, zygote
 from harness.launch import reap, torchrun
 from harness.launch.spec import HOST, MODES, LaunchError, LaunchSpec, base_env, zygote_module
-from harness.launch.store import (CLIENT_CONNECT_S, STORE_CALL_LIMIT_S, BoundedStore, free_port, host_store,
-                                  tcp_store_class)
+from harness.launch.store import (
+    CLIENT_CONNECT_S,
+    STORE_CALL_LIMIT_S,
+    BoundedStore,
+    free_port,
+    host_store,
+    tcp_store_class,
+)
 
 
 class Launch:
