@@ -248,3 +248,12 @@ def test_rank0_frozen_during_startup_ends_its_peers_at_once(ranks):
     for tag in ("1", "2", "3"):
         assert launch.exited_at[tag] - frozen_at < CAUSE_BOUND_S, f"rank {tag}: {launch.text(tag)[-1500:]}"
         assert re.search(r"code=(STORE_LOST|PEER_LOST|PEER_ABORT) rank=\d cause_rank=0 ", launch.fatal(tag))
+
+
+def test_a_clean_end_takes_rank0s_note_away(ranks):
+    # The next job on this port must not read a finished job's note as its own rank 0's loss.
+    launch = ranks()
+    for rank in range(WORLD_SIZE):
+        launch.start(rank)
+    assert launch.wait_exits([str(r) for r in range(WORLD_SIZE)]) == {str(r): 0 for r in range(WORLD_SIZE)}
+    assert not (Path(tempfile.gettempdir()) / f"tp-store-127.0.0.1-{launch.port}.pid").exists()

@@ -301,6 +301,8 @@ class Rank:
                                       within_s=HOST_DONE_WAIT_S)
                 if late:
                     log.info(f"ranks {late} not done {HOST_DONE_WAIT_S} s after this rank; the store goes down now")
+                if self.phase is not None:
+                    startup.forget_served(cfg)
         log.event("result", rank=cfg.rank, output_digest=self.rules.outputs.hexdigest()[:16], calls=self.calls,
                   **{k: v for k, v in summary.items() if k not in ("output_digest", "calls")})
         flight.dump("exit")

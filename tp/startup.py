@@ -238,6 +238,14 @@ def _mark_served(cfg) -> None:
         log.info(f"could not write {path}: {exc}")
 
 
+def forget_served(cfg) -> None:
+    """A clean end takes the note away: the next job on this port must not read it as this one's loss."""
+    try:
+        os.unlink(_served_file(cfg))
+    except OSError:
+        pass
+
+
 def _served_and_left(cfg, *, stopped: bool = False) -> int | None:
     """The pid of a store host of this address on this host, noted since this job started, that no longer runs
     (with ``stopped``: or is frozen)."""
