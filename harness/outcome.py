@@ -43,7 +43,8 @@ def judge(
     anchor_mono, anchor = obs.anchor()
 
     digests: dict = {"per_rank": {r.rank: r.output_digest for r in ranks if r.output_digest}}
-    observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes, killed)
+    observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes, killed,
+                             engine=meta.get("backend") == "engine")
     ttc = _time_to_crash(obs, anchor_mono) if observed is Outcome.CRASHED else None
     divergence = _divergence(obs, ranks, texts) if observed in _TRACED else None
     if divergence is not None:
@@ -150,7 +151,8 @@ def _rank_result(rank: int, obs: Observation, text: str) -> RankResult:
     )
 
 
-def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=None) -> tuple[Outcome, str]:
+def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=None,
+             engine=False) -> tuple[Outcome, str]:
     """The observed outcome and, for the reason, why it was classed so."""
     if obs.harness_error:
         return Outcome.HARNESS_ERROR, obs.harness_error
@@ -168,7 +170,7 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
             "; ".join(f"rank {r} (pid {obs.pids.get(r)}) was {how}" for r, how in sorted(killed.items()))
             + ": the harness's doing, not the TP path's, so this run proves nothing about it")
     if any(r.returncode != 0 for r in ranks):
-        unproven = evidence.unproven_crash(scenario, obs, ranks, texts, codes)
+        unproven = evidence.unproven_crash(scenario, obs, ranks, texts, codes, engine=engine)
         return (Outcome.HARNESS_ERROR, unproven) if unproven else (Outcome.CRASHED, "")
     per_rank = digests["per_rank"]
     if len(set(per_rank.values())) > 1:

@@ -87,3 +87,19 @@ def test_without_a_deadline_an_engine_gets_a_multiple_of_its_healthy_run(tmp_pat
     assert result.observed == "CLEAN" and result.passed, result.reason
     fixed = engine_run.run_engine(scenario, config, deadline_s=1.0)
     assert fixed.observed == "HUNG", f"a given deadline is the bound, measured or not: {fixed.reason}"
+
+
+def test_an_engine_that_gloo_aborts_on_a_desync_has_crashed(tmp_path: Path) -> None:
+    """An unmodified engine promised no contract: its own SIGABRT after the fault fired is how it crashed.
+
+    Rank 1 skips its first all_reduce, so its second (4096 floats) meets rank 0's first (4): gloo's size
+    check aborts the smaller receiver. Judged as a contract TP path, that SIGABRT would be HARNESS_ERROR.
+    """
+    engine = tmp_path / "abort_engine.py"
+    engine.write_text("import json, torch, torch.distributed as dist\ndist.init_process_group('gloo')\n"
+                      "dist.all_reduce(torch.ones(4))\ndist.all_reduce(torch.ones(4096))\n"
+                      "print(json.dumps({'output_digest': 'same'}), flush=True)\ndist.destroy_process_group()\n")
+    proc = cli("--engine", f"python {engine}", "--fault", "collective.all_reduce=skip@rank=1,call=1",
+               "--expect", "crash", "--deadline", "60", "--report-dir", str(tmp_path / "reports"), cwd=tmp_path)
+    assert proc.returncode == 0 and "observed CRASHED" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "SIGABRT" in proc.stdout
