@@ -46,7 +46,8 @@ def unproven_crash(scenario: Scenario, obs: Observation, ranks: list[RankResult]
             continue
         off = off_contract(r, texts.get(r.rank, ""), codes, scenario)
         if off:
-            last = next((ln for ln in reversed(r.log_tail) if ln.strip()), "(empty log)")
+            last = next((ln for ln in reversed(r.log_tail) if ln.strip() and not ln.startswith(("TP-EVENT ", "TP-TRACE "))),
+                        "(empty log)")  # the rank's own last words, not an event line the bootstrap added
             problems.append(f"rank {r.rank} {r.exit} {off}; its last line: {last[:300]}")
     if not problems:
         return ""

@@ -171,3 +171,12 @@ def test_every_collective_is_seen_once_whichever_api_issued_it_and_the_trace_nam
         trace = json.loads((tmp_path / f"flight_rank{rank}.json").read_text())
         sites = [e["site"].rpartition(" call ")[0] for e in trace["entries"]]
         assert sites == common * 2, sites  # gloo's recorder keeps no p2p op: the rest still line up
+
+
+def test_an_exit_the_bootstrap_did_not_see_has_no_code_in_its_exit_event(tmp_path: Path) -> None:
+    """``raise SystemExit("...")`` skips sys.exit and the excepthook: the event must not claim exit 0."""
+    proc = subprocess.run([sys.executable, "-c", "raise SystemExit('world size 3 does not divide 8 heads')"],
+                          env=_env(TP_REPORT_DIR=str(tmp_path)), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "does not divide" in proc.stderr
+    events = [json.loads(ln.split(" ", 1)[1]) for ln in proc.stdout.splitlines() if ln.startswith("TP-EVENT ")]
+    assert events[-1]["event"] == "exit" and events[-1]["code"] is None, events[-1]

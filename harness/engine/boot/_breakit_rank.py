@@ -40,7 +40,7 @@ FATAL_CODE = "UNCAUGHT_EXCEPTION"
 """The one fatal code the bootstrap prints; its exit status is the interpreter's for an uncaught exception."""
 FATAL_EXIT = 1
 
-_state = {"rank": 0, "world_size": 1, "init": False, "fatal": False, "exit_code": 0, "library": None,
+_state = {"rank": 0, "world_size": 1, "init": False, "fatal": False, "exit_code": None, "library": None,
           "injector": None}
 _print_lock = threading.Lock()
 
@@ -227,4 +227,6 @@ def _at_exit() -> None:
         digest = hashlib.sha256(out.match.encode()).hexdigest()[:16]
         emit("", json.dumps({"output_digest": digest, "output": out.match[:200], "source": "--output-regex"}))
     _write_flight(f"TP-FATAL {FATAL_CODE}" if _state["fatal"] else "exit")
+    # None: the engine ended without sys.exit or an uncaught exception the bootstrap saw (returning from its
+    # script, or ``raise SystemExit(...)``, which skips both); the process's own exit status is the truth.
     event("exit", code=_state["exit_code"])
