@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+DIAGNOSE = {"PYTHONFAULTHANDLER": "1"}
+"""Env for the interrupted process: a run that ignores its interrupt is then asked for its stacks (SIGABRT)."""
 PARKED = "TP-FAULT site=fake.chunk action=hang"
 """What a stand-in rank prints as it parks in a ``hang`` fault (fixtures/ranks/fake_tp.py)."""
 
@@ -38,8 +40,38 @@ def interrupt_when_parked(proc: subprocess.Popen, reports: Path, log_pattern: st
     try:
         wait_for_line(proc, reports, log_pattern, PARKED, within_s=within_s)
         proc.send_signal(signal.SIGINT)
-        return proc.communicate(timeout=within_s)
+        return communicate_or_explain(proc, within_s)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def communicate_or_explain(proc: subprocess.Popen, within_s: float) -> tuple[str, str]:
+    """``proc.communicate``; if it outlives ``within_s``, fail with where it was stuck: its process tree and, when
+    started with ``DIAGNOSE``, every thread's Python stack (faulthandler's dump on SIGABRT)."""
+    try:
+        return proc.communicate(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        tree = _tree(proc.pid)
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        raise AssertionError(f"the interrupted process did not exit within {within_s:g} s of SIGINT; its tree:\n"
+                             f"{tree}\nits output and stacks:\n{(out or '')[-4000:]}\n{(err or '')[-8000:]}") from None
+
+
+def _tree(pid: int) -> str:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return "(gone)"
+    lines = []
+    for p in procs:
+        try:
+            lines.append(f"{p.pid} ppid={p.ppid()} {p.status()} {' '.join(p.cmdline())[:160]}")
+        except psutil.Error:
+            continue
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from interrupting import PARKED, wait_for_line
+from interrupting import DIAGNOSE, PARKED, communicate_or_explain, wait_for_line
 
 from harness.launch import wait_gone
 
@@ -60,7 +60,7 @@ def test_interrupted_pytest_leaves_no_rank_alive(tmp_path: Path, sig: signal.Sig
     pids = tmp_path / "pids"
     pids.mkdir()
     (tmp_path / "test_hang.py").write_text(TEST_MODULE.format(pids=str(pids), child=child))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(RANKS)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(RANKS)]), **DIAGNOSE}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "harness.plugin", "-p", "no:cacheprovider", "-q",
          "--breakit-tp-command", "python -m fake_tp", f"--breakit-launch={launch}",
@@ -73,7 +73,7 @@ def test_interrupted_pytest_leaves_no_rank_alive(tmp_path: Path, sig: signal.Sig
         # The state the test interrupts: the ranks up and rank 1 parked in its hang (not still starting).
         wait_for_line(proc, tmp_path / "reports", "*/FM-14_hang-ws2/rank1.log", PARKED, within_s=60)
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=60)  # Ctrl-C ignored would be forever; 60 s is a starved box
+        out, _ = communicate_or_explain(proc, 60)  # Ctrl-C ignored would be forever; 60 s is a starved box
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -10,6 +10,7 @@ import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import interrupting
 import pytest
 from interrupting import interrupt_when_parked
 
@@ -74,7 +75,7 @@ def test_interrupted_session_is_incomplete_everywhere(tester: pytest.Pytester) -
     out_dir = tester.path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", *FAKE, "--breakit-report-dir=out", "--junitxml=junit.xml", "-p",
-         "no:randomly"], cwd=tester.path, env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+         "no:randomly"], cwd=tester.path, env={**os.environ, **interrupting.DIAGNOSE}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     out, _ = interrupt_when_parked(proc, out_dir, "*/CTL-b-ws2/rank1.log")
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
