@@ -13,6 +13,17 @@ import subprocess
 import time
 from pathlib import Path
 
+
+def takes_ctrl_c() -> None:
+    """``preexec_fn`` for the process a test interrupts: SIGINT at its default, as in a user's terminal.
+
+    A child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt handler: a test run
+    from a background job of a non-interactive shell (bash ignores SIGINT for ``cmd &``) saw the harness
+    sit out every Ctrl-C, which it is right to do there (``nohup`` means exactly that), so the test sets up
+    the terminal it means instead of inheriting whatever the CI job's shell did."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 DIAGNOSE = {"PYTHONFAULTHANDLER": "1"}
 """Env for the interrupted process: a run that ignores its interrupt is then asked for its stacks (SIGABRT)."""
 PARKED = "TP-FAULT site=fake.chunk action=hang"

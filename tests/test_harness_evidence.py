@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from interrupting import DIAGNOSE, interrupt_when_parked
+from interrupting import DIAGNOSE, interrupt_when_parked, takes_ctrl_c
 
 REPO = Path(__file__).resolve().parent.parent
 RANKS = REPO / "fixtures" / "ranks"
@@ -211,7 +211,7 @@ CATALOG = textwrap.dedent("""
 def test_an_interrupted_cli_run_is_incomplete_and_latest_stays(tmp_path) -> None:
     (tmp_path / "test_cat.py").write_text(CATALOG)
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "CTL-0", "CTL-1", "CTL-2", "--catalog",
-                             "test_cat.py", *FAKE], cwd=tmp_path, env=_env(tmp_path, **DIAGNOSE), text=True,
+                             "test_cat.py", *FAKE], cwd=tmp_path, env=_env(tmp_path, **DIAGNOSE), text=True, preexec_fn=takes_ctrl_c,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = interrupt_when_parked(proc, tmp_path / "reports", "*/CTL-1-ws2/rank1.log")
     assert proc.returncode == 130, out + err

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from interrupting import DIAGNOSE, PARKED, communicate_or_explain, wait_for_line
+from interrupting import DIAGNOSE, PARKED, communicate_or_explain, takes_ctrl_c, wait_for_line
 
 from harness.launch import wait_gone
 
@@ -65,7 +65,7 @@ def test_interrupted_pytest_leaves_no_rank_alive(tmp_path: Path, sig: signal.Sig
         [sys.executable, "-m", "pytest", "-p", "harness.plugin", "-p", "no:cacheprovider", "-q",
          "--breakit-tp-command", "python -m fake_tp", f"--breakit-launch={launch}",
          f"--breakit-report-dir={tmp_path / 'reports'}", "test_hang.py"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=takes_ctrl_c,
     )
     try:
         started = _wait_for_files(pids, 4, timeout_s=60)  # 2 ranks + their grandchildren
