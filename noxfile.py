@@ -49,8 +49,9 @@ def tests(session: nox.Session) -> None:
     """Unit tests of tp/ and harness/, plugin and CLI black-box tests."""
     _install(session)
     # Two workers: many tests start real ranks and spend their time waiting on them.
+    # --durations: every CI log says where the time goes, so the suite's cost is read, not guessed.
     session.run("python", "-m", "pytest", "tests", "-n", "2", "--dist", "loadgroup", "-m", "not world_size_8",
-                *session.posargs)
+                "--durations=25", *session.posargs)
 
 
 # Every launch door users have, each through the scenarios that lose a rank or desync the plan.
