@@ -14,18 +14,18 @@ import time
 from pathlib import Path
 
 
-def takes_ctrl_c() -> None:
-    """``preexec_fn`` for the process a test interrupts: SIGINT at its default, as in a user's terminal.
+def start(argv: list[str], *, env: dict, **popen) -> subprocess.Popen:
+    """Start the process a test will Ctrl-C, as a user's terminal would run it, and ready to explain itself.
 
-    A child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt handler: a test run
-    from a background job of a non-interactive shell (bash ignores SIGINT for ``cmd &``) saw the harness
-    sit out every Ctrl-C, which it is right to do there (``nohup`` means exactly that), so the test sets up
-    the terminal it means instead of inheriting whatever the CI job's shell did."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    SIGINT is set back to its default in the child: a child inherits an ignored SIGINT, and Python then
+    installs no KeyboardInterrupt handler, so a test run from a background job of a non-interactive shell
+    (bash ignores SIGINT for ``cmd &``) saw the harness sit out every Ctrl-C, which it is right to do there
+    (``nohup`` means exactly that). faulthandler is on, so a run that outlives its interrupt can be asked
+    for every thread's stack (``communicate_or_explain``)."""
+    return subprocess.Popen(argv, env={**env, "PYTHONFAULTHANDLER": "1"}, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
-DIAGNOSE = {"PYTHONFAULTHANDLER": "1"}
-"""Env for the interrupted process: a run that ignores its interrupt is then asked for its stacks (SIGABRT)."""
 PARKED = "TP-FAULT site=fake.chunk action=hang"
 """What a stand-in rank prints as it parks in a ``hang`` fault (fixtures/ranks/fake_tp.py)."""
 
@@ -60,7 +60,7 @@ def interrupt_when_parked(proc: subprocess.Popen, reports: Path, log_pattern: st
 
 def communicate_or_explain(proc: subprocess.Popen, within_s: float) -> tuple[str, str]:
     """``proc.communicate``; if it outlives ``within_s``, fail with where it was stuck: its process tree and, when
-    started with ``DIAGNOSE``, every thread's Python stack (faulthandler's dump on SIGABRT)."""
+    begun by ``start``, every thread's Python stack (faulthandler's dump on SIGABRT)."""
     try:
         return proc.communicate(timeout=within_s)
     except subprocess.TimeoutExpired:

@@ -14,9 +14,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import interrupting
 import psutil
 import pytest
-from interrupting import DIAGNOSE, interrupt_when_parked, takes_ctrl_c
+from interrupting import interrupt_when_parked
 
 REPO = Path(__file__).resolve().parent.parent
 RANKS = REPO / "fixtures" / "ranks"
@@ -210,9 +211,9 @@ CATALOG = textwrap.dedent("""
 
 def test_an_interrupted_cli_run_is_incomplete_and_latest_stays(tmp_path) -> None:
     (tmp_path / "test_cat.py").write_text(CATALOG)
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "CTL-0", "CTL-1", "CTL-2", "--catalog",
-                             "test_cat.py", *FAKE], cwd=tmp_path, env=_env(tmp_path, **DIAGNOSE), text=True, preexec_fn=takes_ctrl_c,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = interrupting.start([sys.executable, "-m", "harness", "run", "CTL-0", "CTL-1", "CTL-2", "--catalog",
+                               "test_cat.py", *FAKE], cwd=tmp_path, env=_env(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = interrupt_when_parked(proc, tmp_path / "reports", "*/CTL-1-ws2/rank1.log")
     assert proc.returncode == 130, out + err
     assert "INCOMPLETE (1 of 3 ran" in err and "'latest' not moved" in err, err

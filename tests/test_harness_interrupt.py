@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from interrupting import DIAGNOSE, PARKED, communicate_or_explain, takes_ctrl_c, wait_for_line
+from interrupting import PARKED, communicate_or_explain, start, wait_for_line
 
 from harness.launch import wait_gone
 
@@ -60,12 +60,12 @@ def test_interrupted_pytest_leaves_no_rank_alive(tmp_path: Path, sig: signal.Sig
     pids = tmp_path / "pids"
     pids.mkdir()
     (tmp_path / "test_hang.py").write_text(TEST_MODULE.format(pids=str(pids), child=child))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(RANKS)]), **DIAGNOSE}
-    proc = subprocess.Popen(
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(RANKS)])}
+    proc = start(
         [sys.executable, "-m", "pytest", "-p", "harness.plugin", "-p", "no:cacheprovider", "-q",
          "--breakit-tp-command", "python -m fake_tp", f"--breakit-launch={launch}",
          f"--breakit-report-dir={tmp_path / 'reports'}", "test_hang.py"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=takes_ctrl_c,
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
         started = _wait_for_files(pids, 4, timeout_s=60)  # 2 ranks + their grandchildren

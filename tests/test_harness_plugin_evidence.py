@@ -73,10 +73,9 @@ PARKS_SECOND = textwrap.dedent("""
 def test_interrupted_session_is_incomplete_everywhere(tester: pytest.Pytester) -> None:
     tester.makepyfile(test_ctl=PARKS_SECOND)
     out_dir = tester.path / "out"
-    proc = subprocess.Popen(
+    proc = interrupting.start(
         [sys.executable, "-m", "pytest", *FAKE, "--breakit-report-dir=out", "--junitxml=junit.xml", "-p",
-         "no:randomly"], cwd=tester.path, env={**os.environ, **interrupting.DIAGNOSE}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, preexec_fn=interrupting.takes_ctrl_c)
+         "no:randomly"], cwd=tester.path, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, _ = interrupt_when_parked(proc, out_dir, "*/CTL-b-ws2/rank1.log")
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     assert "breakit INCOMPLETE (1 of 3 ran" in out and "'latest' not moved" in out, out
