@@ -94,7 +94,7 @@ def attribution(session: nox.Session) -> None:
 
 @nox.session(venv_params=VENV_PARAMS)
 def explore(session: nox.Session) -> None:
-    """Random fault schedules against one invariant (harness/explore.py); default: seed 1, 60 s, world sizes 2 and 4.
+    """Random fault schedules against one invariant (harness/explore/schedules.py); default: seed 1, 60 s, world sizes 2 and 4.
     Exits 1 on any violation, each shrunk to a one-line reproducer in reports/<run>/explore.md."""
     _install(session)
     session.run("python", "-m", "harness", "explore", *(session.posargs or ("--seed", "1", "--budget", "60")))

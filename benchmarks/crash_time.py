@@ -3,7 +3,7 @@
 A guarded scenario is one whose expectation is CRASHED: the FM's own id
 (``FM-03``) and the variants that prove another guardrail turns the same
 fault into a crash (``FM-03/skip``, ``FM-13/frozen``). Each run goes through
-``harness.runner.run_scenario``, the code path the pytest plugin uses, in the
+``harness.pipeline.runner.run_scenario``, the code path the pytest plugin uses, in the
 default zygote launch mode; ``time_to_crash_s`` is read from its result (last
 rank's exit minus the ``TP-FAULT`` instant). Runs are serial: parallel runs
 on a small box would measure each other.
@@ -18,9 +18,9 @@ import dataclasses
 from pathlib import Path
 
 from benchmarks.stats import summary
-from harness.result import Outcome
-from harness.runner import RunConfig, run_scenario
-from harness.scenario import Scenario, load_catalog
+from harness.declare.scenario import Scenario, load_catalog
+from harness.declare.verdicts import Outcome
+from harness.pipeline.runner import RunConfig, run_scenario
 
 ANCHORS_S = {
     "nccl_collective_timeout": 600.0,

@@ -23,15 +23,15 @@ import time
 from pathlib import Path
 
 from benchmarks.stats import summary
-from harness import stall
-from harness.result import Outcome
-from harness.runner import RunConfig, run_scenario
-from harness.scenario import Expect, Scenario, load_catalog
+from harness.declare.scenario import Expect, Scenario, load_catalog
+from harness.declare.verdicts import Outcome
+from harness.pipeline.runner import RunConfig, run_scenario
+from harness.supervise import stall
 
 TRACE_TARGET_PCT = 0.2
 HANG_TARGET_S = 1.5
 OLD_HANG_DEADLINE_S = 4.0
-"""The fixed deadline every hang proof waited out before stall verdicts (``harness.scenario.HANG_DEADLINE_S``)."""
+"""The fixed deadline every hang proof waited out before stall verdicts (``harness.declare.scenario.HANG_DEADLINE_S``)."""
 
 
 def flight(*, iters: int, cwd: Path, say) -> dict:

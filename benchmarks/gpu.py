@@ -32,7 +32,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks import gpu_render
-from harness import logs
+from harness.supervise import logs
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4

@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 from benchmarks.stats import summary
-from harness import logs, options, zygote
-from harness.launch import Launch, LaunchSpec
+from harness.launch import Launch, LaunchSpec, zygote
+from harness.pipeline import options
+from harness.supervise import logs
 
 TP_RANK = (*options.default("tp_command"), "--chunks", "1", "--backend", "gloo")
 NOOP_RANK = (sys.executable, "-m", "benchmarks.noop_rank")

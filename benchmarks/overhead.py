@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.stats import percentile, spread, summary
-from harness import logs
-from harness.result import Outcome
-from harness.runner import RunConfig, run_scenario
-from harness.scenario import Expect, Scenario
+from harness.declare.scenario import Expect, Scenario
+from harness.declare.verdicts import Outcome
+from harness.pipeline.runner import RunConfig, run_scenario
+from harness.supervise import logs
 
 WARMUP = 2
 """Chunks dropped from the start of every run (first-touch allocations, cache fill)."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from harness import logs
 from harness.launch import Launch, LaunchSpec
-from harness.supervise import Limits, supervise
+from harness.supervise import logs
+from harness.supervise.loop import Limits, supervise
 
 TIMEOUT_S = 60.0
 

@@ -5,10 +5,10 @@ Scenario modules need only this package's top level::
     from harness import Blocked, Expect, Fault, Scenario, peers_follow
 """
 
-from harness.blocked import DESYNC, Blocked
-from harness.fault import Fault
-from harness.result import Outcome
-from harness.scenario import Expect, Interrupt, Scenario, load_catalog, peers_follow
+from harness.declare.blocked import DESYNC, Blocked
+from harness.declare.fault import Fault
+from harness.declare.scenario import Expect, Interrupt, Scenario, load_catalog, peers_follow
+from harness.declare.verdicts import Outcome
 
 __all__ = ["DESYNC", "Blocked", "Expect", "Fault", "Interrupt", "Outcome", "Scenario", "load_catalog",
            "peers_follow"]

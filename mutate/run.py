@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import lifetime
+from harness.launch import lifetime
 from mutate.mutants import Mutant
 
 REPO = Path(__file__).resolve().parent.parent

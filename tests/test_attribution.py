@@ -18,8 +18,8 @@ import torch
 
 from harness.attribution import cases, fr, render, score, truth
 from harness.attribution.run import analyze, run_case
-from harness.runner import RunConfig
-from harness.scenario import load_catalog
+from harness.declare.scenario import load_catalog
+from harness.pipeline.runner import RunConfig
 from tp import flight
 
 

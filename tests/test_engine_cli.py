@@ -70,9 +70,9 @@ def test_without_a_deadline_an_engine_gets_a_multiple_of_its_healthy_run(tmp_pat
     The stand-in's work is a 2.5 s sleep (its workload, not synchronisation); the floor is 1 s, so a fixed
     deadline calls it HUNG while it works, and the measured one (3 x its healthy run) lets it finish.
     """
+    from harness.declare.scenario import Expect, Scenario
     from harness.engine import run as engine_run
-    from harness.runner import RunConfig
-    from harness.scenario import Expect, Scenario
+    from harness.pipeline.runner import RunConfig
 
     engine = tmp_path / "slow_engine.py"
     engine.write_text("import json, time\nimport torch.distributed as dist\n"

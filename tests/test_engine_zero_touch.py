@@ -15,9 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import adhoc, logs
+from harness.declare import adhoc
 from harness.engine.run import run_engine
-from harness.runner import RunConfig
+from harness.pipeline.runner import RunConfig
+from harness.supervise import logs
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = (sys.executable, str(ROOT / "fixtures" / "engines" / "dtensor_engine.py"))

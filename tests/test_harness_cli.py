@@ -119,7 +119,7 @@ def test_adhoc_run_exit_code_is_the_verdict(cli) -> None:
 
 
 def test_harness_imports_neither_tp_nor_torch_up_front() -> None:
-    code = "import sys, harness.plugin, harness.__main__; print('torch' in sys.modules, 'tp' in sys.modules)"
+    code = "import sys, harness.plugin, harness.cli.main; print('torch' in sys.modules, 'tp' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert proc.stdout.split() == ["False", "False"]
     for path in (REPO / "harness").glob("*.py"):
@@ -129,9 +129,10 @@ def test_harness_imports_neither_tp_nor_torch_up_front() -> None:
 def test_public_surface_changes_only_on_purpose() -> None:
     """Snapshot: CLI commands and flags, pytest options, ini keys, markers, outcomes."""
     import harness
-    from harness import options, plugin
-    from harness.__main__ import _parser
-    from harness.result import Outcome
+    from harness import plugin
+    from harness.cli.main import _parser
+    from harness.declare.verdicts import Outcome
+    from harness.pipeline import options
 
     subparsers = next(a for a in _parser()._actions if a.dest == "command")
     cli = {name: sorted(s for a in p._actions for s in a.option_strings if s not in ("-h", "--help"))

@@ -69,13 +69,13 @@ def test_a_crash_the_environment_causes_needs_no_fault(tmp_path) -> None:
 # The CLI as users run it, over a report directory whose filesystem fills up at the first result.
 FULL_DISK = textwrap.dedent("""
     import errno, sys
-    from harness import report
+    from harness.report import files as report
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     report._write_json = no_space
-    from harness.__main__ import main
+    from harness.cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
 

@@ -11,7 +11,7 @@ import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from harness import delta
+from harness.report import delta
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = {"backend": ["gloo"], "launch": ["zygote"], "world_sizes": [2]}

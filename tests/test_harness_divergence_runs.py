@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from harness import Expect, Fault, Interrupt, Scenario
-from harness.runner import RunConfig, run_scenario
+from harness.pipeline.runner import RunConfig, run_scenario
 
 RANKS = Path(__file__).resolve().parent.parent / "fixtures" / "ranks"
 

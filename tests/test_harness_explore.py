@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import explore, invariant
-from harness.fault import Fault
-from harness.result import RankResult, Result
+from harness.declare.fault import Fault
+from harness.explore import invariant
+from harness.explore import schedules as explore
+from harness.judge.result import RankResult, Result
 from tp import failpoints
 
 REPO = Path(__file__).resolve().parent.parent
@@ -202,7 +203,7 @@ def test_a_planted_guardrail_bug_is_found_shrunk_and_reproduced_alone(tmp_path: 
 
 
 def test_the_report_counts_coverage_and_the_time_to_crash_distribution() -> None:
-    from harness import explore_report
+    from harness.explore import report as explore_report
 
     sites = [{"site": "a.b", "actions": [{"action": "raise"}, {"action": "hang"}]},
              {"site": "c.d", "actions": [{"action": "flip"}]}]
@@ -255,7 +256,7 @@ def test_explore_tunes_only_the_knobs_the_tp_path_declares() -> None:
 
 
 def test_a_reproducer_carries_the_run_and_reruns_verbatim_from_a_new_shell(tmp_path: Path) -> None:
-    from harness.runner import RunConfig
+    from harness.pipeline.runner import RunConfig
 
     config = RunConfig(run_dir=tmp_path / "run", tp_command=(sys.executable, "-m", "fake_tp"),
                        cwd=REPO / "fixtures" / "ranks", launch="subprocess", deadline_s=5.0)

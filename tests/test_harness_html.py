@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 
-from harness import html as report_html
-from harness import report
-from harness.result import RankResult, Result
+from harness.judge.result import RankResult, Result
+from harness.report import files as report
+from harness.report import html as report_html
 
 
 def _init(rank: int, mono: float, role: str) -> str:

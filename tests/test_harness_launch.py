@@ -14,7 +14,7 @@ import pytest
 
 from harness import Expect, Fault, Interrupt, Scenario
 from harness.launch import Launch, LaunchSpec, reap_all
-from harness.runner import RunConfig, run_scenario
+from harness.pipeline.runner import RunConfig, run_scenario
 
 RANKS = Path(__file__).resolve().parent.parent / "fixtures" / "ranks"
 FAKE = (sys.executable, "-m", "fake_tp")
@@ -177,7 +177,7 @@ def test_reap_all_kills_every_live_launch(tmp_path) -> None:
 
 
 def test_zygote_death_is_a_harness_error_and_orphans_are_reaped(tmp_path, monkeypatch) -> None:
-    from harness import zygote
+    from harness.launch import zygote
 
     private = zygote.Zygote()
     monkeypatch.setattr(zygote, "_SHARED", private)
@@ -203,7 +203,7 @@ def test_zygote_death_is_a_harness_error_and_orphans_are_reaped(tmp_path, monkey
 def test_store_host_death_is_a_harness_error_not_the_ranks_verdict(tmp_path, monkeypatch) -> None:
     # Under the zygote the ranks' store is the harness's: losing it makes every rank fail (PEER_LOST,
     # STORE_LOST) for a reason that is not the TP path's, and a crash proof would have passed on it.
-    from harness import store_host, zygote
+    from harness.launch import store_host, zygote
 
     private = zygote.Zygote()
     monkeypatch.setattr(zygote, "_SHARED", private)

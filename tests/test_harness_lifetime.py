@@ -19,9 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import lifetime
-from harness.launch import wait_gone
-from harness.zygote import Zygote
+from harness.launch import lifetime, wait_gone
+from harness.launch.zygote import Zygote
 
 REPO = Path(__file__).resolve().parent.parent
 RANKS = REPO / "fixtures" / "ranks"
@@ -154,7 +153,7 @@ def test_no_rank_survives_a_sigkilled_harness_and_zygote(tmp_path: Path, launch:
         procs = _procs(ranks)
         assert set(ranks) <= set(lifetime.marked(lifetime.RUN_ENV, marker)), "a rank does not carry the run marker"
         os.kill(ranks[1], signal.SIGSTOP)
-        zygotes = [c for c in psutil.Process(proc.pid).children() if "harness.zygote" in " ".join(c.cmdline())]
+        zygotes = [c for c in psutil.Process(proc.pid).children() if "harness.launch.zygote" in " ".join(c.cmdline())]
         assert len(zygotes) == (1 if launch == "zygote" else 0)
         proc.send_signal(signal.SIGSTOP)  # the harness cannot react to the zygote's death: no cleanup anywhere
         for z in zygotes:
@@ -177,13 +176,13 @@ def test_leftovers_are_found_by_marker_and_listed(tmp_path: Path) -> None:
     env = {**os.environ, lifetime.RUN_ENV: marker}
     sleeper = subprocess.Popen(["sleep", "600"], env=env, start_new_session=True)
     try:
-        check = subprocess.run([sys.executable, "-m", "harness.lifetime", marker], cwd=REPO, env=env,
+        check = subprocess.run([sys.executable, "-m", "harness.launch.lifetime", marker], cwd=REPO, env=env,
                                capture_output=True, text=True, timeout=60)
         assert check.returncode == 1 and f"{sleeper.pid} sleep 600" in check.stderr, check.stderr
     finally:
         sleeper.kill()
         sleeper.wait()
-    check = subprocess.run([sys.executable, "-m", "harness.lifetime", marker], cwd=REPO, env=env,
+    check = subprocess.run([sys.executable, "-m", "harness.launch.lifetime", marker], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
 

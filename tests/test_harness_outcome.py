@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from harness import Expect, Fault, Outcome, Scenario, report
-from harness.observation import Observation, RankExit
-from harness.outcome import judge
-from harness.result import Baseline, exit_name
+from harness import Expect, Fault, Outcome, Scenario
+from harness.judge.outcome import judge
+from harness.judge.result import Baseline, exit_name
+from harness.report import files as report
+from harness.supervise.observation import Observation, RankExit
 
 FAULT = "TP-FAULT site=envelope.after_header action=raise rank=0 chunk=2 call_id=7 mono=100.000000"
 
@@ -33,7 +34,7 @@ def _observe(tmp_path, logs: dict[int, list[str]], codes: dict[int, int | None],
                       started_at=99.0, ended_at=101.0, **extra)
     obs.exits = {r: RankExit(rank=r, returncode=c, mono=exit_at + r / 10) for r, c in codes.items()}
     if faults:
-        from harness.logs import parse_line
+        from harness.supervise.logs import parse_line
 
         obs.fault_lines = [parse_line(FAULT)]
     return obs
@@ -193,7 +194,7 @@ GLUED = (b'  File "/repo/tp/transport.py", line 135 in recv'
 def test_a_fatal_line_that_ran_into_a_stack_dump_line_is_still_read(tmp_path) -> None:
     """CI, explore run 3: the harness's SIGUSR1 landed as the watchdog died; faulthandler, writing a frame line
     in pieces, had not written its newline when the TP-FATAL line (one write) went out."""
-    from harness.logs import LogFollower, contract_lines, read_text
+    from harness.supervise.logs import LogFollower, contract_lines, read_text
 
     log = tmp_path / "rank1.log"
     log.write_bytes(b"TP-FAULT site=envelope.after_recv action=hang rank=1 chunk=2 call_id=9 mono=100.0\n" + GLUED)

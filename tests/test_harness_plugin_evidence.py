@@ -104,7 +104,7 @@ def test_a_report_that_cannot_be_written_keeps_the_failures(tester: pytest.Pytes
     tester.makepyfile(test_ctl=SCENARIOS.format(chunk_s="0"))
     tester.makeconftest(textwrap.dedent("""
         import errno
-        from harness import report
+        from harness.report import files as report
         pytest_plugins = ["harness.plugin"]
 
         def no_space(*args, **kwargs):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import lifetime, probe
+from harness.launch import lifetime, probe
 
 REPO = Path(__file__).resolve().parent.parent
 RANKS = REPO / "fixtures" / "ranks"

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 
-from harness import Expect, Fault, Scenario, report
-from harness.logs import parse_line
-from harness.observation import Observation, RankExit
-from harness.outcome import judge
-from harness.result import Baseline
+from harness import Expect, Fault, Scenario
+from harness.judge.outcome import judge
+from harness.judge.result import Baseline
+from harness.report import files as report
+from harness.supervise.logs import parse_line
+from harness.supervise.observation import Observation, RankExit
 
 META = {"backend": "gloo", "launch": "zygote", "dir": "/tmp/x"}
 KILL1 = "TP-FAULT site=generator.call action=kill(SIGKILL) rank=1 chunk=2 call_id=7 mono=100.000000"

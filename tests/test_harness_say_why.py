@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import Expect, Fault, Scenario
-from harness.runner import RunConfig, run_scenario
+from harness.pipeline.runner import RunConfig, run_scenario
 
 RANKS = Path(__file__).resolve().parent.parent / "fixtures" / "ranks"
 

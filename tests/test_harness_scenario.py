@@ -8,8 +8,8 @@ import textwrap
 import pytest
 
 from harness import Blocked, Expect, Fault, Interrupt, Outcome, Scenario, load_catalog, peers_follow
-from harness.fault import parse_faults
-from harness.scenario import HANG_DEADLINE_S
+from harness.declare.fault import parse_faults
+from harness.declare.scenario import HANG_DEADLINE_S
 
 
 @pytest.mark.parametrize(

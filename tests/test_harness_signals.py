@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 from harness import Expect, Scenario
-from harness.dumps import catches
-from harness.observation import Observation, RankExit
-from harness.outcome import judge
-from harness.result import Baseline
-from harness.runner import RunConfig, run_scenario
+from harness.judge.outcome import judge
+from harness.judge.result import Baseline
+from harness.pipeline.runner import RunConfig, run_scenario
+from harness.supervise.dumps import catches
+from harness.supervise.observation import Observation, RankExit
 
 RANKS = Path(__file__).resolve().parent.parent / "fixtures" / "ranks"
 

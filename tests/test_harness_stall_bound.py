@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from harness import Blocked, Expect, Fault, Scenario
-from harness.runner import RunConfig, run_scenario
+from harness.pipeline.runner import RunConfig, run_scenario
 
 RANKS = Path(__file__).resolve().parent.parent / "fixtures" / "ranks"
 HANG = Fault(site="fake.chunk", action="hang", rank=1, chunk=1)

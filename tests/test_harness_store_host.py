@@ -14,8 +14,7 @@ import psutil
 import pytest
 import torch.distributed as dist
 
-from harness import store_host, zygote
-from harness.launch import wait_gone
+from harness.launch import store_host, wait_gone, zygote
 
 REPO = Path(__file__).resolve().parent.parent
 

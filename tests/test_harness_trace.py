@@ -1,4 +1,4 @@
-"""harness.trace: reading flight traces and naming the first divergent collective."""
+"""harness.supervise.trace: reading flight traces and naming the first divergent collective."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness import trace
+from harness.supervise import trace
 
 
 def _entry(seq, op="all_reduce", shape=(48, 64), dtype="float64", site="generator call 5", chunk=2, left=True,
@@ -76,7 +76,7 @@ def test_load_prefers_the_file_and_falls_back_to_the_last_log_line(tmp_path) -> 
 
 # -- where a hang must leave its ranks (Expect.hang(blocked=...)) ---------------------------------
 
-from harness.scenario import DESYNC, Blocked, Expect  # noqa: E402
+from harness.declare.scenario import DESYNC, Blocked, Expect  # noqa: E402
 
 
 def test_blocked_spec_validation() -> None:
@@ -93,7 +93,7 @@ def test_blocked_spec_validation() -> None:
 
 
 def trace_outcome(name: str):
-    from harness.result import Outcome
+    from harness.declare.verdicts import Outcome
 
     return Outcome[name]
 
@@ -140,7 +140,7 @@ def test_stopped_ranks_are_checked_without_a_trace() -> None:
 def test_a_real_hang_outside_the_stated_collective_fails_the_proof(tmp_path) -> None:
     """Rank 0 hangs in a failpoint (no collective); rank 1 waits for the next header."""
     from harness import Fault, Scenario
-    from harness.runner import RunConfig, run_scenario
+    from harness.pipeline.runner import RunConfig, run_scenario
 
     scenario = Scenario(id="hang-elsewhere", fm="adhoc", title="test", proves="control", chunks=4, deadline_s=1.5,
                         faults=(Fault(site="driver.idle", action="hang", rank=0, chunk=2),),
@@ -188,7 +188,7 @@ def test_stall_verdict_counts_stopped_and_exited_peers_and_a_root_that_already_l
 
 
 def _tp_run(tmp_path, scenario, **config):
-    from harness.runner import RunConfig, run_scenario
+    from harness.pipeline.runner import RunConfig, run_scenario
 
     return run_scenario(scenario, RunConfig(run_dir=tmp_path / "run", **config))
 
@@ -268,7 +268,7 @@ def test_a_hang_fault_is_called_hung_at_the_stall_only_with_no_watchdog_to_end_i
 
 
 def test_a_stopped_rank_is_probed_only_where_beats_were_seen_or_no_rank_has_a_watchdog() -> None:
-    from harness.stall import StallClock
+    from harness.supervise.stall import StallClock
 
     def due(*, beat_moved_at=None, unwatched=False, beats_visible=True) -> bool:
         clock = StallClock(window_s=1.0, last_progress_at=0.0, next_probe_at=0.0, beat_moved_at=beat_moved_at,
@@ -285,7 +285,7 @@ def test_a_stopped_rank_is_probed_only_where_beats_were_seen_or_no_rank_has_a_wa
 
 def test_a_short_window_still_leaves_a_stopped_rank_to_the_peers_watchdogs_for_a_second() -> None:
     """A suite's short stall window (0.3 s) must not make a starved heartbeat thread look like a dead watchdog."""
-    from harness.stall import BEATS_SILENT_S, StallClock
+    from harness.supervise.stall import BEATS_SILENT_S, StallClock
 
     def due(beat_moved_at: float, *, window_s: float) -> bool:
         clock = StallClock(window_s=window_s, last_progress_at=0.0, next_probe_at=0.0, beat_moved_at=beat_moved_at,

@@ -1,4 +1,4 @@
-"""The zygote's preload of a rank package's declared fork-safe modules (harness/warm.py).
+"""The zygote's preload of a rank package's declared fork-safe modules (harness/launch/warm.py).
 
 The declaration is read without running the package; a rank that would import the package from elsewhere
 gets its own copy, never the one the zygote imported.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import warm, zygote
+from harness.launch import warm, zygote
 
 MAIN = """import json, os
 import {pkg}.core as core

@@ -5,8 +5,7 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from harness import zygote
-from harness.launch import wait_gone
+from harness.launch import wait_gone, zygote
 
 
 def test_a_zygote_stuck_before_ready_is_killed_when_given_up(tmp_path, monkeypatch) -> None:

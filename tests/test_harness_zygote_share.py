@@ -22,8 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import zygote
-from harness.launch import wait_gone
+from harness.launch import wait_gone, zygote
 
 REPO = Path(__file__).resolve().parent.parent
 RANKS = REPO / "fixtures" / "ranks"
@@ -92,7 +91,7 @@ def test_a_joiner_after_the_zygote_is_gone_starts_its_own(tmp_path: Path) -> Non
 WORKER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from harness import zygote
+    from harness.launch import zygote
     zygote.share_through(Path(sys.argv[1]))
     z = zygote.shared()
     env = {**os.environ, "ORPHAN_DIR": sys.argv[2], "ORPHAN_MODE": "block", "PYTHONPATH": sys.argv[3]}

@@ -34,7 +34,7 @@ def test_metadata_entry_points_and_layout(installed: Installed, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     meta = json.loads(proc.stdout)
     assert meta["version"] == harness.__version__
-    assert meta["entry_points"] == [["console_scripts", "breakit", "harness.__main__:main"],
+    assert meta["entry_points"] == [["console_scripts", "breakit", "harness.cli.main:main"],
                                     ["pytest11", "breakit", "harness.plugin"]]
     assert "Framework :: Pytest" in meta["classifiers"]
     assert meta["license"] == "MIT" and (REPO / "LICENSE").read_text().startswith("MIT License")

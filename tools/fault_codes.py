@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import Expect, Fault, Scenario
-from harness.result import Outcome
-from harness.runner import RunConfig, run_scenario
+from harness.declare.verdicts import Outcome
+from harness.pipeline.runner import RunConfig, run_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "SCENARIOS.md"

@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 from harness import Expect, Fault, Interrupt, Scenario
-from harness.blocked import Blocked
+from harness.declare.blocked import Blocked
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "SCENARIOS.md"

@@ -25,8 +25,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-from harness import lifetime
-from harness.launch import wait_gone
+from harness.launch import lifetime, wait_gone
 
 MODES = ("serial", "xdist", "oversubscribed")
 REPO = Path(__file__).resolve().parent.parent

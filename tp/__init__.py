@@ -11,5 +11,5 @@ PLAN = "v1_generator_only"
 KNOWN_PLANS = ("v1_generator_only", "v1_full_pipeline")
 
 # Fork-safe modules (no thread, no device, no env read at import): a launcher's zygote may import them once
-# and fork ranks from it (harness/warm.py, CONTRACT §2). Read as a literal, without running this file.
+# and fork ranks from it (harness/launch/warm.py, CONTRACT §2). Read as a literal, without running this file.
 ZYGOTE_PRELOAD = ("tp.runtime", "tp.driver", "tp.worker", "tp.launch")

@@ -1,6 +1,6 @@
 """``python -m harness.attribution``: score PyTorch's Flight Recorder analyzer against the harness's ground truth.
 
-A module of its own rather than a ``breakit`` subcommand: ``harness/__main__.py`` is at its size cap.
+A module of its own rather than a ``breakit`` subcommand: ``harness/cli/main.py`` is at its size cap.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from harness import options
 from harness.attribution import cases as catalog_cases
 from harness.attribution import render
 from harness.attribution.run import attribution, rescore
-from harness.runner import RunConfig
+from harness.pipeline import options
+from harness.pipeline.runner import RunConfig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from harness import explore
-from harness.result import Outcome
-from harness.scenario import Scenario, load_catalog
+from harness.declare.scenario import Scenario, load_catalog
+from harness.declare.verdicts import Outcome
+from harness.explore import schedules as explore
 
 KINDS = ("skip", "extra", "hang in Python", "hang in a collective", "SIGSTOP", "SIGKILL", "corrupt",
          "dtype/shape mismatch")

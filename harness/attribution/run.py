@@ -15,11 +15,11 @@ from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
-from harness import trace
 from harness.attribution import fr, render, score, truth
 from harness.attribution.cases import KINDS, Case
-from harness.runner import RunConfig, run_scenario
-from harness.scenario import Expect
+from harness.declare.scenario import Expect
+from harness.pipeline.runner import RunConfig, run_scenario
+from harness.supervise import trace
 
 SCHEMA = "breakit-attribution/1"
 FR_DIR, ASKED_DIR = "fr", "fr_asked"

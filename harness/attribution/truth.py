@@ -14,7 +14,7 @@ No such ``seq`` (a corrupted value: every rank calls the same collectives) means
 
 from __future__ import annotations
 
-from harness.trace import signature
+from harness.supervise.trace import signature
 
 FROM_CULPRIT = "the culprit's trace against the healthy run's"
 FROM_PEERS = "its peers' traces (the culprit left none): the first collective a peer entered and never left"

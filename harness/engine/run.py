@@ -12,14 +12,17 @@ import re
 import sys
 from pathlib import Path
 
-from harness import adhoc, options, report, runner
+from harness.declare import adhoc
+from harness.declare.scenario import Expect, Scenario
+from harness.declare.selection import UsageError
+from harness.declare.verdicts import Verdict
 from harness.engine.boot import _breakit_faults as faults
 from harness.engine.env import CODES, boot_env
-from harness.observation import Observation
-from harness.outcome import judge
-from harness.result import Baseline, Result
-from harness.scenario import Expect, Scenario
-from harness.selection import UsageError
+from harness.judge.outcome import judge
+from harness.judge.result import Baseline, Result
+from harness.pipeline import options, runner
+from harness.report import files as report
+from harness.supervise.observation import Observation
 
 DEADLINE_FACTOR = 3.0
 """Without ``--deadline``, an engine's deadline is this many times its measured healthy run (at least the
@@ -42,7 +45,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     if not result.passed:
         print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
     summary = report.write_summary(run_dir, planned=1, interrupted=False, selection=f"--engine {args.engine}")
-    if summary.overall != "INCOMPLETE":
+    if summary.overall != Verdict.INCOMPLETE:
         report.update_latest(run_dir)
     print(f"{summary.overall}: {summary.total} run, {summary.failed} failed; report: {summary.md_path}")
     return 0 if summary.passed else 1

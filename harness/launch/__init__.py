@@ -5,7 +5,7 @@ Five modes, same contract (docs/CONTRACT.md §1):
 * ``zygote``     fork each rank from a process that has torch imported (fast);
                  works only for ``python -m MODULE`` rank commands. The
                  pytest-xdist workers of one run share one zygote. The
-                 zygote forks the store's host too (``harness.store_host``),
+                 zygote forks the store's host too (``harness.launch.store_host``),
                  so the harness never imports torch.
 * ``subprocess`` a plain ``Popen`` per rank.
 * ``srun``       a plain ``Popen`` per rank with only torchrun's variables, as

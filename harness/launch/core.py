@@ -13,8 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from harness import lifetime, store_host, zygote
-from harness.launch import reap, torchrun
+from harness.launch import lifetime, reap, store_host, torchrun, zygote
 from harness.launch.spec import HOST, MODES, LaunchError, LaunchSpec, base_env, zygote_module
 from harness.launch.store import (
     CLIENT_CONNECT_S,
@@ -44,7 +43,7 @@ class Launch:
         self.log_paths = {r: spec.log_dir / f"rank{r}.log" for r in range(spec.world_size)}
         self.store = None
         self._host: store_host.HostedStore | None = None
-        """This launch's store under the zygote, served by ``harness.store_host``: closed after every rank is gone."""
+        """This launch's store under the zygote, served by ``harness.launch.store_host``: closed after every rank is gone."""
         self.port: int | None = None
         self._procs: dict[int, psutil.Process] = {}
         self._exited: set[int] = set()

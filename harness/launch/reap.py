@@ -16,7 +16,7 @@ import time
 
 import psutil
 
-from harness import lifetime
+from harness.launch import lifetime
 
 
 def process_tree(roots: list[psutil.Process], groups: set[int], marker: str) -> list[psutil.Process]:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.store_host import RES_OPTIONS
+from harness.launch.store_host import RES_OPTIONS
 
 MODES = ("zygote", "subprocess", "srun", "torchrun", "torchrun-2node")
 HOST = "127.0.0.1"

@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 
-from harness import store_host
+from harness.launch import store_host
 from harness.launch.spec import HOST
 
 CLIENT_CONNECT_S = 60.0
@@ -74,7 +74,7 @@ def tcp_store_class():
 
 
 def host_store(tcp_store):
-    """The rendezvous store, served from this process (``harness.store_host.host_store`` on ``HOST``)."""
+    """The rendezvous store, served from this process (``harness.launch.store_host.host_store`` on ``HOST``)."""
     return store_host.host_store(tcp_store, HOST)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from harness import lifetime
+from harness.launch import lifetime
 from harness.launch.spec import HOST, LaunchError, LaunchSpec, base_env
 
 NODES = {"torchrun": 1, "torchrun-2node": 2}

@@ -1,0 +1,1 @@
+"""The command line, ``python -m harness``: an adapter over the pipeline."""

@@ -1,0 +1,1 @@
+"""What to break: scenarios, faults, expectations, and which of them a command line names."""

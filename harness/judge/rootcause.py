@@ -1,0 +1,153 @@
+"""Which rank failed first, and which log lines count as evidence.
+
+The root cause is the earliest failure, the rest are collateral (torchelastic's
+``ChildFailedError``); a ``TP-FATAL`` line that repeats the code of the rank it
+names as its ``cause_rank`` follows that rank, whenever it was printed. A failure is a ``TP-FATAL`` line at its ``mono``, or a
+death that wrote none: a rank its own fault killed (``kill(SIGKILL)``,
+``exit(3)``) or froze (``kill(SIGSTOP)``) failed when its ``TP-FAULT`` line was
+written, which is before any peer could notice; any other non-zero exit at the
+moment the harness saw it. So a worker SIGKILLed by the fault is the root
+cause, and rank 0's ``PEER_LOST`` about it is collateral.
+
+Once the harness starts reaping a hung run (SIGTERM to the process tree), what
+ranks write is the reaping's doing: those lines never count as signatures and
+never name a root cause. The supervisor records each log's size at that
+moment (``Observation.reap_offsets``); lines stamped later than it are dropped
+too, for logs whose size was not recorded.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.supervise import logs
+
+if TYPE_CHECKING:
+    from harness.judge.result import RankResult
+    from harness.supervise.observation import Observation
+
+_DEADLY = re.compile(r"(kill|exit)\((\w+)\)")
+
+
+def reap_cutoff(obs: Observation) -> float | None:
+    """``time.monotonic()`` when reaping began (SIGTERM to the tree), or when the hang was declared."""
+    if not obs.hung:
+        return None
+    return obs.verdict_at if obs.verdict_at is not None else obs.hung_at
+
+
+def before_reap(text: str, obs: Observation, rank: int) -> str:
+    """The part of ``rank``'s log ``text`` written before the harness started reaping."""
+    offset = obs.reap_offsets.get(rank)
+    if offset is not None:
+        path = obs.log_paths.get(rank)
+        text = _head(path, offset) if path is not None else text
+    cutoff = reap_cutoff(obs)
+    if cutoff is None:
+        return text
+    kept = []
+    for line in text.splitlines():
+        parsed = logs.parse_line(line)
+        if parsed is not None and parsed.mono is not None and parsed.mono >= cutoff:
+            break  # everything from here on was written while the harness reaped
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def _head(path: Path, nbytes: int) -> str:
+    """The first ``nbytes`` of the log, bounded like ``logs.read_text``."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(min(nbytes, logs.READ_CAP_BYTES))
+    except FileNotFoundError:
+        return ""
+    return "\n".join(raw.decode("utf-8", "replace")[: logs.MAX_LINE_BYTES] for raw in data.split(b"\n"))
+
+
+def fault_that_ended(r: RankResult, text: str, frozen: bool) -> logs.LogLine | None:
+    """The ``TP-FAULT`` line of ``r``'s own fault that ended it the way its action does (kill, exit, SIGSTOP)."""
+    for fault in (ln for ln in logs.contract_lines(text) if ln.kind == "TP-FAULT"):
+        m = _DEADLY.fullmatch(str(fault.fields.get("action", "")))
+        if m is None:
+            continue
+        sig = signal.Signals.__members__.get(m[2])
+        if m[1] == "exit" and m[2].isdigit() and int(m[2]) == r.returncode and not r.reaped:
+            return fault
+        if m[1] == "kill" and sig is signal.SIGSTOP and frozen:
+            return fault
+        if m[1] == "kill" and sig is not None and r.returncode == -sig and not r.reaped:
+            return fault
+    return None
+
+
+def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str], *,
+         harness_killed: dict[int, str] | None = None, interrupt=None) -> dict | None:
+    """The earliest failure as ``{"rank", "code", "line", "how"}``; sets every failed rank's ``role``.
+
+    ``texts`` are the logs as they stood before reaping (``before_reap``). ``harness_killed``: rank -> how a
+    signal the harness sent it (a stack request) ended it; such a death is the harness's, never a failure of
+    the rank. A rank ended by the scenario's ``interrupt`` failed when the harness sent it.
+    """
+    harness_killed = harness_killed or {}
+    cutoff = reap_cutoff(obs)
+    limit = obs.hung_at if obs.hung_at is not None else float("inf")
+    failures = []  # (mono, rank, code, line, how)
+    follows: dict[int, int] = {}  # rank -> the other rank its TP-FATAL line names as the cause
+    for r in ranks:
+        text = texts.get(r.rank, "")
+        fatal = next((ln for ln in logs.contract_lines(text) if ln.kind == "TP-FATAL"), None)
+        frozen = r.frozen or "stopped" in (r.stack_note or "")
+        fault = None if fatal is not None or r.fatal else fault_that_ended(r, text, frozen)
+        if r.rank in harness_killed and fatal is None:
+            r.role = harness_killed[r.rank]
+            continue
+        if (fatal is None and fault is None and interrupt is not None and interrupt.rank == r.rank
+                and obs.interrupt_at is not None and r.returncode == -signal.Signals[interrupt.signal]):
+            failures.append((obs.interrupt_at, r.rank, None, f"the harness sent rank {r.rank} {interrupt.signal} "
+                             f"(the scenario's interrupt): {obs.interrupt_note}",
+                             f"ended by the scenario's interrupt ({interrupt.signal}, sent by the harness)"))
+            continue
+        if fatal is not None:
+            mono = fatal.mono if fatal.mono is not None else float("inf")
+            if mono < limit:
+                failures.append((mono, r.rank, fatal.fields.get("code"), fatal.raw, "earliest TP-FATAL"))
+                cause = str(fatal.fields.get("cause_rank", ""))
+                if cause.isdigit() and int(cause) != r.rank:
+                    follows[r.rank] = int(cause)
+            else:
+                r.role = "collateral"
+        elif r.fatal:  # its TP-FATAL came after reaping began: the reaping's doing
+            r.role = "collateral"
+        elif fault is not None:
+            how = "frozen by its own fault (SIGSTOP)" if frozen else f"ended by its own fault ({r.exit})"
+            failures.append((fault.mono if fault.mono is not None else float("inf"), r.rank, None, fault.raw, how))
+        elif r.returncode not in (0, None) and not r.reaped:
+            ex = obs.exits.get(r.rank)
+            mono = ex.mono if ex is not None and ex.mono is not None else float("inf")
+            if cutoff is None or mono < cutoff:
+                failures.append((mono, r.rank, None, f"rank {r.rank} {r.exit} without a TP-FATAL line",
+                                 f"{r.exit} without a TP-FATAL line"))
+    if not failures:
+        return None
+    # A line repeating the code of the rank it names as its cause is that rank's follower, even when printed
+    # first (ranks dying of rank 0's handshake verdict can print before rank 0 does). Not so a PEER_LOST
+    # printed before the rank it names failed otherwise: that early claim is the first failure.
+    fatal_codes = {f[1]: f[2] for f in failures if f[2] is not None}
+    roots = [f for f in failures if f[1] not in follows or fatal_codes.get(follows[f[1]]) != f[2]] or failures
+    root = min(roots, key=lambda f: (f[0], f[1]))
+    for _, rank, *_ in failures:
+        ranks[rank].role = "root cause" if rank == root[1] else "collateral"
+    _, rank, code, line, how = root
+    return {"rank": rank, "code": code, "line": line, "how": how}
+
+
+def describe(root: dict | None) -> str:
+    """One line for reports: ``rank 1, ended by its own fault (SIGKILL): TP-FAULT site=... action=kill(SIGKILL)``."""
+    if not root:
+        return "none (no rank failed)"
+    code = f" {root['code']}" if root.get("code") else ""
+    how = f", {root['how']}" if root.get("how") else ""
+    return f"rank {root['rank']}{code}{how}: {root['line']}"

@@ -1,0 +1,25 @@
+"""What a run's result rows say in a table: shared by the Markdown summary, the HTML report and the terminal."""
+
+from __future__ import annotations
+
+from harness.declare.scenario import guardrail_off
+
+
+def guardrail_table(rows: list[dict]) -> dict[str, dict[str, list[str]]]:
+    """Guardrail -> {"guarded": [...], "off": [...]}: the scenarios that proved it."""
+    table: dict[str, dict[str, list[str]]] = {}
+    for row in rows:
+        if row["proves"] in ("control", "adhoc"):
+            continue
+        for name in row["proves"].split("+"):
+            side = "off" if guardrail_off(row["guardrails"], name) else "guarded"
+            entry = table.setdefault(name, {"guarded": [], "off": []})
+            entry[side].append(f"{row['id']} (ws{row['world_size']}, {row['verdict']})")
+    return dict(sorted(table.items()))
+
+
+def ttc_text(row: dict) -> str:
+    """Time to crash for a table: only a crash has one (JSON keeps every run's time to last exit)."""
+    if row["observed"] != "CRASHED" or row["time_to_crash_s"] is None:
+        return "-"
+    return f"{row['time_to_crash_s']:.3f} s"
