@@ -43,8 +43,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, text: str, timeout_s: float = 
 
 
 @pytest.mark.parametrize("spec, words", [
-    ("collective.all_reduc=hang", ["no such collective site 'collective.all_reduc'", "collective.all_reduce"]),
-    ("collective.all_reduce=flip", ["unknown action 'flip'", "skip"]),
+    ("collective.all_reduc=hang", ["no such failpoint 'collective.all_reduc'", "collective.all_reduce"]),
+    ("collective.all_reduce=flip", ["unknown failpoint action 'flip'", "skip"]),
     ("collective.all_reduce=hang@call=0", ["bad trigger 'call=0'", "from 1"]),
     ("collective.any=kill(SIGNOPE)", ["kill needs a signal name"]),
     ("collective.barrier=sleep(-1)", ["sleep needs seconds"]),
@@ -67,7 +67,7 @@ def test_a_rank_with_a_bad_spec_exits_2_before_the_engine_runs(tmp_path: Path) -
     proc = subprocess.run([sys.executable, "-c", "print('engine ran')"], env=_env(TP_FAILPOINTS="collective.x=hang"),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "engine ran" not in proc.stdout
-    assert "TP_FAILPOINTS" in proc.stderr and "no such collective site" in proc.stderr
+    assert "TP_FAILPOINTS" in proc.stderr and "no such failpoint" in proc.stderr
 
 
 def test_an_existing_sitecustomize_still_runs(tmp_path: Path) -> None:

@@ -49,9 +49,10 @@ def _refused(tmp_path: Path, proc: subprocess.CompletedProcess, message: str) ->
         (("--fault", "fake.chunk=raise", "--chunks", "10000000000"), {},
          "invalid chunks '10000000000' from --chunks: must be an integer >= 1 and <= 1000000"),
         (("--fault", "fake.chunk=raise@chunk=99999999999999999999999"), {},
-         "chunk must be an integer >= 0 and <= 9223372036854775807 (int64)"),
+         "bad trigger 'chunk=99999999999999999999999' at fake.chunk in --fault; expected one of rank=N, chunk=N, "
+         "call=N, hit=N (rank from 0, chunk from 0, call from 0, hit from 1; N <= 9223372036854775807, int64)"),
         (("--fault", "fake.chunk=raise@rank=0,hit=9223372036854775808"), {},
-         "hit must be an integer >= 1 and <= 9223372036854775807 (int64)"),
+         "bad trigger 'hit=9223372036854775808' at fake.chunk in --fault"),
         ((), {}, "--expect crash without a --fault: nothing is armed, so a healthy TP path runs CLEAN"),
     ],
     ids=["cuda-hidden", "cuda-cpu-box", "chunks-1e10", "chunk-beyond-int64", "hit-beyond-int64", "crash-no-fault"],

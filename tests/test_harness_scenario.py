@@ -73,7 +73,7 @@ def test_every_fault_the_tp_path_declares_round_trips_through_the_harness() -> N
 
 @pytest.mark.parametrize("spec", ["", "a.b", "a.b=raise@rank", "a.b=raise@rank=x", "a.b=raise@bogus=1", "=raise"])
 def test_bad_fault_spec_is_rejected(spec: str) -> None:
-    with pytest.raises(ValueError, match=r"bad (fault spec|trigger)"):
+    with pytest.raises(ValueError, match=r"malformed failpoint|bad trigger|expected one fault"):
         Fault.parse(spec)
 
 

@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("tp", "harness")
+PACKAGES = ("tp", "harness", "contract")
 
 
 def _modules() -> dict[str, Path]:

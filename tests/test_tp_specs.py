@@ -107,7 +107,7 @@ def test_every_site_in_the_registry_can_be_armed() -> None:
     (f"{SITE}=set", "set needs a value"),
     (f"{SITE}=raise@rank", "bad trigger 'rank'"),
     (f"{SITE}=raise@rank=x", "bad trigger 'rank=x'"),
-    (f"{SITE}=raise@node=1", "bad trigger 'node=1' in TP_FAILPOINTS; expected one of rank=N, chunk=N, call=N, hit=N"),
+    (f"{SITE}=raise@node=1", "bad trigger 'node=1' at envelope.after_header in TP_FAILPOINTS; expected one of rank=N, chunk=N, call=N, hit=N"),
     (f"{SITE}=raise@chunk=1.5", "bad trigger 'chunk=1.5'"),
 ])
 def test_malformed_specs_are_rejected(spec: str, says: str) -> None:
@@ -391,7 +391,7 @@ def test_every_variable_is_read() -> None:
 
 def test_a_bad_failpoint_spec_is_a_config_error_like_a_bad_guardrail() -> None:
     assert "no such failpoint 'nope' in TP_FAILPOINTS; known: " in _config_error({**BASE_ENV, "TP_FAILPOINTS": "nope=raise"})
-    assert "bad trigger 'rank=-1' in TP_FAILPOINTS" in _config_error({**BASE_ENV, "TP_FAILPOINTS": f"{SITE}=raise@rank=-1"})
+    assert "bad trigger 'rank=-1' at envelope.after_header in TP_FAILPOINTS" in _config_error({**BASE_ENV, "TP_FAILPOINTS": f"{SITE}=raise@rank=-1"})
 
 
 def test_the_real_environment_is_the_default_source(monkeypatch) -> None:

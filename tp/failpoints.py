@@ -11,15 +11,14 @@ Disarmed cost: ``failpoint()`` returns after one module-level boolean check.
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import signal
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from contract import faults as grammar
 from tp import log
 
 SITES: dict[str, str] = {
@@ -89,17 +88,14 @@ def declared(site: str, *, reset_every: int = 4) -> dict:
     return line
 
 
-TRIGGERS = ("rank", "chunk", "call", "hit")
-MAX_SLEEP_S = 86400.0
-"""Longest ``sleep(S)``: a day (``time.sleep`` overflows far beyond it)."""
+TRIGGERS = {"rank": 0, "chunk": 0, "call": 0, "hit": 1}
+"""Each trigger and its least value (``hit`` counts matches from 1)."""
+MAX_SLEEP_S = grammar.MAX_SLEEP_S
 ARMED = False
 """True iff any failpoint is armed; the only cost of a disarmed site."""
 
-_ENTRY = re.compile(r"^(?P<site>[a-z_.]+)=(?P<action>[a-z]+)(?:\((?P<arg>[^()]*)\))?(?:@(?P<triggers>.*))?$")
-
-
-class FailpointError(ValueError):
-    """A malformed ``TP_FAILPOINTS`` spec or an unknown site."""
+FailpointError = grammar.FaultSpecError
+"""A malformed ``TP_FAILPOINTS`` spec or an unknown site (the grammar's error: one grammar, one error)."""
 
 
 class InjectedFault(RuntimeError):
@@ -128,62 +124,27 @@ _lock = threading.Lock()
 
 
 def parse(spec: str, *, where: str = "TP_FAILPOINTS", sites: dict[str, str] | None = None) -> list[Armed]:
-    """Parse a spec; errors name ``where`` and list the valid choices.
+    """Parse a spec with the contract's grammar (``contract.faults``) against this TP path's sites, actions and
+    argument rules; errors name ``where`` and list the valid choices.
 
     ``sites`` defaults to this TP path's ``SITES``; a stand-in TP path passes its own, so one grammar
     holds for both.
     """
-    sites = SITES if sites is None else sites
-    entries = []
-    for raw in filter(None, (part.strip() for part in spec.split(";"))):
-        m = _ENTRY.match(raw)
-        if not m:
-            raise FailpointError(f"malformed failpoint {_show(raw)} in {where}; expected SITE=ACTION[(ARG)][@k=v,...]")
-        site, action, arg = m["site"], m["action"], m["arg"]
-        if site not in sites:
-            raise FailpointError(f"no such failpoint {_show(site)} in {where}; known: {', '.join(sorted(sites))}")
-        if action not in ACTIONS:
-            raise FailpointError(f"unknown failpoint action {action!r} in {where}; known: {', '.join(ACTIONS)}")
-        _check_arg(action, arg, where)
-        triggers = {}
-        for item in filter(None, (m["triggers"] or "").split(",")):
-            key, _, value = item.partition("=")
-            # A negative rank, chunk or call never matches: refusing it beats an armed fault that never fires.
-            if key not in TRIGGERS or not value.isdigit() or (key == "hit" and int(value) < 1):
-                raise FailpointError(f"bad trigger {item!r} in {where}; expected one of "
-                                     f"{', '.join(t + '=N' for t in TRIGGERS)} with N >= 0 (hit counts from 1)")
-            triggers[key] = int(value)
-        entries.append(Armed(site=site, action=action, arg=arg, triggers=triggers))
-    return entries
+    entries = grammar.parse(spec, where=where, triggers=TRIGGERS, sites=SITES if sites is None else sites,
+                            actions=ACTIONS, check_arg=_check_arg)
+    return [Armed(site=e.site, action=e.action.name, arg=e.action.arg, triggers=e.triggers) for e in entries]
 
 
-def _show(text: str, limit: int = 80) -> str:
-    """``text`` quoted for an error message, cut to ``limit`` characters (a spec can be any size)."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
-
-
-def _check_arg(action: str, arg: str | None, where: str) -> None:
-    if action in ("raise", "hang", "flip") and arg is not None:
-        raise FailpointError(f"{action} takes no argument, got {action}({arg}) in {where}")
-    if action == "exit" and (arg is None or not arg.isdigit() or not 0 <= int(arg) <= 255):
-        raise FailpointError(f"exit needs an integer code 0..255, e.g. exit(3), got {arg!r} in {where}")
-    if action == "kill" and (arg is None or not isinstance(getattr(signal, arg, None), signal.Signals)):
-        raise FailpointError(f"kill needs a signal name, e.g. kill(SIGKILL), got {arg!r} in {where}")
-    if action == "sleep":
-        try:
-            seconds = float(arg or "")
-        except ValueError:
-            seconds = -1.0
-        if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SLEEP_S):
-            raise FailpointError(f"sleep needs seconds, e.g. sleep(0.5), got {arg!r} (finite, 0..{MAX_SLEEP_S:g}) "
-                                 f"in {where}")
-    if action == "set" and not arg:
-        raise FailpointError(f"set needs a value, e.g. set(none), in {where}")
-    if action == "corrupt" and arg not in (None, "callable", "tensor", "nan", "last"):
+def _check_arg(action: grammar.Action, where: str) -> None:
+    """This TP path's own argument rules (the common ones are the grammar's)."""
+    name, arg = action.name, action.arg
+    if name == "set" and not arg:
+        raise FailpointError(f"set needs a value, e.g. set(none), at {where}")
+    if name == "corrupt" and arg not in (None, "callable", "tensor", "nan", "last"):
         try:
             float(arg)
         except ValueError:
-            raise FailpointError(f"corrupt takes callable|tensor|nan|last or a number, got {arg!r} in {where}") from None
+            raise FailpointError(f"corrupt takes callable|tensor|nan|last or a number, got {arg!r} at {where}") from None
 
 
 def arm(spec: str, *, where: str = "TP_FAILPOINTS") -> None:

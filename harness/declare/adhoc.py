@@ -17,7 +17,7 @@ EXPECTS = {"crash": Expect.crash, "clean": Expect.clean, "hang": Expect.hang, "d
 
 def scenario(*, faults: list[str], expect: str, signatures: list[str], env: list[str]) -> Scenario:
     """The ``adhoc`` scenario: ``faults`` as ``TP_FAILPOINTS`` entries, ``signatures`` as ``[RANK:]REGEX``."""
-    armed = tuple(Fault.parse(spec) for spec in faults)
+    armed = tuple(Fault.parse(spec, where="--fault") for spec in faults)
     wanted: dict = {}
     for item in signatures:
         m = re.match(r"^(\d+|others|all):(.*)$", item)

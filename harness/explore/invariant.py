@@ -13,8 +13,6 @@ the harness observed, never the TP path's opinion of itself.
 
 from __future__ import annotations
 
-import re
-import signal
 from collections.abc import Iterable
 
 from harness.declare.fault import Fault
@@ -45,10 +43,9 @@ def allowed_outcomes(faults: Iterable[Fault], *, progress_timeout_s: float) -> t
 
 
 def _benign_rule(fault: Fault, progress_timeout_s: float) -> str | None:
-    m = re.fullmatch(r"sleep\(([0-9.]+)\)", fault.action)
-    if m and float(m[1]) < progress_timeout_s / 2:
+    if fault.act.seconds is not None and fault.act.seconds < progress_timeout_s / 2:
         return "short-sleep"
-    if fault.site == "driver.late_result" and fault.action == "flip":
+    if fault.site == "driver.late_result" and fault.act.name == "flip":
         return "fenced-late-result"
     return None
 
@@ -57,10 +54,9 @@ def own_ends(faults: Iterable[Fault], world_size: int) -> dict[int, set[int]]:
     """Per rank, the return codes its own faults may end it with (exit code, or minus the signal number)."""
     ends: dict[int, set[int]] = {r: set() for r in range(world_size)}
     for f in faults:
-        m = re.fullmatch(r"(exit|kill)\((\w+)\)", f.action)
-        if not m:
+        code = f.act.returncode
+        if code is None:
             continue
-        code = int(m[2]) if m[1] == "exit" else -int(getattr(signal, m[2]))
         for r in ([f.rank] if f.rank is not None else range(world_size)):
             if r in ends:
                 ends[r].add(code)
@@ -88,7 +84,7 @@ def check(result: Result, faults: tuple[Fault, ...], *, progress_timeout_s: floa
 
 def _crash_violations(result: Result, faults: tuple[Fault, ...]) -> list[str]:
     own = own_ends(faults, result.world_size)
-    frozen = {f.rank for f in faults if f.action == "kill(SIGSTOP)"}
+    frozen = {f.rank for f in faults if f.act.freezes}
     broken = []
     for r in result.ranks:
         if r.returncode is None:

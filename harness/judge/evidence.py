@@ -7,10 +7,10 @@ every rank that exited non-zero on its own did so inside the contract.
 
 from __future__ import annotations
 
-import re
 import signal
 from typing import TYPE_CHECKING
 
+from contract.faults import Action
 from harness.supervise import logs
 
 if TYPE_CHECKING:
@@ -108,15 +108,10 @@ def off_contract(r: RankResult, text: str, codes: dict[str, int] | None, scenari
         if line.kind == "TP-FAULT":
             # The line names the action; the spec armed for this rank there supplies its argument if the line
             # leaves it out. Nothing else exempts the rank whose fault fired: it must still end as its action says.
-            actions.append(str(line.fields.get("action", "")))
-            actions += [f.action for f in scenario.faults
-                        if f.site == line.fields.get("site") and f.rank in (None, r.rank)]
-    for action in actions:
-        m = re.fullmatch(r"(kill|exit)\((\w+)\)", action)
-        if m and m[1] == "exit" and m[2].isdigit() and int(m[2]) == r.returncode:
-            return ""
-        if m and m[1] == "kill" and m[2] in signal.Signals.__members__ and -signal.Signals[m[2]] == r.returncode:
-            return ""
+            actions.append(Action.parse(str(line.fields.get("action", ""))))
+            actions += [f.act for f in scenario.faults if f.site == line.fields.get("site") and f.rank in (None, r.rank)]
+    if any(a is not None and a.returncode is not None and a.returncode == r.returncode for a in actions):
+        return ""
     interrupt = scenario.interrupt
     if interrupt is not None and interrupt.rank == r.rank and r.returncode == -signal.Signals[interrupt.signal]:
         return ""

@@ -18,18 +18,17 @@ too, for logs whose size was not recorded.
 
 from __future__ import annotations
 
-import re
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from contract.faults import Action
 from harness.supervise import logs
 
 if TYPE_CHECKING:
     from harness.judge.result import RankResult
     from harness.supervise.observation import Observation
 
-_DEADLY = re.compile(r"(kill|exit)\((\w+)\)")
 
 
 def reap_cutoff(obs: Observation) -> float | None:
@@ -70,15 +69,12 @@ def _head(path: Path, nbytes: int) -> str:
 def fault_that_ended(r: RankResult, text: str, frozen: bool) -> logs.LogLine | None:
     """The ``TP-FAULT`` line of ``r``'s own fault that ended it the way its action does (kill, exit, SIGSTOP)."""
     for fault in (ln for ln in logs.contract_lines(text) if ln.kind == "TP-FAULT"):
-        m = _DEADLY.fullmatch(str(fault.fields.get("action", "")))
-        if m is None:
+        act = Action.parse(str(fault.fields.get("action", "")))
+        if act is None or act.returncode is None:
             continue
-        sig = signal.Signals.__members__.get(m[2])
-        if m[1] == "exit" and m[2].isdigit() and int(m[2]) == r.returncode and not r.reaped:
+        if act.freezes and frozen:
             return fault
-        if m[1] == "kill" and sig is signal.SIGSTOP and frozen:
-            return fault
-        if m[1] == "kill" and sig is not None and r.returncode == -sig and not r.reaped:
+        if act.returncode == r.returncode and not r.reaped:
             return fault
     return None
 

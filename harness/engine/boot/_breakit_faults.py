@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+
+try:  # a rank: the bootstrap's folder is on its path, contract/ is not
+    from _breakit_grammar import grammar
+except ModuleNotFoundError as exc:  # the harness checking a spec: the same file, as a package module
+    if exc.name != "_breakit_grammar":
+        raise
+    from contract import faults as grammar
 
 OPS: dict[str, str] = {
     "allreduce_": "all_reduce", "allreduce_coalesced_": "all_reduce_coalesced", "broadcast_": "broadcast",
@@ -43,13 +49,10 @@ OPS: dict[str, str] = {
 SITES = {f"collective.{name}": f"every {name} this rank issues, from any API" for name in OPS.values()}
 SITES["collective.any"] = "every collective this rank issues, whatever its op"
 ACTIONS = ("hang", "raise", "sleep", "skip", "extra", "corrupt", "kill", "exit")
-TRIGGERS = ("rank", "call", "hit")
-MAX_SLEEP_S = 86400.0
-_ENTRY = re.compile(r"^(?P<site>[a-z_.]+)=(?P<action>[a-z]+)(?:\((?P<arg>[^()]*)\))?(?:@(?P<triggers>.*))?$")
-
-
-class FaultSpecError(ValueError):
-    """A malformed spec, an unknown site or action, a bad argument or trigger."""
+TRIGGERS = {"rank": 0, "call": 1, "hit": 1}
+"""Each trigger and its least value: ``call`` counts an op's calls on a rank from 1."""
+FaultSpecError = grammar.FaultSpecError
+MAX_SLEEP_S = grammar.MAX_SLEEP_S
 
 
 class InjectedFault(RuntimeError):
@@ -69,51 +72,22 @@ class Armed:
 
 
 def parse(spec: str, where: str = "TP_FAILPOINTS") -> list[Armed]:
-    """Parse a ``;``-separated spec; every error names ``where``, the bad part and the valid choices."""
-    entries = []
-    for raw in filter(None, (part.strip() for part in spec.split(";"))):
-        m = _ENTRY.match(raw)
-        if not m:
-            raise FaultSpecError(f"malformed fault {raw[:80]!r} in {where}; expected SITE=ACTION[(ARG)][@k=v,...], "
-                                 "e.g. collective.all_reduce=hang@rank=1,call=3")
-        site, action, arg = m["site"], m["action"], m["arg"]
-        if site not in SITES:
-            raise FaultSpecError(f"no such collective site {site[:80]!r} in {where}; known: {', '.join(sorted(SITES))}")
-        if action not in ACTIONS:
-            raise FaultSpecError(f"unknown action {action!r} at {site} in {where}; known: {', '.join(ACTIONS)}")
-        _check_arg(action, arg, f"{site} in {where}")
-        triggers = {}
-        for item in filter(None, (m["triggers"] or "").split(",")):
-            key, _, value = item.partition("=")
-            if key not in TRIGGERS or not value.isdigit() or (key in ("call", "hit") and int(value) < 1):
-                raise FaultSpecError(f"bad trigger {item!r} at {site} in {where}; valid: rank=R (from 0), "
-                                     "call=K (the K-th call of the op on the rank, from 1), hit=N (from 1)")
-            triggers[key] = int(value)
-        entries.append(Armed(site=site, action=action, arg=arg, triggers=triggers))
-    return entries
+    """Parse a ``;``-separated spec with the contract's grammar over the collective sites; every error names
+    ``where``, the bad part and the valid choices."""
+    entries = grammar.parse(spec, where=where, triggers=TRIGGERS, sites=SITES, actions=ACTIONS, check_arg=_check_arg,
+                            example="collective.all_reduce=hang@rank=1,call=3")
+    return [Armed(site=e.site, action=e.action.name, arg=e.action.arg, triggers=e.triggers) for e in entries]
 
 
-def _check_arg(action: str, arg: str | None, where: str) -> None:
-    if action in ("hang", "raise", "skip", "extra") and arg is not None:
-        raise FaultSpecError(f"{action} takes no argument, got {action}({arg}) at {where}")
-    if action == "corrupt" and arg is not None:
+def _check_arg(action: grammar.Action, where: str) -> None:
+    """``corrupt`` adds a number here (the grammar checks what every reader agrees on)."""
+    if action.name == "corrupt" and action.arg is not None:
         try:
-            ok = math.isfinite(float(arg))
+            ok = math.isfinite(float(action.arg))
         except ValueError:
             ok = False
         if not ok:
-            raise FaultSpecError(f"corrupt takes an optional finite number to add, got corrupt({arg}) at {where}")
-    if action == "exit" and (arg is None or not arg.isdigit() or int(arg) > 255):
-        raise FaultSpecError(f"exit needs a code 0..255, e.g. exit(3), got {arg!r} at {where}")
-    if action == "kill" and (arg is None or not isinstance(getattr(signal, arg, None), signal.Signals)):
-        raise FaultSpecError(f"kill needs a signal name, e.g. kill(SIGKILL) or kill(SIGSTOP), got {arg!r} at {where}")
-    if action == "sleep":
-        try:
-            seconds = float(arg or "")
-        except ValueError:
-            seconds = -1.0
-        if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SLEEP_S):
-            raise FaultSpecError(f"sleep needs seconds 0..{MAX_SLEEP_S:g}, e.g. sleep(0.5), got {arg!r} at {where}")
+            raise FaultSpecError(f"corrupt takes an optional finite number to add, got {action} at {where}")
 
 
 class Injector:
