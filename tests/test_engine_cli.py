@@ -17,7 +17,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args, words", [
-    (("--fault", "collective.all_reduc=hang", "--expect", "hang"), ["no such collective site", "--fault"]),
+    (("--fault", "collective.all_reduc=hang", "--expect", "hang"), ["no such failpoint", "--fault"]),
     (("--fault", "collective.all_reduce=hang"), ["--fault needs --expect"]),
     (("--launch", "zygote"), ["launch mode 'zygote'", "subprocess"]),
     (("--output-regex", "(unclosed"), ["invalid --output-regex"]),

@@ -29,13 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def cli(cmd_run):
-    """``run``'s command: the zero-touch path when ``--engine`` is given, else ``cmd_run``."""
+def cli(cmd_run, finish):
+    """``run``'s command: the zero-touch path when ``--engine`` is given, else ``cmd_run``; both end in the
+    command line's ``finish``."""
     def run(args: argparse.Namespace) -> int:
         if getattr(args, "engine", None) is None:
             return cmd_run(args)
         from harness.engine.run import cmd_engine
 
-        return cmd_engine(args)
+        return cmd_engine(args, finish)
 
     return run

@@ -10,45 +10,38 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.declare import adhoc
 from harness.declare.scenario import Expect, Scenario
 from harness.declare.selection import UsageError
-from harness.declare.verdicts import Verdict
 from harness.engine.boot import _breakit_faults as faults
 from harness.engine.env import CODES, boot_env
 from harness.judge.outcome import judge
 from harness.judge.result import Baseline, Result
 from harness.pipeline import options, runner
+from harness.pipeline.deadline import resolve
+from harness.pipeline.session import Session
 from harness.report import files as report
 from harness.supervise.observation import Observation
 
-DEADLINE_FACTOR = 3.0
-"""Without ``--deadline``, an engine's deadline is this many times its measured healthy run (at least the
-default): an engine's run takes what it takes (loading, compiling, a loaded box), and a fixed 8 s judged a
-healthy engine HUNG while it was still tearing down."""
 LAUNCHES = ("subprocess", "srun", "torchrun", "torchrun-2node")
 """Launch modes that start the command afresh (the zygote forks a pre-imported interpreter: no sitecustomize)."""
 
 
-def cmd_engine(args: argparse.Namespace) -> int:
-    """``run --engine``: check every input, run the scenario, print the verdict, write the report."""
+def cmd_engine(args: argparse.Namespace, finish: Callable[..., int]) -> int:
+    """``run --engine``: check every input, run the scenario, print the verdict; ``finish`` (the command line's)
+    writes and shows the report."""
     engine, settings, scenario = _inputs(args)
-    run_dir = settings["report_dir"] / report.run_dir_name()
-    config = runner.RunConfig(run_dir=run_dir, world_size=settings["world_size"], deadline_s=settings["deadline"],
-                       stall_s=settings["stall"], launch=settings["launch"], tp_command=engine,
-                       startup_deadline_s=settings["startup_deadline"])
-    result = run_engine(scenario, config, output_regex=args.output_regex,
+    session = Session(settings={**settings, "tp_command": engine}, run_dir=settings["report_dir"] / report.run_dir_name(),
+                      selection=f"--engine {args.engine}")
+    result = run_engine(scenario, session.run_config(), output_regex=args.output_regex,
                         deadline_s=settings["deadline"] if args.deadline is not None else None)
     print(f"{result.verdict} {result.id} (ws{result.world_size}): {result.reason}")
     if not result.passed:
         print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
-    summary = report.write_summary(run_dir, planned=1, interrupted=False, selection=f"--engine {args.engine}")
-    if summary.overall != Verdict.INCOMPLETE:
-        report.update_latest(run_dir)
-    print(f"{summary.overall}: {summary.total} run, {summary.failed} failed; report: {summary.md_path}")
-    return 0 if summary.passed else 1
+    return finish(session, planned=1, interrupted=False)
 
 
 def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:
@@ -70,7 +63,7 @@ def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:
         except re.error as exc:
             raise UsageError(f"invalid --output-regex {args.output_regex!r}: {exc}") from None
     settings = {}
-    for name in ("world_size", "deadline", "stall", "report_dir", "startup_deadline", "launch"):
+    for name in ("world_size", "deadline", "stall", "report_dir", "startup_deadline", "launch", "backend", "device"):
         opt, value = options.OPTIONS[name], getattr(args, name, None)
         try:
             settings[name] = opt.validate(value, opt.cli_flag) if value is not None else options.default(name)
@@ -94,16 +87,14 @@ def run_engine(scenario: Scenario, config, *, output_regex: str | None = None,
                deadline_s: float | None = None) -> Result:
     """Run ``scenario`` against the engine ``config.tp_command`` (started as given) and judge it.
 
-    Deadline: ``deadline_s`` (given) > ``scenario.deadline_s`` > ``DEADLINE_FACTOR`` x the healthy run's time,
-    at least ``config.deadline_s``; the healthy run is then measured first (it is needed for CLEAN anyway)."""
+    Deadline: ``harness.pipeline.deadline``'s precedence, ``deadline_s`` the one given; without one the healthy
+    run is measured first (it is needed for CLEAN anyway)."""
     ws = scenario.world_size or config.world_size
-    deadline = deadline_s or scenario.deadline_s
-    if deadline is None:
-        base = healthy(config, world_size=ws, output_regex=output_regex)
-        deadline = max(config.deadline_s, DEADLINE_FACTOR * base.elapsed_s) if base.elapsed_s else config.deadline_s
-        if config.on_progress:
-            config.on_progress(f"deadline {deadline:.1f} s: {DEADLINE_FACTOR:g} x the healthy run's "
-                               f"{base.elapsed_s} s (at least {config.deadline_s:g} s)")
+    chosen = resolve(default_s=config.deadline_s, scenario_s=scenario.deadline_s, given=deadline_s,
+                     healthy_s=lambda: healthy(config, world_size=ws, output_regex=output_regex).elapsed_s)
+    deadline = chosen.seconds
+    if config.on_progress:
+        config.on_progress(f"deadline {deadline:.1f} s: {chosen.where}")
     sdir = report.scenario_dir(config.run_dir, scenario.id, ws)
     obs = execute(scenario, config, ws=ws, deadline_s=deadline, log_dir=sdir, output_regex=output_regex)
     result = judge(scenario, obs, deadline_s=deadline,

@@ -21,6 +21,7 @@ from harness.judge.outcome import judge
 from harness.judge.result import Baseline, Result
 from harness.launch import Launch, LaunchError, LaunchSpec, probe
 from harness.pipeline import options
+from harness.pipeline.deadline import resolve
 from harness.report import files as report
 from harness.supervise import logs
 from harness.supervise.loop import Limits, harness_signals, supervise
@@ -68,12 +69,11 @@ class RunConfig:
 def run_scenario(scenario: Scenario, config: RunConfig, *, deadline_s: float | None = None) -> Result:
     """Run ``scenario`` and return its judged Result (also written as result.json).
 
-    Deadline precedence: ``deadline_s`` argument (a pytest marker) >
-    ``scenario.deadline_s`` > ``config.deadline_s``. World size:
+    ``deadline_s`` is a pytest marker's (``harness.pipeline.deadline`` holds the one precedence). World size:
     ``scenario.world_size`` > ``config.world_size``.
     """
     ws = scenario.world_size or config.world_size
-    deadline = deadline_s or scenario.deadline_s or config.deadline_s
+    deadline = resolve(default_s=config.deadline_s, marker=deadline_s, scenario_s=scenario.deadline_s).seconds
     sdir = report.scenario_dir(config.run_dir, scenario.id, ws)
     obs = _execute(scenario, config, ws=ws, deadline_s=deadline, log_dir=sdir)
     result = judge(

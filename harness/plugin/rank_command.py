@@ -1,6 +1,6 @@
 """The rank command under pytest: where it came from, where ranks start, which launch mode runs it.
 
-The CLI has the same rules in ``harness.cli.main``; both lean on ``probe.fit_launch``.
+Which launch mode it runs in is the pipeline's (``Session.fit_launch``), shared with the command line.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness.launch import probe
 from harness.pipeline import options
 
 _DEFAULT_COMMAND = options.default("tp_command")
@@ -39,16 +38,6 @@ def header(config: pytest.Config, settings: dict) -> None:
     config.stash[HEADER] = [f"tp-breakit {harness.__version__}: rank command {' '.join(settings['tp_command'])!r} "
                             f"({source(config, 'tp_command', prefix='from ')}), world size {settings['world_size']}, "
                             f"backend {settings['backend']}"]
-
-
-def fit_launch(config: pytest.Config, settings: dict) -> None:
-    """A rank command that can start in the launch mode (a default zygote gives way): one line, before any rank."""
-    chosen = source(config, "launch") != "default"
-    try:
-        settings["launch"], note = probe.fit_launch(settings["tp_command"], settings["launch"], chosen=chosen)
-    except probe.Refused as exc:
-        raise pytest.UsageError(f"{exc} (--breakit-tp-command / --breakit-launch)") from None
-    config.stash[HEADER].append(f"tp-breakit: {note}" if note else f"tp-breakit: launch mode {settings['launch']}")
 
 
 def warn_builtin_tp(config: pytest.Config, paths: list[Path]) -> None:
