@@ -485,3 +485,12 @@ def test_a_rank_with_bad_configuration_exits_2_with_one_line(name: str, value: s
 def test_without_rank_or_world_size_the_launcher_explains(tmp_path) -> None:
     proc = _run_tp({})
     assert proc.returncode == 2 and "pass --world-size N" in proc.stderr
+
+
+def test_every_site_written_in_tp_is_registered_and_every_registered_site_is_written() -> None:
+    # A disarmed failpoint() returns after one boolean, so a misspelt site in tp/ would never be refused at run
+    # time: the registry is checked against the source instead (gofail generates its registry from it).
+    source = "\n".join(p.read_text() for p in Path(failpoints.__file__).parent.rglob("*.py"))
+    written = set(re.findall(r"\bfailpoint\(\s*\"([a-z_.]+)\"", source))
+    assert written == set(failpoints.REGISTRY), (sorted(written - set(failpoints.REGISTRY)),
+                                                 sorted(set(failpoints.REGISTRY) - written))

@@ -21,56 +21,87 @@ from dataclasses import dataclass, field
 from contract import faults as grammar
 from tp import log
 
-SITES: dict[str, str] = {
-    "driver.meta": "the driver, the meta dict before encoding (corrupt(callable|tensor|nan) adds an unencodable value)",
-    "driver.latents": "the driver, the latents tensor before the envelope is built (set(DTYPE) casts it late)",
-    "driver.plan": "the driver, the plan dict (corrupt: expected generator calls + 1)",
-    "driver.override": "the driver, context_frames_override (set(none) drops it while recompute is on)",
-    "driver.aux": "the driver, attach an ad-hoc tensor outside the envelope schema (flip)",
-    "driver.idle": "the driver, between chunks (kill/hang here is 'mid-idle')",
-    "driver.late_result": "the driver, a result of the old cache epoch arrives after a hard cut (flip)",
-    "envelope.before_header": "sender, after preflight, before the header goes out",
-    "envelope.after_header": "sender, after the header went out, before meta",
-    "envelope.after_recv": "receiver, the received latents (corrupt perturbs element 0, corrupt(last) the last one)",
-    "worker.skip_recompute": "worker, the recompute call decision (flip skips it)",
-    "worker.stale_override": "worker, keeps using the previous override instead of the new one (flip)",
-    "worker.replay": "worker, runs the last envelope before the latest hard cut again instead of the received one "
-                     "(flip: a late duplicate of the old cache epoch)",
-    "generator.call": "any rank, at the start of each generator call (kill/hang here is 'mid-collective')",
-    "model.shard": "any rank, its weight shard after loading (corrupt perturbs one weight)",
-    "handshake.publish": "any rank, its handshake record before publishing",
-    "store.connect": "a rank that connects to the store as a client, just before (sleep here starts it late)",
-}
-
 ACTIONS = ("raise", "exit", "kill", "hang", "sleep", "corrupt", "flip", "set")
 
-# What can be broken where (``python -m tp --list-failpoints``, CONTRACT §4): the actions that mean something at
-# each site, their arguments (a list: the values worth trying, null = no argument; a word: its type), which ranks
-# pass the site, whether it fires per chunk (handshake and weight loading happen once, before chunk 0), and the
-# first chunk where the site is passed or the action does what it says ("cut": the first hard cut's chunk).
-_PROCESS = ({"action": "raise"}, {"action": "exit", "args": ["3", "0"]},
-            {"action": "kill", "args": ["SIGKILL", "SIGSTOP"]}, {"action": "hang"}, {"action": "sleep", "args": "seconds"})
-_ONCE = {"ranks": "any", "chunked": False}
-BREAKABLE: dict[str, dict] = {
-    "driver.meta": {"ranks": "driver", "data": ({"action": "corrupt", "args": ["callable", "tensor", "nan"]},)},
-    "driver.latents": {"ranks": "driver", "data": ({"action": "set", "args": ["uint16"]},)},
-    "driver.plan": {"ranks": "driver", "data": ({"action": "corrupt", "args": ["1", "-1"]},)},
-    "driver.override": {"ranks": "driver", "first_chunk": 1,  # passed only on chunks with KV recompute
-                        "data": ({"action": "set", "args": ["none"]},)},
-    "driver.aux": {"ranks": "driver", "data": ({"action": "flip"},)},
-    "driver.idle": {"ranks": "driver"},
-    "driver.late_result": {"ranks": "driver", "data": ({"action": "flip", "first_chunk": "cut"},)},
-    "envelope.before_header": {"ranks": "driver"},
-    "envelope.after_header": {"ranks": "driver"},
-    "envelope.after_recv": {"ranks": "workers", "data": ({"action": "corrupt", "args": [None, "last"]},)},
-    "worker.skip_recompute": {"ranks": "workers", "data": ({"action": "flip"},)},
-    "worker.stale_override": {"ranks": "workers", "data": ({"action": "flip"},)},
-    "worker.replay": {"ranks": "workers", "data": ({"action": "flip", "first_chunk": "cut"},)},
-    "generator.call": {"ranks": "any"},
-    "model.shard": {**_ONCE, "data": ({"action": "corrupt", "args": [None]},)},
-    "handshake.publish": dict(_ONCE),
-    "store.connect": dict(_ONCE),
+
+@dataclass(frozen=True, kw_only=True)
+class Site:
+    """One failpoint site: what it is and what can be broken there (``--list-failpoints``, CONTRACT §4)."""
+
+    description: str
+    """Where it fires and what its data actions do, for people."""
+    ranks: str
+    """Which ranks pass it: ``driver``, ``workers`` or ``any``."""
+    chunked: bool = True
+    """False for a site passed once, before chunk 0 (handshake, weight loading)."""
+    first_chunk: int | None = None
+    """The first chunk where the site is passed, where that is not 0."""
+    data: tuple[dict, ...] = ()
+    """The data actions that mean something here, beyond every site's process actions: each with its arguments
+    (a list: the values worth trying, None = no argument; a word: its type) and the first chunk where it does
+    what it says ("cut": the first hard cut's chunk)."""
+
+
+# Every site, once: the registry the grammar checks an armed spec against and --list-failpoints prints.
+_PROCESS = ({"action": "raise"}, {"action": "exit", "args": ["3", "0"]}, {"action": "kill", "args": ["SIGKILL", "SIGSTOP"]},
+            {"action": "hang"}, {"action": "sleep", "args": "seconds"})
+REGISTRY: dict[str, Site] = {
+    "driver.meta": Site(
+        description="the driver, the meta dict before encoding (corrupt(callable|tensor|nan) adds an unencodable "
+                    "value)",
+        ranks="driver", data=({"action": "corrupt", "args": ["callable", "tensor", "nan"]},)),
+    "driver.latents": Site(
+        description="the driver, the latents tensor before the envelope is built (set(DTYPE) casts it late)",
+        ranks="driver", data=({"action": "set", "args": ["uint16"]},)),
+    "driver.plan": Site(
+        description="the driver, the plan dict (corrupt: expected generator calls + 1)",
+        ranks="driver", data=({"action": "corrupt", "args": ["1", "-1"]},)),
+    "driver.override": Site(
+        description="the driver, context_frames_override (set(none) drops it while recompute is on)",
+        ranks="driver", first_chunk=1, data=({"action": "set", "args": ["none"]},)),
+    "driver.aux": Site(
+        description="the driver, attach an ad-hoc tensor outside the envelope schema (flip)",
+        ranks="driver", data=({"action": "flip"},)),
+    "driver.idle": Site(
+        description="the driver, between chunks (kill/hang here is 'mid-idle')",
+        ranks="driver"),
+    "driver.late_result": Site(
+        description="the driver, a result of the old cache epoch arrives after a hard cut (flip)",
+        ranks="driver", data=({"action": "flip", "first_chunk": "cut"},)),
+    "envelope.before_header": Site(
+        description="sender, after preflight, before the header goes out",
+        ranks="driver"),
+    "envelope.after_header": Site(
+        description="sender, after the header went out, before meta",
+        ranks="driver"),
+    "envelope.after_recv": Site(
+        description="receiver, the received latents (corrupt perturbs element 0, corrupt(last) the last one)",
+        ranks="workers", data=({"action": "corrupt", "args": [None, "last"]},)),
+    "worker.skip_recompute": Site(
+        description="worker, the recompute call decision (flip skips it)",
+        ranks="workers", data=({"action": "flip"},)),
+    "worker.stale_override": Site(
+        description="worker, keeps using the previous override instead of the new one (flip)",
+        ranks="workers", data=({"action": "flip"},)),
+    "worker.replay": Site(
+        description="worker, runs the last envelope before the latest hard cut again instead of the received one "
+                    "(flip: a late duplicate of the old cache epoch)",
+        ranks="workers", data=({"action": "flip", "first_chunk": "cut"},)),
+    "generator.call": Site(
+        description="any rank, at the start of each generator call (kill/hang here is 'mid-collective')",
+        ranks="any"),
+    "model.shard": Site(
+        description="any rank, its weight shard after loading (corrupt perturbs one weight)",
+        ranks="any", chunked=False, data=({"action": "corrupt", "args": [None]},)),
+    "handshake.publish": Site(
+        description="any rank, its handshake record before publishing",
+        ranks="any", chunked=False),
+    "store.connect": Site(
+        description="a rank that connects to the store as a client, just before (sleep here starts it late)",
+        ranks="any", chunked=False),
 }
+SITES: dict[str, str] = {name: site.description for name, site in REGISTRY.items()}
+"""Site name -> description: the registry as the grammar reads it."""
 
 
 def declared(site: str, *, reset_every: int = 4) -> dict:
@@ -79,12 +110,12 @@ def declared(site: str, *, reset_every: int = 4) -> dict:
     def chunk(value):
         return reset_every if value == "cut" else value
 
-    spec = BREAKABLE[site]
-    actions = [{k: chunk(v) if k == "first_chunk" else v for k, v in a.items()} for a in (*_PROCESS, *spec.get("data", ()))]
-    line = {"site": site, "description": SITES[site], "actions": actions, "ranks": spec["ranks"],
-            "chunked": spec.get("chunked", True)}
-    if "first_chunk" in spec:
-        line["first_chunk"] = spec["first_chunk"]
+    spec = REGISTRY[site]
+    actions = [{k: chunk(v) if k == "first_chunk" else v for k, v in a.items()} for a in (*_PROCESS, *spec.data)]
+    line = {"site": site, "description": spec.description, "actions": actions, "ranks": spec.ranks,
+            "chunked": spec.chunked}
+    if spec.first_chunk is not None:
+        line["first_chunk"] = spec.first_chunk
     return line
 
 
