@@ -271,7 +271,7 @@ def test_a_stopped_rank_is_probed_only_where_beats_were_seen_or_no_rank_has_a_wa
     from harness.supervise.stall import StallClock
 
     def due(*, beat_moved_at=None, unwatched=False, beats_visible=True) -> bool:
-        clock = StallClock(window_s=1.0, last_progress_at=0.0, next_probe_at=0.0, beat_moved_at=beat_moved_at,
+        clock = StallClock(stall_s=1.0, last_progress_at=0.0, next_probe_at=0.0, beat_moved_at=beat_moved_at,
                            flight_ranks={0, 1})
         return clock.due(10.0, [0, 1], lambda: [1], beats_visible=beats_visible, unwatched=unwatched)
 
@@ -287,15 +287,15 @@ def test_a_short_window_still_leaves_a_stopped_rank_to_the_peers_watchdogs_for_a
     """A suite's short stall window (0.3 s) must not make a starved heartbeat thread look like a dead watchdog."""
     from harness.supervise.stall import BEATS_SILENT_S, StallClock
 
-    def due(beat_moved_at: float, *, window_s: float) -> bool:
-        clock = StallClock(window_s=window_s, last_progress_at=0.0, next_probe_at=0.0, beat_moved_at=beat_moved_at,
+    def due(beat_moved_at: float, *, stall_s: float) -> bool:
+        clock = StallClock(stall_s=stall_s, last_progress_at=0.0, next_probe_at=0.0, beat_moved_at=beat_moved_at,
                            flight_ranks={0, 1})
         return clock.due(10.0, [0, 1], lambda: [1], beats_visible=True)
 
     assert BEATS_SILENT_S == 1.0
-    assert not due(9.5, window_s=0.3)  # beats silent 0.5 s: longer than the window, not than the watchdogs' horizon
-    assert due(8.9, window_s=0.3)  # silent over a second: nothing is beating
-    assert not due(8.5, window_s=2.0)  # a window longer than the horizon still counts
+    assert not due(9.5, stall_s=0.3)  # beats silent 0.5 s: longer than the window, not than the watchdogs' horizon
+    assert due(8.9, stall_s=0.3)  # silent over a second: nothing is beating
+    assert not due(8.5, stall_s=2.0)  # a window longer than the horizon still counts
 
 
 # -- the true first divergence: call ids and sites, where traces have them -----------------------------

@@ -116,7 +116,7 @@ class _Loop:
         self.started: set[int] = set()
         self.next_poll_at = start
         self.phase_until_at = 0.0
-        self.stall = StallClock(window_s=limits.stall_s, last_progress_at=start, next_probe_at=start)
+        self.stall = StallClock(stall_s=limits.stall_s, last_progress_at=start, next_probe_at=start)
         self.dumps = Dumps(self.obs, launch, self.followers, self.stall.flight_ranks)
         self.probe_at: float | None = None  # set while a stall probe's dumps are collected
         self.unwatched: set[int] = set()  # ranks whose init event lists guardrails without the watchdog

@@ -31,7 +31,7 @@ watchdogs were about to end (their frozen-peer detector needs about half a secon
 class StallClock:
     """The stall window's state inside one supervisor loop."""
 
-    window_s: float | None
+    stall_s: float | None
     """No progress for this long makes a probe due; None never probes (deadline only)."""
     last_progress_at: float
     """``time.monotonic()`` of the last progress seen."""
@@ -54,7 +54,7 @@ class StallClock:
         The same while no heartbeat was ever seen (a TP path may run a watchdog whose beats the harness cannot
         see), unless ``unwatched``: every live rank's init event lists its guardrails without the watchdog.
         """
-        window = self.window_s
+        window = self.stall_s
         if window is None or now < self.next_probe_at or now - self.last_progress_at < window:
             return False
         stopped = stopped_ranks()
@@ -68,7 +68,7 @@ class StallClock:
 
     def back_off(self, now: float) -> None:
         """An inconclusive probe: wait another window."""
-        self.next_probe_at = now + (self.window_s or 0.0)
+        self.next_probe_at = now + (self.stall_s or 0.0)
 
     def verdict(self, obs, *, probe_at: float, live: list[int], stopped: set[int],
                 parked: Mapping[int, str] | None = None) -> str | None:
@@ -81,4 +81,4 @@ class StallClock:
             return None
         self.proof = why
         _, name = obs.anchor()
-        return (f"no progress for {self.window_s:g} s after {name} and {PROVEN}: {why}")
+        return (f"no progress for {self.stall_s:g} s after {name} and {PROVEN}: {why}")
