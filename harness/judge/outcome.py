@@ -62,7 +62,7 @@ def judge(
     parts = _reason(
         expected=expected, observed=observed, why=why, ttc=ttc, anchor=anchor, obs=obs,
         ranks=ranks, missing=missing, sig_errors=sig_errors, deadline_s=deadline_s, root=root,
-        first=first, unfired=[] if first else unfired,
+        first=first, unfired=[] if first else unfired, passed=passed,
     )
     return Result(
         id=scenario.id, fm=scenario.fm, title=scenario.title, proves=scenario.proves,
@@ -256,7 +256,7 @@ def _describe_rank(r: RankResult) -> str:
 
 
 def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_errors, deadline_s, root,
-            first="", unfired=()) -> dict:
+            passed: bool, first="", unfired=()) -> dict:
     """The reason, structured (``harness.judge.explain`` renders it as a paragraph, Markdown or HTML)."""
     want = "|".join(o.value for o in expected)
     head = f"expected {want}, observed {observed.value}"
@@ -286,7 +286,6 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
         notes.append("leftover processes killed after the run: " + ", ".join(obs.leftovers))
     if unfired:
         notes.append("armed but never fired (no TP-FAULT line): " + ", ".join(f.spec() for f in unfired))
-    ok = observed in expected and not missing and not sig_errors and not first
     return {
         "first": first,
         "headline": head,
@@ -298,7 +297,7 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
         "signature_errors": list(sig_errors),
         "signatures_matched": [f"rank {r.rank} /{s['regex']}/" for r in ranks for s in r.signatures if s["matched"]],
         "signatures_missing": [f"rank {r} /{rx}/" for r, rx in missing],
-        "verdict": Verdict.PASS if ok else Verdict.FAIL,
+        "verdict": Verdict.PASS if passed else Verdict.FAIL,
         "verdict_why": (f"{observed.value} is not among the expected {want}" if observed not in expected
                         else first.partition(":")[0] if first else ""),
     }
