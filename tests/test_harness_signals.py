@@ -78,3 +78,16 @@ def test_a_death_by_the_harness_s_own_signal_is_a_harness_error_never_a_root_cau
     assert result.root_cause is None or result.root_cause["rank"] != 0, result.root_cause
     assert "root cause" not in result.ranks[0].role and "no TP-FATAL" not in result.reason_parts["ranks"][0]
     assert "outside the contract" not in result.reason
+
+
+def test_reaping_a_hung_run_makes_no_rank_crash(tmp_path) -> None:
+    # FM-01 with preflight off leaves rank 1 blocked mid-envelope. A SIGTERM-first reap let tp's rank 0 send its
+    # graceful SHUTDOWN into it, and gloo aborted rank 1 (SIGABRT) on every run: the harness's reaping made a
+    # rank crash. After a verdict the harness stops the whole tree, then SIGKILLs it: no rank acts on a peer's
+    # death either (killed one by one, rank 1 saw rank 0 go and exited PEER_LOST in 3 of 4 runs).
+    from harness.declare.selection import load_scenarios
+
+    (scenario,) = [s for s in load_scenarios(None) if s.id == "FM-01/off"]
+    result = run_scenario(scenario, RunConfig(run_dir=tmp_path / "run"))
+    assert result.observed == "HUNG", result.reason
+    assert {r.rank: r.returncode for r in result.ranks} == {0: -signal.SIGKILL, 1: -signal.SIGKILL}, result.reason

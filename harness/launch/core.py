@@ -230,7 +230,7 @@ class Launch:
         return reap.process_tree(roots, groups, self.marker)
 
     def kill_tree(self, sig: signal.Signals) -> list[psutil.Process]:
-        """Send SIGCONT (a stopped process cannot act on SIGTERM) then ``sig`` to the tree."""
+        """Send ``sig`` to the tree (``reap.signal_all``: SIGCONT before it, or SIGSTOP before a SIGKILL)."""
         procs = self.tree()
         reap.signal_all(procs, sig)
         return procs

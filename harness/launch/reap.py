@@ -44,8 +44,12 @@ def process_tree(roots: list[psutil.Process], groups: set[int], marker: str) -> 
 
 
 def signal_all(procs: list[psutil.Process], sig: signal.Signals) -> None:
-    """SIGCONT first (a stopped process cannot act on SIGTERM), then ``sig``."""
-    for s in (signal.SIGCONT, sig):
+    """SIGCONT first (a stopped process cannot act on SIGTERM), then ``sig``; for SIGKILL, SIGSTOP first.
+
+    Signals reach the processes one by one: a rank still running when its peer is killed sees the connection
+    drop and acts on it (tp's exits PEER_LOST, gloo may abort) before its own SIGKILL lands. Stopping the whole
+    tree first means no process acts on another's death: the harness's kill is the only thing that happens."""
+    for s in ((signal.SIGSTOP, sig) if sig == signal.SIGKILL else (signal.SIGCONT, sig)):
         for proc in procs:
             try:
                 proc.send_signal(s)

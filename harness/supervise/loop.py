@@ -8,8 +8,12 @@ harness-side interrupt, and deadlines. Deadlines are absolute
 
 When a deadline passes with ranks alive the run is HUNG: every live rank gets
 SIGUSR1 (its faulthandler writes all stacks into its log), the loop waits for
-the logs to grow, cuts each stack out, then SIGCONT+SIGTERM, a grace period,
-and SIGKILL for the whole process tree.
+the logs to grow, cuts each stack out, then SIGKILL for the whole process tree.
+
+SIGKILL, not SIGTERM first: the verdict, stacks and traces are in hand by then and nothing a rank writes
+afterwards counts, while a SIGTERM asks a TP path to act. tp's rank 0 answers it with a graceful SHUTDOWN
+broadcast, which a worker desynced mid-envelope (FM-01 with preflight off) received as a wrongly sized
+message: gloo aborted it (SIGABRT) during every reap. The harness's reaping must not make a rank crash.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from harness.supervise.dumps import Dumps
 from harness.supervise.observation import Observation, RankExit, Stall
 from harness.supervise.stall import StallClock
 
-RUNNING, DUMPING, REAPING, KILLING = "running", "dumping", "reaping", "killing"
+RUNNING, DUMPING, KILLING = "running", "dumping", "killing"
 PREFIX = "default_pg/"
 """torch's prefix of the default store (``init_process_group``): an engine writing its progress through that store
 puts ``tp/progress/{rank}`` under it."""
@@ -73,11 +77,6 @@ class Limits:
     """True when the deadline counts from TP-FAULT rather than the first init."""
     dump_timeout_s: float = 2.0
     """How long to wait for stack dumps after SIGUSR1."""
-    grace_s: float = 0.2
-    """Between SIGTERM and SIGKILL. The verdict, stacks and traces are in hand by then and nothing a rank
-    writes after SIGTERM counts: a rank slower than this to go (tp's read the store once first; a store
-    host lingers for its peers; a driver asked to stop while it hangs never goes) is killed, nothing lost.
-    tp ranks that can go are gone within tens of milliseconds; a longer grace only waits on those that never will."""
     tick_s: float = 0.02
     """Loop period when no exit arrives."""
     store_poll_s: float = 0.1
@@ -302,13 +301,9 @@ class _Loop:
                     return
                 self.obs.verdict_at = now
                 self.obs.reap_offsets = {r: f.size() for r, f in self.followers.items()}
-                self.say("reaping: SIGTERM to the process tree")
-                self.launch.kill_tree(signal.SIGTERM)
-                self.phase, self.phase_until_at = REAPING, now + self.limits.grace_s
-        elif self.phase == REAPING and now >= self.phase_until_at:
-            self.say("reaping: SIGKILL to the process tree")
-            self.launch.kill_tree(signal.SIGKILL)
-            self.phase, self.phase_until_at = KILLING, now + 5.0
+                self.say("reaping: SIGKILL to the process tree")
+                self.launch.kill_tree(signal.SIGKILL)
+                self.phase, self.phase_until_at = KILLING, now + 5.0
         elif self.phase == KILLING and now >= self.phase_until_at:
             survivors = ", ".join(f"rank {r} (pid {self.obs.pids.get(r)})" for r in self._live())
             self.obs.harness_error = f"{survivors} still alive 5 s after SIGKILL"
