@@ -14,6 +14,7 @@ from pathlib import Path
 
 from harness import adhoc, options, report, runner
 from harness.engine.boot import _breakit_faults as faults
+from harness.engine.command import Rerun
 from harness.engine.env import CODES, boot_env
 from harness.observation import Observation
 from harness.outcome import judge
@@ -39,6 +40,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     result = run_engine(scenario, config, output_regex=args.output_regex,
                         deadline_s=settings["deadline"] if args.deadline is not None else None)
     print(f"{result.verdict} {result.id} (ws{result.world_size}): {result.reason}")
+    print("rerun with: " + _rerun(args, engine, settings, scenario, result).line())
     if not result.passed:
         print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
     summary = report.write_summary(run_dir, planned=1, interrupted=False, selection=f"--engine {args.engine}")
@@ -46,6 +48,16 @@ def cmd_engine(args: argparse.Namespace) -> int:
         report.update_latest(run_dir)
     print(f"{summary.overall}: {summary.total} run, {summary.failed} failed; report: {summary.md_path}")
     return 0 if summary.passed else 1
+
+
+def _rerun(args: argparse.Namespace, engine: tuple[str, ...], settings: dict, scenario: Scenario,
+           result: Result) -> Rerun:
+    """This run as one command: what the user gave, and the deadline it had (measured or given)."""
+    given = {n: settings[n] for n in ("stall", "startup_deadline") if getattr(args, n, None) is not None}
+    return Rerun(engine=engine, faults=tuple(args.fault), expect=args.expect or "clean",
+                 signatures=tuple(args.signature), world_size=result.world_size, launch=settings["launch"],
+                 output_regex=args.output_regex, deadline_s=result.deadline_s, settings=given, env=scenario.env,
+                 cwd=Path.cwd())
 
 
 def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:
@@ -82,9 +94,19 @@ def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:
         faults.parse(";".join(args.fault), where="--fault")
         scenario = adhoc.scenario(faults=args.fault, expect=args.expect or "clean", signatures=args.signature,
                                   env=args.env)
+        check_ranks(scenario, settings["world_size"])
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return engine, settings, scenario
+
+
+def check_ranks(scenario: Scenario, world_size: int, *, where: str = "--fault") -> None:
+    """Raise ValueError when a fault (or signature) names a rank the run will not have: it could never fire."""
+    for fault in scenario.faults:
+        if fault.rank is not None and fault.rank >= world_size:
+            raise ValueError(f"{where} {fault.spec()!r}: rank {fault.rank} does not exist at world size {world_size}; "
+                             f"ranks are 0..{world_size - 1}: pick one of them, or a world size above {fault.rank}")
+    scenario.check_ranks(world_size)
 
 
 def run_engine(scenario: Scenario, config, *, output_regex: str | None = None,
