@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                    "run of the same configuration in the report dir)")
     add(p, "world_size", "deadline", "stall", "launch", "backend", "device", "report_dir", "tp_command",
         "startup_deadline")
-    p = sub.add_parser("explore", help="random fault schedules against one invariant, violations shrunk")
+    p = engine.add_arguments(sub.add_parser("explore", help="random fault schedules against one invariant, "
+                                                           "violations shrunk (of a TP path, or an engine)"))
     p.add_argument("--seed", type=int, default=1, help="the same seed gives the same schedules (default 1)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop starting schedules after this long")
     p.add_argument("--runs", type=int, metavar="N", help="stop after N schedules (default: 20 without --budget)")
@@ -354,7 +355,7 @@ def _compare(before_dir: Path, after_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    commands = {"list": cmd_list, "failpoints": cmd_failpoints, "run": engine.cli(cmd_run), "explore": cmd_explore,
+    commands = {"list": cmd_list, "failpoints": cmd_failpoints, "run": engine.cli(cmd_run), "explore": engine.explore_cli(cmd_explore),
                 "report": cmd_report}
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -12,7 +12,7 @@ import argparse
 
 from harness.engine.env import BOOT_DIR, CODES, boot_env
 
-__all__ = ["BOOT_DIR", "CODES", "add_arguments", "boot_env", "cli"]
+__all__ = ["BOOT_DIR", "CODES", "add_arguments", "boot_env", "cli", "explore_cli"]
 
 ENGINE_HELP = ("start this unmodified engine command once per rank (nothing appended) with torchrun's env and "
                "tp-breakit's bootstrap on PYTHONPATH: faults at collective.<op> sites, e.g. "
@@ -39,3 +39,15 @@ def cli(cmd_run):
         return cmd_engine(args)
 
     return run
+
+
+def explore_cli(cmd_explore):
+    """``explore``'s command: seeded zero-touch schedules when ``--engine`` is given, else ``cmd_explore``."""
+    def explore(args: argparse.Namespace) -> int:
+        if getattr(args, "engine", None) is None:
+            return cmd_explore(args)
+        from harness.engine.explore import cmd_explore as cmd_explore_engine
+
+        return cmd_explore_engine(args)
+
+    return explore

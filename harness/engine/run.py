@@ -119,7 +119,7 @@ def run_engine(scenario: Scenario, config, *, output_regex: str | None = None,
     deadline = deadline_s or scenario.deadline_s
     if deadline is None:
         base = healthy(config, world_size=ws, output_regex=output_regex)
-        deadline = max(config.deadline_s, DEADLINE_FACTOR * base.elapsed_s) if base.elapsed_s else config.deadline_s
+        deadline = measured_deadline(config, base)
         if config.on_progress:
             config.on_progress(f"deadline {deadline:.1f} s: {DEADLINE_FACTOR:g} x the healthy run's "
                                f"{base.elapsed_s} s (at least {config.deadline_s:g} s)")
@@ -131,6 +131,11 @@ def run_engine(scenario: Scenario, config, *, output_regex: str | None = None,
                    codes=CODES)
     report.write_result(result, sdir)
     return result
+
+
+def measured_deadline(config, base: Baseline) -> float:
+    """``DEADLINE_FACTOR`` x the healthy run's time, at least ``config.deadline_s``."""
+    return max(config.deadline_s, DEADLINE_FACTOR * base.elapsed_s) if base.elapsed_s else config.deadline_s
 
 
 def execute(scenario: Scenario, config, *, ws: int, deadline_s: float, log_dir: Path,
