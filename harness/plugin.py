@@ -22,6 +22,7 @@ import pytest
 from _pytest import junitxml
 
 from harness import delta, options, probe, rank_command, report, stash, zygote
+from harness.engine import pytest_door as engine_door
 from harness.scenario import Scenario
 
 FM_MARKERS = tuple(f"fm{n:02d}" for n in range(1, 17))
@@ -48,6 +49,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for opt in options.OPTIONS.values():
         group.addoption(opt.pytest_flag, dest=opt.ini, default=None, metavar=opt.metavar, help=opt.help)
         parser.addini(opt.ini, help=opt.help, default=None)
+    engine_door.addoption(group, parser)
     group.addoption("--breakit-baseline", dest="breakit_baseline", default=None, metavar="DIR",
                     help="run directory to compare this run with (default: the last green run of the same "
                          "configuration in the report dir); the delta heads every report")
@@ -68,7 +70,8 @@ def pytest_configure(config: pytest.Config) -> None:
         settings[opt.name] = _resolve(config, opt)
     config.stash[stash.SETTINGS] = settings
     rank_command.header(config, settings)
-    if not config.option.collectonly:  # xdist workers too: each starts ranks the way the controller decided
+    engine = engine_door.configure(config, settings)  # an engine is never asked --check-*/--list-*
+    if not config.option.collectonly and not engine:  # xdist workers too: each starts ranks as the controller does
         rank_command.fit_launch(config, settings)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
@@ -225,6 +228,10 @@ def _tp_verdict(session: pytest.Session, pending: probe.Pending) -> bool:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Check inputs with the TP path, note how many scenarios will run, start the zygote early."""
     config = session.config
+    if engine_door.engaged(config):
+        if not config.option.collectonly:
+            engine_door.preflight(session, _planned(session), _refuse)
+        return
     rank_command.warn_builtin_tp(config, [i.path for i in session.items if _scenario_of(i) is not None])
     if config.option.collectonly:
         return
