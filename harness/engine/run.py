@@ -127,7 +127,8 @@ def run_engine(scenario: Scenario, config, *, output_regex: str | None = None,
     obs = execute(scenario, config, ws=ws, deadline_s=deadline, log_dir=sdir, output_regex=output_regex)
     result = judge(scenario, obs, deadline_s=deadline,
                    baseline=lambda: healthy(config, world_size=ws, output_regex=output_regex),
-                   meta={"backend": "engine", "device": config.device, "launch": config.launch, "dir": str(sdir)},
+                   meta={"backend": "engine", "device": config.device, "launch": config.launch, "dir": str(sdir),
+                         "output_regex": output_regex},
                    codes=CODES)
     report.write_result(result, sdir)
     return result
