@@ -72,3 +72,10 @@ def test_the_engine_comes_from_ini_too_and_a_zygote_is_refused(tester: pytest.Py
     result = tester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*launch mode 'zygote' cannot start an engine command afresh*"])
+
+
+def test_a_bad_output_regex_is_refused_naming_where_it_came_from(tester: pytest.Pytester) -> None:
+    tester.makepyfile(test_my_engine=SCENARIOS)
+    result = tester.runpytest_subprocess("--breakit-engine", ENGINE, "--breakit-output-regex", "(x")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*invalid output regex '(x' from --breakit-output-regex: not a regular expression*"])

@@ -16,6 +16,7 @@ import re
 import pytest
 
 from harness import options, rank_command, report, stash
+from harness.engine import ENGINE_HELP, OUTPUT_HELP
 from harness.engine.boot import _breakit_faults as faults
 
 
@@ -33,17 +34,10 @@ def _regex(value: str) -> str | None:
     return value
 
 
-ENGINE = options.Option(name="engine", metavar="COMMAND", label="engine command", default="",
-                parse=_engine,
-                help="start this unmodified engine command once per rank (nothing appended) with torchrun's env "
-                     "and tp-breakit's bootstrap: scenarios' faults are collective.<op> sites, e.g. "
-                     "'collective.all_reduce=hang@rank=1,call=3'; the engine is never asked --check-*/--list-* "
-                     "(default: none, the TP path of --breakit-tp-command runs)")
-OUTPUT_REGEX = options.Option(name="output_regex", metavar="REGEX", label="output regex", default="",
-                      parse=_regex,
-                      help="with --breakit-engine: the engine's output is the last match of this regex in rank "
-                           "0's stdout (its first group if it has one); a CLEAN run must reproduce the healthy "
-                           "run's (default: the last JSON line holding output_digest)")
+ENGINE = options.Option(name="engine", metavar="COMMAND", label="engine command", default="", parse=_engine,
+                        help=ENGINE_HELP + " (default: none: the TP path of --breakit-tp-command runs)")
+OUTPUT_REGEX = options.Option(name="output_regex", metavar="REGEX", label="output regex", default="", parse=_regex,
+                              help=OUTPUT_HELP.replace("with --engine", "with --breakit-engine"))
 OPTIONS = (ENGINE, OUTPUT_REGEX)
 
 
