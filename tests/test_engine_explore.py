@@ -129,3 +129,25 @@ def test_a_bad_explore_engine_is_refused_before_any_rank_starts(tmp_path: Path, 
     for word in words:
         assert word in proc.stderr
     assert not marker.exists()
+
+
+SLEEP_SEED = next(seed for seed in range(1, 100)
+                  if schedules.deck_pair(seed, 0, ["all_reduce"])[1].startswith("sleep"))
+
+
+@pytest.mark.timeout(300)
+def test_explore_engine_checks_the_healthy_output_is_the_same_at_every_world_size(tmp_path: Path) -> None:
+    """The stand-in without its normalisation sums ranks: its answer depends on the world size. One benign
+    schedule runs (a straggler, CLEAN); the one violation is the world-size rule, reproduced size by size."""
+    (tmp_path / "engine.py").write_text(ENGINE.replace("    x /= dist.get_world_size()\n", ""))
+    proc = _harness("explore", "--engine", "python engine.py", "--output-regex", r"tokens: (.*)", "--seed",
+                    str(SLEEP_SEED), "--runs", "1", "--world-sizes", "1,2", "--faults-per-run", "1", "--sites",
+                    "collective.all_reduce", "--jobs", "1", "--report-dir", str(tmp_path / "r"), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = json.loads(next((tmp_path / "r").glob("2*/explore.json")).read_text())
+    assert doc["verdicts"] == {"CLEAN": 1}, doc["runs"]
+    (violation,) = doc["violations"]
+    assert "healthy output differs between world sizes" in violation["violations"][0]
+    runs = violation["reproducer"].split(" && cd ")
+    assert len(runs) == 2 and "--world-size 1" in runs[0] and "--world-size 2" in runs[1], violation["reproducer"]
+    assert f"VIOLATION (run world sizes, CLEAN): {violation['reproducer']}" in proc.stdout
