@@ -39,6 +39,13 @@ def test_a_bad_engine_run_is_refused_before_any_rank_starts(tmp_path: Path, args
     assert not marker.exists(), "the engine was started"
 
 
+@pytest.mark.parametrize("command", ["run", "explore"])
+def test_an_output_regex_without_an_engine_is_refused(tmp_path: Path, command: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "harness", command, "--output-regex", "x", "--report-dir",
+                           str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--output-regex names an engine's output: it needs --engine" in proc.stderr
+
+
 def test_the_engine_command_runs_as_given_with_nothing_appended(tmp_path: Path) -> None:
     """A stand-in engine that prints its argv and an output digest: one clean run and its healthy baseline."""
     engine = tmp_path / "engine.py"

@@ -9,6 +9,7 @@ Flight Recorder into the flight trace the judge reads (CONTRACT, "Zero-touch"). 
 from __future__ import annotations
 
 import argparse
+import importlib
 
 from harness.engine.env import BOOT_DIR, CODES, boot_env
 
@@ -31,23 +32,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def cli(cmd_run):
     """``run``'s command: the zero-touch path when ``--engine`` is given, else ``cmd_run``."""
-    def run(args: argparse.Namespace) -> int:
-        if getattr(args, "engine", None) is None:
-            return cmd_run(args)
-        from harness.engine.run import cmd_engine
-
-        return cmd_engine(args)
-
-    return run
+    return _door(cmd_run, "harness.engine.run", "cmd_engine")
 
 
 def explore_cli(cmd_explore):
     """``explore``'s command: seeded zero-touch schedules when ``--engine`` is given, else ``cmd_explore``."""
-    def explore(args: argparse.Namespace) -> int:
-        if getattr(args, "engine", None) is None:
-            return cmd_explore(args)
-        from harness.engine.explore import cmd_explore as cmd_explore_engine
+    return _door(cmd_explore, "harness.engine.explore", "cmd_explore")
 
-        return cmd_explore_engine(args)
 
-    return explore
+def _door(contract_cmd, module: str, name: str):
+    """``contract_cmd`` without ``--engine``, else ``module.name``; ``--output-regex`` alone is refused (a
+    contract TP path prints its own output_digest: the regex would be silently ignored)."""
+    def command(args: argparse.Namespace) -> int:
+        if getattr(args, "engine", None) is not None:
+            return getattr(importlib.import_module(module), name)(args)
+        if getattr(args, "output_regex", None) is not None:
+            from harness.selection import UsageError
+
+            raise UsageError("--output-regex names an engine's output: it needs --engine (a contract TP path "
+                             "prints its own output_digest line)")
+        return contract_cmd(args)
+
+    return command
