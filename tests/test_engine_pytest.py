@@ -62,7 +62,7 @@ def test_a_fault_the_engine_has_no_site_for_is_refused_before_any_rank_starts(te
     marker = tester.path / "engine_ran"
     result = tester.runpytest_subprocess("--breakit-engine", f"python -c 'open({str(marker)!r}, \"w\")'")
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
-    result.stderr.fnmatch_lines(["*no such collective site 'envelope.after_header' in scenario ENG-hang*"])
+    result.stderr.fnmatch_lines(["*no such failpoint 'envelope.after_header' in scenario ENG-hang*"])
     assert not marker.exists()
 
 

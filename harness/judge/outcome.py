@@ -300,7 +300,7 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
         "signature_errors": list(sig_errors),
         "signatures_matched": [f"rank {r.rank} /{s['regex']}/" for r in ranks for s in r.signatures if s["matched"]],
         "signatures_missing": [f"rank {r} /{rx}/" for r, rx in missing],
-        "verdict": Verdict.PASS if passed else Verdict.FAIL,
+        "verdict": (Verdict.PASS if passed else Verdict.FAIL).value,
         "verdict_why": (f"{observed.value} is not among the expected {want}" if observed not in expected
                         else first.partition(":")[0] if first else ""),
     }

@@ -146,7 +146,7 @@ class Result:
     @property
     def verdict(self) -> str:
         """``PASS`` or ``FAIL``."""
-        return Verdict.PASS if self.passed else Verdict.FAIL
+        return (Verdict.PASS if self.passed else Verdict.FAIL).value  # plain str: it crosses execnet
 
     def to_json(self) -> dict:
         """The ``result.json`` document."""
