@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness list|failpoints|run|explore|report``.
+"""Command line: ``python -m harness list|failpoints|run|explore|report|grade``.
 
 Bad input (unknown scenario, bad fault spec, bad deadline, world size < 1)
 prints one line to stderr and exits 2 before any rank starts. ``run`` exits 0
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import harness
-from harness import adhoc, cli_input, delta, engine, options, probe, report
+from harness import adhoc, cli_input, delta, engine, grade, options, probe, report
 from harness.scenario import Scenario
 from harness.selection import CATALOG_HELP, UsageError, load_scenarios
 
@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=_prog(), description="tp-breakit: break TP ranks on purpose, judge the outcome")
     parser.add_argument("--version", action="version", version=f"%(prog)s {harness.__version__} (tp-breakit)")
-    sub = parser.add_subparsers(dest="command", metavar="{list,failpoints,run,explore,report}")
+    sub = parser.add_subparsers(dest="command", metavar="{list,failpoints,run,explore,report,grade}")
 
     def add(p: argparse.ArgumentParser, *names: str) -> None:
         for name in names:
@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", type=Path, default=None, help="run directory or report root")
     p.add_argument("--baseline", type=Path, metavar="A", help="compare run A with the run DIR instead: verdict "
                    "flips, scenarios added or removed, time-to-crash regressions; exit 1 if anything regressed")
+    grade.add_arguments(sub.add_parser("grade", help="a report card: every collective x fault, what the engine did"))
     return parser
 
 
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     commands = {"list": cmd_list, "failpoints": cmd_failpoints, "run": engine.cli(cmd_run), "explore": cmd_explore,
-                "report": cmd_report}
+                "report": cmd_report, "grade": grade.cli}
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
