@@ -74,7 +74,7 @@ def test_the_card_is_markdown_json_progress_and_latest(engine_card) -> None:
     assert md.startswith(f"# Report card: `{ENGINE}`")
     assert md.count("| 2 | all_reduce (3) |") == 3 and "**HUNG**" in md and "**CRASHED**" in md
     assert "[2/3] all_reduce kill(SIGKILL) ws=2 ... CRASHED" in proc.stderr
-    assert "ws=2: a healthy run" in proc.stderr and "all_reduce x" in proc.stderr
+    assert "ws=2: a healthy run, every collective printed" in proc.stderr and "all_reduce x" in proc.stderr
     assert (run_dir.parent / "latest").resolve() == run_dir
     assert doc["delta"]["baseline"] is None, "the first card of this engine has nothing to compare with"
 

@@ -157,7 +157,7 @@ def _rows(asked: Inputs, config: runner.RunConfig, say) -> list[plan.Row]:
         if asked.engine is None:
             rows += plan.reference_rows(ws, ops=asked.ops, actions=asked.actions, rank=asked.rank)
             continue
-        say(f"ws={ws}: a healthy run (the deadline) and an instrumented one (the ops it issues) ...", end="")
+        say(f"ws={ws}: a healthy run, every collective printed (the deadline, the ops it issues) ...", end="")
         calls = _discover(asked, config, ws)
         say(" " + ", ".join(f"{op} x{c.startup + c.later}" for op, c in calls.items()))
         missing = [op for op in asked.ops or () if op not in calls]
@@ -169,17 +169,18 @@ def _rows(asked: Inputs, config: runner.RunConfig, say) -> list[plan.Row]:
 
 
 def _discover(asked: Inputs, config: runner.RunConfig, ws: int) -> dict[str, plan.OpCalls]:
-    """The ops the graded rank issues after start-up, from one healthy run printing every collective."""
-    scenario = adhoc.scenario(faults=[f"collective.any=sleep(0)@rank={asked.rank}"], expect="clean",
-                              signatures=[], env=[])
-    scenario = dataclasses.replace(scenario, id="grade.ops", world_size=ws, title="every collective, unchanged")
-    result = engine_run.run_engine(scenario, config, output_regex=asked.output_regex)
-    if result.observed != "CLEAN":
-        raise card.GradeError(f"the engine's healthy run at world size {ws}, printing its collectives, was "
-                              f"{result.observed}, not CLEAN: {result.reason}; a grade needs a healthy engine: "
-                              f"see {result.dir}")
-    text = logs.read_text(Path(result.dir) / f"rank{asked.rank}.log")
-    return plan.op_calls(plan.ops_in(text))
+    """The ops the graded rank issues after start-up, from the healthy run (needed anyway: it sizes the
+    deadline and holds the output a CLEAN row must reproduce), run with every collective printed, unchanged."""
+    watch = f"collective.any=sleep(0)@rank={asked.rank}"
+    base = engine_run.healthy(config, world_size=ws, output_regex=asked.output_regex, watch=watch)
+    if not base.ok:
+        raise card.GradeError(f"the engine's healthy run at world size {ws} is no baseline: {base.reason}; a grade "
+                              f"needs a healthy engine: see {base.where}")
+    sequence = plan.ops_in(logs.read_text(Path(base.where) / f"rank{asked.rank}.log"))
+    if not sequence:
+        raise card.GradeError(f"rank {asked.rank} of the engine's healthy run at world size {ws} issued no "
+                              f"collective (no TP-FAULT line for {watch}): see {base.where}")
+    return plan.op_calls(sequence)
 
 
 def _run_row(asked: Inputs, config: runner.RunConfig, row: plan.Row) -> Result:
