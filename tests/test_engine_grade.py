@@ -125,3 +125,13 @@ def test_start_up_is_the_prefix_the_steady_state_never_issues_again() -> None:
     assert calls["broadcast"] == plan.OpCalls(startup=0, later=4) and calls["broadcast"].default_call() == 3
     assert calls["all_reduce"].default_call() == 3 and calls["all_gather"].default_call() == 3
     assert plan.op_calls(["scatter"] * 4 + ["all_reduce"])["all_reduce"].default_call() == 1
+
+
+def test_an_engine_that_is_not_healthy_cannot_be_graded(tmp_path: Path) -> None:
+    """No healthy run, no baseline to grade against: exit 1 with the reason, no card, 'latest' not moved."""
+    engine = tmp_path / "broken_engine.py"
+    engine.write_text("raise SystemExit(3)\n")
+    proc = grade("--engine", f"python {engine}", "--world-sizes", "2", reports=tmp_path / "reports", timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "the engine's healthy run at world size 2 is no baseline" in proc.stderr, proc.stderr
+    assert not list((tmp_path / "reports").glob("*/grade.md")) and not (tmp_path / "reports" / "latest").exists()

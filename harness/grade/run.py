@@ -69,7 +69,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         say(f"[{index}/{len(rows)}] {row.op} {row.action} ws={row.world_size} ...", end="")
         result = _run_row(asked, config, row)
         say(f" {result.observed} {_seconds(result)}")
-        done.append(card.row_doc(row, result, subject="your engine" if asked.engine else "the reference path"))
+        done.append(card.row_doc(row, result, subject="your engine" if asked.engine else "the TP path"))
     doc = card.write(run_dir, graded=asked.graded, rows=done, settings=_settings(asked, config))
     report.update_latest(run_dir)
     for line in card.delta_lines(doc["delta"]):
