@@ -62,6 +62,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     try:
         rows = _rows(asked, config, say)
     except card.GradeError as exc:
+        say(" no")
         print(f"harness grade: {exc}", file=sys.stderr)
         return 1
     done = []
