@@ -103,7 +103,7 @@ def explore(session: nox.Session) -> None:
 @nox.session(venv_params=VENV_PARAMS)
 def grade(session: nox.Session) -> None:
     """Report cards (harness/grade/): the full default matrix, world sizes 2 and 4, on the fixture DTensor engine
-    (zero-touch; its hang rows wait out 3x its healthy run: minutes) and on the reference path (its own failpoint
+    (zero-touch; its hang rows wait out 3x its healthy run: 40 min on the shared 2-core box) and on the reference path (its own failpoint
     catalog: seconds). Each writes reports/<run>/grade.{md,json}; exits non-zero only if the harness could not
     grade. Arguments replace the engine's: ``nox -s grade -- --engine "python my_engine.py"``."""
     _install(session)
