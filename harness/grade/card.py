@@ -76,7 +76,7 @@ def row_doc(row: Row, result: Result, *, subject: str = "your engine") -> dict:
 def counts(rows: list[dict]) -> str:
     """``12 rows: 5 CRASHED, 6 HUNG, 1 DIVERGED``."""
     seen = Counter(r["outcome"] for r in rows)
-    return f"{len(rows)} rows: " + ", ".join(f"{seen[o.value]} {o.value}" for o in Outcome if seen[o.value])
+    return f"{len(rows)} row{'s' if len(rows) != 1 else ''}: " + ", ".join(f"{seen[o.value]} {o.value}" for o in Outcome if seen[o.value])
 
 
 def write(run_dir: Path, *, graded: str, rows: list[dict], settings: dict) -> dict:
