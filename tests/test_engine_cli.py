@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,8 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (("--output-regex", "(unclosed"), ["invalid --output-regex"]),
     (("--tp-command", "python -m tp"), ["--tp-command", "belong to a contract TP path"]),
     (("FM-01",), ["not scenario ids"]),
+    (("--fault", "collective.all_reduce=raise@rank=5", "--expect", "crash"),
+     ["rank 5 does not exist at world size 2; ranks are 0..1"]),
 ])
 def test_a_bad_engine_run_is_refused_before_any_rank_starts(tmp_path: Path, args: tuple, words: list[str]) -> None:
     marker = tmp_path / "engine_ran"
@@ -33,6 +37,13 @@ def test_a_bad_engine_run_is_refused_before_any_rank_starts(tmp_path: Path, args
     for word in words:
         assert word in proc.stderr
     assert not marker.exists(), "the engine was started"
+
+
+@pytest.mark.parametrize("command", ["run", "explore"])
+def test_an_output_regex_without_an_engine_is_refused(tmp_path: Path, command: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "harness", command, "--output-regex", "x", "--report-dir",
+                           str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--output-regex names an engine's output: it needs --engine" in proc.stderr
 
 
 def test_the_engine_command_runs_as_given_with_nothing_appended(tmp_path: Path) -> None:
@@ -103,3 +114,36 @@ def test_an_engine_that_gloo_aborts_on_a_desync_has_crashed(tmp_path: Path) -> N
                "--expect", "crash", "--deadline", "60", "--report-dir", str(tmp_path / "reports"), cwd=tmp_path)
     assert proc.returncode == 0 and "observed CRASHED" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert "SIGABRT" in proc.stdout
+
+
+TINY_ENGINE = ("import torch, torch.distributed as dist\ndist.init_process_group('gloo')\n"
+               "x = torch.ones(4)\nfor _ in range(3):\n    dist.all_reduce(x)\n"
+               "if dist.get_rank() == 0:\n    print('tokens:', x.tolist(), flush=True)\n"
+               "dist.destroy_process_group()\n")
+"""A stand-in engine: three all_reduces, rank 0 prints its tokens (no output_digest: --output-regex names them)."""
+
+
+def test_an_engine_run_prints_a_rerun_line_that_runs_verbatim_from_a_new_shell(tmp_path: Path) -> None:
+    """The line carries the whole run (engine, fault, expect, world size, launch, output regex, deadline): pasted
+    into a new shell elsewhere, it gives the same verdict."""
+    (tmp_path / "eng").mkdir()
+    (tmp_path / "eng" / "engine.py").write_text(TINY_ENGINE)
+    proc = cli("--engine", "python engine.py", "--fault", "collective.all_reduce=raise@rank=1,call=2", "--expect",
+               "crash", "--output-regex", r"tokens: (.*)", "--world-size", "2", "--deadline", "60",
+               "--report-dir", str(tmp_path / "reports"), cwd=tmp_path / "eng")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    verdict, rerun = proc.stdout.splitlines()[:2]
+    assert verdict.startswith("PASS adhoc (ws2): expected CRASHED, observed CRASHED"), proc.stdout
+    assert rerun.startswith(f"rerun with: cd {shlex.quote(str(tmp_path / 'eng'))} && python -m harness run "), rerun
+    line = rerun.removeprefix("rerun with: ")
+    words = shlex.split(line.partition(" && ")[2])
+    given = dict(zip(words[4::2], words[5::2], strict=True))
+    assert given == {"--engine": "python engine.py", "--fault": "collective.all_reduce=raise@rank=1,call=2",
+                     "--expect": "crash", "--world-size": "2", "--launch": "subprocess",
+                     "--output-regex": "tokens: (.*)", "--deadline": "60"}, line
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    again = subprocess.run(["bash", "-c", line + f" --report-dir {tmp_path / 'again'}"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.splitlines()[0].startswith("PASS adhoc (ws2): expected CRASHED, observed CRASHED"), again.stdout
+    assert again.stdout.splitlines()[1] == rerun, "the rerun reruns the same run"

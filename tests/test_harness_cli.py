@@ -143,9 +143,9 @@ def test_public_surface_changes_only_on_purpose() -> None:
         "run": ["--backend", "--baseline", "--catalog", "--chunks", "--deadline", "--device", "--engine", "--env", "--expect",
                 "--fault", "--guardrails", "--launch", "--output-regex", "--quiet", "--report-dir", "--signature", "--stall",
                 "--startup-deadline", "--tp-command", "--world-size", "-q"],
-        "explore": ["--backend", "--budget", "--deadline", "--device", "--env", "--faults-per-run", "--jobs", "--launch",
-                    "--max-shrink", "--report-dir", "--runs", "--seed", "--sites", "--stall", "--tp-command",
-                    "--world-size", "--world-sizes"],
+        "explore": ["--backend", "--budget", "--deadline", "--device", "--engine", "--env", "--faults-per-run", "--jobs",
+                    "--launch", "--max-shrink", "--output-regex", "--report-dir", "--runs", "--seed", "--sites", "--stall",
+                    "--tp-command", "--world-size", "--world-sizes"],
         "report": ["--baseline"],
         "grade": ["--actions", "--call", "--engine", "--hang-after", "--ops", "--output-regex", "--quiet", "--rank",
                   "--report-dir", "--tp-command", "--world-sizes", "-q"],
@@ -157,6 +157,10 @@ def test_public_surface_changes_only_on_purpose() -> None:
         "breakit_deadline", "breakit_world_size", "breakit_backend", "breakit_device", "breakit_launch",
         "breakit_report_dir",
         "breakit_tp_command", "breakit_stall", "breakit_startup_deadline"]
+    from harness.engine import pytest_door
+
+    assert [(o.pytest_flag, o.ini) for o in pytest_door.OPTIONS] == [("--breakit-engine", "breakit_engine"),
+                                                                  ("--breakit-output-regex", "breakit_output_regex")]
     assert sorted(s for a in _parser()._actions for s in a.option_strings) == ["--help", "--version", "-h"]
     assert plugin.PLUGIN_NAME == "breakit"
     assert plugin.FM_MARKERS == tuple(f"fm{n:02d}" for n in range(1, 17))

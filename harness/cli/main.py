@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser.build()
     args = cli.parse_args(argv)
     run = {"list": commands.cmd_list, "failpoints": commands.cmd_failpoints, "run": engine.cli(cmd_run, finish),
-           "explore": commands.cmd_explore, "report": commands.cmd_report, "grade": grade.cli}
+           "explore": engine.explore_cli(commands.cmd_explore), "report": commands.cmd_report, "grade": grade.cli}
     if args.command is None:
         cli.print_help(sys.stderr)
         return 2

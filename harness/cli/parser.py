@@ -55,7 +55,8 @@ def build() -> argparse.ArgumentParser:
                    "run of the same configuration in the report dir)")
     add(p, "world_size", "deadline", "stall", "launch", "backend", "device", "report_dir", "tp_command",
         "startup_deadline")
-    p = sub.add_parser("explore", help="random fault schedules against one invariant, violations shrunk")
+    p = engine.add_arguments(sub.add_parser("explore", help="random fault schedules against one invariant, "
+                                                           "violations shrunk (of a TP path, or an engine)"))
     p.add_argument("--seed", type=int, default=1, help="the same seed gives the same schedules (default 1)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop starting schedules after this long")
     p.add_argument("--runs", type=int, metavar="N", help="stop after N schedules (default: 20 without --budget)")

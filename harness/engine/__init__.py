@@ -9,10 +9,11 @@ Flight Recorder into the flight trace the judge reads (CONTRACT, "Zero-touch"). 
 from __future__ import annotations
 
 import argparse
+import importlib
 
 from harness.engine.env import BOOT_DIR, CODES, boot_env
 
-__all__ = ["BOOT_DIR", "CODES", "add_arguments", "boot_env", "cli"]
+__all__ = ["BOOT_DIR", "CODES", "add_arguments", "boot_env", "cli", "explore_cli"]
 
 ENGINE_HELP = ("start this unmodified engine command once per rank (nothing appended) with torchrun's env and "
                "tp-breakit's bootstrap on PYTHONPATH: faults at collective.<op> sites, e.g. "
@@ -32,11 +33,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def cli(cmd_run, finish):
     """``run``'s command: the zero-touch path when ``--engine`` is given, else ``cmd_run``; both end in the
     command line's ``finish``."""
-    def run(args: argparse.Namespace) -> int:
-        if getattr(args, "engine", None) is None:
-            return cmd_run(args)
-        from harness.engine.run import cmd_engine
+    return _door(cmd_run, "harness.engine.run", "cmd_engine", finish)
 
-        return cmd_engine(args, finish)
 
-    return run
+def explore_cli(cmd_explore):
+    """``explore``'s command: seeded zero-touch schedules when ``--engine`` is given, else ``cmd_explore``."""
+    return _door(cmd_explore, "harness.engine.explore", "cmd_explore")
+
+
+def _door(contract_cmd, module: str, name: str, *extra):
+    """``contract_cmd`` without ``--engine``, else ``module.name``; ``--output-regex`` alone is refused (a
+    contract TP path prints its own output_digest: the regex would be silently ignored)."""
+    def command(args: argparse.Namespace) -> int:
+        if getattr(args, "engine", None) is not None:
+            return getattr(importlib.import_module(module), name)(args, *extra)
+        if getattr(args, "output_regex", None) is not None:
+            from harness.declare.selection import UsageError
+
+            raise UsageError("--output-regex names an engine's output: it needs --engine (a contract TP path "
+                             "prints its own output_digest line)")
+        return contract_cmd(args)
+
+    return command

@@ -18,6 +18,7 @@ from harness.declare.fault import parse_faults
 from harness.declare.scenario import Expect, Scenario
 from harness.declare.selection import UsageError
 from harness.engine.boot import _breakit_faults as faults
+from harness.engine.command import Rerun
 from harness.engine.env import CODES, boot_env
 from harness.judge.outcome import judge
 from harness.judge.result import Baseline, Result
@@ -40,9 +41,20 @@ def cmd_engine(args: argparse.Namespace, finish: Callable[..., int]) -> int:
     result = run_engine(scenario, session.run_config(), output_regex=args.output_regex,
                         deadline_s=settings["deadline"] if args.deadline is not None else None)
     print(f"{result.verdict} {result.id} (ws{result.world_size}): {result.reason}")
+    print("rerun with: " + _rerun(args, engine, settings, scenario, result).line())
     if not result.passed:
         print(result.failure_text().partition("\n\n")[2], file=sys.stderr)
     return finish(session, planned=1, interrupted=False)
+
+
+def _rerun(args: argparse.Namespace, engine: tuple[str, ...], settings: dict, scenario: Scenario,
+           result: Result) -> Rerun:
+    """This run as one command: what the user gave, and the deadline it had (measured or given)."""
+    given = {n: settings[n] for n in ("stall", "startup_deadline") if getattr(args, n, None) is not None}
+    return Rerun(engine=engine, faults=tuple(args.fault), expect=args.expect or "clean",
+                 signatures=tuple(args.signature), world_size=result.world_size, launch=settings["launch"],
+                 output_regex=args.output_regex, deadline_s=result.deadline_s, settings=given, env=scenario.env,
+                 cwd=Path.cwd())
 
 
 def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:
@@ -79,9 +91,19 @@ def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:
         faults.parse(";".join(args.fault), where="--fault")
         scenario = adhoc.scenario(faults=args.fault, expect=args.expect or "clean", signatures=args.signature,
                                   env=args.env)
+        check_ranks(scenario, settings["world_size"])
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return engine, settings, scenario
+
+
+def check_ranks(scenario: Scenario, world_size: int, *, where: str = "--fault") -> None:
+    """Raise ValueError when a fault (or signature) names a rank the run will not have: it could never fire."""
+    for fault in scenario.faults:
+        if fault.rank is not None and fault.rank >= world_size:
+            raise ValueError(f"{where} {fault.spec()!r}: rank {fault.rank} does not exist at world size {world_size}; "
+                             f"ranks are 0..{world_size - 1}: pick one of them, or a world size above {fault.rank}")
+    scenario.check_ranks(world_size)
 
 
 def run_engine(scenario: Scenario, config, *, output_regex: str | None = None,
@@ -100,10 +122,16 @@ def run_engine(scenario: Scenario, config, *, output_regex: str | None = None,
     obs = execute(scenario, config, ws=ws, deadline_s=deadline, log_dir=sdir, output_regex=output_regex)
     result = judge(scenario, obs, deadline_s=deadline,
                    baseline=lambda: healthy(config, world_size=ws, output_regex=output_regex),
-                   meta={"backend": "engine", "device": config.device, "launch": config.launch, "dir": str(sdir)},
+                   meta={"backend": "engine", "device": config.device, "launch": config.launch, "dir": str(sdir),
+                         "output_regex": output_regex},
                    codes=CODES)
     report.write_result(result, sdir)
     return result
+
+
+def measured_deadline(config, base: Baseline) -> float:
+    """An engine's deadline without one given, from its healthy run (``harness.pipeline.deadline``'s rule)."""
+    return resolve(default_s=config.deadline_s, healthy_s=lambda: base.elapsed_s).seconds
 
 
 def execute(scenario: Scenario, config, *, ws: int, deadline_s: float, log_dir: Path,

@@ -87,9 +87,11 @@ def markdown(doc: dict) -> str:
         f"({doc['runs_per_s']} runs/s), {len(doc['violations'])} violations",
         "",
         f"World sizes {doc['world_sizes']}, faults per run {m['faults_per_run'][0]}..{m['faults_per_run'][1]}, "
-        f"launch {m['launch']}, backend {m['backend']}, {m['chunks']} chunks, "
-        f"TP_PROGRESS_TIMEOUT_S={m['progress_timeout_s']:g}, TP_HANDSHAKE_TIMEOUT_S={m['handshake_timeout_s']:g}, "
-        "every guardrail on.",
+        f"launch {m['launch']}, " + (f"engine `{m['engine']}` started as given, no env set by explore."
+                                     if m.get("engine") else
+                                     f"backend {m['backend']}, {m['chunks']} chunks, "
+                                     f"TP_PROGRESS_TIMEOUT_S={m['progress_timeout_s']:g}, "
+                                     f"TP_HANDSHAKE_TIMEOUT_S={m['handshake_timeout_s']:g}, every guardrail on."),
         "",
         "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(doc["verdicts"].items())),
         "",

@@ -226,14 +226,14 @@ def _rerank(f: Fault, ws: int) -> Fault:
     return f if f.rank is None or f.rank < ws else replace(f, rank=ws - 1)
 
 
-def shrink(s: Schedule, violates: Callable[[Schedule], bool], *, max_runs: int = 24
-           ) -> tuple[Schedule, int]:
+def shrink(s: Schedule, violates: Callable[[Schedule], bool], *, max_runs: int = 24,
+           candidates: Callable[[Schedule], list[Schedule]] = shrink_candidates) -> tuple[Schedule, int]:
     """Greedy: take the first smaller candidate that still violates, until none does or runs run out."""
     runs = 0
     improved = True
     while improved and runs < max_runs:
         improved = False
-        for cand in shrink_candidates(s):
+        for cand in candidates(s):
             if runs >= max_runs:
                 break
             runs += 1

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from harness.declare.verdicts import Outcome, Verdict
+from harness.engine.env import unmatched_output
 from harness.judge import evidence, explain, rootcause
 from harness.judge.result import Baseline, RankResult, Result, exit_name
 from harness.supervise import logs, trace
@@ -46,7 +47,7 @@ def judge(
 
     digests: dict = {"per_rank": {r.rank: r.output_digest for r in ranks if r.output_digest}}
     observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes, killed,
-                             engine=meta.get("backend") == "engine")
+                             engine=meta.get("backend") == "engine", output_regex=meta.get("output_regex"))
     ttc = _time_to_crash(obs, anchor_mono) if observed is Outcome.CRASHED else None
     divergence = _divergence(obs, ranks, texts) if observed in _TRACED else None
     if divergence is not None:
@@ -154,7 +155,7 @@ def _rank_result(rank: int, obs: Observation, text: str) -> RankResult:
 
 
 def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=None,
-             engine=False) -> tuple[Outcome, str]:
+             engine=False, output_regex=None) -> tuple[Outcome, str]:
     """The observed outcome and, for the reason, why it was classed so."""
     if obs.harness_error:
         return Outcome.HARNESS_ERROR, obs.harness_error
@@ -179,6 +180,8 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
         shown = ", ".join(f"rank {r} {d[:12]}" for r, d in sorted(per_rank.items()))
         return Outcome.DIVERGED, f"ranks' result digests differ ({shown})"
     final = logs.final_json(texts.get(0, ""), "output_digest")
+    if final is None and output_regex:
+        return Outcome.HARNESS_ERROR, unmatched_output(output_regex, texts.get(0, ""))
     if final is None:
         return Outcome.HARNESS_ERROR, (
             "every rank exited 0 but rank 0's log ends with no JSON line holding output_digest "

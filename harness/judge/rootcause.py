@@ -79,6 +79,35 @@ def fault_that_ended(r: RankResult, text: str, frozen: bool) -> logs.LogLine | N
     return None
 
 
+def died_first_after_own_fault(r: RankResult, text: str, obs: Observation) -> logs.LogLine | None:
+    """The ``TP-FAULT`` line of ``r``'s own fault when ``r`` then died, with no TP-FATAL, before any other rank
+    ended badly: the failure began with its fault, however late the harness saw it die. (A peer that noticed
+    first, e.g. an engine timeout, printed its TP-FATAL while this rank was still dying: it is collateral.)"""
+    ex = obs.exits.get(r.rank)
+    if ex is None or ex.mono is None:
+        return None
+    fault = next((ln for ln in logs.contract_lines(text) if ln.kind == "TP-FAULT" and ln.mono is not None
+                  and str(ln.fields.get("rank")) == str(r.rank)), None)
+    others = [e.mono for rank, e in obs.exits.items() if rank != r.rank and e.returncode != 0]
+    if fault is None or any(m is None or m <= ex.mono for m in others):
+        return None
+    return fault
+
+
+def _death_without_fatal(r: RankResult, text: str, obs: Observation, cutoff: float | None) -> list[tuple]:
+    """The failure of ``r``, which died on its own with no TP-FATAL line (none when reaping had begun): at its own
+    fault's line when it died first after that fault fired, else when the harness saw it die."""
+    ex = obs.exits.get(r.rank)
+    mono = ex.mono if ex is not None and ex.mono is not None else float("inf")
+    if cutoff is not None and mono >= cutoff:
+        return []
+    own = died_first_after_own_fault(r, text, obs)
+    if own is not None:
+        return [(own.mono, r.rank, None, own.raw,
+                 f"{r.exit} without a TP-FATAL line after its own fault fired, before any other rank ended")]
+    return [(mono, r.rank, None, f"rank {r.rank} {r.exit} without a TP-FATAL line", f"{r.exit} without a TP-FATAL line")]
+
+
 def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str], *,
          harness_killed: dict[int, str] | None = None, interrupt=None) -> dict | None:
     """The earliest failure as ``{"rank", "code", "line", "how"}``; sets every failed rank's ``role``.
@@ -121,11 +150,7 @@ def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str], *,
             how = "frozen by its own fault (SIGSTOP)" if frozen else f"ended by its own fault ({r.exit})"
             failures.append((fault.mono if fault.mono is not None else float("inf"), r.rank, None, fault.raw, how))
         elif r.returncode not in (0, None) and not r.reaped:
-            ex = obs.exits.get(r.rank)
-            mono = ex.mono if ex is not None and ex.mono is not None else float("inf")
-            if cutoff is None or mono < cutoff:
-                failures.append((mono, r.rank, None, f"rank {r.rank} {r.exit} without a TP-FATAL line",
-                                 f"{r.exit} without a TP-FATAL line"))
+            failures += _death_without_fatal(r, text, obs, cutoff)
     if not failures:
         return None
     # A line repeating the code of the rank it names as its cause is that rank's follower, even when printed

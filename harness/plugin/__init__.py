@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.engine import pytest_door as engine_door
 from harness.launch import zygote
 from harness.pipeline import options
 from harness.pipeline.session import Refused, Session
@@ -52,6 +53,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for opt in options.OPTIONS.values():
         group.addoption(opt.pytest_flag, dest=opt.ini, default=None, metavar=opt.metavar, help=opt.help)
         parser.addini(opt.ini, help=opt.help, default=None)
+    engine_door.addoption(group, parser)
     group.addoption("--breakit-baseline", dest="breakit_baseline", default=None, metavar="DIR",
                     help="run directory to compare this run with (default: the last green run of the same "
                          "configuration in the report dir); the delta heads every report")
@@ -66,8 +68,9 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = {opt.name: _resolve(config, opt) for opt in options.OPTIONS.values()}
     config.stash[stash.SETTINGS] = settings
     rank_command.header(config, settings)
+    engine = engine_door.configure(config, settings)  # an engine is never asked --check-*/--list-*
     try:
-        _plan(config, settings)
+        _plan(config, settings, engine=engine)
     except Refused as exc:
         raise pytest.UsageError(str(exc)) from None
     for name, part in PARTS.items():
@@ -75,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(part() if isinstance(part, type) else part, name)
 
 
-def _plan(config: pytest.Config, settings: dict) -> None:
+def _plan(config: pytest.Config, settings: dict, *, engine: bool) -> None:
     """This process's ``Session``: the controller's run directory (every xdist worker writes into it)."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_KEY in workerinput:
@@ -88,10 +91,10 @@ def _plan(config: pytest.Config, settings: dict) -> None:
     run = Session(settings=settings, run_dir=run_dir, door="pytest", selection=_selection(config, settings))
     config.stash[stash.SESSION] = run
     config.stash[stash.RUN_DIR] = run_dir
-    if not config.option.collectonly:  # xdist workers too: each starts ranks the way the controller decided
+    if not config.option.collectonly and not engine:  # xdist workers too: each starts ranks as the controller does
         run.fit_launch(chosen=rank_command.source(config, "launch") != "default")
-    config.stash[rank_command.HEADER].append(f"tp-breakit: {run.notes[0]}" if run.notes
-                                             else f"tp-breakit: launch mode {settings['launch']}")
+        config.stash[rank_command.HEADER].append(f"tp-breakit: {run.notes[0]}" if run.notes
+                                                 else f"tp-breakit: launch mode {settings['launch']}")
     if workerinput is not None and WORKER_KEY in workerinput:
         return
     if not config.option.collectonly:

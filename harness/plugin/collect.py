@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from harness.declare.scenario import Scenario
+from harness.engine import pytest_door as engine_door
 from harness.launch import zygote
 from harness.pipeline import options
 from harness.pipeline.session import Refused
@@ -83,6 +84,10 @@ def _refuse(session: pytest.Session, why: str) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Check inputs with the TP path, note how many scenarios will run, start the zygote early."""
     config = session.config
+    if engine_door.engaged(config):
+        if not config.option.collectonly:
+            engine_door.preflight(session, _planned(session), _refuse)
+        return
     rank_command.warn_builtin_tp(config, [i.path for i in session.items if scenario_of(i) is not None])
     planned = _planned(session) if not config.option.collectonly else []
     if not planned:

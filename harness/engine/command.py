@@ -1,0 +1,74 @@
+"""The one-line command that reruns a zero-touch run alone, from a new shell, as it ran.
+
+``run --engine`` prints it after its verdict and ``explore --engine`` prints it for every violation: the engine
+command, the faults, the expectation, the world size, the launch mode, the output regex, the deadline and the
+rank env, from the directory the ranks ran in. Nothing in it depends on the shell that printed it (the
+interpreter is named ``python``, as a user types it).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.pipeline import options
+
+PROG = ("python", "-m", "harness")
+"""How a user starts the harness; ``sys.executable`` in a printed command would tie it to this venv's path."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rerun:
+    """Everything a zero-touch run was started with."""
+
+    engine: tuple[str, ...]
+    """The engine command, as given to ``--engine``."""
+    faults: tuple[str, ...] = ()
+    """``--fault`` specs (``collective.<op>=ACTION@TRIGGERS``)."""
+    expect: str = "clean"
+    """``--expect`` word (``crash``, ``hang``, ...)."""
+    signatures: tuple[str, ...] = ()
+    """``--signature`` items (``[RANK:]REGEX``)."""
+    world_size: int = 2
+    """Ranks."""
+    launch: str = "subprocess"
+    """``--launch`` mode."""
+    output_regex: str | None = None
+    """``--output-regex``, when the run had one."""
+    deadline_s: float | None = None
+    """The deadline the run had (measured or given); None: the rerun measures its own."""
+    settings: Mapping[str, float] = field(default_factory=dict)
+    """Other settings the user gave (``stall``, ``startup_deadline``): option name -> value."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """``--env`` of the run: the user's, never one the harness chose."""
+    cwd: Path | None = None
+    """Where the ranks ran; the line starts with ``cd`` there when given."""
+
+    def words(self) -> list[str]:
+        """The ``run`` command's words (no ``cd``)."""
+        engine = ["python" if w == sys.executable else w for w in self.engine]
+        words = [*PROG, "run", "--engine", shlex.join(engine)]
+        for spec in self.faults:
+            words += ["--fault", spec]
+        words += ["--expect", self.expect]
+        for item in self.signatures:
+            words += ["--signature", item]
+        words += ["--world-size", str(self.world_size), "--launch", self.launch]
+        if self.output_regex is not None:
+            words += ["--output-regex", self.output_regex]
+        if self.deadline_s is not None:
+            words += ["--deadline", f"{self.deadline_s:g}"]
+        for name, value in self.settings.items():
+            words += [options.OPTIONS[name].cli_flag, f"{value:g}"]
+        for name, value in self.env.items():
+            words += ["--env", f"{name}={value}"]
+        return words
+
+    def line(self) -> str:
+        """The command a user pastes into a new shell."""
+        text = shlex.join(self.words())
+        return f"cd {shlex.quote(str(self.cwd))} && {text}" if self.cwd is not None else text
+

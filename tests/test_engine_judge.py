@@ -1,0 +1,60 @@
+"""The judge on zero-touch runs: whose fault it was, and why an output could not be read.
+
+Real ranks of stand-in engines (real gloo process groups, the bootstrap's real faults), run through
+``python -m harness run --engine``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+LATE_DEATH = """\
+import atexit, os, time
+from datetime import timedelta
+import torch, torch.distributed as dist
+
+dist.init_process_group("gloo")
+if dist.get_rank() == 0:
+    atexit.register(time.sleep, 8)  # a slow teardown: rank 0 ends long after it failed
+    dist.all_reduce(torch.ones(4))  # pairs with rank 1's second: rank 1 skipped its first
+    dist.all_reduce(torch.ones(4), async_op=True).wait(timeout=timedelta(seconds=1))  # never paired: times out
+else:
+    dist.all_reduce(torch.ones(4))
+    dist.all_reduce(torch.ones(4))
+    time.sleep(3)  # the engine's work after its last collective, then a native abort (no Python traceback)
+    os.abort()
+"""
+"""Rank 1's fault (a skipped all_reduce) makes rank 0's engine timeout raise (its TP-FATAL comes first); rank 1
+then dies of SIGABRT with no TP-FATAL, and only then rank 0 ends, after its slow teardown."""
+
+
+def _run(tmp_path: Path, engine: str, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    (tmp_path / "engine.py").write_text(engine)
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--engine", "python engine.py", "--deadline", "60",
+                           "--report-dir", str(tmp_path / "r"), *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=200)
+    result = json.loads(next((tmp_path / "r").glob("2*/adhoc-ws*/result.json")).read_text())
+    return proc, result
+
+
+def test_the_faulted_rank_that_died_first_is_the_root_cause_without_a_fatal_line(tmp_path: Path) -> None:
+    proc, result = _run(tmp_path, LATE_DEATH, "--fault", "collective.all_reduce=skip@rank=1,call=1", "--expect",
+                        "crash")
+    assert result["observed"] == "CRASHED", proc.stdout + proc.stderr
+    ranks = {r["rank"]: r for r in result["ranks"]}
+    assert ranks[1]["exit"] == "SIGABRT" and ranks[1]["code"] is None
+    assert ranks[0]["code"] == "UNCAUGHT_EXCEPTION", "rank 0's engine timeout printed its TP-FATAL before rank 1 died"
+    assert result["root_cause"]["rank"] == 1, result["root_cause"]
+    assert (ranks[1]["role"], ranks[0]["role"]) == ("root cause", "collateral")
+    assert "its own fault fired" in result["root_cause"]["how"], result["root_cause"]
+
+
+def test_an_output_regex_that_matches_nothing_says_so_with_rank_0s_last_lines(tmp_path: Path) -> None:
+    engine = "print('loading', flush=True)\nprint('tokens: [4, 41]', flush=True)\n"
+    proc, result = _run(tmp_path, engine, "--world-size", "1", "--output-regex", r"answer: (\d+)")
+    assert proc.returncode == 1 and result["observed"] == "HARNESS_ERROR", proc.stdout + proc.stderr
+    assert ("output regex 'answer: (\\\\d+)' matched nothing in rank 0's stdout (last lines: loading | "
+            "tokens: [4, 41])") in result["reason"], result["reason"]
