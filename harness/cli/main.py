@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness list|failpoints|run|explore|report``, an adapter over the pipeline.
+"""Command line: ``python -m harness list|failpoints|run|explore|report|grade``, an adapter over the pipeline.
 
 Bad input (unknown scenario, bad fault spec, bad deadline, world size < 1) prints one line to stderr and exits
 2 before any rank starts. ``run`` exits 0 iff every verdict passed. What a run does is
@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from harness import engine
+from harness import engine, grade
 from harness.cli import commands, parser
 from harness.cli import input as cli_input
 from harness.declare.scenario import Scenario
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser.build()
     args = cli.parse_args(argv)
     run = {"list": commands.cmd_list, "failpoints": commands.cmd_failpoints, "run": engine.cli(cmd_run, finish),
-           "explore": engine.explore_cli(commands.cmd_explore), "report": commands.cmd_report}
+           "explore": engine.explore_cli(commands.cmd_explore), "report": commands.cmd_report, "grade": grade.cli}
     if args.command is None:
         cli.print_help(sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import harness
-from harness import engine
+from harness import engine, grade
 from harness.declare import adhoc
 from harness.declare.selection import CATALOG_HELP
 from harness.pipeline import options
@@ -25,7 +25,7 @@ class Parser(argparse.ArgumentParser):
 def build() -> argparse.ArgumentParser:
     parser = Parser(prog=prog(), description="tp-breakit: break TP ranks on purpose, judge the outcome")
     parser.add_argument("--version", action="version", version=f"%(prog)s {harness.__version__} (tp-breakit)")
-    sub = parser.add_subparsers(dest="command", metavar="{list,failpoints,run,explore,report}")
+    sub = parser.add_subparsers(dest="command", metavar="{list,failpoints,run,explore,report,grade}")
 
     def add(p: argparse.ArgumentParser, *names: str) -> None:
         for name in names:
@@ -75,6 +75,7 @@ def build() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", type=Path, default=None, help="run directory or report root")
     p.add_argument("--baseline", type=Path, metavar="A", help="compare run A with the run DIR instead: verdict "
                    "flips, scenarios added or removed, time-to-crash regressions; exit 1 if anything regressed")
+    grade.add_arguments(sub.add_parser("grade", help="a report card: every collective x fault, what the engine did"))
     return parser
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.declare import adhoc
+from harness.declare.fault import parse_faults
 from harness.declare.scenario import Expect, Scenario
 from harness.declare.selection import UsageError
 from harness.engine.boot import _breakit_faults as faults
@@ -140,13 +141,16 @@ def execute(scenario: Scenario, config, *, ws: int, deadline_s: float, log_dir: 
                           command=tuple(config.tp_command), env=boot_env(output_regex))
 
 
-def healthy(config, *, world_size: int, output_regex: str | None) -> Baseline:
-    """The engine's healthy output at ``world_size``, run once per run directory (beside the TP path's)."""
+def healthy(config, *, world_size: int, output_regex: str | None, watch: str = "") -> Baseline:
+    """The engine's healthy output at ``world_size``, run once per run directory (beside the TP path's).
+
+    ``watch``: a fault spec that changes nothing (``collective.any=sleep(0)``: one TP-FAULT line per collective)
+    armed if the healthy run runs in this call, so that its logs also tell which collectives the engine issues."""
     key = f"ws={world_size} engine={' '.join(config.tp_command)} regex={output_regex}"
 
     def run(index: int) -> Baseline:
         scenario = Scenario(id="baseline", fm="control", title="healthy engine run (no fault)", proves="control",
-                            expect=Expect.clean(), world_size=world_size)
+                            expect=Expect.clean(), world_size=world_size, faults=parse_faults(watch))
         where = config.run_dir / "_baseline" / f"engine-{index}-ws{world_size}"
         # Bounded by the run timeout, not the deadline: this run is what the deadline is measured from.
         obs = execute(scenario, config, ws=world_size, deadline_s=config.run_timeout_s, log_dir=where,
