@@ -1,7 +1,7 @@
 """``python -m harness grade``: a report card for an engine (or the reference TP path).
 
 Every row is one run with one fault (a collective the engine issues x an action x a rank, at each world
-size), judged by the same judge as ``run`` (``harness.outcome.judge``); the card says, per fault, what the
+size), judged by the same judge as ``run`` (``harness.judge.outcome.judge``); the card says, per fault, what the
 engine did: CRASHED (how fast, which rank it named), HUNG, DIVERGED or CLEAN. A hang is a grade, not an
 error. Written as ``grade.md`` and ``grade.json`` in the run's report directory, with the delta against the
 last grade of the same engine command.

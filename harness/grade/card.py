@@ -2,7 +2,7 @@
 
 The delta compares with the newest earlier ``grade.json`` of the same graded command under the same report root:
 a row whose outcome changed is listed first (in the delta and in the table), then times to crash that grew
-beyond the noise band of run deltas (``harness.delta.NOISE_ABS_S`` / ``NOISE_REL``), then rows added, removed.
+beyond the noise band of run deltas (``harness.report.delta.NOISE_ABS_S`` / ``NOISE_REL``), then rows added, removed.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``grade``: check the inputs, plan the rows, run each one fault judged, write the card.
 
 An engine's rows run zero-touch (``harness.engine.run.run_engine``), the reference path's through the contract
-runner (``harness.runner.run_scenario``); both end in the one judge. Each row expects CRASHED (what a guarded
+runner (``harness.pipeline.runner.run_scenario``); both end in the one judge. Each row expects CRASHED (what a guarded
 engine does), so its ``verdict`` is PASS exactly when the engine crashed; the card reports the outcome itself.
 """
 
