@@ -157,7 +157,7 @@ def test_public_surface_changes_only_on_purpose() -> None:
         "breakit_deadline", "breakit_world_size", "breakit_backend", "breakit_device", "breakit_launch",
         "breakit_report_dir",
         "breakit_tp_command", "breakit_stall", "breakit_startup_deadline"]
-    from harness.engine import pytest_door
+    from harness.plugin import engine as pytest_door
 
     assert [(o.pytest_flag, o.ini) for o in pytest_door.OPTIONS] == [("--breakit-engine", "breakit_engine"),
                                                                   ("--breakit-output-regex", "breakit_output_regex")]

@@ -116,3 +116,12 @@ def off_contract(r: RankResult, text: str, codes: dict[str, int] | None, scenari
     if interrupt is not None and interrupt.rank == r.rank and r.returncode == -signal.Signals[interrupt.signal]:
         return ""
     return "without a TP-FATAL line and not by its own fault's exit or signal"
+
+
+def unmatched_output(regex: str, text: str, *, shown: int = 5) -> str:
+    """Why an engine run whose ranks all exited 0 has no output: ``--output-regex`` matched nothing rank 0 printed
+    (``text``, its log). The last lines the engine itself printed say what to match instead."""
+    own = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("TP-EVENT ", "TP-TRACE ", "TP-FAULT "))]
+    last = " | ".join(ln[:200] for ln in own[-shown:]) or "rank 0 printed nothing"
+    return (f"every rank exited 0 but output regex {regex!r} matched nothing in rank 0's stdout (last lines: {last}), "
+            "so divergence cannot be judged: fix --output-regex to match the line holding the engine's answer")

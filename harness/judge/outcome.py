@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from harness.declare.verdicts import Outcome, Verdict
-from harness.engine.env import unmatched_output
 from harness.judge import evidence, explain, rootcause
 from harness.judge.result import Baseline, RankResult, Result, exit_name
 from harness.supervise import logs, trace
@@ -181,7 +180,7 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
         return Outcome.DIVERGED, f"ranks' result digests differ ({shown})"
     final = logs.final_json(texts.get(0, ""), "output_digest")
     if final is None and output_regex:
-        return Outcome.HARNESS_ERROR, unmatched_output(output_regex, texts.get(0, ""))
+        return Outcome.HARNESS_ERROR, evidence.unmatched_output(output_regex, texts.get(0, ""))
     if final is None:
         return Outcome.HARNESS_ERROR, (
             "every rank exited 0 but rank 0's log ends with no JSON line holding output_digest "

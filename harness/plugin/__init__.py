@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.engine import pytest_door as engine_door
 from harness.launch import zygote
 from harness.pipeline import options
 from harness.pipeline.session import Refused, Session
 from harness.plugin import collect, finish, rank_command, stash
+from harness.plugin import engine as engine_door
 from harness.report import files as report
 
 FM_MARKERS = collect.FM_MARKERS

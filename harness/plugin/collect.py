@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 
 from harness.declare.scenario import Scenario
-from harness.engine import pytest_door as engine_door
 from harness.launch import zygote
 from harness.pipeline import options
 from harness.pipeline.session import Refused
+from harness.plugin import engine as engine_door
 from harness.plugin import rank_command, stash
 from harness.report import files as report
 
