@@ -49,6 +49,7 @@ def cmd_failpoints(args: argparse.Namespace) -> int:
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
+    from harness.explore import report as explore_report
     from harness.explore import schedules as explore
     from harness.launch import zygote
 
@@ -85,13 +86,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     report.update_latest(config.run_dir)
-    cov = doc["coverage"]
-    print(f"explore: seed {args.seed}: {doc['schedules']} schedules in {doc['elapsed_s']} s, verdicts "
-          f"{doc['verdicts']}, {cov['pairs_fired']}/{cov['pairs_total']} site=action pairs fired, "
-          f"{len(doc['violations'])} violations; report: {config.run_dir / 'explore.md'}")
-    for v in doc["violations"]:
-        print(f"VIOLATION (run {v['index']}, {v['observed']}): {v['reproducer']}")
-    return 1 if doc["violations"] else 0
+    return explore_report.print_ending(doc, label="explore", seed=args.seed, run_dir=config.run_dir)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -184,13 +184,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     report.update_latest(ex.config.run_dir)
-    cov = doc["coverage"]
-    print(f"explore --engine: seed {plan['seed']}: {doc['schedules']} schedules in {doc['elapsed_s']} s, verdicts "
-          f"{doc['verdicts']}, {cov['pairs_fired']}/{cov['pairs_total']} site=action pairs fired, "
-          f"{len(doc['violations'])} violations; report: {ex.config.run_dir / 'explore.md'}")
-    for v in doc["violations"]:
-        print(f"VIOLATION (run {v['index']}, {v['observed']}): {v['reproducer']}")
-    return 1 if doc["violations"] else 0
+    return explore_report.print_ending(doc, label="explore --engine", seed=plan["seed"], run_dir=ex.config.run_dir)
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Exploration, dict]:

@@ -118,3 +118,14 @@ def markdown(doc: dict) -> str:
               "", "## Rules", ""]
     lines += [f"- **{name}**: {reason}" for name, reason in m["rules"].items()]
     return "\n".join(lines) + "\n"
+
+
+def print_ending(doc: dict, *, label: str, seed: int, run_dir: Path) -> int:
+    """The command's last lines: one summary, then every violation's reproducer; the exit status (1: violations)."""
+    cov = doc["coverage"]
+    print(f"{label}: seed {seed}: {doc['schedules']} schedules in {doc['elapsed_s']} s, verdicts "
+          f"{doc['verdicts']}, {cov['pairs_fired']}/{cov['pairs_total']} site=action pairs fired, "
+          f"{len(doc['violations'])} violations; report: {run_dir / 'explore.md'}")
+    for v in doc["violations"]:
+        print(f"VIOLATION (run {v['index']}, {v['observed']}): {v['reproducer']}")
+    return 1 if doc["violations"] else 0
