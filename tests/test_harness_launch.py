@@ -91,7 +91,7 @@ def test_rank_without_faulthandler_and_run_timeout_without_anchor(tmp_path) -> N
     assert result.observed == "HUNG", result.reason
     assert "run timeout 1 s passed with rank 0" in result.reason
     assert "has no SIGUSR1 handler installed (SigCgt in /proc/" in result.reason
-    assert result.ranks[0].exit == "SIGTERM" and result.ranks[0].reaped  # never killed by the stack request
+    assert result.ranks[0].exit == "SIGKILL" and result.ranks[0].reaped  # never killed by the stack request
 
 
 def test_clean_and_diverged_runs_share_one_cached_baseline(tmp_path) -> None:
