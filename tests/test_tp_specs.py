@@ -87,18 +87,18 @@ def test_every_site_in_the_registry_can_be_armed() -> None:
 # -- TP_FAILPOINTS: malformed specs ----------------------------------------------
 
 @pytest.mark.parametrize(("spec", "says"), [
-    (SITE, "malformed failpoint 'envelope.after_header' in TP_FAILPOINTS; expected SITE=ACTION[(ARG)][@k=v,...]"),
+    (SITE, "malformed failpoint 'envelope.after_header' in TP_FAILPOINTS; expected SITE=ACTION[(ARG)][@TRIGGER=N,...]"),
     (f"{SITE}=", "malformed failpoint"),
     (f"{SITE}=raise(", "malformed failpoint"),
     (f"{SITE} = raise", "malformed failpoint"),
     (f"{SITE}=Raise", "malformed failpoint"),
     (f"{SITE}=exit((3))", "malformed failpoint"),
-    (f"{SITE}=explode", "unknown failpoint action 'explode' in TP_FAILPOINTS; known: " + ", ".join(ACTIONS)),
+    (f"{SITE}=explode", f"unknown failpoint action 'explode' at {SITE} in TP_FAILPOINTS; known: " + ", ".join(ACTIONS)),
     (f"{SITE}=exit", "exit needs an integer code"),
     (f"{SITE}=exit()", "exit needs an integer code"),
     (f"{SITE}=exit(x)", "exit needs an integer code"),
     (f"{SITE}=exit(-1)", "exit needs an integer code"),
-    (f"{SITE}=kill", "kill needs a signal name, e.g. kill(SIGKILL), got None"),
+    (f"{SITE}=kill", "kill needs a signal name, e.g. kill(SIGKILL) or kill(SIGSTOP), got None"),
     (f"{SITE}=kill(SIGBOGUS)", "got 'SIGBOGUS'"),
     (f"{SITE}=kill(9)", "got '9'"),
     (f"{SITE}=kill(SIG_IGN)", "got 'SIG_IGN'"),
