@@ -50,6 +50,7 @@ def tests(session: nox.Session) -> None:
     _install(session)
     # Two workers: many tests start real ranks and spend their time waiting on them.
     # --durations: every CI log says where the time goes, so the suite's cost is read, not guessed.
+    # --dist loadgroup: tests/conftest.py keeps each module whose tests share one launch on one worker.
     session.run("python", "-m", "pytest", "tests", "-n", "2", "--dist", "loadgroup", "-m", "not world_size_8",
                 "--durations=25", *session.posargs)
 

@@ -51,17 +51,27 @@ def _env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
 
 
-def test_output_saves_the_delivered_frames_and_float32_stays_within_the_gpu_tolerance(tmp_path):
-    """The GPU check compares NCCL's float32 output with the CPU's float64 one; the same pair on CPU shows
-    the tolerance is not vacuous (the outputs differ) and not too tight."""
+@pytest.fixture(scope="module")
+def saved_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, str]]:
+    """One ``python -m tp --world-size 1 --chunks 2 --output`` run per dtype: its saved output and its log.
+    Launched once for the module: the tolerance test and the init-event test read the same runs."""
+    tmp = tmp_path_factory.mktemp("saved")
     runs = {}
     for dtype in ("float64", "float32"):
-        out = tmp_path / f"{dtype}.pt"
+        out = tmp / f"{dtype}.pt"
         proc = subprocess.run([sys.executable, "-m", "tp", "--world-size", "1", "--chunks", "2", "--output", str(out)],
                               cwd=REPO, text=True, capture_output=True, timeout=120, env={**_env(), "TP_DTYPE": dtype})
         assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[dtype] = torch.load(out)
-        assert runs[dtype]["dtype"] == dtype and runs[dtype]["chunks"] == [0, 1]
+        runs[dtype] = (torch.load(out), proc.stdout + proc.stderr)
+    return runs
+
+
+def test_output_saves_the_delivered_frames_and_float32_stays_within_the_gpu_tolerance(saved_runs):
+    """The GPU check compares NCCL's float32 output with the CPU's float64 one; the same pair on CPU shows
+    the tolerance is not vacuous (the outputs differ) and not too tight."""
+    runs = {dtype: saved for dtype, (saved, _) in saved_runs.items()}
+    for dtype, saved in runs.items():
+        assert saved["dtype"] == dtype and saved["chunks"] == [0, 1]
     diff = max(float((a - b).abs().max()) for a, b in zip(runs["float64"]["frames"], runs["float32"]["frames"],
                                                          strict=True))
     assert 0 < diff <= gpu.TOLERANCE
@@ -133,9 +143,8 @@ def test_harness_device_cuda_is_refused_where_no_gpu_is(tmp_path):
     assert bad.returncode == 2 and "invalid device 'gpu'" in bad.stderr and "cuda" in bad.stderr
 
 
-def test_init_event_says_where_tensors_live(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tp", "--world-size", "1", "--chunks", "1"], cwd=REPO, text=True,
-                          capture_output=True, timeout=120, env={**_env(), "TP_DTYPE": "float32"})
-    init = next(json.loads(line.split("TP-EVENT ", 1)[1]) for line in (proc.stdout + proc.stderr).splitlines()
+def test_init_event_says_where_tensors_live(saved_runs):
+    log = saved_runs["float32"][1]
+    init = next(json.loads(line.split("TP-EVENT ", 1)[1]) for line in log.splitlines()
                 if "TP-EVENT" in line and '"init"' in line)
     assert (init["device"], init["dtype"]) == ("cpu", "float32")

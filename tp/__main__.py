@@ -56,7 +56,7 @@ def _checks(args: argparse.Namespace) -> int:
     def world_size(n: int) -> None:
         if n < 1:
             raise ValueError(f"world size {n} must be >= 1")
-        from tp.model import ModelConfig
+        from tp.model_config import ModelConfig
 
         ModelConfig().check_world_size(n)
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             print("tp: no RANK in the environment: pass --world-size N (>= 1) to spawn local ranks, "
                   "or run under torchrun", file=sys.stderr)
             return codes.CONFIG_EXIT
-        from tp.model import ModelConfig
+        from tp.model_config import ModelConfig
 
         try:  # refuse before spawning: every rank would load the model only to refuse it
             ModelConfig().check_world_size(args.world_size)
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.from_env(chunks=args.chunks, reset_every=args.reset_every, backend=args.backend,
                               output=args.output)
         failpoints.install(cfg.failpoints)
-        from tp.model import ModelConfig
+        from tp.model_config import ModelConfig
 
         ModelConfig().check_world_size(cfg.world_size)
         from tp.runtime import rank_device
