@@ -2,7 +2,9 @@
 
 The full run takes about twelve minutes on a 2-core box (the hang and
 false-alarm sections alone about five; ``--false-alarm-runs`` and
-``--hang-runs`` size them); ``--quick`` is a
+``--hang-runs`` size them), plus about thirteen for the zero-touch engine
+sections on a loaded box (``--sections`` without ``engine_cost``,
+``engine_hang`` leaves them out); ``--quick`` is a
 smoke run (3 repetitions, the FMs' own ids, a short suite subset) for tests.
 Sections run one after another, never in parallel: they would time each
 other. A section that fails is recorded with its error and the rest go on;

@@ -172,9 +172,14 @@ def cost(*, plan: dict[int, tuple[int, int]], engine_runs: int, cwd: Path, say) 
                           "its timed collectives; dtensor_engine.py: launch -> last rank's exit, and rank 0's "
                           "CPU seconds from its rusage"}
     if engine is not None and "2" in ops:
-        per_us = ops["2"]["disarmed_minus_none_cpu_us"]["median"]
-        run_cpu_s = engine["none"]["cpu0_s"]["median"]
-        result["derived_pct"] = round(per_us * engine["collectives_rank0"] / 1e6 / run_cpu_s * 100, 3)
+        diff = ops["2"]["disarmed_minus_none_cpu_us"]
+        per_us, run_cpu_s = diff["median"], engine["none"]["cpu0_s"]["median"]
+
+        def pct(us: float) -> float:
+            return round(us * engine["collectives_rank0"] / 1e6 / run_cpu_s * 100, 3)
+
+        result["derived_pct"] = pct(per_us)
+        result["derived_pct_ci95"] = [pct(x) for x in diff["ci95"]]  # the per-collective difference's CI, scaled
         say(f"engine_cost: disarmed {per_us:+.1f} µs CPU/collective x {engine['collectives_rank0']} collectives "
             f"= {result['derived_pct']:+.3f} % of a {run_cpu_s:.2f} s rank-0 CPU run; end to end "
             f"{engine['overhead_pct']['cpu0']['median']:+.2f} % CPU, "

@@ -184,7 +184,8 @@ def engine_cost(s: dict) -> list[str]:
     return lines + [f"Whole healthy runs of `dtensor_engine.py` at ws 2 ({e['runs']} interleaved pairs; rank 0 issues "
                     f"{e['collectives_rank0']} collectives): launch to last exit, and rank 0's CPU. Per collective, "
                     f"disarmed costs {s['per_collective']['2']['disarmed_minus_none_cpu_us']['median']:+.1f} µs CPU "
-                    f"= **{s['derived_pct']:+.3f} %** of the run (target ≤ {s['target_pct']:g} %).", ""] + _table(
+                    f"= **{s['derived_pct']:+.3f} %** of the run [95 % CI {s['derived_pct_ci95'][0]:+.3f} … "
+                    f"{s['derived_pct_ci95'][1]:+.3f}] (target ≤ {s['target_pct']:g} %).", ""] + _table(
         ["bootstrap", "wall s [p25–p75]", "rank-0 CPU s [p25–p75]"], rows)
 
 
