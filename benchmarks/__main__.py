@@ -2,7 +2,9 @@
 
 The full run takes about twelve minutes on a 2-core box (the hang and
 false-alarm sections alone about five; ``--false-alarm-runs`` and
-``--hang-runs`` size them); ``--quick`` is a
+``--hang-runs`` size them), plus about thirteen for the zero-touch engine
+sections on a loaded box (``--sections`` without ``engine_cost``,
+``engine_hang`` leaves them out); ``--quick`` is a
 smoke run (3 repetitions, the FMs' own ids, a short suite subset) for tests.
 Sections run one after another, never in parallel: they would time each
 other. A section that fails is recorded with its error and the rest go on;
@@ -27,6 +29,7 @@ from benchmarks import (
     SECTIONS,
     crash_time,
     detection,
+    engine,
     launch_cost,
     overhead,
     reference,
@@ -71,13 +74,23 @@ class Plan:
     """Healthy runs on the oversubscribed box (``--false-alarm-runs``; the issue asks for >= 500)."""
     busy_processes: int = 4
     """Spinning processes that oversubscribe the box during the false-alarm runs."""
+    engine_cost: dict[int, tuple[int, int]] = dataclasses.field(default_factory=lambda: {2: (6, 500), 1: (5, 1500)})
+    """World size -> (interleaved repetitions of c10d_ops.py per bootstrap configuration, its OPS_REPEAT)."""
+    engine_runs: int = 5
+    """Interleaved pairs of whole healthy dtensor_engine.py runs (ws 2) without / with the bootstrap; 0 skips."""
+    engine_hang_runs: int = 10
+    """Zero-touch hang runs (``run_engine``, expect HUNG)."""
+    engine_hang_fixture: str = "dtensor_engine.py"
+    """The fixture engine (under fixtures/engines) the zero-touch hang runs break."""
 
 
 FULL = Plan(launches=12, ttc_runs=20, ttc_variants=True, ttc_reference_runs=5, overhead={2: (12, 30), 4: (3, 20)},
             reference_iters=300, suite_workers=(2, 1), suite_marker="breakit")
 QUICK = Plan(launches=3, ttc_runs=3, ttc_variants=False, ttc_reference_runs=0, overhead={2: (1, 8), 4: (1, 6)},
              reference_iters=30, suite_workers=(1,), suite_marker="breakit and control", flight_iters=2000,
-             hang_runs=1, hang_proofs=2, false_alarm_runs=2, busy_processes=1)
+             hang_runs=1, hang_proofs=2, false_alarm_runs=2, busy_processes=1,
+             # c10d_ops.py alone: a dtensor_engine.py run costs ~10 s of start-up on a loaded 2-core box
+             engine_cost={1: (1, 50)}, engine_runs=0, engine_hang_runs=1, engine_hang_fixture="c10d_ops.py")
 WORLD_SIZE = 2
 
 
@@ -135,6 +148,11 @@ def _measure(name: str, plan: Plan, work: Path, no_serial: bool) -> dict:
     if name == "false_alarm":
         return detection.false_alarm(runs=plan.false_alarm_runs, busy=plan.busy_processes, world_size=WORLD_SIZE,
                                      run_dir=work / name, **common)
+    if name == "engine_cost":
+        return engine.cost(plan=plan.engine_cost, engine_runs=plan.engine_runs, **common)
+    if name == "engine_hang":
+        return engine.hang(runs=plan.engine_hang_runs, fixture=plan.engine_hang_fixture, call=3, run_dir=work / name,
+                           **common)
     workers = tuple(w for w in plan.suite_workers if not (no_serial and w == 1)) or plan.suite_workers[:1]
     return suite.run(modes=workers, work_dir=work / name, cwd=REPO, marker=plan.suite_marker, say=_say)
 

@@ -155,8 +155,52 @@ def false_alarm(s: dict) -> list[str]:
             f"{s['not_clean']} not CLEAN; run duration median {d['median']} s, max {d['max']} s.", ""]
 
 
+def engine_cost(s: dict) -> list[str]:
+    rows = []
+    for ws, r in s["per_collective"].items():
+        for c in ("none", "disarmed", "armed"):
+            cpu, wall = r[c]["cpu_us"], r[c]["wall_us"]
+            ratio = r.get(f"{c}_over_none")
+            rows.append([ws, c, f"{cpu['median']:.0f} [{cpu['p25']:.0f}–{cpu['p75']:.0f}]",
+                         f"{wall['median']:.0f} [{wall['p25']:.0f}–{wall['p75']:.0f}]",
+                         None if ratio is None else f"{ratio['cpu']['median']:.3f} [{ratio['cpu']['p25']:.3f}–"
+                                                    f"{ratio['cpu']['p75']:.3f}]",
+                         None if ratio is None else f"{ratio['wall']['median']:.3f}", f"{r['reps']} x {r['ops_repeat']}"])
+    plan = ", ".join(f"ws {ws}: {r['reps']} runs of {r['collectives_per_run']} collectives"
+                     for ws, r in s["per_collective"].items())
+    lines = [f"## 9. Zero-touch bootstrap cost ({plan}, per configuration, interleaved)", "",
+             s["measured"] + f". Armed: `{s['armed_fault']}` (never fires). Ratios per repetition over its `none` "
+             "run; median [p25–p75].", ""]
+    lines += _table(["ws", "bootstrap", "CPU µs/collective", "wall µs/collective", "CPU / none", "wall / none",
+                     "runs x OPS_REPEAT"], rows)
+    e = s.get("engine")
+    if e is None:
+        return lines + ["Whole fixture-engine runs: not measured in this plan (`--quick` times c10d_ops.py only).", ""]
+    rows = [[c, f"{e[c]['wall_s']['median']:.2f} [{e[c]['wall_s']['p25']:.2f}–{e[c]['wall_s']['p75']:.2f}]",
+             f"{e[c]['cpu0_s']['median']:.2f} [{e[c]['cpu0_s']['p25']:.2f}–{e[c]['cpu0_s']['p75']:.2f}]"]
+            for c in ("none", "disarmed")]
+    rows.append(["overhead %", _pct(e["overhead_pct"]["wall"], extremes=True),
+                 _pct(e["overhead_pct"]["cpu0"], extremes=True)])
+    return lines + [f"Whole healthy runs of `dtensor_engine.py` at ws 2 ({e['runs']} interleaved pairs; rank 0 issues "
+                    f"{e['collectives_rank0']} collectives): launch to last exit, and rank 0's CPU. Per collective, "
+                    f"disarmed costs {s['per_collective']['2']['disarmed_minus_none_cpu_us']['median']:+.1f} µs CPU "
+                    f"= **{s['derived_pct']:+.3f} %** of the run [95 % CI {s['derived_pct_ci95'][0]:+.3f} … "
+                    f"{s['derived_pct_ci95'][1]:+.3f}] (target ≤ {s['target_pct']:g} %).", ""] + _table(
+        ["bootstrap", "wall s [p25–p75]", "rank-0 CPU s [p25–p75]"], rows)
+
+
+def engine_hang(s: dict) -> list[str]:
+    v, w = s["verdict_s"], s["run_wall_s"]
+    return [f"## 10. Zero-touch fault -> HUNG verdict (`{s['fixture']}`, `{s['fault']}`, ws {s['world_size']}, "
+            f"stall window {s['stall_s']:g} s, target p95 ≤ {s['target_s']:g} s)", "", s["measured"] + ".", ""] + _table(
+        ["runs", "median s", "p95 s", "max s", "outcomes", "failed runs", "run wall median s"],
+        [[s["runs"], _f(v["median"], ".3f"), _f(v["p95"], ".3f"), _f(v["max"], ".3f"), s["outcomes"], s["failed_runs"],
+          _f(w["median"], ".1f")]])
+
+
 RENDERERS = {"launch": launch, "ttc": ttc, "overhead": overhead, "reference": reference, "suite": suite,
-             "flight": flight, "hang": hang, "false_alarm": false_alarm}
+             "flight": flight, "hang": hang, "false_alarm": false_alarm,
+             "engine_cost": engine_cost, "engine_hang": engine_hang}
 
 
 def markdown(doc: dict, target_rows: list[dict]) -> str:

@@ -109,6 +109,24 @@ def _detection_numbers(bench) -> None:
     assert all(r["stall_verdicts"] == r["outcomes"].get("HUNG", 0) for r in hang["scenarios"])  # none waited out a deadline
 
 
+def _engine_numbers(bench) -> None:
+    sections = bench[0]["sections"]
+    cost = sections["engine_cost"]
+    assert cost["per_collective"], "no world size timed"
+    for row in cost["per_collective"].values():
+        for config in ("none", "disarmed", "armed"):
+            assert all(_positive(row[config][kind]["median"]) for kind in ("cpu_us", "wall_us")), row
+        assert all(_positive(row[f"{c}_over_none"]["cpu"]["median"]) for c in ("disarmed", "armed")), row
+    assert cost["engine"] is None, "--quick times c10d_ops.py only, no whole fixture-engine run"
+    hang = sections["engine_hang"]
+    assert hang["runs"] == 1 and sum(hang["outcomes"].values()) == 1
+    if hang["outcomes"].get("HUNG"):
+        assert all(_positive(hang["verdict_s"][k]) for k in ("median", "p95", "max")), hang
+    targets = [row["target"] for row in bench[0]["targets"]]
+    assert any(t.startswith("zero-touch bootstrap") for t in targets)
+    assert any(t.startswith("zero-touch hang verdict") for t in targets)
+
+
 def _docs_page_is_the_report(bench) -> None:
     _, _, out = bench
     page = (out / "PERFORMANCE.md").read_text()
@@ -117,7 +135,8 @@ def _docs_page_is_the_report(bench) -> None:
 
 
 CHECKS = (_schema_and_machine, _launch_numbers, _time_to_crash_numbers, _overhead_numbers,
-          _reference_and_suite_numbers, _markdown_printed_and_written, _detection_numbers, _docs_page_is_the_report)
+          _reference_and_suite_numbers, _markdown_printed_and_written, _detection_numbers, _engine_numbers,
+          _docs_page_is_the_report)
 
 
 def test_the_quick_bench_measures_every_section(bench):
