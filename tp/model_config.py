@@ -1,6 +1,6 @@
 """The generator's shape: what ``python -m tp --check-world-size N`` needs, without importing torch.
 
-Every harness run asks the TP path whether its world size splits the model (``harness.probe``) before it starts
+Every harness run asks the TP path whether its world size splits the model (``harness.launch.probe``) before it starts
 a rank; that answer is arithmetic on this dataclass, so it must not cost a ``import torch`` (about a second of
 CPU per probe). ``tp.model`` builds the generator from it.
 """
