@@ -171,19 +171,28 @@ def test_no_rank_survives_a_sigkilled_harness_and_zygote(tmp_path: Path, launch:
 
 # -- finding a run's processes by marker (.ci/run) --------------------------------------------
 
+# .ci/run checks for leftovers with the interpreter on its PATH, which has neither psutil nor torch: the check
+# must run there (a package __init__ that imported the launch machinery once turned every CI run red).
+BARE = ("import runpy, sys; sys.modules['psutil'] = sys.modules['torch'] = None; "
+        "runpy.run_module('harness.launch.lifetime', run_name='__main__')")
+
+
+def _check(marker: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BARE, marker], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
 def test_leftovers_are_found_by_marker_and_listed(tmp_path: Path) -> None:
     marker = f"test-{secrets.token_hex(6)}"
     env = {**os.environ, lifetime.RUN_ENV: marker}
     sleeper = subprocess.Popen(["sleep", "600"], env=env, start_new_session=True)
     try:
-        check = subprocess.run([sys.executable, "-m", "harness.launch.lifetime", marker], cwd=REPO, env=env,
-                               capture_output=True, text=True, timeout=60)
+        check = _check(marker, env)
         assert check.returncode == 1 and f"{sleeper.pid} sleep 600" in check.stderr, check.stderr
     finally:
         sleeper.kill()
         sleeper.wait()
-    check = subprocess.run([sys.executable, "-m", "harness.launch.lifetime", marker], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=60)
+    check = _check(marker, env)
     assert check.returncode == 0, check.stderr
 
 

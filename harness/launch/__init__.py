@@ -30,10 +30,21 @@ the store), ``torchrun`` (the agents), ``reap`` (process trees, the registry
 of live launches), ``core`` (``Launch``, which ties them together).
 """
 
-from harness.launch.core import Launch
-from harness.launch.reap import reap_all, wait_gone
-from harness.launch.spec import HOST, MODES, LaunchError, LaunchSpec, base_env, zygote_module
-from harness.launch.store import BoundedStore, free_port, host_store, read_keys
+import importlib
 
-__all__ = ["HOST", "MODES", "BoundedStore", "Launch", "LaunchError", "LaunchSpec", "base_env", "free_port",
-           "host_store", "read_keys", "reap_all", "wait_gone", "zygote_module"]
+_EXPORTS = {"Launch": "core", "reap_all": "reap", "wait_gone": "reap", "HOST": "spec", "MODES": "spec",
+            "LaunchError": "spec", "LaunchSpec": "spec", "base_env": "spec", "zygote_module": "spec",
+            "BoundedStore": "store", "free_port": "store", "host_store": "store", "read_keys": "store"}
+"""Each name this package hands on, and the module that defines it. Imported when first asked for (PEP 562):
+``python -m harness.launch.lifetime`` (.ci/run's leftover check, run by a bare interpreter without psutil) and
+the zygote's server load this package without the launch machinery they do not use."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'harness.launch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"harness.launch.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
