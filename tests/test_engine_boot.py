@@ -59,7 +59,7 @@ def test_a_bad_spec_is_refused_naming_the_part_and_the_choices(spec: str, words:
 
 def test_a_good_spec_parses_into_its_triggers() -> None:
     (entry,) = faults.parse("collective.all_reduce=kill(SIGKILL)@rank=1,call=3")
-    assert (entry.site, entry.action, entry.arg, entry.triggers) == (
+    assert (entry.site, entry.action.name, entry.action.arg, entry.triggers) == (
         "collective.all_reduce", "kill", "SIGKILL", {"rank": 1, "call": 3})
 
 

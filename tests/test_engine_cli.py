@@ -140,10 +140,26 @@ def test_an_engine_run_prints_a_rerun_line_that_runs_verbatim_from_a_new_shell(t
     given = dict(zip(words[4::2], words[5::2], strict=True))
     assert given == {"--engine": "python engine.py", "--fault": "collective.all_reduce=raise@rank=1,call=2",
                      "--expect": "crash", "--world-size": "2", "--launch": "subprocess",
-                     "--output-regex": "tokens: (.*)", "--deadline": "60"}, line
+                     "--output-regex": "tokens: (.*)", "--deadline": "60",
+                     "--report-dir": str((tmp_path / "reports").resolve())}, line
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
-    again = subprocess.run(["bash", "-c", line + f" --report-dir {tmp_path / 'again'}"], cwd=tmp_path, env=env,
+    again = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.splitlines()[0].startswith("PASS adhoc (ws2): expected CRASHED, observed CRASHED"), again.stdout
     assert again.stdout.splitlines()[1] == rerun, "the rerun reruns the same run"
+
+
+def test_engine_runs_compare_only_with_runs_of_the_same_faults() -> None:
+    # Every ad-hoc run's id is "adhoc": a delta keyed on the engine alone compared a SIGSTOP run with a SIGKILL one
+    # ("time-to-crash regression") and a healthy run with a crash ("CRASHED -> CLEAN").
+    import argparse
+
+    from harness.engine.run import _asked
+
+    def asked(*faults: str, expect: str = "crash") -> str:
+        return _asked(argparse.Namespace(engine="python e.py", fault=list(faults), expect=expect, env=[]))
+
+    kill, stop = asked("collective.all_reduce=kill(SIGKILL)@rank=1"), asked("collective.all_reduce=kill(SIGSTOP)@rank=1")
+    assert len({kill, stop, asked(expect="clean")}) == 3
+    assert kill == asked("collective.all_reduce=kill(SIGKILL)@rank=1")

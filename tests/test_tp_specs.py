@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from contract import faults as grammar
 from tp import PLAN, PROTOCOL_VERSION, config, failpoints, guardrails
 from tp.config import ConfigError
 from tp.failpoints import ACTIONS, SITES, Armed, FailpointError, InjectedFault, arm, failpoint, parse
@@ -57,7 +58,7 @@ def _faults(out: str) -> list[dict[str, str]]:
     (f"{SITE}=set(uint16)", "set", "uint16"),
 ])
 def test_every_action_parses(spec: str, action: str, arg: str | None) -> None:
-    assert parse(spec) == [Armed(site=SITE, action=action, arg=arg)]
+    assert parse(spec) == [Armed(site=SITE, action=grammar.Action(action, arg))]
 
 
 def test_every_action_is_covered_above() -> None:
@@ -67,9 +68,9 @@ def test_every_action_is_covered_above() -> None:
 def test_triggers_and_multiple_entries_parse() -> None:
     spec = f" {SITE}=raise@rank=0,chunk=2 ; driver.plan=corrupt(2)@call=7,hit=3 ;; generator.call=hang@rank=1;"
     assert parse(spec) == [
-        Armed(site=SITE, action="raise", triggers={"rank": 0, "chunk": 2}),
-        Armed(site="driver.plan", action="corrupt", arg="2", triggers={"call": 7, "hit": 3}),
-        Armed(site="generator.call", action="hang", triggers={"rank": 1}),
+        Armed(site=SITE, action=grammar.Action("raise"), triggers={"rank": 0, "chunk": 2}),
+        Armed(site="driver.plan", action=grammar.Action("corrupt", "2"), triggers={"call": 7, "hit": 3}),
+        Armed(site="generator.call", action=grammar.Action("hang"), triggers={"rank": 1}),
     ]
 
 
@@ -381,7 +382,7 @@ def test_every_variable_is_read() -> None:
            "TP_COLLECTIVE_TIMEOUT_S": "6", "TP_DIGEST_EVERY": "4"}
     cfg = config.from_env(env, chunks=3, reset_every=2, backend="gloo")
     assert cfg.host_store is False and cfg.guardrails == {"watchdog"}
-    assert [(a.site, a.action, a.triggers) for a in cfg.failpoints] == [(SITE, "raise", {})]
+    assert [(a.site, str(a.action), a.triggers) for a in cfg.failpoints] == [(SITE, "raise", {})]
     assert (cfg.protocol_version, cfg.plan, cfg.driver_rank, cfg.role) == (2, "v1_full_pipeline", 1, "driver")
     assert (cfg.kv_recompute, cfg.sync_kv_stats, cfg.digest_every, cfg.chunks, cfg.reset_every) == (False, True, 4, 3, 2)
     assert (cfg.heartbeat_s, cfg.peer_timeout_s, cfg.progress_timeout_s) == (0.1, 3.0, 4.5)

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from contract import faults as grammar
 from tp import log
@@ -133,21 +133,9 @@ class InjectedFault(RuntimeError):
     """Raised by the ``raise`` action."""
 
 
-@dataclass(kw_only=True)
-class Armed:
-    site: str
-    """A key of ``SITES``."""
-    action: str
-    """One of ``ACTIONS``."""
-    arg: str | None = None
-    """The action's argument, as written in the spec."""
-    triggers: dict[str, int] = field(default_factory=dict)
-    """rank / chunk / call / hit filters; a missing key matches anything."""
-    matches: int = 0
-    """How many times the filters matched so far (for ``hit``)."""
-
-    def describe(self) -> str:
-        return self.action + (f"({self.arg})" if self.arg is not None else "")
+Armed = grammar.Entry
+"""One armed failpoint: ``site``, a typed ``action`` (``action.name``, ``action.arg``), ``triggers`` (rank / chunk /
+call / hit; a missing key matches anything) and ``matches`` (for ``hit``): the grammar's ``Entry``."""
 
 
 _armed: dict[str, list[Armed]] = {}
@@ -161,9 +149,8 @@ def parse(spec: str, *, where: str = "TP_FAILPOINTS", sites: dict[str, str] | No
     ``sites`` defaults to this TP path's ``SITES``; a stand-in TP path passes its own, so one grammar
     holds for both.
     """
-    entries = grammar.parse(spec, where=where, triggers=TRIGGERS, sites=SITES if sites is None else sites,
-                            actions=ACTIONS, check_arg=_check_arg)
-    return [Armed(site=e.site, action=e.action.name, arg=e.action.arg, triggers=e.triggers) for e in entries]
+    return grammar.parse(spec, where=where, triggers=TRIGGERS, sites=SITES if sites is None else sites,
+                         actions=ACTIONS, check_arg=_check_arg)
 
 
 def _check_arg(action: grammar.Action, where: str) -> None:
@@ -223,7 +210,7 @@ def _matches(entry: Armed, ctx: dict) -> bool:
 
 
 def _act(entry: Armed, value: object) -> object:
-    action, arg = entry.action, entry.arg
+    action, arg = entry.action.name, entry.action.arg
     if action == "raise":
         raise InjectedFault(f"failpoint {entry.site} raised")
     if action == "exit":

@@ -46,6 +46,8 @@ class Rerun:
     """``--env`` of the run: the user's, never one the harness chose."""
     cwd: Path | None = None
     """Where the ranks ran; the line starts with ``cd`` there when given."""
+    report_dir: Path | None = None
+    """``--report-dir`` when the user gave one (absolute): a rerun reports where the run did."""
 
     def words(self) -> list[str]:
         """The ``run`` command's words (no ``cd``)."""
@@ -65,6 +67,8 @@ class Rerun:
             words += [options.OPTIONS[name].cli_flag, f"{value:g}"]
         for name, value in self.env.items():
             words += ["--env", f"{name}={value}"]
+        if self.report_dir is not None:
+            words += ["--report-dir", str(self.report_dir)]
         return words
 
     def line(self) -> str:

@@ -37,7 +37,7 @@ def cmd_engine(args: argparse.Namespace, finish: Callable[..., int]) -> int:
     writes and shows the report."""
     engine, settings, scenario = _inputs(args)
     session = Session(settings={**settings, "tp_command": engine}, run_dir=settings["report_dir"] / report.run_dir_name(),
-                      selection=f"--engine {args.engine}")
+                      selection=_asked(args))
     result = run_engine(scenario, session.run_config(), output_regex=args.output_regex,
                         deadline_s=settings["deadline"] if args.deadline is not None else None)
     print(f"{result.verdict} {result.id} (ws{result.world_size}): {result.reason}")
@@ -47,6 +47,14 @@ def cmd_engine(args: argparse.Namespace, finish: Callable[..., int]) -> int:
     return finish(session, planned=1, interrupted=False)
 
 
+def _asked(args: argparse.Namespace) -> str:
+    """What the run was asked for: runs compare only with runs of the same selection (every ad-hoc run's id is
+    ``adhoc``, so without its faults a SIGSTOP run was compared with a SIGKILL one)."""
+    words = ["--engine", args.engine, *(f"--fault {f}" for f in args.fault), f"--expect {args.expect or 'clean'}",
+             *(f"--env {e}" for e in args.env)]
+    return " ".join(words)
+
+
 def _rerun(args: argparse.Namespace, engine: tuple[str, ...], settings: dict, scenario: Scenario,
            result: Result) -> Rerun:
     """This run as one command: what the user gave, and the deadline it had (measured or given)."""
@@ -54,7 +62,7 @@ def _rerun(args: argparse.Namespace, engine: tuple[str, ...], settings: dict, sc
     return Rerun(engine=engine, faults=tuple(args.fault), expect=args.expect or "clean",
                  signatures=tuple(args.signature), world_size=result.world_size, launch=settings["launch"],
                  output_regex=args.output_regex, deadline_s=result.deadline_s, settings=given, env=scenario.env,
-                 cwd=Path.cwd())
+                 cwd=Path.cwd(), report_dir=settings["report_dir"].resolve() if args.report_dir is not None else None)
 
 
 def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:

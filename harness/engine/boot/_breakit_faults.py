@@ -25,7 +25,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
 try:  # a rank: the bootstrap's folder is on its path, contract/ is not
     from _breakit_grammar import grammar
@@ -59,24 +58,15 @@ class InjectedFault(RuntimeError):
     """What the ``raise`` action raises inside the collective."""
 
 
-@dataclass(kw_only=True)
-class Armed:
-    site: str
-    action: str
-    arg: str | None = None
-    triggers: dict[str, int] = field(default_factory=dict)
-    matches: int = 0
-
-    def describe(self) -> str:
-        return self.action + (f"({self.arg})" if self.arg is not None else "")
+Armed = grammar.Entry
+"""One armed fault: ``site``, a typed ``action``, ``triggers``, ``matches`` (the grammar's ``Entry``)."""
 
 
 def parse(spec: str, where: str = "TP_FAILPOINTS") -> list[Armed]:
     """Parse a ``;``-separated spec with the contract's grammar over the collective sites; every error names
     ``where``, the bad part and the valid choices."""
-    entries = grammar.parse(spec, where=where, triggers=TRIGGERS, sites=SITES, actions=ACTIONS, check_arg=_check_arg,
-                            example="collective.all_reduce=hang@rank=1,call=3")
-    return [Armed(site=e.site, action=e.action.name, arg=e.action.arg, triggers=e.triggers) for e in entries]
+    return grammar.parse(spec, where=where, triggers=TRIGGERS, sites=SITES, actions=ACTIONS, check_arg=_check_arg,
+                         example="collective.all_reduce=hang@rank=1,call=3")
 
 
 def _check_arg(action: grammar.Action, where: str) -> None:
@@ -137,9 +127,9 @@ class Injector:
                 return op.redispatch(rest, *args, **kwargs)
             for entry, nth in fired:
                 self.on_fire(entry.site, entry.describe(), nth, name)
-                if entry.action == "skip":
+                if entry.action.name == "skip":
                     return _skipped(torch, op, args)
-                if entry.action == "extra":
+                if entry.action.name == "extra":
                     self.issued.append(call)
                     _wait(torch, op.redispatch(rest, *args, **kwargs))
                 else:
@@ -159,7 +149,7 @@ class Injector:
 
 
 def _act(torch, op, entry: Armed, args: tuple) -> None:
-    action, arg = entry.action, entry.arg
+    action, arg = entry.action.name, entry.action.arg
     if action == "raise":
         raise InjectedFault(f"breakit: injected fault {entry.site}={entry.describe()}")
     if action == "exit":
