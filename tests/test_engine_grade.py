@@ -135,3 +135,18 @@ def test_an_engine_that_is_not_healthy_cannot_be_graded(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "the engine's healthy run at world size 2 is no baseline" in proc.stderr, proc.stderr
     assert not list((tmp_path / "reports").glob("*/grade.md")) and not (tmp_path / "reports" / "latest").exists()
+
+
+def test_a_hang_whose_peers_own_timeout_fired_says_so() -> None:
+    # An outside engineer's engine had a 5 s process-group timeout: rank 0 ended on it, rank 1 (parked in the
+    # injected hang) never exited, and the card said "no timeout fires within 8 s". The card tells the two apart.
+    from harness.grade.card import sentence
+    from harness.grade.plan import Row
+
+    row = Row(world_size=2, op="all_reduce", action="hang", fault="collective.all_reduce=hang@rank=1,call=3", rank=1,
+              call=3)
+    none = sentence(row, "HUNG", ttc=None, deadline=8.0, named=[], reason="")
+    peer = sentence(row, "HUNG", ttc=None, deadline=8.0, named=[], reason="", ended=(0,))
+    assert none.endswith("your engine hangs (no timeout fires within 8 s)"), none
+    assert peer.endswith("your engine hangs (rank 0 ended on its own (its timeout fired), but the other ranks never "
+                         "exited within 8 s)"), peer

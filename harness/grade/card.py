@@ -43,13 +43,16 @@ def named_ranks(result: Result) -> list[int]:
 
 
 def sentence(row: Row, outcome: str, *, ttc: float | None, deadline: float, named: list[int], reason: str,
-             subject: str = "your engine") -> str:
+             subject: str = "your engine", ended: tuple[int, ...] = ()) -> str:
     """One line a design review can read: ``rank 1 stuck in all_reduce (call 3): your engine hangs (...)``."""
     what = _DOING[row.action].format(r=row.rank, op=row.op) + (f" (call {row.call})" if row.call else "") \
         + (f" [{row.how}]" if row.how else "")
     if outcome == Outcome.CRASHED.value:
         said = f"name rank {', '.join(map(str, named))}" if named else "name no rank"
         return f"{what}: {subject} crashes in {ttc:.2f} s (its errors {said})"
+    if outcome == Outcome.HUNG.value and ended:  # its own timeout ended some ranks, the others never went
+        who = f"rank {', '.join(map(str, ended))} ended on its own (its timeout fired)"
+        return f"{what}: {subject} hangs ({who}, but the other ranks never exited within {deadline:.0f} s)"
     if outcome == Outcome.HUNG.value:
         return f"{what}: {subject} hangs (no timeout fires within {deadline:.0f} s)"
     if outcome == Outcome.DIVERGED.value:
@@ -57,6 +60,11 @@ def sentence(row: Row, outcome: str, *, ttc: float | None, deadline: float, name
     if outcome == Outcome.CLEAN.value:
         return f"{what}: {subject} is unaffected (every rank exits 0 with the healthy output)"
     return f"{what}: not graded, the harness could not judge it: {reason[:160]}"
+
+
+def ended_on_their_own(result: Result) -> tuple[int, ...]:
+    """Ranks that exited before the harness reaped anything: in a HUNG run, the ones a timeout of their own ended."""
+    return tuple(r.rank for r in result.ranks if r.returncode is not None and not r.reaped)
 
 
 def row_doc(row: Row, result: Result, *, subject: str = "your engine") -> dict:
@@ -70,7 +78,7 @@ def row_doc(row: Row, result: Result, *, subject: str = "your engine") -> dict:
         "first_divergent": (result.divergence or {}).get("line"), "deadline_s": result.deadline_s,
         "duration_s": result.duration_s, "dir": result.dir, "reason": result.reason,
         "sentence": sentence(row, result.observed, ttc=ttc, deadline=result.deadline_s, named=named,
-                             reason=result.reason, subject=subject),
+                             reason=result.reason, subject=subject, ended=ended_on_their_own(result)),
     }
 
 
