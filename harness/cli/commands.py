@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.cli import parser
 from harness.declare import adhoc
 from harness.declare.selection import UsageError, load_scenarios
 from harness.declare.verdicts import Verdict
@@ -30,7 +29,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_failpoints(args: argparse.Namespace) -> int:
-    command = [*parser.settings(args, ("tp_command",))["tp_command"], "--list-failpoints"]
+    command = [*options.from_args(args, ("tp_command",))["tp_command"], "--list-failpoints"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TP_")}
     try:
         proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120, env=env)
@@ -54,7 +53,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from harness.launch import zygote
 
     try:
-        settings = parser.settings(args, ("deadline", "stall", "launch", "backend", "device", "report_dir",
+        settings = options.from_args(args, ("deadline", "stall", "launch", "backend", "device", "report_dir",
                                           "tp_command", "world_size", "startup_deadline"))
         sizes = tuple(options.OPTIONS["world_size"].validate(w, "--world-size") for w in args.world_sizes.split(","))
     except options.OptionError as exc:

@@ -28,7 +28,7 @@ RUN_SETTINGS = ("world_size", "deadline", "stall", "launch", "backend", "device"
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        settings = parser.settings(args, RUN_SETTINGS)
+        settings = options.from_args(args, RUN_SETTINGS)
     except options.OptionError as exc:
         raise UsageError(str(exc)) from None
     session = Session(settings=settings, run_dir=settings["report_dir"] / report.run_dir_name(),

@@ -82,12 +82,3 @@ def build() -> argparse.ArgumentParser:
 def prog() -> str:
     """``breakit`` under the console script, else ``python -m harness``."""
     return "breakit" if Path(sys.argv[0]).name == "breakit" else "python -m harness"
-
-
-def settings(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
-    """Each option in ``names``: its flag's value checked with the flag named, else its default."""
-    out = {}
-    for name in names:
-        opt, value = options.OPTIONS[name], getattr(args, name, None)
-        out[name] = opt.validate(value, opt.cli_flag) if value is not None else options.default(name)
-    return out

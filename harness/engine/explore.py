@@ -196,9 +196,7 @@ def _inputs(args: argparse.Namespace) -> tuple[Exploration, dict]:
         engine = options.OPTIONS["tp_command"].parse(args.engine)
         if args.output_regex is not None:
             re.compile(args.output_regex)
-        settings = {n: options.OPTIONS[n].validate(getattr(args, n), options.OPTIONS[n].cli_flag)
-                    if getattr(args, n) is not None else options.default(n)
-                    for n in ("deadline", "stall", "launch", "report_dir")}
+        settings = options.from_args(args, ("deadline", "stall", "launch", "report_dir"))
         sizes = tuple(options.OPTIONS["world_size"].validate(w, "--world-size") for w in args.world_sizes.split(","))
     except (ValueError, re.error, options.OptionError) as exc:
         raise UsageError(f"explore --engine: {exc}") from None

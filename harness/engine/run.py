@@ -83,13 +83,11 @@ def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:
             re.compile(args.output_regex)
         except re.error as exc:
             raise UsageError(f"invalid --output-regex {args.output_regex!r}: {exc}") from None
-    settings = {}
-    for name in ("world_size", "deadline", "stall", "report_dir", "startup_deadline", "launch", "backend", "device"):
-        opt, value = options.OPTIONS[name], getattr(args, name, None)
-        try:
-            settings[name] = opt.validate(value, opt.cli_flag) if value is not None else options.default(name)
-        except options.OptionError as exc:
-            raise UsageError(str(exc)) from None
+    try:
+        settings = options.from_args(args, ("world_size", "deadline", "stall", "report_dir", "startup_deadline",
+                                            "launch", "backend", "device"))
+    except options.OptionError as exc:
+        raise UsageError(str(exc)) from None
     if args.launch is None:
         settings["launch"] = "subprocess"
     elif settings["launch"] not in LAUNCHES:

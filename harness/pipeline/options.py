@@ -175,3 +175,13 @@ def default(name: str) -> Any:
     """The parsed default of option ``name``."""
     option = OPTIONS[name]
     return option.validate(option.default, "the default")
+
+
+def from_args(args, names: tuple[str, ...]) -> dict:
+    """Each option in ``names`` from the command line's ``args``: the flag's value checked with the flag named,
+    else the default. ``OptionError`` names the flag and the bad value."""
+    out = {}
+    for name in names:
+        opt, value = OPTIONS[name], getattr(args, name, None)
+        out[name] = opt.validate(value, opt.cli_flag) if value is not None else default(name)
+    return out
