@@ -58,3 +58,36 @@ def test_an_output_regex_that_matches_nothing_says_so_with_rank_0s_last_lines(tm
     assert proc.returncode == 1 and result["observed"] == "HARNESS_ERROR", proc.stdout + proc.stderr
     assert ("output regex 'answer: (\\\\d+)' matched nothing in rank 0's stdout (last lines: loading | "
             "tokens: [4, 41])") in result["reason"], result["reason"]
+
+
+ENGINE = Path(__file__).resolve().parent.parent / "fixtures" / "engines" / "dtensor_engine.py"
+
+
+def _fixture_engine(tmp_path: Path, fault: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """The fixture engine with a 3 s process-group timeout of its own, supervised as if a hang were wanted."""
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--engine", f"{sys.executable} {ENGINE}",
+                           "--env", "ENGINE_PG_TIMEOUT_S=3", "--fault", fault, "--expect", "hang", "--deadline", "30",
+                           "--report-dir", str(tmp_path / "r")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=200)
+    return proc, json.loads(next((tmp_path / "r").glob("2*/adhoc-ws*/result.json")).read_text())
+
+
+def test_an_engine_s_own_timeout_decides_the_verdict_not_what_was_expected(tmp_path: Path) -> None:
+    # Rank 1 skips a collective: the ranks pair the wrong calls and stall; the engine's 3 s group timeout ends
+    # them. HUNG was allowed, yet the proven stall at ~1 s does not end the run while that timeout is due.
+    proc, result = _fixture_engine(tmp_path, "collective.all_reduce=skip@rank=1,call=3")
+    assert result["observed"] == "CRASHED", proc.stdout + proc.stderr
+    assert result["stall"] and result["stall"]["at_s"] < 3, result["stall"]
+    assert "own 3 s timeout on its" in result["stall"]["awaited"], result["stall"]
+    assert 3 <= result["first_failure_s"] <= result["time_to_crash_s"] < 10, result
+    # Whichever rank's timeout printed first, the skip began it.
+    assert result["root_cause"]["rank"] == 1, result["root_cause"]
+    assert "its injected fault (skip) fired" in result["root_cause"]["how"], result["root_cause"]
+
+
+def test_a_rank_frozen_by_its_own_fault_is_reaped_when_alone_whatever_was_expected(tmp_path: Path) -> None:
+    proc, result = _fixture_engine(tmp_path, "collective.all_reduce=kill(SIGSTOP)@rank=1,call=3")
+    assert result["observed"] == "CRASHED", proc.stdout + proc.stderr
+    ranks = {r["rank"]: r for r in result["ranks"]}
+    assert ranks[0]["code"] == "UNCAUGHT_EXCEPTION" and ranks[1]["frozen"], ranks
+    assert result["root_cause"]["rank"] == 1 and result["time_to_crash_s"] < 10, result

@@ -60,17 +60,20 @@ def test_exit_names_show_signals_by_name() -> None:
 
 
 def test_crash_root_cause_is_earliest_fatal_by_mono(tmp_path) -> None:
+    # The fault fired on both ranks, so which of them began the failure is the earliest TP-FATAL's to say.
     obs = _observe(tmp_path, {
         0: [FAULT, _fatal(0, "PEER_ABORT", 100.30, cause=1)],
-        1: ["starting", _fatal(1, "META_UNSERIALIZABLE", 100.10)],
+        1: ["starting", FAULT.replace("rank=0", "rank=1"), _fatal(1, "META_UNSERIALIZABLE", 100.10)],
     }, {0: 51, 1: 40})
     expect = Expect.crash({1: r"code=META_UNSERIALIZABLE", "others": r"PEER_ABORT .*cause_rank=1"})
     result = judge(_scenario(expect), obs, deadline_s=8.0, baseline=_no_baseline, meta=META)
     assert result.observed == "CRASHED" and result.passed, result.reason
     assert result.root_cause["rank"] == 1 and result.root_cause["code"] == "META_UNSERIALIZABLE"
-    assert result.time_to_crash_s == pytest.approx(0.6)
+    # The last rank left 0.6 s after the fault; rank 1's TP-FATAL, the first failure, came at 0.1 s.
+    assert result.time_to_crash_s == pytest.approx(0.6) and result.first_failure_s == pytest.approx(0.1)
     assert result.reason.startswith("expected CRASHED, observed CRASHED in 0.600 s after TP-FAULT "
-                                    "(envelope.after_header on rank 0): rank 0 exit 51 (PEER_ABORT cause_rank=1, "
+                                    "(envelope.after_header on rank 0), the first failure at 0.100 s: "
+                                    "rank 0 exit 51 (PEER_ABORT cause_rank=1, "
                                     "collateral), rank 1 exit 40 (META_UNSERIALIZABLE, root cause)")
     assert "signatures matched: rank 0 /PEER_ABORT .*cause_rank=1/, rank 1 /code=META_UNSERIALIZABLE/" in result.reason
 

@@ -70,8 +70,45 @@ def test_a_rank_repeating_rank_0s_verdict_is_its_follower_even_when_printed_firs
     obs = _obs(tmp_path, {0: [r0], 1: [fault, aborted], 2: [r2]},
                {0: (54, 100.03, False), 1: (51, 100.11, False), 2: (54, 100.02, False)}, fault)
     result = judge(_scenario(Expect.crash()), obs, deadline_s=8.0, baseline=_no_baseline, meta=META)
-    assert result.root_cause["rank"] == 0 and result.root_cause["line"] == r0
-    assert [r.role for r in result.ranks] == ["root cause", "collateral", "collateral"]
+    # Rank 1's injected hang began it; of the ranks that noticed, rank 0 did first (rank 2 repeats its verdict).
+    assert result.root_cause["rank"] == 1 and result.root_cause["line"] == fault
+    assert result.root_cause["noticed_by"] == {"rank": 0, "code": "HANDSHAKE_TIMEOUT", "line": r0}
+    assert [r.role for r in result.ranks] == ["collateral", "root cause", "collateral"]
+
+
+SKIP1 = "TP-FAULT site=collective.all_reduce action=skip rank=1 chunk=0 call_id=3 op=all_reduce mono=100.000000"
+
+
+def _timeout(rank: int, mono: str) -> str:
+    return (f"TP-FATAL fm=ENGINE code=UNCAUGHT_EXCEPTION rank={rank} mono={mono} "
+            f'detail="RuntimeError: Timed out waiting 3000ms for recv operation to complete"')
+
+
+def test_the_rank_whose_injected_fault_fired_is_the_root_cause_whoever_noticed_first(tmp_path) -> None:
+    # Both ranks' own timeouts fire within milliseconds; which printed first is timing. The skip is not.
+    for first, second in ((0, 1), (1, 0)):
+        lines = {first: _timeout(first, "103.000000"), second: _timeout(second, "103.002000")}
+        run = tmp_path / f"first{first}"
+        run.mkdir()
+        obs = _obs(run, {0: [lines[0]], 1: [SKIP1, lines[1]]}, {0: (1, 103.1, False), 1: (1, 103.1, False)}, SKIP1)
+        result = judge(_scenario(Expect.crash(), "skip"), obs, deadline_s=8.0, baseline=_no_baseline, meta=META)
+        root = result.root_cause
+        assert root["rank"] == 1 and [r.role for r in result.ranks] == ["collateral", "root cause"], root
+        if first == 1:  # it noticed first itself: its own TP-FATAL says most
+            assert root["line"] == lines[1] and root["code"] == "UNCAUGHT_EXCEPTION" and "noticed_by" not in root
+            continue
+        assert root["line"] == SKIP1 and root["code"] is None, root
+        assert root["noticed_by"] == {"rank": 0, "code": "UNCAUGHT_EXCEPTION", "line": lines[0]}, root
+        assert root["how"] == ("its injected fault (skip) fired 3.000 s before rank 0's TP-FATAL UNCAUGHT_EXCEPTION, "
+                               "the first failure")
+
+
+def test_faults_fired_on_several_ranks_leave_the_root_cause_to_the_earliest_failure(tmp_path) -> None:
+    skip0 = SKIP1.replace("rank=1", "rank=0")
+    obs = _obs(tmp_path, {0: [skip0, _timeout(0, "103.000000")], 1: [SKIP1, _timeout(1, "103.002000")]},
+               {0: (1, 103.1, False), 1: (1, 103.1, False)}, SKIP1)
+    result = judge(_scenario(Expect.crash(), "skip"), obs, deadline_s=8.0, baseline=_no_baseline, meta=META)
+    assert result.root_cause["rank"] == 0 and "noticed_by" not in result.root_cause, result.root_cause
 
 
 def test_frozen_rank_is_the_root_cause(tmp_path) -> None:

@@ -101,11 +101,14 @@ def _crash_violations(result: Result, faults: tuple[Fault, ...]) -> list[str]:
             broken.append(f"rank {r.rank} {r.exit} outside the crash-only contract (no TP-FATAL with an exit in "
                           f"40..63, and no fault of its own ended it so)")
     root = result.root_cause
-    if root is None:
+    # Where the root cause is the rank whose injected fault began the failure, the first failure is the
+    # rank that noticed it: that one must have died on the contract's terms.
+    first = (root or {}).get("noticed_by") or root
+    if first is None:
         broken.append("CRASHED with no root cause")
-    elif root.get("code") is None and not own[root["rank"]]:
-        broken.append(f"the first rank to die, rank {root['rank']}, has no TP-FATAL and no fault of its own: "
-                      f"{root.get('line')}")
+    elif first.get("code") is None and not own[first["rank"]]:
+        broken.append(f"the first rank to die, rank {first['rank']}, has no TP-FATAL and no fault of its own: "
+                      f"{first.get('line')}")
     if result.time_to_crash_s is None or result.time_to_crash_s > result.deadline_s:
         broken.append(f"the crash took {result.time_to_crash_s} s, deadline {result.deadline_s:g} s")
     return broken

@@ -43,11 +43,14 @@ def judge(
     killed = {r.rank: how for r in ranks if (how := evidence.killed_by_harness(r, obs, scenario))}
     root = rootcause.find(ranks, obs, before, harness_killed=killed, interrupt=scenario.interrupt)
     anchor_mono, anchor = obs.anchor()
+    first_mono = root.pop("mono") if root is not None else None
 
     digests: dict = {"per_rank": {r.rank: r.output_digest for r in ranks if r.output_digest}}
     observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes, killed,
                              engine=meta.get("backend") == "engine", output_regex=meta.get("output_regex"))
     ttc = _time_to_crash(obs, anchor_mono) if observed is Outcome.CRASHED else None
+    first_s = (round(max(0.0, first_mono - anchor_mono), 4) if ttc is not None and anchor_mono is not None
+               and first_mono is not None and first_mono != float("inf") else None)
     divergence = _divergence(obs, ranks, texts) if observed in _TRACED else None
     if divergence is not None:
         why = (why + "; " if why else "") + f"first divergent collective: {divergence.line}"
@@ -60,7 +63,7 @@ def judge(
     expected = sorted(scenario.expect.outcomes, key=list(Outcome).index)
 
     parts = _reason(
-        expected=expected, observed=observed, why=why, ttc=ttc, anchor=anchor, obs=obs,
+        expected=expected, observed=observed, why=why, ttc=ttc, first_s=first_s, anchor=anchor, obs=obs,
         ranks=ranks, missing=missing, sig_errors=sig_errors, deadline_s=deadline_s, root=root,
         first=first, unfired=[] if first else unfired, passed=passed,
     )
@@ -70,7 +73,7 @@ def judge(
         world_size=obs.world_size, chunks=scenario.chunks, deadline_s=deadline_s,
         expected=[o.value for o in expected], observed=observed.value, passed=passed,
         reason=explain.paragraph(parts), reason_parts=parts,
-        time_to_crash_s=ttc, anchor=anchor, root_cause=root, ranks=ranks,
+        time_to_crash_s=ttc, first_failure_s=first_s, anchor=anchor, root_cause=root, ranks=ranks,
         digests=digests, abort=obs.abort, interrupt=obs.interrupt_note,
         duration_s=round(obs.ended_at - obs.started_at, 3),
         backend=meta["backend"], launch=meta["launch"], dir=meta["dir"],
@@ -82,6 +85,9 @@ def judge(
 
 
 _TRACED = (Outcome.HUNG, Outcome.CRASHED, Outcome.DIVERGED)
+FIRST_FAILURE_SHOWN_S = 0.5
+"""The reason says when the first failure happened where the last rank's exit came this much later (a slow
+teardown, a peer's longer timeout): the time to crash alone would hide how soon the failure was caught."""
 
 
 def _stall(obs: Observation, anchor_mono: float | None, anchor: str) -> dict | None:
@@ -89,7 +95,7 @@ def _stall(obs: Observation, anchor_mono: float | None, anchor: str) -> dict | N
     if obs.stall is None:
         return None
     at_s = round(obs.stall.at - anchor_mono, 3) if anchor_mono is not None else None
-    return {"at_s": at_s, "after": anchor, "reason": obs.stall.reason,
+    return {"at_s": at_s, "after": anchor, "reason": obs.stall.reason, "awaited": obs.stall.awaited,
             "stacks": {str(r): t for r, t in obs.stall.stacks.items()},
             "stack_notes": {str(r): t for r, t in obs.stall.stack_notes.items()}}
 
@@ -258,7 +264,7 @@ def _describe_rank(r: RankResult) -> str:
 
 
 def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_errors, deadline_s, root,
-            passed: bool, first="", unfired=()) -> dict:
+            passed: bool, first="", unfired=(), first_s=None) -> dict:
     """The reason, structured (``harness.judge.explain`` renders it as a paragraph, Markdown or HTML)."""
     want = "|".join(o.value for o in expected)
     head = f"expected {want}, observed {observed.value}"
@@ -267,14 +273,20 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
         if obs.fault_lines:
             earliest = min(obs.fault_lines, key=lambda ln: ln.mono or 0.0)
             head += f" ({earliest.fields.get('site', '?')} on rank {earliest.fields.get('rank', '?')})"
+        if first_s is not None and ttc - first_s >= FIRST_FAILURE_SHOWN_S:
+            head += f", the first failure at {first_s:.3f} s"
         if observed is Outcome.CRASHED and ttc > deadline_s:
             head += f", beyond the {deadline_s:g} s deadline"
     notes = [why] if why else []
     if obs.stall is not None:
         at = (f"{obs.stall.at - anchor_mono:.1f} s after {anchor}" if (anchor_mono := obs.anchor()[0]) is not None
               else "before any anchor")
-        notes.append(f"stalled at {at}: {obs.stall.reason}; HUNG is not an allowed outcome, so the ranks were left "
-                     f"to act until the {deadline_s:g} s deadline (stacks and traces of that moment kept)")
+        if obs.stall.awaited:
+            due = f" at {obs.stall.awaited_at - anchor_mono:.1f} s" if anchor_mono is not None else ""
+            left = f"{obs.stall.awaited} fell due{due}, before the {deadline_s:g} s deadline, so the ranks were left to act on it"
+        else:
+            left = f"HUNG is not an allowed outcome, so the ranks were left to act until the {deadline_s:g} s deadline"
+        notes.append(f"stalled at {at}: {obs.stall.reason}; {left} (stacks and traces of that moment kept)")
     if obs.abort:
         notes.append("tp/abort: " + explain.fields(obs.abort))
     if obs.interrupt_note and obs.interrupt_sent and observed is not Outcome.HARNESS_ERROR:

@@ -117,10 +117,14 @@ class Result:
     """The reason, structured (``harness.judge.explain``): expected, observed, ranks, root cause, signatures, notes."""
     time_to_crash_s: float | None = None
     """CRASHED only: last rank exit minus the TP-FAULT instant (or first init). A run that did not crash has none."""
+    first_failure_s: float | None = None
+    """CRASHED only: when the first failure happened (``root_cause``, or its ``noticed_by``), from the same
+    anchor: the crash was caught then, the rest is the ranks' way out (teardown, a peer's longer timeout)."""
     anchor: str = ""
     """What time_to_crash_s counts from: ``TP-FAULT`` or ``init``."""
     root_cause: dict | None = None
-    """Earliest failure (``harness.judge.rootcause``): ``{"rank", "code", "line", "how"}``."""
+    """Where the failure began (``harness.judge.rootcause``): ``{"rank", "code", "line", "how"}``, and
+    ``noticed_by`` (``{"rank", "code", "line"}``, the first failure) when that was another rank."""
     ranks: list[RankResult] = field(default_factory=list)
     """Per-rank detail."""
     digests: dict = field(default_factory=dict)
@@ -140,8 +144,9 @@ class Result:
     leftovers: list[str] = field(default_factory=list)
     """Processes of the run still alive after every rank was reaped (the harness killed them)."""
     stall: dict | None = None
-    """A stall the flight traces proved where HUNG was not allowed, so the run went on to its deadline:
-    ``{"at_s", "after", "reason", "stacks", "stack_notes"}`` (``at_s`` counts from ``after``, the anchor)."""
+    """A stall the flight traces proved that did not end the run (HUNG was not allowed, or a stuck rank's own
+    timeout, ``awaited``, fell due before the deadline): ``{"at_s", "after", "reason", "awaited", "stacks",
+    "stack_notes"}`` (``at_s`` counts from ``after``, the anchor)."""
 
     @property
     def verdict(self) -> str:

@@ -19,6 +19,7 @@ too, for logs whose size was not recorded.
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,7 +111,9 @@ def _death_without_fatal(r: RankResult, text: str, obs: Observation, cutoff: flo
 
 def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str], *,
          harness_killed: dict[int, str] | None = None, interrupt=None) -> dict | None:
-    """The earliest failure as ``{"rank", "code", "line", "how"}``; sets every failed rank's ``role``.
+    """Where the failure began as ``{"rank", "code", "line", "how"}`` (and ``noticed_by``, the first failure,
+    when that was another rank's), with ``mono``, when the first failure happened; sets every failed rank's
+    ``role``.
 
     ``texts`` are the logs as they stood before reaping (``before_reap``). ``harness_killed``: rank -> how a
     signal the harness sent it (a stack request) ended it; such a death is the harness's, never a failure of
@@ -159,10 +162,46 @@ def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str], *,
     fatal_codes = {f[1]: f[2] for f in failures if f[2] is not None}
     roots = [f for f in failures if f[1] not in follows or fatal_codes.get(follows[f[1]]) != f[2]] or failures
     root = min(roots, key=lambda f: (f[0], f[1]))
+    injected = injected_before(texts, root[0]) if not root[4].startswith("ended by the scenario's interrupt") else None
     for _, rank, *_ in failures:
-        ranks[rank].role = "root cause" if rank == root[1] else "collateral"
-    _, rank, code, line, how = root
-    return {"rank": rank, "code": code, "line": line, "how": how}
+        ranks[rank].role = "collateral"
+    if injected is not None and injected.rank != root[1]:
+        ranks[injected.rank].role = "root cause"
+        _, first, code, line, _ = root
+        noticed = f"rank {first}'s {'TP-FATAL ' + code if code else 'death'}"
+        return {"rank": injected.rank, "code": None, "line": injected.line.raw, "mono": root[0],
+                "how": f"its injected fault ({injected.line.fields.get('action', '?')}) fired "
+                       f"{root[0] - injected.mono:.3f} s before {noticed}, the first failure",
+                "noticed_by": {"rank": first, "code": code, "line": line}}
+    ranks[root[1]].role = "root cause"
+    mono, rank, code, line, how = root
+    return {"rank": rank, "code": code, "line": line, "how": how, "mono": mono}
+
+
+@dataclass(frozen=True)
+class Injected:
+    """The first ``TP-FAULT`` line of the one rank whose faults fired before the first failure."""
+
+    rank: int
+    mono: float
+    line: logs.LogLine
+
+
+def injected_before(texts: dict[int, str], until: float) -> Injected | None:
+    """The fault that began the failure: when faults fired on exactly one rank before the first failure (at
+    ``until``), that rank's first. The detector of a desync is rarely its cause (a skipped collective on rank
+    1 is noticed by whichever rank's own timeout fires first), so such a rank is the root cause, whoever
+    noticed. With faults fired on several ranks the harness cannot tell which one did it: None."""
+    fired: dict[int, Injected] = {}
+    for rank, text in texts.items():
+        for line in logs.contract_lines(text):
+            if line.kind != "TP-FAULT" or line.mono is None or line.mono > until:
+                continue
+            named = str(line.fields.get("rank", rank))
+            who = int(named) if named.isdigit() else rank
+            if who not in fired or line.mono < fired[who].mono:
+                fired[who] = Injected(rank=who, mono=line.mono, line=line)
+    return next(iter(fired.values())) if len(fired) == 1 else None
 
 
 def describe(root: dict | None) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness.declare.fault import frozen_by
 from harness.declare.scenario import Expect, Scenario
 from harness.declare.verdicts import Outcome
 from harness.judge.outcome import judge
@@ -103,8 +104,11 @@ def execute(scenario: Scenario, config: RunConfig, *, ws: int, deadline_s: float
     env = {"TP_FAILPOINTS": scenario.failpoints(), "TP_REPORT_DIR": str(log_dir), **env, **scenario.env}
     spec = LaunchSpec(command=command, world_size=ws, log_dir=log_dir, env=env, rank_env=scenario.rank_env,
                       mode=config.launch, cwd=config.cwd)
+    # A rank its own fault froze cannot exit, whatever was expected: once it is all that is left, the others
+    # have ended the run (their guardrail acted, or the deadline will say they hung), so the harness reaps it.
+    frozen = scenario.expect.frozen | frozen_by(scenario.faults)
     limits = Limits(deadline_s=deadline_s, run_timeout_s=scenario.run_timeout_s or config.run_timeout_s,
-                    faults_armed=bool(scenario.faults), frozen=scenario.expect.frozen, stall_s=config.stall_s,
+                    faults_armed=bool(scenario.faults), frozen=frozen, stall_s=config.stall_s,
                     stall_ends_run=Outcome.HUNG in scenario.expect.outcomes, startup_s=config.startup_deadline_s)
     say = config.on_progress
     on_progress = (lambda msg: say(f"[{scenario.id}] {msg}")) if say else None

@@ -27,7 +27,8 @@ class RankExit:
 
 @dataclass(kw_only=True)
 class Stall:
-    """A stall the flight traces proved in a run where HUNG is not allowed: recorded, and the run went on."""
+    """A stall the flight traces proved that did not end the run: HUNG is not allowed, or a stuck rank's own
+    timeout was to fire before the deadline. Recorded, and the run went on."""
 
     at: float
     """``time.monotonic()`` of the probe (SIGUSR1) whose answers proved it."""
@@ -39,6 +40,11 @@ class Stall:
     """Rank -> why it gave no stack then."""
     traces: dict[int, dict] = field(default_factory=dict)
     """Rank -> the flight trace it dumped for that probe."""
+    awaited: str | None = None
+    """Where HUNG was allowed: the stuck rank's own timeout the run went on for, as its trace gave it
+    (``harness.supervise.trace.own_timeout``), which is why the proof did not end the run."""
+    awaited_at: float | None = None
+    """``time.monotonic()`` when that timeout fell due."""
 
 
 @dataclass(kw_only=True)
@@ -103,7 +109,7 @@ class Observation:
     interrupt_at: float | None = None
     """``time.monotonic()`` when the scenario's interrupt was sent."""
     stall: Stall | None = None
-    """A stall proven while HUNG was not an allowed outcome (``Limits.stall_ends_run`` False)."""
+    """A stall proven that did not end the run (``Stall``): the first one, with what was awaited."""
     reap_offsets: dict[int, int] = field(default_factory=dict)
     """Rank -> its log's size when reaping began: what a rank wrote later is the reaping's doing, not evidence."""
 

@@ -214,6 +214,20 @@ def open_entry(doc: dict | None) -> dict | None:
     return entries[-1] if entries and entries[-1].get("leave") is None else None
 
 
+def own_timeout(traces: dict[int, dict], *, live: list[int], stopped: set[int]) -> tuple[float, str] | None:
+    """When the first stuck rank's own timeout ends its collective (``enter`` + the entry's ``timeout_s``, as
+    ``time.monotonic()``), and which; None when no open entry says it has one."""
+    first = None
+    for rank in (r for r in live if r not in stopped):
+        entry = open_entry(traces.get(rank))
+        if entry is None or not entry.get("timeout_s") or entry.get("enter") is None:
+            continue
+        at = float(entry["enter"]) + float(entry["timeout_s"])
+        if first is None or at < first[0]:
+            first = (at, f"rank {rank}'s own {float(entry['timeout_s']):g} s timeout on its {describe(entry)}")
+    return first
+
+
 def check_blocked(expect, *, traces: dict[int, dict], divergence: Divergence | None, stopped: set[int],
                   world_size: int) -> list[str]:
     """Why a HUNG run is not hung where ``expect.blocked`` says (empty when it is, or nothing is said)."""

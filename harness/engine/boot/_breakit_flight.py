@@ -15,6 +15,8 @@ What the recorder gives on gloo (torch 2.13, CPU), and so what the conversion do
 * p2p ops are not recorded on gloo, and a ``reduce_scatter_tensor`` is recorded as ``gloo:all_reduce``
   (gloo runs it as one); the ``site`` names the call the engine made;
 * ``time_created_ns`` is wall-clock time: ``enter`` is it moved onto ``time.monotonic()``;
+* ``timeout_ms`` is the timeout the collective runs under (the process group's, or the call's own): it is
+  ``timeout_s``, which tells the supervisor when the engine's own guardrail will end a stuck collective;
 * ``input_sizes`` / ``input_dtypes`` (``Double``...) give ``shapes`` / ``dtypes`` (``float64``...); the root
   of a rooted collective is not recorded (``root`` null); a scatter's shapes are its output's (its root's input
   is the whole list).
@@ -80,7 +82,8 @@ def convert(raw: dict | None, *, rank: int, world_size: int, reason: str,
                         "site": f"{issued[i][0]} call {issued[i][1]}" if named else
                         f"{e.get('profiling_name')} record {e.get('record_id')}", "chunk": None,
                         "call_id": issued[i][1] if named else None, "enter": round(enter, 6),
-                        "leave": round(enter, 6) if e.get("retired") else None})
+                        "leave": round(enter, 6) if e.get("retired") else None,
+                        "timeout_s": float(e["timeout_ms"]) / 1000 if e.get("timeout_ms") else None})
     entries.sort(key=lambda x: x["seq"])
     next_seq = entries[-1]["seq"] + 1 if entries else 0
     return {"schema": SCHEMA, "rank": rank, "world_size": world_size, "pid": os.getpid(), "reason": reason,
