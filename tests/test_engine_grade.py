@@ -150,3 +150,17 @@ def test_a_hang_whose_peers_own_timeout_fired_says_so() -> None:
     assert none.endswith("your engine hangs (no timeout fires within 8 s)"), none
     assert peer.endswith("your engine hangs (rank 0 ended on its own (its timeout fired), but the other ranks never "
                          "exited within 8 s)"), peer
+
+
+def test_a_row_whose_last_rank_left_long_after_the_first_failure_shows_both() -> None:
+    from harness.grade.card import markdown
+
+    def row(key: str, ttc: float, first: float) -> dict:
+        return {"key": key, "world_size": 2, "op": "all_reduce", "call": 3, "fault": key, "outcome": "CRASHED",
+                "time_to_crash_s": ttc, "first_failure_s": first, "named_ranks": [], "root_cause_rank": 1,
+                "first_divergent": None, "sentence": "s"}
+
+    doc = {"graded": "python engine.py", "written": "now", "delta": {}, "settings": {"world_sizes": [2]},
+           "rows": [row("slow-teardown", 9.2, 3.01), row("fast", 0.31, 0.3)]}
+    text = markdown(doc)
+    assert "| 9.200 s (first failure 3.010 s) |" in text and "| 0.310 s |" in text, text

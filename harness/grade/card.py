@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness.declare.verdicts import Outcome
 from harness.grade.plan import Row
+from harness.judge.outcome import FIRST_FAILURE_SHOWN_S
 from harness.judge.result import Result
 from harness.report import delta as run_delta
 from harness.report import files as report
@@ -74,6 +75,7 @@ def row_doc(row: Row, result: Result, *, subject: str = "your engine") -> dict:
     return {
         "key": row.key, "world_size": row.world_size, "op": row.op, "action": row.action, "call": row.call,
         "rank": row.rank, "fault": row.fault, "outcome": result.observed, "time_to_crash_s": ttc,
+        "first_failure_s": result.first_failure_s if ttc is not None else None,
         "named_ranks": named, "root_cause_rank": (result.root_cause or {}).get("rank"),
         "first_divergent": (result.divergence or {}).get("line"), "deadline_s": result.deadline_s,
         "duration_s": result.duration_s, "dir": result.dir, "reason": result.reason,
@@ -161,6 +163,9 @@ def markdown(doc: dict) -> str:
     for r in rows:
         was = f" (was {changed[r['key']]})" if r["key"] in changed else ""
         ttc = f"{r['time_to_crash_s']:.3f} s" if r["time_to_crash_s"] is not None else "-"
+        first = r.get("first_failure_s")  # a grade.json of an older tool has none
+        if first is not None and r["time_to_crash_s"] - first >= FIRST_FAILURE_SHOWN_S:
+            ttc += f" (first failure {first:.3f} s)"
         named = ",".join(map(str, r["named_ranks"])) or "none"
         cause = r["root_cause_rank"] if r["root_cause_rank"] is not None else "-"
         call = f" ({r['call']})" if r["call"] else ""
