@@ -30,11 +30,10 @@ def judge(
 ) -> Result:
     """Compare what ``obs`` shows with ``scenario.expect``; build the Result.
 
-    ``baseline`` is called only when every rank exited 0 (the healthy run is
-    needed only to tell CLEAN from DIVERGED). ``meta`` carries run settings
-    (backend, launch, chunks, dir) copied into the result. ``codes`` is the rank
-    command's fatal code -> exit status table (None: it gave none, so any
-    TP-FATAL code is taken with any non-zero exit).
+    ``baseline`` is called only when every rank exited 0 (the healthy run is needed only to tell CLEAN from
+    DIVERGED). ``meta`` carries run settings (backend, launch, chunks, dir) copied into the result. ``codes`` is
+    the rank command's fatal code -> exit status table (None: it gave none, so any TP-FATAL code is taken with
+    any non-zero exit).
     """
     texts = {r: logs.read_text(path) for r, path in obs.log_paths.items()}
     ranks = [_rank_result(r, obs, texts.get(r, "")) for r in range(obs.world_size)]
@@ -49,8 +48,7 @@ def judge(
     observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes, killed,
                              engine=meta.get("backend") == "engine", output_regex=meta.get("output_regex"))
     ttc = _time_to_crash(obs, anchor_mono) if observed is Outcome.CRASHED else None
-    first_s = (round(max(0.0, first_mono - anchor_mono), 4) if ttc is not None and anchor_mono is not None
-               and first_mono is not None and first_mono != float("inf") else None)
+    first_s = _since(first_mono, anchor_mono) if ttc is not None else None
     divergence = _divergence(obs, ranks, texts) if observed in _TRACED else None
     if divergence is not None:
         why = (why + "; " if why else "") + f"first divergent collective: {divergence.line}"
@@ -98,6 +96,13 @@ def _stall(obs: Observation, anchor_mono: float | None, anchor: str) -> dict | N
     return {"at_s": at_s, "after": anchor, "reason": obs.stall.reason, "awaited": obs.stall.awaited,
             "stacks": {str(r): t for r, t in obs.stall.stacks.items()},
             "stack_notes": {str(r): t for r, t in obs.stall.stack_notes.items()}}
+
+
+def _since(mono: float | None, anchor_mono: float | None) -> float | None:
+    """``mono`` counted from the anchor, when both are known."""
+    if mono is None or anchor_mono is None or mono == float("inf"):
+        return None
+    return round(max(0.0, mono - anchor_mono), 4)
 
 
 def _time_to_crash(obs: Observation, anchor_mono: float | None) -> float | None:

@@ -154,8 +154,11 @@ def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str], *,
             failures.append((fault.mono if fault.mono is not None else float("inf"), r.rank, None, fault.raw, how))
         elif r.returncode not in (0, None) and not r.reaped:
             failures += _death_without_fatal(r, text, obs, cutoff)
-    if not failures:
-        return None
+    return _began(failures, follows, ranks, texts) if failures else None
+
+
+def _began(failures: list[tuple], follows: dict[int, int], ranks: list[RankResult], texts: dict[int, str]) -> dict:
+    """The root cause among ``failures`` (``find``); sets the failed ranks' ``role``."""
     # A line repeating the code of the rank it names as its cause is that rank's follower, even when printed
     # first (ranks dying of rank 0's handshake verdict can print before rank 0 does). Not so a PEER_LOST
     # printed before the rank it names failed otherwise: that early claim is the first failure.

@@ -39,9 +39,6 @@ RUNNING, DUMPING, KILLING = "running", "dumping", "killing"
 PREFIX = "default_pg/"
 """torch's prefix of the default store (``init_process_group``): an engine writing its progress through that store
 puts ``tp/progress/{rank}`` under it."""
-OWN_TIMEOUT_GRACE_S = 1.0
-"""After a stuck rank's own timeout falls due, how long the ranks get to act on it (raise, print, exit)
-before a stall the traces still prove is a hang."""
 
 
 class HarnessInterrupted(KeyboardInterrupt):
@@ -368,15 +365,17 @@ class _Loop:
         self.probe_at = None
         stopped = set(self._stopped())
         why = self.stall.verdict(obs, probe_at=probe_at, live=self._live(), stopped=stopped, parked=self._parked())
-        awaited = self._own_timeout_ahead(now, probe_at, stopped) if why is not None else None
+        anchor, _ = obs.anchor()
+        awaited = (self.stall.own_timeout_ahead(obs, now=now, probe_at=probe_at, live=self._live(), stopped=stopped,
+                                                deadline_at=anchor + self.limits.deadline_s)
+                   if why is not None and anchor is not None else None)
         if why is None or not self.limits.stall_ends_run or awaited is not None:
             if why is not None and obs.stall is None:  # recorded, not acted on: the deadline bounds a crash proof
                 obs.stall = Stall(at=probe_at, reason=self.stall.proof or why, stacks=dict(obs.stacks),
                                   stack_notes=dict(obs.stack_notes), traces=dict(obs.traces),
                                   awaited=awaited[1] if awaited else None, awaited_at=awaited[0] if awaited else None)
             if awaited is not None:
-                # The engine's own guardrail is about to act: a hang is what outlives it, not what precedes it.
-                self.stall.next_probe_at = awaited[0] + max(self.limits.stall_s or 0.0, OWN_TIMEOUT_GRACE_S)
+                self.stall.wait_for(awaited[0])
                 self.say(f"stall proven ({why}); {awaited[1]} falls due before the deadline: the ranks act on")
             elif why is not None:
                 self.stall.next_probe_at = float("inf")  # proven once: no more SIGUSR1s for this run
@@ -392,16 +391,6 @@ class _Loop:
         obs.hung, obs.hung_at, obs.hang_reason = True, probe_at, why
         self.say(why)
         return True
-
-    def _own_timeout_ahead(self, now: float, probe_at: float, stopped: set[int]) -> tuple[float, str] | None:
-        """When a stuck rank's own collective timeout fires, after ``now`` and before the deadline, and which
-        (from the probe's fresh traces); None when none does."""
-        anchor, _ = self.obs.anchor()
-        fresh = {r: d for r, d in self.obs.traces.items() if float(d.get("mono") or 0.0) >= probe_at - 1e-3}
-        own = trace.own_timeout(fresh, live=self._live(), stopped=stopped)
-        if own is None or anchor is None or not now < own[0] < anchor + self.limits.deadline_s:
-            return None
-        return own
 
     def _kill_leftovers(self) -> None:
         if not self.obs.hung:

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 
 from harness.supervise import trace
 
+OWN_TIMEOUT_GRACE_S = 1.0
+"""After a stuck rank's own timeout falls due, how long the ranks get to act on it (raise, print, exit)
+before a stall the traces still prove is a hang."""
 PROVEN = "the flight traces show every live rank stuck"
 """In the hang reason of every stall verdict (a HUNG the deadline called never says it)."""
 BEATS_SILENT_S = 1.0
@@ -70,15 +73,31 @@ class StallClock:
         """An inconclusive probe: wait another window."""
         self.next_probe_at = now + (self.stall_s or 0.0)
 
+    def own_timeout_ahead(self, obs, *, now: float, probe_at: float, live: list[int], stopped: set[int],
+                          deadline_at: float) -> tuple[float, str] | None:
+        """When a stuck rank's own collective timeout fires, after ``now`` and before ``deadline_at``, and
+        which (``trace.own_timeout`` on the probe's fresh traces); None when none does."""
+        own = trace.own_timeout(_fresh(obs, probe_at), live=live, stopped=stopped)
+        return own if own is not None and now < own[0] < deadline_at else None
+
+    def wait_for(self, at: float) -> None:
+        """A stuck rank's own guardrail acts at ``at``: a hang is what outlives it, so probe again only after."""
+        self.next_probe_at = at + max(self.stall_s or 0.0, OWN_TIMEOUT_GRACE_S)
+
     def verdict(self, obs, *, probe_at: float, live: list[int], stopped: set[int],
                 parked: Mapping[int, str] | None = None) -> str | None:
         """The hang reason when the probe's fresh traces prove every live rank stuck, else None."""
         if any(e.mono is not None and e.mono >= probe_at for e in obs.exits.values()):
             return None  # a rank exited meanwhile: the run is moving
-        fresh = {r: d for r, d in obs.traces.items() if float(d.get("mono") or 0.0) >= probe_at - 1e-3}
+        fresh = _fresh(obs, probe_at)
         why = trace.stall_verdict(fresh, live=live, stopped=stopped, world_size=obs.world_size, parked=parked)
         if why is None:
             return None
         self.proof = why
         _, name = obs.anchor()
         return (f"no progress for {self.stall_s:g} s after {name} and {PROVEN}: {why}")
+
+
+def _fresh(obs, probe_at: float) -> dict[int, dict]:
+    """The traces the ranks dumped for the probe sent at ``probe_at``."""
+    return {r: d for r, d in obs.traces.items() if float(d.get("mono") or 0.0) >= probe_at - 1e-3}
