@@ -41,8 +41,7 @@ def judge(
     before = {r: rootcause.before_reap(text, obs, r) for r, text in texts.items()}
     killed = {r.rank: how for r in ranks if (how := evidence.killed_by_harness(r, obs, scenario))}
     root = rootcause.find(ranks, obs, before, harness_killed=killed, interrupt=scenario.interrupt)
-    anchor_mono, anchor = obs.anchor()
-    first_mono = root.pop("mono") if root is not None else None
+    (anchor_mono, anchor), first_mono = obs.anchor(), root.pop("mono") if root is not None else None
 
     digests: dict = {"per_rank": {r.rank: r.output_digest for r in ranks if r.output_digest}}
     observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes, killed,
