@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from harness.declare.scenario import guardrail_off
 
 
@@ -23,3 +25,13 @@ def ttc_text(row: dict) -> str:
     if row["observed"] != "CRASHED" or row["time_to_crash_s"] is None:
         return "-"
     return f"{row['time_to_crash_s']:.3f} s"
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut at a word boundary and ending with "…" only when it was cut."""
+    if len(text) <= width:
+        return text
+    head = text[:width - 1]
+    if not text[width - 1].isspace():  # the cut falls inside a word: end at the word before it
+        head = re.sub(r"\S*$", "", head).rstrip() or head  # one word longer than the room is cut where it must be
+    return head.rstrip() + "…"
