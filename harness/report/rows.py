@@ -11,13 +11,18 @@ def guardrail_table(rows: list[dict]) -> dict[str, dict[str, list[str]]]:
     """Guardrail -> {"guarded": [...], "off": [...]}: the scenarios that proved it."""
     table: dict[str, dict[str, list[str]]] = {}
     for row in rows:
-        if row["proves"] in ("control", "adhoc"):
+        if row["proves"] in ("control", "adhoc") or row["guardrails"] is None:
             continue
         for name in row["proves"].split("+"):
             side = "off" if guardrail_off(row["guardrails"], name) else "guarded"
             entry = table.setdefault(name, {"guarded": [], "off": []})
             entry[side].append(f"{row['id']} (ws{row['world_size']}, {row['verdict']})")
     return dict(sorted(table.items()))
+
+
+def guardrails_text(row: dict) -> str:
+    """The guardrails a run had: ``TP_GUARDRAILS``, or an engine's own, which the harness neither sets nor knows."""
+    return "the engine's own" if row["guardrails"] is None else str(row["guardrails"])
 
 
 def ttc_text(row: dict) -> str:
