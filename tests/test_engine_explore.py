@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from harness.declare.fault import Fault
 from harness.engine import schedules
 from harness.judge.result import Baseline
+from harness.report.rows import shorten
 
 COUNTS = {2: {0: {"all_reduce": 6, "broadcast": 2, "scatter": 3}, 1: {"all_reduce": 6, "scatter": 3}},
           4: {r: {"all_reduce": 6, "scatter": 3} for r in range(4)}}
@@ -72,6 +74,19 @@ def test_the_healthy_output_must_be_the_same_at_every_world_size() -> None:
     assert "ws 4: cd" in broken and "same-output-at-every-world-size" in broken
 
 
+def test_the_discovery_counts_are_said_per_rank_and_op() -> None:
+    assert schedules.per_rank(COUNTS[4]) == "9 collectives per rank (all_reduce 6, scatter 3)"
+    assert schedules.per_rank(COUNTS[2]) == ("collectives per rank: rank 0: 11 (all_reduce 6, broadcast 2, scatter 3); "
+                                             "rank 1: 9 (all_reduce 6, scatter 3)")
+
+
+def test_a_long_reason_is_cut_at_a_word_and_marked_only_when_cut() -> None:
+    reason = "DIVERGED: the engine finished but served another answer"
+    assert shorten(reason, 100) == reason
+    assert shorten(reason, 21) == shorten(reason, 24) == "DIVERGED: the engine…"  # never "the engine fi…"
+    assert shorten("x" * 50, 10) == "x" * 9 + "…"  # one word longer than the room is cut where it must be
+
+
 ENGINE = ("import json, os, torch, torch.distributed as dist\ndist.init_process_group('gloo')\n"
           "x = torch.ones(4)\nfor _ in range(3):\n    dist.all_reduce(x)\n    x /= dist.get_world_size()\n"
           "if dist.get_rank() == 0:\n"
@@ -101,6 +116,11 @@ def test_explore_engine_finds_a_wrong_answer_and_its_reproducer_reruns_it_from_a
     assert violation["observed"] == "DIVERGED" and doc["runs"][0]["fired"] == ["collective.all_reduce=corrupt"]
     line = violation["reproducer"]
     assert f"VIOLATION (run 0, DIVERGED): {line}" in proc.stdout
+    assert re.search(r"explore: world size 2: healthy in .* s, deadline .* s, 3 collectives per rank "
+                     r"\(all_reduce 3\)\n", proc.stderr), proc.stderr
+    said = re.search(r"explore: run 0 broke the invariant \((.*)\); shrinking", proc.stderr)[1]
+    full = violation["violations"][0]
+    assert said.endswith("…") and len(said) <= 120 and full.startswith(said[:-1]) and full[len(said) - 1] == " ", said
     words = shlex.split(line.partition(" && ")[2])
     for flag, value in (("--engine", "python engine.py"), ("--world-size", "2"), ("--launch", "subprocess"),
                         ("--output-regex", "tokens: (.*)"), ("--fault", violation["shrunk"]["faults"][0])):

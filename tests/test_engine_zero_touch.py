@@ -66,6 +66,16 @@ def test_sigkill_of_rank_1_at_its_third_all_reduce_is_a_crash(config: RunConfig)
     assert result.root_cause and result.root_cause.get("rank") == 1, result.root_cause
 
 
+def test_under_torchrun_the_rank_its_agent_ends_after_a_sigkill_has_its_own_exit_status(config: RunConfig) -> None:
+    # The agent SIGTERMs the survivor as soon as rank 1 dies: either that, or gloo's error, ends rank 0 first.
+    result = _run(dataclasses.replace(config, launch="torchrun"), "collective.all_reduce=kill(SIGKILL)@rank=1,call=3",
+                  "crash")
+    assert result.observed == "CRASHED", result.reason
+    ranks = {r.rank: r for r in result.ranks}
+    assert ranks[1].returncode == -9 and ranks[0].returncode in (1, -15), result.reason
+    assert "no exit status" not in result.reason
+
+
 def test_raise_in_rank_1s_all_reduce_is_a_crash_named_by_one_fatal_line(config: RunConfig) -> None:
     result = _run(config, "collective.all_reduce=raise@rank=1,call=3", "crash")
     assert result.observed == "CRASHED", result.reason

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import queue
 import re
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -13,7 +17,7 @@ import psutil
 import pytest
 
 from harness import Expect, Fault, Interrupt, Scenario
-from harness.launch import Launch, LaunchSpec, reap_all
+from harness.launch import Launch, LaunchSpec, reap_all, torchrun
 from harness.pipeline.runner import RunConfig, run_scenario
 
 RANKS = Path(__file__).resolve().parent.parent / "fixtures" / "ranks"
@@ -238,3 +242,21 @@ def test_ranks_resolve_with_a_one_second_dns_timeout_unless_the_env_says_otherwi
     assert base_env(spec)["RES_OPTIONS"] == "timeout:1 attempts:1"
     monkeypatch.setenv("RES_OPTIONS", "timeout:3")
     assert base_env(spec)["RES_OPTIONS"] == "timeout:3"
+
+
+def test_a_rank_torchruns_agent_signals_still_reports_the_exit_status_it_had(tmp_path) -> None:
+    """When a sibling fails, torchrun's agent ``killpg``s each surviving worker's session with SIGTERM: the rank's
+    shell (what the agent started) must outlive the rank to write how it ended, or the report has no status."""
+    sleeper = (sys.executable, "-c", "import time; time.sleep(60)")
+    worker = subprocess.Popen(["sh", "-c", torchrun._WRAPPER, "harness-rank", *sleeper], start_new_session=True,
+                              env={**os.environ, "HARNESS_LOG_DIR": str(tmp_path), "RANK": "0"})
+    exits: queue.Queue = queue.Queue()
+    try:
+        torchrun.follow_ranks(tmp_path, 1, [worker], on_pid=lambda rank, pid: os.killpg(worker.pid, signal.SIGTERM),
+                              on_exit=lambda rank, code: exits.put(code))
+        assert exits.get(timeout=30) == -signal.SIGTERM
+        assert worker.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()

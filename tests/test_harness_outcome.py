@@ -180,6 +180,27 @@ def test_summary_tables_and_latest_link(tmp_path) -> None:
     assert report.find_run_dir(tmp_path / "reports") == run_dir.resolve()
 
 
+def test_an_engine_run_claims_no_guardrails_it_cannot_know(tmp_path) -> None:
+    """The harness sets no TP_GUARDRAILS for an engine: its row says whose guardrails ran, and no guardrail row
+    is drawn from it even when its scenario names one in ``proves`` (a catalog scenario run against an engine)."""
+    run_dir = tmp_path / report.run_dir_name()
+    for sid, proves in (("adhoc", "adhoc"), ("FM-01", "preflight")):
+        sdir = report.scenario_dir(run_dir, sid, 2)
+        obs = _observe(sdir, {0: [FAULT, _fatal(0, "X", 100.1)], 1: []}, {0: 1, 1: -15})
+        scenario = Scenario(id=sid, fm="adhoc" if sid == "adhoc" else "FM-01", title="engine", proves=proves,
+                            expect=Expect.crash(), faults=(Fault.parse("collective.all_reduce=raise@rank=0"),))
+        report.write_result(judge(scenario, obs, deadline_s=8.0, baseline=_no_baseline,
+                                  meta={**META, "backend": "engine", "dir": str(sdir)}), sdir)
+    assert json.loads((run_dir / "adhoc-ws2" / "result.json").read_text())["guardrails"] is None
+    summary = report.write_summary(run_dir)
+    doc = json.loads(summary.json_path.read_text())
+    assert doc["guardrails"] == {}
+    md = summary.md_path.read_text()
+    assert "| the engine's own |" in md and "| all |" not in md
+    page = (run_dir / "report.html").read_text()
+    assert "<td>the engine&#x27;s own</td>" in page and "<td>all</td>" not in page
+
+
 def test_a_rank_that_never_started_is_not_still_running(tmp_path) -> None:
     """A launch that failed after rank 0 started: rank 1 has no pid, so it never ran."""
     obs = _observe(tmp_path, {0: [], 1: []}, {0: 1}, faults=False, harness_error="zygote could not start rank 1: x")

@@ -31,6 +31,7 @@ from harness.judge.result import Result
 from harness.pipeline import options
 from harness.pipeline.runner import RunConfig
 from harness.report import files as report
+from harness.report.rows import shorten
 
 
 @dataclass(kw_only=True)
@@ -73,7 +74,7 @@ def prepare(ex: Exploration, world_sizes: tuple[int, ...], *, env: dict[str, str
         base = engine_run.healthy(ex.config, world_size=ws, output_regex=ex.output_regex)
         if not base.ok:
             ex.refused[ws] = base.reason
-            say(f"explore: the engine does not run at world size {ws}: {base.reason[:200]}")
+            say(f"explore: the engine does not run at world size {ws}: {shorten(base.reason, 200)}")
             continue
         accepted.append((ws, base))
         ex.deadlines[ws] = ex.deadline_s or engine_run.measured_deadline(ex.config, base)
@@ -82,14 +83,14 @@ def prepare(ex: Exploration, world_sizes: tuple[int, ...], *, env: dict[str, str
         result, _ = ex.run(probe, "explore/discover")
         if result.observed != "CLEAN":
             raise RuntimeError(f"the discovery run at world size {ws} ({schedules.DISCOVERY_FAULT}, which changes "
-                               f"nothing) ended {result.observed}, not CLEAN: {result.reason[:300]}; logs in "
+                               f"nothing) ended {result.observed}, not CLEAN: {shorten(result.reason, 300)}; logs in "
                                f"{result.dir}")
         ex.counts[ws] = schedules.counted(result)
         say(f"explore: world size {ws}: healthy in {base.elapsed_s} s, deadline {ex.deadlines[ws]:.1f} s, "
-            f"{sum(sum(ops.values()) for ops in ex.counts[ws].values())} collectives")
+            f"{schedules.per_rank(ex.counts[ws])}")
     if not accepted:
         raise RuntimeError("the engine ran healthy at none of the world sizes asked for: " + "; ".join(
-            f"ws {ws}: {why[:200]}" for ws, why in ex.refused.items()))
+            f"ws {ws}: {shorten(why, 200)}" for ws, why in ex.refused.items()))
     broken = schedules.same_output(accepted)
     if not broken:
         return []
@@ -155,7 +156,7 @@ def _ops(counts: dict[int, schedules.Counts], only: tuple[str, ...]) -> list[str
 
 def _shrunk(ex: Exploration, index: int, schedule: EngineSchedule, result: Result, broken: list[str],
             max_shrink: int, say: Callable[[str], None]) -> dict:
-    say(f"explore: run {index} broke the invariant ({broken[0][:120]}); shrinking")
+    say(f"explore: run {index} broke the invariant ({shorten(broken[0], 120)}); shrinking")
     n = 0
 
     def violates(cand: EngineSchedule) -> bool:

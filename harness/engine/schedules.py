@@ -94,6 +94,17 @@ def counted(result: Result) -> Counts:
     return counts
 
 
+def per_rank(counts: Counts) -> str:
+    """``25 collectives per rank (all_reduce 24, broadcast 1)``; rank by rank where the ranks issue different ones."""
+    said = {rank: (sum(ops.values()), ", ".join(f"{op} {n}" for op, n in sorted(ops.items())))
+            for rank, ops in sorted(counts.items())}
+    if len(set(said.values())) == 1:
+        total, ops = next(iter(said.values()))
+        return f"{total} collectives per rank" + (f" ({ops})" if ops else "")
+    return "collectives per rank: " + "; ".join(f"rank {rank}: {total}" + (f" ({ops})" if ops else "")
+                                                for rank, (total, ops) in said.items())
+
+
 def deck_pair(seed: int, index: int, ops: list[str]) -> tuple[str, str]:
     """The (op, action) schedule ``index`` starts with: every pair once per ``len(ops) * len(ACTIONS)`` runs."""
     pairs = [(op, action) for op in ops for action in ACTIONS]

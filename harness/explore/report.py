@@ -13,6 +13,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from harness.report.rows import shorten
+
 
 def write(tally, *, sites: list[dict], run_dir: Path, meta: dict) -> dict:
     """Build the report from ``tally`` (``harness.explore.schedules.Tally``), write both files, return the JSON."""
@@ -104,7 +106,7 @@ def markdown(doc: dict) -> str:
         "",
     ]
     for v in doc["violations"]:
-        lines += [f"- run {v['index']}: {v['observed']}: {v['violations'][0][:300]}",
+        lines += [f"- run {v['index']}: {v['observed']}: {shorten(v['violations'][0], 300)}",
                   f"  - shrunk ({v['shrink_runs']} runs): `{v['reproducer']}`"]
     if not doc["violations"]:
         lines.append("None.")

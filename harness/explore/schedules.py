@@ -31,6 +31,7 @@ from harness.declare.verdicts import Outcome
 from harness.explore import invariant
 from harness.judge.result import Result
 from harness.pipeline import options
+from harness.report.rows import shorten
 
 CHUNKS = 4
 """Chunks per explored run: enough for two hard cuts (reset every 4 is the TP default), short enough for many runs."""
@@ -370,7 +371,7 @@ def _concurrently(items, run, *, jobs: int):
 
 
 def _shrunk(index, schedule, result, broken, run, config, say, max_shrink) -> dict:
-    say(f"explore: run {index} broke the invariant ({broken[0][:120]}); shrinking")
+    say(f"explore: run {index} broke the invariant ({shorten(broken[0], 120)}); shrinking")
     n = 0
 
     def violates(cand: Schedule) -> bool:

@@ -31,9 +31,9 @@ def judge(
     """Compare what ``obs`` shows with ``scenario.expect``; build the Result.
 
     ``baseline`` is called only when every rank exited 0 (the healthy run is needed only to tell CLEAN from
-    DIVERGED). ``meta`` carries run settings (backend, launch, chunks, dir) copied into the result. ``codes`` is
-    the rank command's fatal code -> exit status table (None: it gave none, so any TP-FATAL code is taken with
-    any non-zero exit).
+    DIVERGED). ``meta`` carries run settings (backend, launch, chunks, dir) copied into the result; backend
+    ``engine``: an engine started as given, with its own guardrails, not TP_GUARDRAILS. ``codes``: the rank
+    command's fatal code -> exit status table (None: it gave none, so any TP-FATAL code goes with any non-zero exit).
     """
     texts = {r: logs.read_text(path) for r, path in obs.log_paths.items()}
     ranks = [_rank_result(r, obs, texts.get(r, "")) for r in range(obs.world_size)]
@@ -42,10 +42,10 @@ def judge(
     killed = {r.rank: how for r in ranks if (how := evidence.killed_by_harness(r, obs, scenario))}
     root = rootcause.find(ranks, obs, before, harness_killed=killed, interrupt=scenario.interrupt)
     (anchor_mono, anchor), first_mono = obs.anchor(), root.pop("mono") if root is not None else None
-
     digests: dict = {"per_rank": {r.rank: r.output_digest for r in ranks if r.output_digest}}
-    observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes, killed,
-                             engine=meta.get("backend") == "engine", output_regex=meta.get("output_regex"))
+    engine = meta.get("backend") == "engine"
+    observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes, killed, engine=engine,
+                             output_regex=meta.get("output_regex"))
     ttc = _time_to_crash(obs, anchor_mono) if observed is Outcome.CRASHED else None
     first_s = _since(first_mono, anchor_mono) if ttc is not None else None
     divergence = _divergence(obs, ranks, texts) if observed in _TRACED else None
@@ -66,7 +66,7 @@ def judge(
     )
     return Result(
         id=scenario.id, fm=scenario.fm, title=scenario.title, proves=scenario.proves,
-        guardrails=scenario.guardrails, faults=[f.spec() for f in scenario.faults],
+        guardrails=None if engine else scenario.guardrails, faults=[f.spec() for f in scenario.faults],
         world_size=obs.world_size, chunks=scenario.chunks, deadline_s=deadline_s,
         expected=[o.value for o in expected], observed=observed.value, passed=passed,
         reason=explain.paragraph(parts), reason_parts=parts,

@@ -91,8 +91,8 @@ class Result:
     """One-line description."""
     proves: str
     """Guardrail the scenario proves (or ``control``)."""
-    guardrails: str
-    """``TP_GUARDRAILS`` the ranks ran with."""
+    guardrails: str | None
+    """``TP_GUARDRAILS`` the ranks ran with; None for an engine, which runs with its own (the harness sets none)."""
     faults: list[str]
     """Armed failpoints as ``TP_FAILPOINTS`` entries."""
     world_size: int

@@ -22,9 +22,13 @@ from harness.launch.spec import HOST, LaunchError, LaunchSpec, base_env
 NODES = {"torchrun": 1, "torchrun-2node": 2}
 """Agents per launch mode."""
 _WRAPPER = (
-    '"$@" >"$HARNESS_LOG_DIR/rank$RANK.log" 2>&1 & p=$!; echo $p >"$HARNESS_LOG_DIR/rank$RANK.pid"; '
-    'wait $p; s=$?; echo $s >"$HARNESS_LOG_DIR/rank$RANK.exit"; exit $s'
+    '"$@" >"$HARNESS_LOG_DIR/rank$RANK.log" 2>&1 & p=$!; trap \'\' TERM INT HUP QUIT; '
+    'echo $p >"$HARNESS_LOG_DIR/rank$RANK.pid"; wait $p; s=$?; echo $s >"$HARNESS_LOG_DIR/rank$RANK.exit"; exit $s'
 )
+"""A rank's shell: its log, pid and exit status. When a sibling fails the agent signals each worker's process
+group (torch >= 2.2 starts workers in their own session and ``killpg``s them): the rank gets the signal itself,
+and the shell ignores it (set after the rank is forked, so the rank keeps the default) to outlive the rank and
+write the status it ended with. The pid file comes after the trap: once it exists, a signal cannot lose the status."""
 _POLL_S = 0.02
 """The pid and exit files have no event to wait on: how often to look for them."""
 

@@ -25,7 +25,7 @@ from harness.judge import explain
 from harness.judge.result import RESULT_SCHEMA, Result
 from harness.report import delta
 from harness.report.html import write_html
-from harness.report.rows import guardrail_table, ttc_text  # noqa: F401 - ttc_text is part of this module's API
+from harness.report.rows import guardrail_table, guardrails_text, ttc_text  # noqa: F401 - ttc_text is part of this module's API
 
 SUMMARY_SCHEMA = 1
 
@@ -231,7 +231,7 @@ def markdown(doc: dict) -> str:
         ttc = ttc_text(r)
         out.append(
             f"| {_cell(r['id'])} (ws{r['world_size']}) | {_cell(r['title'])} | {r['expected']} | {r['observed']} "
-            f"| {ttc} | {r['deadline_s']:g} s | {_cell(r['guardrails'])} | {r['verdict']} |"
+            f"| {ttc} | {r['deadline_s']:g} s | {_cell(guardrails_text(r))} | {r['verdict']} |"
         )
     out += ["", "## Invariants & guardrails", "",
             "| guardrail | guarded proofs (must crash cleanly) | guardrail-off proofs (hazard is real) |",

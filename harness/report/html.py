@@ -21,7 +21,7 @@ from harness.declare.verdicts import Verdict
 from harness.judge import explain
 from harness.judge.result import RESULT_SCHEMA
 from harness.report import delta
-from harness.report.rows import guardrail_table, ttc_text
+from harness.report.rows import guardrail_table, guardrails_text, ttc_text
 from harness.supervise import logs
 
 _NEEDED = ("id", "title", "proves", "guardrails", "world_size", "deadline_s", "expected", "observed",
@@ -128,7 +128,7 @@ def _page(run_dir: Path, docs: list[tuple[dict, Path]], errors: list[tuple[str, 
         out.append(f'<tr{cls}><td><a href="#{_anchor_id(where)}">{e(str(d["id"]))}</a> (ws{e(str(d["world_size"]))})'
                    f"</td><td>{e(str(d['title']))}</td><td>{e('|'.join(map(str, d['expected'])))}</td>"
                    f"<td>{e(str(d['observed']))}</td><td class=num>{e(ttc)}</td>"
-                   f"<td class=num>{e(_secs(d['deadline_s']))}</td><td>{e(str(d['guardrails']))}</td>"
+                   f"<td class=num>{e(_secs(d['deadline_s']))}</td><td>{e(guardrails_text(d))}</td>"
                    f'<td class="{e(str(d["verdict"]))}">{e(str(d["verdict"]))}</td></tr>')
     for name, message in errors:
         out.append(f'<tr class="error"><td>{e(name)}</td><td colspan=6>unreadable result: {e(message)}</td>'
