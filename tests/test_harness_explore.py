@@ -127,6 +127,10 @@ KILL1 = (Fault(site="generator.call", action="kill(SIGKILL)", rank=1, chunk=1),)
     (_result("CRASHED", [(47, "FAULT_INJECTED"), (51, "PEER_ABORT")]),
      (Fault(site="generator.call", action="sleep(0.2)", rank=0),), "rule short-sleep"),
     (_result("CLEAN", [(0, None), (0, None)], leftovers=["pid 7"]), KILL1, "left behind: pid 7"),
+    (_result("CRASHED", [(0, None), (-9, None)], digests={"rank0_final": "b", "baseline": "a"}), KILL1,
+     "rank 0 first served output b, not the healthy run's a"),
+    (_result("CRASHED", [(0, None), (-9, None)], digests={"rank0_final": "a", "baseline": "a"}), KILL1,
+     "exited 0 while its peers crashed"),
 ])
 def test_the_invariant_checker(result: Result, faults: tuple, broken: str) -> None:
     found = invariant.check(result, faults, progress_timeout_s=1.0)

@@ -142,8 +142,11 @@ def test_hung_reason_names_ranks_and_stack_notes(tmp_path) -> None:
     obs.stack_notes = {1: "rank 1 (pid 1001) is stopped (SIGSTOP); a stopped process cannot dump its stack"}
     result = judge(_scenario(Expect.crash()), obs, deadline_s=8.0, baseline=_no_baseline, meta=META)
     assert result.observed == "HUNG" and not result.passed and result.time_to_crash_s is None
-    assert "rank 0 exit 50 (PEER_LOST, reaped by harness, collateral)" in result.reason
-    assert "rank 1 SIGKILL (reaped by harness)" in result.reason and result.root_cause is None
+    # Rank 0's PEER_LOST came after the hang was declared: no failure; the hang began where its fault fired.
+    assert "rank 0 exit 50 (PEER_LOST, reaped by harness, root cause)" in result.reason
+    assert "rank 1 SIGKILL (reaped by harness)" in result.reason
+    assert result.root_cause == {"rank": 0, "code": None, "line": FAULT,
+                                 "how": "its injected fault (raise) fired; no rank failed"}
     assert "verdict FAIL: HUNG is not among the expected CRASHED" in result.reason
     assert "stack of rank 0 (pid 1000)" in result.failure_text()
     assert "cannot dump its stack" in result.failure_text()
@@ -231,3 +234,16 @@ def test_a_fatal_line_that_ran_into_a_stack_dump_line_is_still_read(tmp_path) ->
     # Free text that merely mentions a prefix is not cut: only a stack dump's line can be run into this way.
     log.write_bytes(b"worker said TP-FATAL is coming\n")
     assert contract_lines(read_text(log)) == []
+
+
+@pytest.mark.parametrize(("served", "note"), [("bad", True), ("good", False)])
+def test_a_crash_in_which_rank_0_served_a_wrong_answer_says_so(tmp_path, served: str, note: bool) -> None:
+    # Rank 1 died of its fault after rank 0 had finished: whatever rank 0 served went out to users.
+    killed = "TP-FAULT site=envelope.after_header action=kill(SIGKILL) rank=1 chunk=2 call_id=7 mono=100.2"
+    final = json.dumps({"output_digest": served})
+    obs = _observe(tmp_path, {0: [FAULT, _result(0, served), final], 1: [killed]}, {0: 0, 1: -9})
+    result = judge(_scenario(Expect.crash()), obs, deadline_s=8.0, meta=META,
+                   baseline=lambda: Baseline(ok=True, digest="good", reason="", where="/tmp/h"))
+    assert result.observed == "CRASHED" and result.served_wrong is note, result.reason
+    assert ("rank 0 exited 0 serving output_digest bad, not the healthy run's good: a wrong answer was served "
+            "before the crash" in result.reason) is note, result.reason

@@ -85,7 +85,8 @@ def _timeout(rank: int, mono: str) -> str:
 
 
 def test_the_rank_whose_injected_fault_fired_is_the_root_cause_whoever_noticed_first(tmp_path) -> None:
-    # Both ranks' own timeouts fire within milliseconds; which printed first is timing. The skip is not.
+    # Both ranks' own timeouts fire within milliseconds; which printed first is timing. The skip is not, and the
+    # root cause reads the same either way.
     for first, second in ((0, 1), (1, 0)):
         lines = {first: _timeout(first, "103.000000"), second: _timeout(second, "103.002000")}
         run = tmp_path / f"first{first}"
@@ -93,14 +94,21 @@ def test_the_rank_whose_injected_fault_fired_is_the_root_cause_whoever_noticed_f
         obs = _obs(run, {0: [lines[0]], 1: [SKIP1, lines[1]]}, {0: (1, 103.1, False), 1: (1, 103.1, False)}, SKIP1)
         result = judge(_scenario(Expect.crash(), "skip"), obs, deadline_s=8.0, baseline=_no_baseline, meta=META)
         root = result.root_cause
-        assert root["rank"] == 1 and [r.role for r in result.ranks] == ["collateral", "root cause"], root
-        if first == 1:  # it noticed first itself: its own TP-FATAL says most
-            assert root["line"] == lines[1] and root["code"] == "UNCAUGHT_EXCEPTION" and "noticed_by" not in root
-            continue
-        assert root["line"] == SKIP1 and root["code"] is None, root
-        assert root["noticed_by"] == {"rank": 0, "code": "UNCAUGHT_EXCEPTION", "line": lines[0]}, root
-        assert root["how"] == ("its injected fault (skip) fired 3.000 s before rank 0's TP-FATAL UNCAUGHT_EXCEPTION, "
-                               "the first failure")
+        assert root["rank"] == 1 and root["line"] == SKIP1 and [r.role for r in result.ranks] == [
+            "collateral", "root cause"], root
+        assert root["noticed_by"] == {"rank": first, "code": "UNCAUGHT_EXCEPTION", "line": lines[first]}, root
+        whose = "its own" if first == 1 else "rank 0's"
+        assert root["how"] == (f"its injected fault (skip) fired 3.000 s before {whose} TP-FATAL UNCAUGHT_EXCEPTION, "
+                               "the first failure"), root
+        assert root["code"] == ("UNCAUGHT_EXCEPTION" if first == 1 else None), root
+
+
+def test_a_fault_that_only_changes_values_on_another_rank_does_not_hide_the_one_that_desynced(tmp_path) -> None:
+    nop0 = "TP-FAULT site=collective.broadcast action=sleep(0) rank=0 chunk=0 call_id=1 op=broadcast mono=99.000000"
+    obs = _obs(tmp_path, {0: [nop0, _timeout(0, "103.000000")], 1: [SKIP1, _timeout(1, "103.002000")]},
+               {0: (1, 103.1, False), 1: (1, 103.1, False)}, nop0)
+    result = judge(_scenario(Expect.crash(), "skip"), obs, deadline_s=8.0, baseline=_no_baseline, meta=META)
+    assert result.root_cause["rank"] == 1 and result.root_cause["line"] == SKIP1, result.root_cause
 
 
 def test_faults_fired_on_several_ranks_leave_the_root_cause_to_the_earliest_failure(tmp_path) -> None:
@@ -133,7 +141,10 @@ def test_lines_written_after_reaping_began_are_no_evidence(tmp_path) -> None:
     sig = result.ranks[0].signatures[0]
     assert not sig["matched"] and sig["line"] is None
     assert result.reason_parts["signatures_missing"] == ["rank 0 /PEER_LOST/"]
-    assert result.root_cause is None and result.ranks[0].role == "collateral"
+    # Rank 0's PEER_LOST names nothing; the hang began where rank 1's fault fired.
+    assert result.root_cause["rank"] == 1 and result.root_cause["line"].startswith("TP-FAULT site=generator.call")
+    assert result.root_cause["how"] == "its injected fault (hang) fired; no rank failed", result.root_cause
+    assert [r.role for r in result.ranks] == ["collateral", "root cause"]
     # The mono stamp alone is enough when the supervisor recorded no offsets (a log it could not follow).
     obs.reap_offsets = {}
     again = judge(_scenario(Expect.crash({0: "PEER_LOST"}), "hang"), obs, deadline_s=8.0, baseline=_no_baseline,

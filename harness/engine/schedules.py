@@ -36,8 +36,9 @@ DISCOVERY_FAULT = "collective.any=sleep(0)"
 """Armed in the discovery run: a ``TP-FAULT`` line per collective, with its op, and no change to the engine."""
 RULES: dict[str, str] = {
     "clean-or-evidence": "the engine finishes CLEAN with the healthy run's output, or its verdict is proven: the "
-                         "fault fired (TP-FAULT), a crash names its root cause, no process is left behind; never "
-                         "DIVERGED (a wrong answer served) or HARNESS_ERROR (an end the evidence cannot explain)",
+                         "fault fired (TP-FAULT), a crash names its root cause and served no wrong answer first, "
+                         "no process is left behind; never DIVERGED (a wrong answer served) or HARNESS_ERROR (an "
+                         "end the evidence cannot explain)",
     "straggler": "a schedule of sleep(S) only delays collectives: it must end CLEAN, or crash on the engine's own "
                  "timeout, never hang",
     "same-output-at-every-world-size": "the healthy output is the same at every world size the engine accepts "
@@ -173,6 +174,9 @@ def check(result: Result, schedule: EngineSchedule) -> list[str]:
         broken.append(f"{observed} though no fault fired (rule clean-or-evidence): {result.reason[:400]}")
     if observed == "CRASHED" and result.root_cause is None:
         broken.append("CRASHED with no root cause (rule clean-or-evidence)")
+    if result.served_wrong:
+        broken.append(f"CRASHED, but rank 0 first served output {result.digests['rank0_final']}, not the healthy "
+                      f"run's {result.digests['baseline']} (rule clean-or-evidence: a wrong answer served)")
     if observed == "HUNG" and schedule.expect() == "clean":
         broken.append(f"HUNG under stragglers only (rule straggler): {result.reason[:400]}")
     if result.leftovers:

@@ -3,7 +3,8 @@
 A run under any fault schedule, every guardrail on, ends either CLEAN with
 the healthy output digest of its world size, or CRASHED: every rank gone,
 within the deadline, the first rank to die with a TP-FATAL root cause (or
-the fault's own exit or signal), every other rank following on a fatal path.
+the fault's own exit or signal), every other rank following on a fatal path, and
+rank 0 serving no output but the healthy one on its way.
 Never HUNG, DIVERGED or HARNESS_ERROR, never a rank outside the crash-only
 contract (CONTRACT §3), never a process left behind.
 
@@ -79,6 +80,9 @@ def check(result: Result, faults: tuple[Fault, ...], *, progress_timeout_s: floa
             broken.append(f"CLEAN with digest {final} but the healthy run's is {base}")
     if result.observed == Outcome.CRASHED.value:
         broken += _crash_violations(result, faults)
+    if result.served_wrong:
+        broken.append(f"CRASHED, but rank 0 first served output {result.digests['rank0_final']}, not the healthy "
+                      f"run's {result.digests['baseline']}")
     return broken
 
 

@@ -46,6 +46,8 @@ def judge(
     engine = meta.get("backend") == "engine"
     observed, why = _observe(scenario, obs, ranks, texts, baseline, digests, codes, killed, engine=engine,
                              output_regex=meta.get("output_regex"))
+    if root is None and observed in (Outcome.HUNG, Outcome.DIVERGED):
+        root = rootcause.hung_at_fault(before, ranks)
     ttc = _time_to_crash(obs, anchor_mono) if observed is Outcome.CRASHED else None
     first_s = _since(first_mono, anchor_mono) if ttc is not None else None
     divergence = _divergence(obs, ranks, texts) if observed in _TRACED else None
@@ -59,11 +61,9 @@ def judge(
     passed = observed in scenario.expect.outcomes and not missing and not sig_errors and not first
     expected = sorted(scenario.expect.outcomes, key=list(Outcome).index)
 
-    parts = _reason(
-        expected=expected, observed=observed, why=why, ttc=ttc, first_s=first_s, anchor=anchor, obs=obs,
-        ranks=ranks, missing=missing, sig_errors=sig_errors, deadline_s=deadline_s, root=root,
-        first=first, unfired=[] if first else unfired, passed=passed,
-    )
+    parts = _reason(expected=expected, observed=observed, why=why, ttc=ttc, first_s=first_s, anchor=anchor, obs=obs,
+                    ranks=ranks, missing=missing, sig_errors=sig_errors, deadline_s=deadline_s, root=root,
+                    first=first, unfired=[] if first else unfired, passed=passed)
     return Result(
         id=scenario.id, fm=scenario.fm, title=scenario.title, proves=scenario.proves,
         guardrails=None if engine else scenario.guardrails, faults=[f.spec() for f in scenario.faults],
@@ -183,7 +183,9 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
             + ": the harness's doing, not the TP path's, so this run proves nothing about it")
     if any(r.returncode != 0 for r in ranks):
         unproven = evidence.unproven_crash(scenario, obs, ranks, texts, codes, engine=engine)
-        return (Outcome.HARNESS_ERROR, unproven) if unproven else (Outcome.CRASHED, "")
+        if unproven:
+            return Outcome.HARNESS_ERROR, unproven
+        return Outcome.CRASHED, _served_before_crash(ranks, texts, baseline, digests)
     per_rank = digests["per_rank"]
     if len(set(per_rank.values())) > 1:
         shown = ", ".join(f"rank {r} {d[:12]}" for r, d in sorted(per_rank.items()))
@@ -212,6 +214,20 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
             f"run's {str(base.digest)[:12]}"
         )
     return Outcome.CLEAN, ""
+
+
+def _served_before_crash(ranks, texts, baseline, digests) -> str:
+    """In a crash where rank 0 still exited 0 with an output: what it served, when that was not the healthy
+    run's output (the users' worst day: garbage served while the group fell apart). Empty otherwise."""
+    final = logs.final_json(texts.get(0, ""), "output_digest") if ranks[0].returncode == 0 else None
+    if final is None:
+        return ""
+    base = baseline()
+    digests["rank0_final"], digests["baseline"] = final["output_digest"], base.digest
+    if not base.ok or final["output_digest"] == base.digest:
+        return ""
+    return (f"rank 0 exited 0 serving output_digest {str(final['output_digest'])[:12]}, not the healthy run's "
+            f"{str(base.digest)[:12]}: a wrong answer was served before the crash")
 
 
 def _check_signatures(scenario, obs, ranks, before, observed, divergence) -> list[str]:
@@ -261,7 +277,7 @@ def _describe_rank(r: RankResult) -> str:
     elif r.returncode not in (0, None) and not r.reaped:
         notes.append("no TP-FATAL line")
     if r.reaped:
-        notes.append("frozen as expected, reaped by harness" if r.frozen else "reaped by harness")
+        notes.append("frozen by its own fault, reaped by harness" if r.frozen else "reaped by harness")
     if r.role:
         notes.append(r.role)
     return f"rank {r.rank} {r.exit}" + (f" ({', '.join(notes)})" if notes else "")

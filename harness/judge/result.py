@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 from dataclasses import asdict, dataclass, field
 
-from harness.declare.verdicts import Verdict
+from harness.declare.verdicts import Outcome, Verdict
 
 RESULT_SCHEMA = 1
 
@@ -56,7 +56,7 @@ class RankResult:
     returncode: int | None
     """Raw status: >= 0 exit code, < 0 signal number negated."""
     reaped: bool = False
-    """True when the harness killed it (after a deadline, or frozen as expected)."""
+    """True when the harness killed it (after a deadline, or frozen by its own fault)."""
     frozen: bool = False
     """True when it was an expected-frozen rank found stopped and reaped."""
     code: str | None = None
@@ -152,6 +152,12 @@ class Result:
     def verdict(self) -> str:
         """``PASS`` or ``FAIL``."""
         return (Verdict.PASS if self.passed else Verdict.FAIL).value  # plain str: it crosses execnet
+
+    @property
+    def served_wrong(self) -> bool:
+        """A crash in which rank 0 still exited 0 with an output other than the healthy run's."""
+        final, base = self.digests.get("rank0_final"), self.digests.get("baseline")
+        return self.observed == Outcome.CRASHED.value and None not in (final, base) and final != base
 
     def to_json(self) -> dict:
         """The ``result.json`` document."""

@@ -168,22 +168,37 @@ def _began(failures: list[tuple], follows: dict[int, int], ranks: list[RankResul
     injected = injected_before(texts, root[0]) if not root[4].startswith("ended by the scenario's interrupt") else None
     for _, rank, *_ in failures:
         ranks[rank].role = "collateral"
-    if injected is not None and injected.rank != root[1]:
+    mono, first, code, line, how = root
+    # A rank its own fault ended (kill, exit, freeze, a death right after it) already names that fault.
+    if injected is not None and (injected.rank != first or how == "earliest TP-FATAL"):
         ranks[injected.rank].role = "root cause"
-        _, first, code, line, _ = root
-        noticed = f"rank {first}'s {'TP-FATAL ' + code if code else 'death'}"
-        return {"rank": injected.rank, "code": None, "line": injected.line.raw, "mono": root[0],
-                "how": f"its injected fault ({injected.line.fields.get('action', '?')}) fired "
-                       f"{root[0] - injected.mono:.3f} s before {noticed}, the first failure",
+        noticed = "its own" if injected.rank == first else f"rank {first}'s"
+        return {"rank": injected.rank, "code": code if injected.rank == first else None, "line": injected.line.raw,
+                "mono": mono, "how": f"its injected fault ({injected.line.fields.get('action', '?')}) fired "
+                                     f"{mono - injected.mono:.3f} s before {noticed} {_failure(code)}, the first failure",
                 "noticed_by": {"rank": first, "code": code, "line": line}}
-    ranks[root[1]].role = "root cause"
-    mono, rank, code, line, how = root
-    return {"rank": rank, "code": code, "line": line, "how": how, "mono": mono}
+    ranks[first].role = "root cause"
+    return {"rank": first, "code": code, "line": line, "how": how, "mono": mono}
+
+
+def _failure(code: str | None) -> str:
+    return f"TP-FATAL {code}" if code else "death"
+
+
+def hung_at_fault(texts: dict[int, str], ranks: list[RankResult]) -> dict | None:
+    """A run that HUNG or DIVERGED with no rank failing: where it began, when faults fired on one rank only
+    (``injected_before``); sets that rank's ``role``."""
+    injected = injected_before(texts, float("inf"))
+    if injected is None:
+        return None
+    ranks[injected.rank].role = "root cause"
+    return {"rank": injected.rank, "code": None, "line": injected.line.raw,
+            "how": f"its injected fault ({injected.line.fields.get('action', '?')}) fired; no rank failed"}
 
 
 @dataclass(frozen=True)
 class Injected:
-    """The first ``TP-FAULT`` line of the one rank whose faults fired before the first failure."""
+    """The fault that began a failure: its rank, when it fired, its ``TP-FAULT`` line."""
 
     rank: int
     mono: float
@@ -191,10 +206,11 @@ class Injected:
 
 
 def injected_before(texts: dict[int, str], until: float) -> Injected | None:
-    """The fault that began the failure: when faults fired on exactly one rank before the first failure (at
-    ``until``), that rank's first. The detector of a desync is rarely its cause (a skipped collective on rank
-    1 is noticed by whichever rank's own timeout fires first), so such a rank is the root cause, whoever
-    noticed. With faults fired on several ranks the harness cannot tell which one did it: None."""
+    """The fault that began the failure, of those that fired before it (at ``until``): when faults of the
+    strongest kind that fired (``_kind``) fired on exactly one rank, that rank's first. The detector of a desync
+    is rarely its cause (a skipped collective on rank 1 is noticed by whichever rank's own timeout fires
+    first), so that rank is the root cause, whoever noticed; a ``sleep(0)`` or an absorbed ``corrupt`` on
+    another rank does not hide it. Faults of that kind on several ranks: the harness cannot tell which: None."""
     fired: dict[int, Injected] = {}
     for rank, text in texts.items():
         for line in logs.contract_lines(text):
@@ -202,9 +218,23 @@ def injected_before(texts: dict[int, str], until: float) -> Injected | None:
                 continue
             named = str(line.fields.get("rank", rank))
             who = int(named) if named.isdigit() else rank
-            if who not in fired or line.mono < fired[who].mono:
+            held = fired.get(who)
+            if held is None or (_kind(line), line.mono) < (_kind(held.line), held.mono):
                 fired[who] = Injected(rank=who, mono=line.mono, line=line)
-    return next(iter(fired.values())) if len(fired) == 1 else None
+    strongest = min((_kind(i.line) for i in fired.values()), default=None)
+    ranks = [i for i in fired.values() if _kind(i.line) == strongest]
+    return ranks[0] if len(ranks) == 1 else None
+
+
+def _kind(line: logs.LogLine) -> int:
+    """How directly a fault's action begins a failure: 0 stops a rank or desyncs the group (hang, skip, extra,
+    raise, kill, exit), 1 delays it (``sleep(S)``, S > 0), 2 changes values only (``corrupt``, ``sleep(0)``...)."""
+    act = Action.parse(str(line.fields.get("action", "")))
+    if act is None:
+        return 2
+    if act.name in ("hang", "skip", "extra", "raise", "kill", "exit"):
+        return 0
+    return 1 if act.seconds else 2
 
 
 def describe(root: dict | None) -> str:

@@ -273,7 +273,7 @@ class _Loop:
         if self.phase == RUNNING and self._only_frozen_left():
             live = self._live()
             self.obs.frozen_reaped = live
-            self.say(f"only frozen rank(s) {live} left, all stopped as expected: reaping them")
+            self.say(f"only frozen rank(s) {live} left, each stopped by its own fault: reaping them")
             self.launch.kill_tree(signal.SIGKILL)
             self.phase, self.phase_until_at = KILLING, now + 5.0
             return
