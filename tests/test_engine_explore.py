@@ -47,12 +47,14 @@ def test_schedules_are_seeded_and_fault_only_calls_a_rank_really_makes() -> None
 
 def test_a_schedule_is_supervised_and_reproduced_as_run_engine_would() -> None:
     hang = schedules.EngineSchedule(world_size=2, faults=(Fault.parse("collective.all_reduce=skip@rank=1,call=3"),))
-    assert hang.expect() == "hang" and hang.scenario("x").world_size == 2
-    assert schedules.EngineSchedule(world_size=2, faults=(Fault.parse("collective.scatter=sleep(0.2)@rank=0"),)
-                                    ).expect() == "clean"
+    # What check() accepts is what the run is judged with: its own verdict is PASS exactly when it keeps the rule.
+    assert hang.expect() == "clean,crash,hang" and hang.scenario("x").world_size == 2
+    assert {o.value for o in hang.scenario("x").expect.outcomes} == {"CLEAN", "CRASHED", "HUNG"}
+    straggler = schedules.EngineSchedule(world_size=2, faults=(Fault.parse("collective.scatter=sleep(0.2)@rank=0"),))
+    assert straggler.expect() == "clean,crash" and straggler.straggler
     line = hang.rerun(("python", "e.py"), output_regex="tok: (.*)", deadline_s=12.5, launch="subprocess").line()
     assert shlex.split(line) == ["python", "-m", "harness", "run", "--engine", "python e.py", "--fault",
-                                 "collective.all_reduce=skip@rank=1,call=3", "--expect", "hang", "--world-size", "2",
+                                 "collective.all_reduce=skip@rank=1,call=3", "--expect", "clean,crash,hang", "--world-size", "2",
                                  "--launch", "subprocess", "--output-regex", "tok: (.*)", "--deadline", "12.5"]
 
 

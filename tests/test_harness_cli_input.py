@@ -125,3 +125,14 @@ def test_an_srun_run_leaves_no_cpp_stack_on_the_terminal(tmp_path) -> None:
                 "--launch", "srun", "--report-dir", "reports")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "TCPStore.cpp" not in proc.stderr and "frame #" not in proc.stderr, proc.stderr
+
+
+def test_several_expected_outcomes_allow_any_of_them() -> None:
+    from harness.declare import adhoc
+
+    s = adhoc.scenario(faults=["x.y=kill(SIGSTOP)@rank=1"], expect="crash,hang,crash", signatures=[], env=[])
+    assert {o.value for o in s.expect.outcomes} == {"CRASHED", "HUNG"} and s.expect.frozen == {1}
+    assert s.expect.deadline_s is None, "an ad-hoc run's deadline is --deadline's, whatever it expects"
+    assert adhoc.expect_words("hang, clean") == "hang,clean"
+    with pytest.raises(Exception, match="invalid choice: 'sideways'"):
+        adhoc.expect_words("crash,sideways")

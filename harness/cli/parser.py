@@ -41,7 +41,9 @@ def build() -> argparse.ArgumentParser:
                    help="scenario id, e.g. FM-03 (also runs FM-03/...); none: every scenario of the catalog")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="ad hoc: arm SITE=ACTION[(ARG)][@TRIGGER,...] (repeatable)")
-    p.add_argument("--expect", choices=sorted(adhoc.EXPECTS), help="ad hoc: the expected outcome")
+    p.add_argument("--expect", type=adhoc.expect_words, metavar="{" + ",".join(sorted(adhoc.EXPECTS)) + "}[,...]",
+                   help="ad hoc: the expected outcome; several, comma-separated, allow any of them (e.g. "
+                        "clean,crash,hang: what explore --engine's reproducers carry)")
     p.add_argument("--signature", action="append", default=[], metavar="[RANK:]REGEX",
                    help="ad hoc: regex that must appear in a rank's log; RANK is a number, 'others' or 'all' "
                         "(default all) (repeatable)")

@@ -29,9 +29,6 @@ from harness.supervise import logs
 
 ACTIONS = ("hang", "raise", "skip", "extra", "corrupt", "kill(SIGKILL)", "kill(SIGSTOP)", "sleep(0.2)", "sleep(1.5)")
 """What explore does to a collective (``exit(N)`` is left out: it is ``kill`` with a code of the user's choosing)."""
-FREEZING = ("hang", "kill(SIGSTOP)", "skip", "extra")
-"""Actions after which an engine without a timeout of its own waits forever (a skip or extra of the same size
-pairs with the wrong call): such a schedule expects ``hang``, so the stall probe ends it early."""
 DISCOVERY_FAULT = "collective.any=sleep(0)"
 """Armed in the discovery run: a ``TP-FAULT`` line per collective, with its op, and no change to the engine."""
 RULES: dict[str, str] = {
@@ -58,10 +55,15 @@ class EngineSchedule:
     """The user's ``--env`` (explore sets none of its own: an engine declares no knob)."""
 
     def expect(self) -> str:
-        """The ``--expect`` word the run is supervised with (its reproducer carries the same)."""
-        if all(f.action.startswith("sleep(") for f in self.faults):
-            return "clean"
-        return "hang" if any(f.action in FREEZING for f in self.faults) else "crash"
+        """The ``--expect`` words the run is supervised and judged with (its reproducer carries the same): what
+        ``check`` accepts, so a run's own verdict is PASS exactly when it keeps the invariant's outcome rule.
+        A straggler schedule may not hang (it runs to the deadline); any other ends at a proven stall."""
+        return "clean,crash" if self.straggler else "clean,crash,hang"
+
+    @property
+    def straggler(self) -> bool:
+        """Every fault a ``sleep(S)``: the run must not hang (rule straggler)."""
+        return all(f.action.startswith("sleep(") for f in self.faults)
 
     def scenario(self, sid: str) -> Scenario:
         """This schedule as ``run --engine --fault ... --expect ...`` builds it: the same supervision."""
@@ -177,7 +179,7 @@ def check(result: Result, schedule: EngineSchedule) -> list[str]:
     if result.served_wrong:
         broken.append(f"CRASHED, but rank 0 first served output {result.digests['rank0_final']}, not the healthy "
                       f"run's {result.digests['baseline']} (rule clean-or-evidence: a wrong answer served)")
-    if observed == "HUNG" and schedule.expect() == "clean":
+    if observed == "HUNG" and schedule.straggler:
         broken.append(f"HUNG under stragglers only (rule straggler): {result.reason[:400]}")
     if result.leftovers:
         broken.append("processes left behind: " + ", ".join(result.leftovers))
