@@ -1,8 +1,8 @@
 """``grade --env`` and the card's delta, in process: no rank starts (the engine's runs are stand-ins).
 
 An outside user graded an engine with ``MY_PG_TIMEOUT_S=3`` exported, then without it: the card had not recorded
-it and reported "was CRASHED, now HUNG" as if the engine had changed. The real end-to-end run of ``--env`` is
-in test_engine_grade.py.
+it and reported "was CRASHED, now HUNG" as if the engine had changed. Then they narrowed ``--ops`` and the
+delta called the rows they left out "removed". The real end-to-end run of ``--env`` is in test_engine_grade.py.
 """
 
 from __future__ import annotations
@@ -95,14 +95,47 @@ def test_env_reaches_every_row_and_the_healthy_run_and_only_a_grade_with_the_sam
     assert "since the last grade with --env MY_PG_TIMEOUT_S=3 (20260101-000000-1): no change" in capsys.readouterr().out
 
 
+def row(ws: int, op: str, action: str, outcome: str = "CRASHED") -> dict:
+    return {"key": f"ws{ws} {op} {action}", "world_size": ws, "op": op, "action": action, "call": 3,
+            "fault": f"collective.{op}={action}@rank=1,call=3", "outcome": outcome, "time_to_crash_s": 1.0,
+            "first_failure_s": 1.0, "named_ranks": [], "root_cause_rank": 1, "first_divergent": None, "sentence": "s"}
+
+
+def settings(world_sizes: list[int], actions: list[str], ops: list[str] | None = None, **more) -> dict:
+    return {"world_sizes": world_sizes, "actions": actions, "ops": ops, "env": {}, **more}
+
+
+def test_rows_left_out_by_narrower_ops_actions_or_world_sizes_are_not_removed(tmp_path: Path) -> None:
+    full = [row(ws, op, a) for ws in (2, 4) for op in ("all_reduce", "broadcast") for a in ("hang", "raise")]
+    card.write(tmp_path / "20260101-000000-1", graded=ENGINE, rows=full, settings=settings([2, 4], ["hang", "raise"]))
+    narrow = card.write(tmp_path / "20260101-000001-1", graded=ENGINE, rows=[row(2, "all_reduce", "hang", "HUNG")],
+                        settings=settings([2], ["hang"], ["all_reduce"]))
+    d = narrow["delta"]
+    assert d["removed"] == [] and d["added"] == [] and len(d["not_graded_now"]) == 7 and d["compared"] == 1
+    assert card.delta_lines(d) == [
+        "since the last grade (20260101-000000-1): 1 outcome changed in the 1 row graded both times",
+        "  ws2 all_reduce hang: was CRASHED, now HUNG",
+        "  not graded this time (narrower --ops/--actions/--world-sizes): 7 rows of that grade, not compared"]
+
+    # Back to the full matrix: the rows the narrow grade left out are new to the comparison, not to the engine;
+    # a row asked for both times that is no longer there (the engine stopped issuing broadcast) is removed.
+    wider = [r for r in full if r["op"] != "broadcast"]
+    d = card.write(tmp_path / "20260101-000002-1", graded=ENGINE, rows=wider,
+                   settings=settings([2, 4], ["hang", "raise"]))["delta"]
+    assert d["added"] == [] and d["not_graded_then"] == ["ws2 all_reduce raise", "ws4 all_reduce hang",
+                                                         "ws4 all_reduce raise"]
+    assert d["removed"] == [] and d["not_graded_now"] == []
+    d = card.write(tmp_path / "20260101-000003-1", graded=ENGINE, rows=wider[:3],
+                   settings=settings([2, 4], ["hang", "raise"]))["delta"]
+    assert d["removed"] == ["ws4 all_reduce raise"] and d["not_graded_now"] == []
+    assert "  removed ws4 all_reduce raise (asked for this time, but no longer a row)" in card.delta_lines(d)
+
+
 def test_a_card_from_before_env_was_recorded_is_the_baseline_of_a_grade_without_env(tmp_path: Path) -> None:
-    row = {"key": "ws2 all_reduce hang", "world_size": 2, "op": "all_reduce", "action": "hang", "call": 3,
-           "fault": "f", "outcome": "CRASHED", "time_to_crash_s": 1.0, "first_failure_s": 1.0, "named_ranks": [],
-           "root_cause_rank": 1, "first_divergent": None, "sentence": "s"}
     old = tmp_path / "20260101-000000-1"
     old.mkdir()
     (old / "grade.json").write_text(json.dumps({"graded": ENGINE, "settings": {"world_sizes": [2]},
-                                                "rows": [row]}))
-    d = card.write(tmp_path / "20260101-000001-1", graded=ENGINE, rows=[row],
-                   settings={"world_sizes": [2], "env": {}})["delta"]
-    assert d["baseline"] == str(old) and d["removed"] == d["added"] == []
+                                                "rows": [row(2, "all_reduce", "hang")]}))
+    d = card.write(tmp_path / "20260101-000001-1", graded=ENGINE, rows=[row(2, "all_reduce", "hang")],
+                   settings=settings([2], ["hang"]))["delta"]
+    assert d["baseline"] == str(old) and d["removed"] == d["added"] == d["not_graded_now"] == []

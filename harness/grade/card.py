@@ -3,7 +3,9 @@
 The delta compares with the newest earlier ``grade.json`` of the same graded command and the same ``--env`` under
 the same report root (another environment is another configuration of the engine, not a change of it): a row
 whose outcome changed is listed first (in the delta and in the table), then times to crash that grew beyond the
-noise band of run deltas (``harness.report.delta.NOISE_ABS_S`` / ``NOISE_REL``), then rows added, removed.
+noise band of run deltas (``harness.report.delta.NOISE_ABS_S`` / ``NOISE_REL``), then rows added, removed. Only
+rows both grades asked for count: a row one of them left out by its ``--ops``/``--actions``/``--world-sizes``
+is counted as not graded then (or now), never as added or removed.
 """
 
 from __future__ import annotations
@@ -143,6 +145,14 @@ def _no_baseline(run_dir: Path, graded: str, env: dict[str, str]) -> str:
     return note
 
 
+def _asked(settings: dict, row: dict) -> bool:
+    """Whether a grade of ``settings`` asked for ``row`` (its --world-sizes, --actions, --ops); a setting a card
+    did not record counts as asking for every row."""
+    ops = settings.get("ops")
+    return row["world_size"] in settings.get("world_sizes", [row["world_size"]]) \
+        and row["action"] in settings.get("actions", [row["action"]]) and (not ops or row["op"] in ops)
+
+
 def compare(before: dict, after: dict, *, baseline: str) -> dict:
     """What changed from grade ``before`` to grade ``after``, row by row (keyed ``ws2 all_reduce hang``)."""
     was, now = {r["key"]: r for r in before["rows"]}, {r["key"]: r for r in after["rows"]}
@@ -154,24 +164,41 @@ def compare(before: dict, after: dict, *, baseline: str) -> dict:
         t0, t1 = a.get("time_to_crash_s"), b.get("time_to_crash_s")
         if t0 is not None and t1 is not None and t1 - t0 > run_delta.NOISE_ABS_S + run_delta.NOISE_REL * t0:
             slower.append({"row": key, "was_s": t0, "now_s": t1})
+    gone, new = [k for k in was if k not in now], [k for k in now if k not in was]
+    then, this = before.get("settings") or {}, after.get("settings") or {}
     return {"baseline": baseline, "env": _env(after), "outcome_changes": changed, "ttc_regressions": slower,
-            "added": [k for k in now if k not in was], "removed": [k for k in was if k not in now],
+            "added": [k for k in new if _asked(then, now[k])], "removed": [k for k in gone if _asked(this, was[k])],
+            "compared": sum(k in was for k in now),
+            "not_graded_now": [k for k in gone if not _asked(this, was[k])],
+            "not_graded_then": [k for k in new if not _asked(then, now[k])],
             "noise_band": {"abs_s": run_delta.NOISE_ABS_S, "rel": run_delta.NOISE_REL}}
 
 
 def delta_lines(d: dict) -> list[str]:
-    """The delta's headline (which grade it compared with), then one line per change: outcome changes first."""
+    """The delta's headline (which grade it compared with), then one line per change: outcome changes first;
+    last, the rows one of the two grades did not ask for."""
     if d.get("baseline") is None:
         return [f"since the last grade: none ({d.get('note', 'not compared')})"]
     said = [f"{len(d[k])} {what}" for k, what in (("outcome_changes", "outcome changed"), ("ttc_regressions",
             "slower to crash"), ("added", "added"), ("removed", "removed")) if d[k]]
+    narrower = d.get("not_graded_now") or d.get("not_graded_then")
     env = f" with {env_words(d['env'])}" if d.get("env") else ""
-    out = [f"since the last grade{env} ({Path(d['baseline']).name}): " + (", ".join(said) or "no change")]
+    out = [f"since the last grade{env} ({Path(d['baseline']).name}): " + (", ".join(said) or "no change")
+           + (f" in the {_rows(d['compared'])} graded both times" if narrower else "")]
     out += [f"  {c['row']}: was {c['was']}, now {c['now']}" for c in d["outcome_changes"]]
     out += [f"  {s['row']}: crashes in {s['now_s']:.2f} s, was {s['was_s']:.2f} s (band +{run_delta.NOISE_ABS_S:g} s "
             f"+{run_delta.NOISE_REL:.0%})" for s in d["ttc_regressions"]]
-    out += [f"  added {k}" for k in d["added"]] + [f"  removed {k}" for k in d["removed"]]
+    out += [f"  added {k}" for k in d["added"]]
+    out += [f"  removed {k} (asked for this time, but no longer a row)" for k in d["removed"]]
+    for key, when in (("not_graded_now", "this time"), ("not_graded_then", "then")):
+        if d.get(key):
+            out.append(f"  not graded {when} (narrower --ops/--actions/--world-sizes): {_rows(len(d[key]))} of "
+                       f"{'that' if when == 'this time' else 'this'} grade, not compared")
     return out
+
+
+def _rows(n: int) -> str:
+    return f"{n} row{'s' if n != 1 else ''}"
 
 
 def markdown(doc: dict) -> str:
