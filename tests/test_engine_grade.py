@@ -103,11 +103,25 @@ def test_the_reference_path_crashes_fast_and_a_changed_outcome_leads_the_delta(t
     assert "**CRASHED** (was HUNG)" in table[0], table
 
 
+def test_env_reaches_every_rank_of_the_rows_and_of_the_healthy_run(tmp_path: Path) -> None:
+    """The fixture engine generates ENGINE_TOKENS tokens: the corrupted all_reduce it absorbs is CLEAN only if
+    the healthy run it is compared with had the same --env (without it, 8 tokens: DIVERGED)."""
+    proc = grade("--engine", ENGINE, "--world-sizes", "2", "--ops", "all_reduce", "--actions", "corrupt",
+                 "--env", "ENGINE_TOKENS=3", reports=tmp_path / "reports")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    run_dir, doc = card(proc)
+    assert [r["outcome"] for r in doc["rows"]] == ["CLEAN"], [r["reason"] for r in doc["rows"]]
+    assert doc["settings"]["env"] == {"ENGINE_TOKENS": "3"}
+    assert "; world sizes 2; `--env ENGINE_TOKENS=3`; each row" in (run_dir / "grade.md").read_text()
+    assert "no earlier grade of 'python fixtures/engines/dtensor_engine.py' with --env ENGINE_TOKENS=3" in proc.stdout
+
+
 @pytest.mark.parametrize("args, words", [
     (("--actions", "hang,explode"), ["unknown --actions explode", "valid: hang, skip"]),
     (("--rank", "2", "--world-sizes", "2"), ["--rank 2", "0..1"]),
     (("--ops", "all_gather"), ["--ops 'all_gather'", "all_reduce, broadcast"]),
     (("--engine", ENGINE, "--tp-command", "python -m tp"), ["give one"]),
+    (("--engine", ENGINE, "--env", "MY_PG_TIMEOUT_S"), ["bad --env 'MY_PG_TIMEOUT_S': expected NAME=VALUE"]),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: tuple, words: list[str]) -> None:
     proc = grade(*args, reports=tmp_path / "reports", timeout=60)

@@ -147,7 +147,7 @@ def test_public_surface_changes_only_on_purpose() -> None:
                     "--launch", "--max-shrink", "--output-regex", "--report-dir", "--runs", "--seed", "--sites", "--stall",
                     "--tp-command", "--world-size", "--world-sizes"],
         "report": ["--baseline"],
-        "grade": ["--actions", "--call", "--engine", "--hang-after", "--ops", "--output-regex", "--quiet", "--rank",
+        "grade": ["--actions", "--call", "--engine", "--env", "--hang-after", "--ops", "--output-regex", "--quiet", "--rank",
                   "--report-dir", "--tp-command", "--world-sizes", "-q"],
     }
     assert [o.pytest_flag for o in options.OPTIONS.values()] == [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from harness.declare import adhoc
@@ -113,21 +113,23 @@ def check_ranks(scenario: Scenario, world_size: int, *, where: str = "--fault") 
 
 
 def run_engine(scenario: Scenario, config, *, output_regex: str | None = None,
-               deadline_s: float | None = None) -> Result:
+               deadline_s: float | None = None, healthy_env: Mapping[str, str] | None = None) -> Result:
     """Run ``scenario`` against the engine ``config.tp_command`` (started as given) and judge it.
 
     Deadline: ``harness.pipeline.deadline``'s precedence, ``deadline_s`` the one given; without one the healthy
-    run is measured first (it is needed for CLEAN anyway)."""
+    run is measured first (it is needed for CLEAN anyway). ``healthy_env``: the healthy run's rank environment
+    (``grade --env``, part of the engine's configuration; ``run --env`` may be what breaks it, so not there)."""
     ws = scenario.world_size or config.world_size
     chosen = resolve(default_s=config.deadline_s, scenario_s=scenario.deadline_s, given=deadline_s,
-                     healthy_s=lambda: healthy(config, world_size=ws, output_regex=output_regex).elapsed_s)
+                     healthy_s=lambda: healthy(config, world_size=ws, output_regex=output_regex,
+                                               env=healthy_env).elapsed_s)
     deadline = chosen.seconds
     if config.on_progress:
         config.on_progress(f"deadline {deadline:.1f} s: {chosen.where}")
     sdir = report.scenario_dir(config.run_dir, scenario.id, ws)
     obs = execute(scenario, config, ws=ws, deadline_s=deadline, log_dir=sdir, output_regex=output_regex)
     result = judge(scenario, obs, deadline_s=deadline,
-                   baseline=lambda: healthy(config, world_size=ws, output_regex=output_regex),
+                   baseline=lambda: healthy(config, world_size=ws, output_regex=output_regex, env=healthy_env),
                    meta={"backend": "engine", "device": config.device, "launch": config.launch, "dir": str(sdir),
                          "output_regex": output_regex},
                    codes=CODES)
@@ -147,16 +149,20 @@ def execute(scenario: Scenario, config, *, ws: int, deadline_s: float, log_dir: 
                           command=tuple(config.tp_command), env=boot_env(output_regex))
 
 
-def healthy(config, *, world_size: int, output_regex: str | None, watch: str = "") -> Baseline:
-    """The engine's healthy output at ``world_size``, run once per run directory (beside the TP path's).
+def healthy(config, *, world_size: int, output_regex: str | None, watch: str = "",
+            env: Mapping[str, str] | None = None) -> Baseline:
+    """The engine's healthy output at ``world_size`` with rank environment ``env``, run once per run directory
+    (beside the TP path's).
 
     ``watch``: a fault spec that changes nothing (``collective.any=sleep(0)``: one TP-FAULT line per collective)
     armed if the healthy run runs in this call, so that its logs also tell which collectives the engine issues."""
-    key = f"ws={world_size} engine={' '.join(config.tp_command)} regex={output_regex}"
+    env = dict(env or {})
+    key = f"ws={world_size} engine={' '.join(config.tp_command)} regex={output_regex}" \
+        + (f" env={sorted(env.items())}" if env else "")
 
     def run(index: int) -> Baseline:
         scenario = Scenario(id="baseline", fm="control", title="healthy engine run (no fault)", proves="control",
-                            expect=Expect.clean(), world_size=world_size, faults=parse_faults(watch))
+                            expect=Expect.clean(), world_size=world_size, faults=parse_faults(watch), env=env)
         where = config.run_dir / "_baseline" / f"engine-{index}-ws{world_size}"
         # Bounded by the run timeout, not the deadline: this run is what the deadline is measured from.
         obs = execute(scenario, config, ws=world_size, deadline_s=config.run_timeout_s, log_dir=where,

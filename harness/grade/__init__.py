@@ -4,7 +4,7 @@ Every row is one run with one fault (a collective the engine issues x an action 
 size), judged by the same judge as ``run`` (``harness.judge.outcome.judge``); the card says, per fault, what the
 engine did: CRASHED (how fast, which rank it named), HUNG, DIVERGED or CLEAN. A hang is a grade, not an
 error. Written as ``grade.md`` and ``grade.json`` in the run's report directory, with the delta against the
-last grade of the same engine command.
+last grade of the same engine command and the same ``--env``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "engine's healthy run, at least 8 s; the reference path: 8 s)")
     parser.add_argument("--output-regex", dest="output_regex", metavar="REGEX",
                         help="with --engine: the engine's output, as for 'run --engine'")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="with --engine: extra environment for every rank of every row and of the healthy runs, "
+                             "e.g. MY_PG_TIMEOUT_S=3 (repeatable); recorded in the card, which is compared only with "
+                             "an earlier grade of the same command and the same --env")
     parser.add_argument("--report-dir", dest="report_dir", type=str, metavar="DIR",
                         help="report root (default: reports)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines, the card's path only")

@@ -1,8 +1,11 @@
 """The report card: ``grade.json`` and ``grade.md``, each row in a sentence, and the delta since the last one.
 
-The delta compares with the newest earlier ``grade.json`` of the same graded command under the same report root:
-a row whose outcome changed is listed first (in the delta and in the table), then times to crash that grew
-beyond the noise band of run deltas (``harness.report.delta.NOISE_ABS_S`` / ``NOISE_REL``), then rows added, removed.
+The delta compares with the newest earlier ``grade.json`` of the same graded command and the same ``--env`` under
+the same report root (another environment is another configuration of the engine, not a change of it): a row
+whose outcome changed is listed first (in the delta and in the table), then times to crash that grew beyond the
+noise band of run deltas (``harness.report.delta.NOISE_ABS_S`` / ``NOISE_REL``), then rows added, removed. Only
+rows both grades asked for count: a row one of them left out by its ``--ops``/``--actions``/``--world-sizes``
+is counted as not graded then (or now), never as added or removed.
 """
 
 from __future__ import annotations
@@ -94,9 +97,10 @@ def write(run_dir: Path, *, graded: str, rows: list[dict], settings: dict) -> di
     """Write ``grade.json`` and ``grade.md`` (and the run's summary, so ``report`` reads it); return the doc."""
     doc = {"schema": GRADE_SCHEMA, "graded": graded, "run_dir": str(run_dir),
            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": settings, "rows": rows}
-    before = previous(run_dir, graded)
+    env = settings.get("env") or {}
+    before = previous(run_dir, graded, env)
     doc["delta"] = compare(json.loads((before / "grade.json").read_text()), doc, baseline=str(before)) \
-        if before else {"baseline": None, "note": f"no earlier grade of {graded!r} in {run_dir.parent}"}
+        if before else {"baseline": None, "note": _no_baseline(run_dir, graded, env)}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "grade.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     (run_dir / "grade.md").write_text(markdown(doc))
@@ -104,8 +108,14 @@ def write(run_dir: Path, *, graded: str, rows: list[dict], settings: dict) -> di
     return doc
 
 
-def previous(run_dir: Path, graded: str) -> Path | None:
-    """The newest run before ``run_dir`` under the same root holding a grade of ``graded``."""
+def previous(run_dir: Path, graded: str, env: dict[str, str]) -> Path | None:
+    """The newest run before ``run_dir`` under the same root holding a grade of ``graded`` with ``--env`` ``env``
+    (a card written before ``--env`` existed had none)."""
+    return next((path for path, doc in _earlier(run_dir, graded) if _env(doc) == env), None)
+
+
+def _earlier(run_dir: Path, graded: str):
+    """``(path, grade.json)`` of each run before ``run_dir`` under the same root grading ``graded``, newest first."""
     earlier = sorted((p for p in run_dir.parent.iterdir() if p.is_dir() and not p.is_symlink()
                       and p.name < run_dir.name), reverse=True)
     for path in earlier:
@@ -114,8 +124,33 @@ def previous(run_dir: Path, graded: str) -> Path | None:
         except (OSError, ValueError):
             continue
         if isinstance(doc, dict) and doc.get("graded") == graded and isinstance(doc.get("rows"), list):
-            return path
-    return None
+            yield path, doc
+
+
+def _env(doc: dict) -> dict[str, str]:
+    return (doc.get("settings") or {}).get("env") or {}
+
+
+def env_words(env: dict[str, str]) -> str:
+    """``--env A=1 --env B=2``, or ``no --env``."""
+    return " ".join(f"--env {k}={v}" for k, v in env.items()) or "no --env"
+
+
+def _no_baseline(run_dir: Path, graded: str, env: dict[str, str]) -> str:
+    """Why there is no delta, naming the grades of the same command left out for their other ``--env``."""
+    note = f"no earlier grade of {graded!r} with {env_words(env)} in {run_dir.parent}"
+    others = [path.name for path, doc in _earlier(run_dir, graded) if _env(doc) != env]
+    if others:
+        note += f"; not compared with {len(others)} of it with another --env (the newest {others[0]})"
+    return note
+
+
+def _asked(settings: dict, row: dict) -> bool:
+    """Whether a grade of ``settings`` asked for ``row`` (its --world-sizes, --actions, --ops); a setting a card
+    did not record counts as asking for every row."""
+    ops = settings.get("ops")
+    return row["world_size"] in settings.get("world_sizes", [row["world_size"]]) \
+        and row["action"] in settings.get("actions", [row["action"]]) and (not ops or row["op"] in ops)
 
 
 def compare(before: dict, after: dict, *, baseline: str) -> dict:
@@ -129,23 +164,41 @@ def compare(before: dict, after: dict, *, baseline: str) -> dict:
         t0, t1 = a.get("time_to_crash_s"), b.get("time_to_crash_s")
         if t0 is not None and t1 is not None and t1 - t0 > run_delta.NOISE_ABS_S + run_delta.NOISE_REL * t0:
             slower.append({"row": key, "was_s": t0, "now_s": t1})
-    return {"baseline": baseline, "outcome_changes": changed, "ttc_regressions": slower,
-            "added": [k for k in now if k not in was], "removed": [k for k in was if k not in now],
+    gone, new = [k for k in was if k not in now], [k for k in now if k not in was]
+    then, this = before.get("settings") or {}, after.get("settings") or {}
+    return {"baseline": baseline, "env": _env(after), "outcome_changes": changed, "ttc_regressions": slower,
+            "added": [k for k in new if _asked(then, now[k])], "removed": [k for k in gone if _asked(this, was[k])],
+            "compared": sum(k in was for k in now),
+            "not_graded_now": [k for k in gone if not _asked(this, was[k])],
+            "not_graded_then": [k for k in new if not _asked(then, now[k])],
             "noise_band": {"abs_s": run_delta.NOISE_ABS_S, "rel": run_delta.NOISE_REL}}
 
 
 def delta_lines(d: dict) -> list[str]:
-    """The delta's headline, then one line per change: outcome changes first."""
+    """The delta's headline (which grade it compared with), then one line per change: outcome changes first;
+    last, the rows one of the two grades did not ask for."""
     if d.get("baseline") is None:
         return [f"since the last grade: none ({d.get('note', 'not compared')})"]
     said = [f"{len(d[k])} {what}" for k, what in (("outcome_changes", "outcome changed"), ("ttc_regressions",
             "slower to crash"), ("added", "added"), ("removed", "removed")) if d[k]]
-    out = [f"since the last grade ({Path(d['baseline']).name}): " + (", ".join(said) or "no change")]
+    narrower = d.get("not_graded_now") or d.get("not_graded_then")
+    env = f" with {env_words(d['env'])}" if d.get("env") else ""
+    out = [f"since the last grade{env} ({Path(d['baseline']).name}): " + (", ".join(said) or "no change")
+           + (f" in the {_rows(d['compared'])} graded both times" if narrower else "")]
     out += [f"  {c['row']}: was {c['was']}, now {c['now']}" for c in d["outcome_changes"]]
     out += [f"  {s['row']}: crashes in {s['now_s']:.2f} s, was {s['was_s']:.2f} s (band +{run_delta.NOISE_ABS_S:g} s "
             f"+{run_delta.NOISE_REL:.0%})" for s in d["ttc_regressions"]]
-    out += [f"  added {k}" for k in d["added"]] + [f"  removed {k}" for k in d["removed"]]
+    out += [f"  added {k}" for k in d["added"]]
+    out += [f"  removed {k} (asked for this time, but no longer a row)" for k in d["removed"]]
+    for key, when in (("not_graded_now", "this time"), ("not_graded_then", "then")):
+        if d.get(key):
+            out.append(f"  not graded {when} (narrower --ops/--actions/--world-sizes): {_rows(len(d[key]))} of "
+                       f"{'that' if when == 'this time' else 'this'} grade, not compared")
     return out
+
+
+def _rows(n: int) -> str:
+    return f"{n} row{'s' if n != 1 else ''}"
 
 
 def markdown(doc: dict) -> str:
@@ -154,7 +207,8 @@ def markdown(doc: dict) -> str:
     changed = {c["row"]: c["was"] for c in doc["delta"].get("outcome_changes", ())}
     rows = sorted(doc["rows"], key=lambda r: r["key"] not in changed)
     lines = [f"# Report card: `{doc['graded']}`", "",
-             f"{doc['written']}; world sizes {', '.join(map(str, s['world_sizes']))}; each row one fault on one "
+             f"{doc['written']}; world sizes {', '.join(map(str, s['world_sizes']))}"
+             f"{'; `' + env_words(s['env']) + '`' if s.get('env') else ''}; each row one fault on one "
              f"rank, judged like `run` (deadline: {_deadline(s)}).", "", f"**{counts(doc['rows'])}**", "",
              "## Since the last grade", "", *(f"* {x.strip()}" for x in delta_lines(doc["delta"])), "",
              "## Rows", "",

@@ -115,13 +115,14 @@ def op_calls(sequence: list[str]) -> dict[str, OpCalls]:
 
 
 def engine_rows(world_size: int, calls: dict[str, OpCalls], *, ops: tuple[str, ...] | None,
-                actions: tuple[str, ...], rank: int, call: int | None) -> list[Row]:
-    """An engine's rows at one world size: ``ops`` (default: every op after start-up) x ``actions``."""
+                actions: tuple[str, ...], rank: int, call: int | None, env: dict[str, str] | None = None) -> list[Row]:
+    """An engine's rows at one world size: ``ops`` (default: every op after start-up) x ``actions``, each with
+    the rank environment ``env`` (``--env``)."""
     chosen = [op for op in (ops or tuple(calls)) if op in calls]
     rows = []
     for op in chosen:
         k = call or calls[op].default_call()
-        rows += [Row(world_size=world_size, op=op, action=a, rank=rank, call=k,
+        rows += [Row(world_size=world_size, op=op, action=a, rank=rank, call=k, env=dict(env or {}),
                      fault=f"collective.{op}={a}@rank={rank},call={k}") for a in actions]
     return rows
 

@@ -53,6 +53,9 @@ class Inputs:
     """Deadline of every row; None: 3x the engine's healthy run (the reference path: 8 s)."""
     output_regex: str | None
     """``--output-regex`` for an engine."""
+    env: dict[str, str]
+    """``--env``: extra environment of every rank, the healthy runs' too; part of what is graded, so the delta
+    compares only with a grade of the same command and the same ``env``."""
     report_root: Path
     """Where run directories go."""
 
@@ -99,6 +102,13 @@ def _inputs(args: argparse.Namespace) -> Inputs:
         raise UsageError("--engine grades an unmodified engine, --tp-command a contract TP path: give one")
     if args.output_regex is not None and args.engine is None:
         raise UsageError("--output-regex names an engine's output: it needs --engine")
+    if args.env and args.engine is None:
+        raise UsageError("--env sets an engine's rank environment: it needs --engine (the reference path is graded "
+                         f"with its catalog's, {' '.join(f'{k}={v}' for k, v in plan.REFERENCE_ENV.items())})")
+    try:
+        env = adhoc.parse_env(args.env)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     sizes = tuple(_option("world_size", w, "--world-sizes") for w in args.world_sizes.split(","))
     actions = tuple(a.strip() for a in args.actions.split(",") if a.strip())
     unknown = [a for a in actions if a not in plan.ACTIONS]
@@ -121,7 +131,7 @@ def _inputs(args: argparse.Namespace) -> Inputs:
     tp = _option("tp_command", args.tp_command, "--tp-command") if args.tp_command else options.default("tp_command")
     graded = args.engine if engine else "reference: " + (args.tp_command or options.OPTIONS["tp_command"].default)
     return Inputs(engine=engine, graded=graded, tp_command=tp, world_sizes=sizes, ops=ops, actions=actions, rank=args.rank,
-                  call=args.call, hang_after=hang_after, output_regex=args.output_regex, report_root=root)
+                  call=args.call, hang_after=hang_after, output_regex=args.output_regex, env=env, report_root=root)
 
 
 def _option(name: str, value, flag: str):
@@ -169,7 +179,8 @@ def _rows(asked: Inputs, config: runner.RunConfig, say) -> list[plan.Row]:
         if missing:
             raise card.GradeError(f"at world size {ws} rank {asked.rank} issues no {', '.join(missing)} after "
                                   f"start-up; it issues {', '.join(calls) or 'nothing'}: pick --ops among those")
-        rows += plan.engine_rows(ws, calls, ops=asked.ops, actions=asked.actions, rank=asked.rank, call=asked.call)
+        rows += plan.engine_rows(ws, calls, ops=asked.ops, actions=asked.actions, rank=asked.rank, call=asked.call,
+                                 env=asked.env)
     return rows
 
 
@@ -177,7 +188,7 @@ def _discover(asked: Inputs, config: runner.RunConfig, ws: int) -> dict[str, pla
     """The ops the graded rank issues after start-up, from the healthy run (needed anyway: it sizes the
     deadline and holds the output a CLEAN row must reproduce), run with every collective printed, unchanged."""
     watch = f"collective.any=sleep(0)@rank={asked.rank}"
-    base = engine_run.healthy(config, world_size=ws, output_regex=asked.output_regex, watch=watch)
+    base = engine_run.healthy(config, world_size=ws, output_regex=asked.output_regex, watch=watch, env=asked.env)
     if not base.ok:
         raise card.GradeError(f"the engine's healthy run at world size {ws} is no baseline: {base.reason}; a grade "
                               f"needs a healthy engine: see {base.where}")
@@ -194,10 +205,14 @@ def _run_row(asked: Inputs, config: runner.RunConfig, row: plan.Row) -> Result:
                                    title=f"grade: {row.action} in {row.op} on rank {row.rank}")
     if asked.engine is None:
         return runner.run_scenario(scenario, config)
-    return engine_run.run_engine(scenario, config, output_regex=asked.output_regex, deadline_s=asked.hang_after)
+    return engine_run.run_engine(scenario, config, output_regex=asked.output_regex, deadline_s=asked.hang_after,
+                                 healthy_env=asked.env)
 
 
 def _settings(asked: Inputs, config: runner.RunConfig) -> dict:
-    return {"world_sizes": list(asked.world_sizes), "rank": asked.rank, "call": asked.call,
+    """``grade.json``'s settings: the delta reads ``env`` (which grades compare) and ``world_sizes``, ``actions``,
+    ``ops`` (which rows each grade asked for)."""
+    return {"world_sizes": list(asked.world_sizes), "actions": list(asked.actions),
+            "ops": list(asked.ops) if asked.ops else None, "env": dict(asked.env), "rank": asked.rank, "call": asked.call,
             "hang_after_s": asked.hang_after, "launch": config.launch, "output_regex": asked.output_regex,
             "reference_env": plan.REFERENCE_ENV if asked.engine is None else None}
