@@ -84,8 +84,8 @@ def test_env_reaches_every_row_and_the_healthy_run_and_only_a_grade_with_the_sam
     assert fake_engine["healthy"][-1] == {} and fake_engine["rows"][-1] == ({}, {})
     doc = json.loads((reports / "20260101-000001-1" / "grade.json").read_text())
     assert doc["delta"]["baseline"] is None and doc["settings"]["env"] == {}
-    assert doc["delta"]["note"].endswith(f"with no --env in {reports}; not compared with 1 of it with another "
-                                         "--env (the newest 20260101-000000-1)"), doc["delta"]["note"]
+    assert doc["delta"]["note"].endswith(f"with the same settings in {reports}; not compared with 1 of it with "
+                                         "other ones (the newest 20260101-000000-1: other env)"), doc["delta"]["note"]
     assert "world sizes 2; each row" in (reports / "20260101-000001-1" / "grade.md").read_text()
 
     fake_engine["outcome"] = "CRASHED"
@@ -139,3 +139,15 @@ def test_a_card_from_before_env_was_recorded_is_the_baseline_of_a_grade_without_
     d = card.write(tmp_path / "20260101-000001-1", graded=ENGINE, rows=[row(2, "all_reduce", "hang")],
                    settings=settings([2], ["hang"]))["delta"]
     assert d["baseline"] == str(old) and d["removed"] == d["added"] == d["not_graded_now"] == []
+
+
+def test_a_grade_with_another_rank_or_hang_after_is_not_compared_row_against_row(fake_engine, tmp_path) -> None:
+    reports = tmp_path / "reports"
+    common = ("--world-sizes", "2", "--ops", "all_reduce", "--actions", "hang")
+    assert grade_run.cmd_grade(args(*common, "--hang-after", "8", reports=reports)) == 0
+    assert grade_run.cmd_grade(args(*common, "--hang-after", "20", reports=reports)) == 0
+    doc = json.loads(sorted(reports.glob("2*/grade.json"))[-1].read_text())
+    assert doc["delta"]["baseline"] is None and doc["delta"]["note"].endswith("other hang_after_s)"), doc["delta"]
+    assert grade_run.cmd_grade(args(*common, "--hang-after", "20", reports=reports)) == 0
+    doc = json.loads(sorted(reports.glob("2*/grade.json"))[-1].read_text())
+    assert doc["delta"]["baseline"] is not None, doc["delta"]

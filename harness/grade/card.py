@@ -97,10 +97,9 @@ def write(run_dir: Path, *, graded: str, rows: list[dict], settings: dict) -> di
     """Write ``grade.json`` and ``grade.md`` (and the run's summary, so ``report`` reads it); return the doc."""
     doc = {"schema": GRADE_SCHEMA, "graded": graded, "run_dir": str(run_dir),
            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": settings, "rows": rows}
-    env = settings.get("env") or {}
-    before = previous(run_dir, graded, env)
+    before = previous(run_dir, graded, settings)
     doc["delta"] = compare(json.loads((before / "grade.json").read_text()), doc, baseline=str(before)) \
-        if before else {"baseline": None, "note": _no_baseline(run_dir, graded, env)}
+        if before else {"baseline": None, "note": _no_baseline(run_dir, graded, settings)}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "grade.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     (run_dir / "grade.md").write_text(markdown(doc))
@@ -108,10 +107,20 @@ def write(run_dir: Path, *, graded: str, rows: list[dict], settings: dict) -> di
     return doc
 
 
-def previous(run_dir: Path, graded: str, env: dict[str, str]) -> Path | None:
-    """The newest run before ``run_dir`` under the same root holding a grade of ``graded`` with ``--env`` ``env``
-    (a card written before ``--env`` existed had none)."""
-    return next((path for path, doc in _earlier(run_dir, graded) if _env(doc) == env), None)
+SAME = ("env", "rank", "call", "hang_after_s", "launch", "output_regex")
+"""Settings that change what a row means: only grades alike in these are compared (the ``--world-sizes``,
+``--actions`` and ``--ops`` only choose which rows are graded)."""
+
+
+def previous(run_dir: Path, graded: str, settings: dict) -> Path | None:
+    """The newest run before ``run_dir`` under the same root holding a grade of ``graded`` with the same ``SAME``
+    settings (a card written before ``--env`` existed had none)."""
+    return next((path for path, doc in _earlier(run_dir, graded) if _alike(doc, settings)), None)
+
+
+def _alike(doc: dict, settings: dict) -> bool:
+    then = doc.get("settings") or {}
+    return _env(doc) == (settings.get("env") or {}) and all(then.get(k) == settings.get(k) for k in SAME[1:])
 
 
 def _earlier(run_dir: Path, graded: str):
@@ -136,12 +145,17 @@ def env_words(env: dict[str, str]) -> str:
     return " ".join(f"--env {k}={v}" for k, v in env.items()) or "no --env"
 
 
-def _no_baseline(run_dir: Path, graded: str, env: dict[str, str]) -> str:
-    """Why there is no delta, naming the grades of the same command left out for their other ``--env``."""
-    note = f"no earlier grade of {graded!r} with {env_words(env)} in {run_dir.parent}"
-    others = [path.name for path, doc in _earlier(run_dir, graded) if _env(doc) != env]
+def _no_baseline(run_dir: Path, graded: str, settings: dict) -> str:
+    """Why there is no delta, naming the grades of the same command left out for their other settings."""
+    note = f"no earlier grade of {graded!r} with {env_words(settings.get('env') or {})} in {run_dir.parent}"
+    others = [(path.name, doc) for path, doc in _earlier(run_dir, graded) if not _alike(doc, settings)]
     if others:
-        note += f"; not compared with {len(others)} of it with another --env (the newest {others[0]})"
+        name, doc = others[0]
+        then = doc.get("settings") or {}
+        differ = ["env"] * (_env(doc) != (settings.get("env") or {})) + [
+            k for k in SAME[1:] if then.get(k) != settings.get(k)]
+        note = (f"no earlier grade of {graded!r} with the same settings in {run_dir.parent}; not compared with "
+                f"{len(others)} of it with other ones (the newest {name}: other {', '.join(differ)})")
     return note
 
 
