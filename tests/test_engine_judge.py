@@ -91,3 +91,13 @@ def test_a_rank_frozen_by_its_own_fault_is_reaped_when_alone_whatever_was_expect
     ranks = {r["rank"]: r for r in result["ranks"]}
     assert ranks[0]["code"] == "UNCAUGHT_EXCEPTION" and ranks[1]["frozen"], ranks
     assert result["root_cause"]["rank"] == 1 and result["time_to_crash_s"] < 10, result
+
+
+def test_an_engine_run_with_the_bootstrap_off_is_judged_on_the_same_output(tmp_path: Path) -> None:
+    # CONTRACT §7's opt-out: the bootstrap does nothing, so the harness reads rank 0's answer from its log, and
+    # digests it as the bootstrap digested the healthy run's (which ran with it on): the same answer, CLEAN.
+    engine = "import sys\nprint('warming up', file=sys.stderr)\nprint('tokens: [4, 41, 7]', flush=True)\n"
+    proc, result = _run(tmp_path, engine, "--world-size", "1", "--output-regex", r"tokens: (.*)", "--expect", "clean",
+                        "--env", "BREAKIT_ENGINE_BOOT=0")
+    assert result["observed"] == "CLEAN" and result["passed"], proc.stdout + proc.stderr
+    assert result["digests"]["rank0_final"] == result["digests"]["baseline"], result["digests"]

@@ -7,6 +7,8 @@ every rank that exited non-zero on its own did so inside the contract.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import signal
 from typing import TYPE_CHECKING
 
@@ -116,6 +118,23 @@ def off_contract(r: RankResult, text: str, codes: dict[str, int] | None, scenari
     if interrupt is not None and interrupt.rank == r.rank and r.returncode == -signal.Signals[interrupt.signal]:
         return ""
     return "without a TP-FATAL line and not by its own fault's exit or signal"
+
+
+def output_from_log(regex: str, text: str) -> dict | None:
+    """Rank 0's output as the bootstrap would give it (``_breakit_rank._at_exit``: the last match of ``regex``,
+    its first group if it has one, digested alike), read from its log: for a rank the bootstrap did not watch
+    (``BREAKIT_ENGINE_BOOT=0``, or output a Python wrapper's child printed). None when nothing matches."""
+    pattern, match = re.compile(regex), None
+    for line in text.splitlines():
+        if line.startswith(("TP-EVENT ", "TP-TRACE ", "TP-FAULT ", "TP-FATAL ")):
+            continue
+        m = pattern.search(line)
+        if m:
+            match = m.group(1) if m.groups() else m.group(0)
+    if match is None:
+        return None
+    return {"output_digest": hashlib.sha256(match.encode()).hexdigest()[:16], "output": match[:200],
+            "source": "--output-regex on rank 0's log"}
 
 
 def unmatched_output(regex: str, text: str, *, shown: int = 5) -> str:

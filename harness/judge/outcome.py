@@ -185,12 +185,12 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
         unproven = evidence.unproven_crash(scenario, obs, ranks, texts, codes, engine=engine)
         if unproven:
             return Outcome.HARNESS_ERROR, unproven
-        return Outcome.CRASHED, _served_before_crash(ranks, texts, baseline, digests)
+        return Outcome.CRASHED, _served_before_crash(ranks, texts, baseline, digests, output_regex)
     per_rank = digests["per_rank"]
     if len(set(per_rank.values())) > 1:
         shown = ", ".join(f"rank {r} {d[:12]}" for r, d in sorted(per_rank.items()))
         return Outcome.DIVERGED, f"ranks' result digests differ ({shown})"
-    final = logs.final_json(texts.get(0, ""), "output_digest")
+    final = _rank0_output(texts, output_regex)
     if final is None and output_regex:
         return Outcome.HARNESS_ERROR, evidence.unmatched_output(output_regex, texts.get(0, ""))
     if final is None:
@@ -216,10 +216,19 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
     return Outcome.CLEAN, ""
 
 
-def _served_before_crash(ranks, texts, baseline, digests) -> str:
+def _rank0_output(texts: dict[int, str], output_regex: str | None) -> dict | None:
+    """Rank 0's final output: its last JSON line holding ``output_digest`` (the TP path's, or the bootstrap's for
+    an engine), else, with ``--output-regex``, what the regex finds in its log (a rank the bootstrap did not watch)."""
+    final = logs.final_json(texts.get(0, ""), "output_digest")
+    if final is None and output_regex:
+        final = evidence.output_from_log(output_regex, texts.get(0, ""))
+    return final
+
+
+def _served_before_crash(ranks, texts, baseline, digests, output_regex=None) -> str:
     """In a crash where rank 0 still exited 0 with an output: what it served, when that was not the healthy
     run's output (the users' worst day: garbage served while the group fell apart). Empty otherwise."""
-    final = logs.final_json(texts.get(0, ""), "output_digest") if ranks[0].returncode == 0 else None
+    final = _rank0_output(texts, output_regex) if ranks[0].returncode == 0 else None
     if final is None:
         return ""
     base = baseline()
