@@ -230,7 +230,7 @@ def markdown(doc: dict) -> str:
     for r in doc["scenarios"]:
         ttc = ttc_text(r)
         out.append(
-            f"| {_cell(r['id'])} (ws{r['world_size']}) | {_cell(r['title'])} | {r['expected']} | {r['observed']} "
+            f"| {_cell(r['id'])} (ws{r['world_size']}) | {_cell(r['title'])} | {_cell(r['expected'])} | {r['observed']} "
             f"| {ttc} | {r['deadline_s']:g} s | {_cell(guardrails_text(r))} | {r['verdict']} |"
         )
     out += ["", "## Invariants & guardrails", "",
