@@ -125,15 +125,17 @@ def test_explore_engine_finds_a_wrong_answer_and_its_reproducer_reruns_it_from_a
     assert said.endswith("…") and len(said) <= 120 and full.startswith(said[:-1]) and full[len(said) - 1] == " ", said
     words = shlex.split(line.partition(" && ")[2])
     for flag, value in (("--engine", "python engine.py"), ("--world-size", "2"), ("--launch", "subprocess"),
-                        ("--output-regex", "tokens: (.*)"), ("--fault", violation["shrunk"]["faults"][0])):
+                        ("--output-regex", "tokens: (.*)"), ("--fault", violation["shrunk"]["faults"][0]),
+                        ("--report-dir", str((tmp_path / "r").resolve()))):
         assert words[words.index(flag) + 1] == value, line
     run_dir = Path(doc["dir"])
     # Explore set no env of its own (no TP_*_TIMEOUT_S knob): only the faults and where to write traces.
     assert 'env: ["TP_FAILPOINTS", "TP_REPORT_DIR"]' in (run_dir / "explore_0000-ws2" / "rank0.log").read_text()
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
-    again = subprocess.run(["bash", "-c", line + f" --report-dir {tmp_path / 'again'}"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=200)
+    before = set((tmp_path / "r").glob("2*"))
+    again = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
     assert "observed DIVERGED" in again.stdout.splitlines()[0], again.stdout + again.stderr
+    assert len(set((tmp_path / "r").glob("2*")) - before) == 1, "verbatim, it writes where the explore did"
     assert again.returncode == 1, "the reproducer expects what the invariant allows: it fails while the bug stands"
 
 

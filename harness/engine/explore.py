@@ -46,6 +46,8 @@ class Exploration:
     """``--deadline`` when given; else each world size's is measured from its healthy run."""
     given: dict[str, float] = field(default_factory=dict)
     """Settings the user gave that a reproducer must carry (``stall``)."""
+    report_dir: Path | None = None
+    """``--report-dir`` when given (absolute): a reproducer writes where the explore did, not into the cwd."""
     counts: dict[int, schedules.Counts] = field(default_factory=dict)
     """World size the engine accepts -> its discovery run's collectives per rank and op."""
     deadlines: dict[int, float] = field(default_factory=dict)
@@ -63,7 +65,7 @@ class Exploration:
         """The command that runs ``schedule`` alone, from a new shell, as it ran here."""
         return schedule.rerun(self.config.tp_command, launch=self.config.launch, output_regex=self.output_regex,
                               deadline_s=self.deadlines[schedule.world_size], settings=self.given,
-                              cwd=self.config.cwd).line()
+                              cwd=self.config.cwd, report_dir=self.report_dir).line()
 
 
 def prepare(ex: Exploration, world_sizes: tuple[int, ...], *, env: dict[str, str],
@@ -103,7 +105,7 @@ def healthy_line(ex: Exploration, ws: int) -> str:
     """The healthy ``run --engine`` at ``ws`` (the world-size rule's reproducer is one per size)."""
     return EngineSchedule(world_size=ws, faults=()).rerun(
         ex.config.tp_command, launch=ex.config.launch, output_regex=ex.output_regex,
-        deadline_s=ex.deadlines[ws], settings=ex.given, cwd=ex.config.cwd).line()
+        deadline_s=ex.deadlines[ws], settings=ex.given, cwd=ex.config.cwd, report_dir=ex.report_dir).line()
 
 
 def explore_engine(ex: Exploration, *, seed: int, runs: int | None, budget_s: float | None,
@@ -209,7 +211,8 @@ def _inputs(args: argparse.Namespace) -> tuple[Exploration, dict]:
                        stall_s=settings["stall"], launch=launch, tp_command=engine, cwd=Path.cwd())
     ex = Exploration(config=config, output_regex=args.output_regex,
                      deadline_s=settings["deadline"] if args.deadline is not None else None,
-                     given={"stall": settings["stall"]} if args.stall is not None else {})
+                     given={"stall": settings["stall"]} if args.stall is not None else {},
+                     report_dir=settings["report_dir"].resolve() if args.report_dir is not None else None)
     return ex, _plan(args, sizes, launch)
 
 
