@@ -101,3 +101,27 @@ def test_an_engine_run_with_the_bootstrap_off_is_judged_on_the_same_output(tmp_p
                         "--env", "BREAKIT_ENGINE_BOOT=0")
     assert result["observed"] == "CLEAN" and result["passed"], proc.stdout + proc.stderr
     assert result["digests"]["rank0_final"] == result["digests"]["baseline"], result["digests"]
+
+
+TWO_CALLS = """\
+import torch, torch.distributed as dist
+
+dist.init_process_group("gloo")
+dist.all_reduce(torch.ones(4))
+dist.all_reduce(torch.ones(4))
+print("tokens: [1]", flush=True)
+"""
+
+
+def test_a_rank_under_a_wrapper_that_did_not_exec_it_is_judged_by_its_own_death_and_said_so(tmp_path: Path) -> None:
+    # The shell reports the rank's SIGKILL as its own exit 137; without exec the harness started the shell.
+    (tmp_path / "run.sh").write_text("python engine.py\n")
+    (tmp_path / "engine.py").write_text(TWO_CALLS)
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--engine", "bash run.sh", "--deadline", "60",
+                           "--fault", "collective.all_reduce=kill(SIGKILL)@rank=1,call=1", "--expect", "crash",
+                           "--report-dir", str(tmp_path / "r")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=200)
+    result = json.loads(next((tmp_path / "r").glob("2*/adhoc-ws*/result.json")).read_text())
+    assert result["observed"] == "CRASHED" and result["passed"], proc.stdout + proc.stderr
+    assert result["root_cause"]["rank"] == 1 and result["ranks"][1]["exit"] == "SIGKILL", result["root_cause"]
+    assert "(a wrapper that did not exec it)" in result["reason"] and "'exec python ...'" in result["reason"]

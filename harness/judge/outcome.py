@@ -147,9 +147,15 @@ def _divergence(obs: Observation, ranks: list[RankResult], texts: dict[int, str]
                          progress_at=progress, alive_at=alive)
 
 
+SHELL_SIGNALLED = range(129, 193)
+"""A shell reports a child that died of signal N as exit 128 + N."""
+
+
 def _rank_result(rank: int, obs: Observation, text: str) -> RankResult:
     ex = obs.exits.get(rank)
     returncode = ex.returncode if ex else None
+    if rank in obs.wrapped and returncode in SHELL_SIGNALLED:
+        returncode = 128 - returncode  # the rank under its wrapper died of that signal: judged as the rank's
     fatal = next((ln for ln in logs.contract_lines(text) if ln.kind == "TP-FATAL"), None)
     result_ev = [ln for ln in logs.contract_lines(text) if ln.event == "result"]
     return RankResult(
@@ -327,6 +333,10 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
     notes.extend(n for r, n in sorted(obs.signal_notes.items()) if n != ranks[r].stack_note)
     if obs.leftovers:
         notes.append("leftover processes killed after the run: " + ", ".join(obs.leftovers))
+    notes.extend(f"rank {r} runs as pid {pid}, under pid {obs.pids.get(r)} the harness started (a wrapper that did not "
+                 "exec it): stack requests, a SIGSTOP's freeze and the exit status reach the wrapper, so hangs are "
+                 "called at the deadline without stacks; start the rank with 'exec python ...'"
+                 for r, pid in sorted(obs.wrapped.items()))
     if unfired:
         notes.append("armed but never fired (no TP-FAULT line): " + ", ".join(f.spec() for f in unfired))
     return {

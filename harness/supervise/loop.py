@@ -84,13 +84,12 @@ class Limits:
     frozen: frozenset[int] = frozenset()
     """Ranks expected to be frozen (SIGSTOP): reaped once they are all that is left."""
     stall_s: float | None = None
-    """After the deadline's anchor, no progress for this long makes the loop probe the ranks' flight
-    traces (SIGUSR1); HUNG at once when they prove it (``harness.supervise.trace.stall_verdict``) and ``stall_ends_run``.
-    None: deadline only."""
+    """After the deadline's anchor, no progress for this long makes the loop probe the ranks' flight traces
+    (SIGUSR1); HUNG once they prove it (``trace.stall_verdict``, ``stall_ends_run``). None: deadline only."""
     stall_ends_run: bool = True
-    """HUNG is an allowed outcome: a stall the traces prove ends the run at once. False (a crash or clean
-    proof): the proof is recorded (``Observation.stall``: when, why, stacks, traces) and the ranks act on
-    until the deadline, so a TP path's own guardrail with a timeout of its own gets its chance."""
+    """HUNG is an allowed outcome: a stall the traces prove ends the run, unless a stuck rank's own timeout is
+    due before the deadline. False (a crash or clean proof): the proof is recorded (``Observation.stall``) and
+    the ranks act on until the deadline, so a guardrail with a timeout of its own gets its chance."""
 
 
 def supervise(launch: Launch, *, limits: Limits, interrupt: Interrupt | None = None,
@@ -197,6 +196,8 @@ class _Loop:
                     self.started.add(rank)
                     if line.mono is not None:
                         self.obs.init_mono = min(line.mono, self.obs.init_mono or line.mono)
+                    if isinstance(pid := line.fields.get("pid"), int) and pid != self.obs.pids.get(rank):
+                        self.obs.wrapped[rank] = pid
                     if line.fields.get("flight") == trace.SCHEMA:
                         self.stall.flight_ranks.add(rank)
                     guardrails = line.fields.get("guardrails")
