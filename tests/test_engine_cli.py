@@ -163,3 +163,13 @@ def test_engine_runs_compare_only_with_runs_of_the_same_faults() -> None:
     kill, stop = asked("collective.all_reduce=kill(SIGKILL)@rank=1"), asked("collective.all_reduce=kill(SIGSTOP)@rank=1")
     assert len({kill, stop, asked(expect="clean")}) == 3
     assert kill == asked("collective.all_reduce=kill(SIGKILL)@rank=1")
+
+
+@pytest.mark.parametrize("command", ["run", "explore", "grade"])
+def test_an_engine_script_that_does_not_exist_is_refused_before_any_rank_starts(tmp_path: Path, command: str) -> None:
+    # Every rank would exit 2 ("can't open file"), which the verdict took for a TP path rejecting its config.
+    proc = subprocess.run([sys.executable, "-m", "harness", command, "--engine", "python nope.py", "--report-dir",
+                           str(tmp_path / "r")], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"its script 'nope.py' does not exist (looked in {tmp_path}): every rank would fail to start" in proc.stderr
+    assert not (tmp_path / "r").exists() or not list((tmp_path / "r").glob("2*"))

@@ -125,3 +125,11 @@ def test_a_rank_under_a_wrapper_that_did_not_exec_it_is_judged_by_its_own_death_
     assert result["observed"] == "CRASHED" and result["passed"], proc.stdout + proc.stderr
     assert result["root_cause"]["rank"] == 1 and result["ranks"][1]["exit"] == "SIGKILL", result["root_cause"]
     assert "(a wrapper that did not exec it)" in result["reason"] and "'exec python ...'" in result["reason"]
+
+
+def test_an_engine_that_exits_2_is_not_said_to_reject_a_contract_configuration(tmp_path: Path) -> None:
+    engine = "import sys\nprint('usage: engine [--layers N]', file=sys.stderr)\nsys.exit(2)\n"
+    proc, result = _run(tmp_path, engine, "--world-size", "1", "--expect", "clean", "--env", "A=1")
+    assert result["observed"] == "HARNESS_ERROR", proc.stdout + proc.stderr
+    assert "the engine command failed in rank 0 (exit 2): usage: engine [--layers N]" in result["reason"]
+    assert "CONTRACT §3" not in result["reason"], result["reason"]

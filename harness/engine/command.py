@@ -16,6 +16,23 @@ from pathlib import Path
 
 from harness.pipeline import options
 
+SCRIPT_RUNNERS = ("python", "python3", "bash", "sh")
+"""Interpreters whose first plain argument is the script they run."""
+
+
+def missing_script(words: tuple[str, ...], cwd: Path) -> str | None:
+    """Why the engine command cannot start in any rank: the script its interpreter is given does not exist from
+    ``cwd`` (Python would exit 2, ``can't open file``, in every rank, and the run would say only "exit 2").
+    None when it exists, or the command is not ``INTERPRETER SCRIPT ...``."""
+    runner = Path(words[0]).name
+    if len(words) < 2 or not (runner in SCRIPT_RUNNERS or words[0] == sys.executable) or words[1].startswith("-"):
+        return None
+    script = Path(words[1]).expanduser()
+    if (cwd / script).exists():
+        return None
+    return f"its script {words[1]!r} does not exist (looked in {cwd}): every rank would fail to start"
+
+
 PROG = ("python", "-m", "harness")
 """How a user starts the harness; ``sys.executable`` in a printed command would tie it to this venv's path."""
 

@@ -18,7 +18,7 @@ from harness.declare.fault import parse_faults
 from harness.declare.scenario import Expect, Scenario
 from harness.declare.selection import UsageError
 from harness.engine.boot import _breakit_faults as faults
-from harness.engine.command import Rerun
+from harness.engine.command import Rerun, missing_script
 from harness.engine.env import CODES, boot_env
 from harness.judge.outcome import judge
 from harness.judge.result import Baseline, Result
@@ -76,6 +76,8 @@ def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:
                          "the engine is started as given")
     try:
         engine = options.OPTIONS["tp_command"].parse(args.engine)
+        if (missing := missing_script(engine, Path.cwd())) is not None:
+            raise ValueError(missing)
     except ValueError as exc:
         raise UsageError(f"invalid engine command {args.engine!r} from --engine: {exc}") from None
     if args.output_regex is not None:

@@ -179,10 +179,11 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
     rejected = [r for r in ranks if r.returncode == 2]
     if rejected:
         r = rejected[0]
-        last = r.log_tail[-1] if r.log_tail else "(empty log)"
-        return Outcome.HARNESS_ERROR, (
-            f"the TP path rejected its configuration (rank {r.rank} exit 2, CONTRACT §3): {last}"
-        )
+        own = [ln for ln in r.log_tail if not ln.startswith(("TP-EVENT ", "TP-TRACE ", "TP-FAULT "))]
+        last = (own or r.log_tail or ["(empty log)"])[-1]
+        if engine:  # an engine promised no CONTRACT §3: exit 2 is Python's (a file it cannot open, a usage error)
+            return Outcome.HARNESS_ERROR, f"the engine command failed in rank {r.rank} (exit 2): {last}"
+        return Outcome.HARNESS_ERROR, f"the TP path rejected its configuration (rank {r.rank} exit 2, CONTRACT §3): {last}"
     if killed:
         return Outcome.HARNESS_ERROR, (
             "; ".join(f"rank {r} (pid {obs.pids.get(r)}) was {how}" for r, how in sorted(killed.items()))
