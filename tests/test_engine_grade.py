@@ -178,3 +178,10 @@ def test_a_row_whose_last_rank_left_long_after_the_first_failure_shows_both() ->
            "rows": [row("slow-teardown", 9.2, 3.01), row("fast", 0.31, 0.3)]}
     text = markdown(doc)
     assert "| 9.200 s (first failure 3.010 s) |" in text and "| 0.310 s |" in text, text
+
+
+def test_a_collective_that_carries_no_data_has_no_corrupt_row() -> None:
+    calls = plan.op_calls(["all_reduce", "barrier", "all_reduce", "barrier"])
+    rows = plan.engine_rows(2, calls, ops=None, actions=("hang", "corrupt"), rank=1, call=None)
+    assert sorted((r.op, r.action) for r in rows) == [("all_reduce", "corrupt"), ("all_reduce", "hang"),
+                                                      ("barrier", "hang")], rows

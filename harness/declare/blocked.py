@@ -19,7 +19,10 @@ class Blocked:
     """Where a hung rank must be waiting, read from its flight trace (CONTRACT §6)."""
 
     op: str | None = None
-    """Collective it must be inside, e.g. ``all_reduce`` (None = any collective)."""
+    """Collective it must be inside, as the trace names it, e.g. ``all_reduce`` (None = any collective). For a
+    zero-touch engine that is the Flight Recorder's name: on gloo a ``reduce_scatter_tensor`` is ``all_reduce``,
+    an ``all_gather_into_tensor`` ``all_gather``; ``site`` (``reduce_scatter_tensor call 3``) names the engine's
+    call."""
     site: str | None = None
     """Regex searched in the entry's site, e.g. ``envelope header`` or ``generator call`` (None = any)."""
     stopped: bool = False

@@ -123,8 +123,13 @@ def engine_rows(world_size: int, calls: dict[str, OpCalls], *, ops: tuple[str, .
     for op in chosen:
         k = call or calls[op].default_call()
         rows += [Row(world_size=world_size, op=op, action=a, rank=rank, call=k, env=dict(env or {}),
-                     fault=f"collective.{op}={a}@rank={rank},call={k}") for a in actions]
+                     fault=f"collective.{op}={a}@rank={rank},call={k}") for a in actions
+                 if not (a == "corrupt" and op in NO_DATA)]
     return rows
+
+
+NO_DATA = ("barrier", "monitored_barrier")
+"""Collectives that carry no tensor of the engine's: a ``corrupt`` row of one would grade nothing ("unaffected")."""
 
 
 def reference_rows(world_size: int, *, ops: tuple[str, ...] | None, actions: tuple[str, ...],

@@ -201,10 +201,9 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
     if final is None and output_regex:
         return Outcome.HARNESS_ERROR, evidence.unmatched_output(output_regex, texts.get(0, ""))
     if final is None:
-        return Outcome.HARNESS_ERROR, (
-            "every rank exited 0 but rank 0's log ends with no JSON line holding output_digest "
-            "(CONTRACT §2), so divergence cannot be judged"
-        )
+        hint = ": give --output-regex REGEX for the line that holds the engine's answer" if engine else ""
+        return Outcome.HARNESS_ERROR, ("every rank exited 0 but rank 0's log ends with no JSON line holding "
+                                       f"output_digest (CONTRACT §2), so divergence cannot be judged{hint}")
     digests["rank0_final"] = final["output_digest"]
     if scenario.interrupt is not None:
         if not obs.interrupt_sent:
