@@ -76,6 +76,18 @@ def test_under_torchrun_the_rank_its_agent_ends_after_a_sigkill_has_its_own_exit
     assert "no exit status" not in result.reason
 
 
+def test_under_torchrun_a_rank_the_harness_reaps_has_the_exit_status_it_gave_it(config: RunConfig) -> None:
+    # The frozen rank's shell dies with it in the reaping's SIGKILL, so no status file is written: the harness
+    # knows what it sent. Rank 0's own 3 s timeout ends it first (a CRASHED run, rank 1 reaped when alone).
+    scenario = adhoc.scenario(faults=["collective.all_reduce=kill(SIGSTOP)@rank=1,call=3"], expect="crash",
+                              signatures=[], env=["ENGINE_PG_TIMEOUT_S=3"])
+    result = run_engine(scenario, dataclasses.replace(config, launch="torchrun"))
+    assert result.observed == "CRASHED", result.reason
+    ranks = {r.rank: r for r in result.ranks}
+    assert ranks[1].returncode == -9 and ranks[1].frozen and ranks[1].reaped, result.reason
+    assert "no exit status" not in result.reason and result.root_cause["rank"] == 1, result.reason
+
+
 def test_raise_in_rank_1s_all_reduce_is_a_crash_named_by_one_fatal_line(config: RunConfig) -> None:
     result = _run(config, "collective.all_reduce=raise@rank=1,call=3", "crash")
     assert result.observed == "CRASHED", result.reason

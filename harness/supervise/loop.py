@@ -168,6 +168,8 @@ class _Loop:
                 raise RuntimeError(f"supervisor got an unknown event {event!r}")
             self.launch.mark_exited(rank)
             reaped = self.phase != RUNNING and self.probe_at is None
+            if code is None and reaped:  # its status died with its torchrun wrapper: it was the reaping's SIGKILL
+                code = -signal.SIGKILL
             self.obs.exits[rank] = RankExit(rank=rank, returncode=code, mono=mono, reaped=reaped)
             self.stall.last_progress_at = time.monotonic()
             self.say(f"rank {rank} exited ({code})")
@@ -285,11 +287,8 @@ class _Loop:
             counts = anchor is not None and (name in ("TP-FAULT", "interrupt") or not self.limits.faults_armed)
             deadline_at = anchor + self.limits.deadline_s if counts else float("inf")
             if now >= min(deadline_at, self.run_timeout_at):
-                if now >= deadline_at:
-                    what = f"deadline {self.limits.deadline_s:g} s after {name}"
-                else:
-                    what = f"run timeout {self.limits.run_timeout_s:g} s"
-                self._start_dump(now, what)
+                self._start_dump(now, f"deadline {self.limits.deadline_s:g} s after {name}" if now >= deadline_at
+                                 else f"run timeout {self.limits.run_timeout_s:g} s")
             elif counts and self.stall.due(now, self._live(), self._stopped, beats_visible=self.launch.store is not None,
                                            unwatched=self._unwatched()):
                 self.probe_at = now
