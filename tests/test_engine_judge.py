@@ -133,3 +133,19 @@ def test_an_engine_that_exits_2_is_not_said_to_reject_a_contract_configuration(t
     assert result["observed"] == "HARNESS_ERROR", proc.stdout + proc.stderr
     assert "the engine command failed in rank 0 (exit 2): usage: engine [--layers N]" in result["reason"]
     assert "CONTRACT §3" not in result["reason"], result["reason"]
+
+
+def test_a_rank_frozen_under_a_wrapper_that_did_not_exec_it_is_seen_frozen(tmp_path: Path) -> None:
+    # The harness signals and watches the rank its init event names, not the shell: rank 0's own 3 s timeout
+    # ends it, and rank 1, stopped under its shell, is reaped as frozen by its own fault.
+    (tmp_path / "run.sh").write_text("python engine.py\n")
+    (tmp_path / "engine.py").write_text(TWO_CALLS.replace('init_process_group("gloo")', 'init_process_group('
+                                                          '"gloo", timeout=__import__("datetime").timedelta(seconds=3))'))
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--engine", "bash run.sh", "--deadline", "20",
+                           "--fault", "collective.all_reduce=kill(SIGSTOP)@rank=1,call=1", "--expect", "crash",
+                           "--report-dir", str(tmp_path / "r")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=200)
+    result = json.loads(next((tmp_path / "r").glob("2*/adhoc-ws*/result.json")).read_text())
+    assert result["observed"] == "CRASHED" and result["passed"], proc.stdout + proc.stderr
+    assert result["ranks"][1]["frozen"] and result["root_cause"]["rank"] == 1, result["reason"]
+    assert not result["leftovers"], result["leftovers"]

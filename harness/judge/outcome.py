@@ -334,8 +334,8 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
     if obs.leftovers:
         notes.append("leftover processes killed after the run: " + ", ".join(obs.leftovers))
     notes.extend(f"rank {r} runs as pid {pid}, under pid {obs.pids.get(r)} the harness started (a wrapper that did not "
-                 "exec it): stack requests, a SIGSTOP's freeze and the exit status reach the wrapper, so hangs are "
-                 "called at the deadline without stacks; start the rank with 'exec python ...'"
+                 "exec it): the harness signalled the rank itself, but its exit status is the wrapper's (exit 128+N "
+                 "read as signal N); 'exec python ...' in the wrapper makes them one"
                  for r, pid in sorted(obs.wrapped.items()))
     if unfired:
         notes.append("armed but never fired (no TP-FAULT line): " + ", ".join(f.spec() for f in unfired))

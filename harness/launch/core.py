@@ -46,6 +46,8 @@ class Launch:
         """This launch's store under the zygote, served by ``harness.launch.store_host``: closed after every rank is gone."""
         self.port: int | None = None
         self._procs: dict[int, psutil.Process] = {}
+        self._targets: dict[int, psutil.Process] = {}
+        """Rank -> the process signals and status go to, where it is not the one started (``adopt``)."""
         self._exited: set[int] = set()
         self._agents: list[subprocess.Popen] = []
         """torchrun agents, one per stand-in node."""
@@ -201,9 +203,21 @@ class Launch:
         """The supervisor learned ``rank`` exited: never signal its pid again."""
         self._exited.add(rank)
 
+    def adopt(self, rank: int, pid: int) -> bool:
+        """The rank says it is ``pid``, a descendant of the process started for it (a shell script that runs it
+        without ``exec``): signals and status go to it from now on. False (nothing changes) when it is not one."""
+        started = self._procs.get(rank)
+        try:
+            if started is None or pid not in {c.pid for c in started.children(recursive=True)}:
+                return False
+            self._targets[rank] = psutil.Process(pid)
+        except psutil.Error:
+            return False
+        return True
+
     def signal_rank(self, rank: int, sig: signal.Signals) -> bool:
         """Send ``sig`` to a live rank; False if it is gone."""
-        proc = self._procs.get(rank)
+        proc = self._targets.get(rank) or self._procs.get(rank)
         if proc is None or rank in self._exited:
             return False
         try:
@@ -214,7 +228,7 @@ class Launch:
 
     def rank_status(self, rank: int) -> str | None:
         """psutil status of a live rank (``stopped``, ``sleeping``...), None if gone."""
-        proc = self._procs.get(rank)
+        proc = self._targets.get(rank) or self._procs.get(rank)
         if proc is None or rank in self._exited:
             return None
         try:

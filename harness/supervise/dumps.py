@@ -59,7 +59,7 @@ class Dumps:
         """
         obs = self.obs
         for rank in live:
-            pid = obs.pids.get(rank)
+            pid = obs.wrapped.get(rank, obs.pids.get(rank))  # the rank itself, under a wrapper that did not exec
             status = self.launch.rank_status(rank)
             if status == "stopped":
                 obs.stack_notes[rank] = (f"rank {rank} (pid {pid}) is stopped (SIGSTOP); "

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from harness.declare.scenario import Interrupt
-from harness.launch import Launch, read_keys
+from harness.launch import Launch, read_keys, reap
 from harness.supervise import logs, trace
 from harness.supervise.dumps import Dumps
 from harness.supervise.observation import Observation, RankExit, Stall
@@ -119,6 +119,7 @@ class _Loop:
         self.probe_at: float | None = None  # set while a stall probe's dumps are collected
         self.unwatched: set[int] = set()  # ranks whose init event lists guardrails without the watchdog
         self.exiting: set[int] = set()  # ranks that printed their exit event: never signalled again
+        self.reaped: list = []  # the processes the reaping SIGKILLed
         self.prefixes: tuple[str, ...] = ("", PREFIX)  # where the ranks' progress keys are, until one is found
         self.line_seen: str | None = None  # the interrupt rank's first line matching ``Interrupt.after_line``
         self.line_re = re.compile(interrupt.after_line) if interrupt is not None and interrupt.after_line else None
@@ -168,8 +169,7 @@ class _Loop:
                 raise RuntimeError(f"supervisor got an unknown event {event!r}")
             self.launch.mark_exited(rank)
             reaped = self.phase != RUNNING and self.probe_at is None
-            if code is None and reaped:  # its status died with its torchrun wrapper: it was the reaping's SIGKILL
-                code = -signal.SIGKILL
+            code = -signal.SIGKILL if code is None and reaped else code  # a status lost with its torchrun shell
             self.obs.exits[rank] = RankExit(rank=rank, returncode=code, mono=mono, reaped=reaped)
             self.stall.last_progress_at = time.monotonic()
             self.say(f"rank {rank} exited ({code})")
@@ -199,7 +199,7 @@ class _Loop:
                     if line.mono is not None:
                         self.obs.init_mono = min(line.mono, self.obs.init_mono or line.mono)
                     if isinstance(pid := line.fields.get("pid"), int) and pid != self.obs.pids.get(rank):
-                        self.obs.wrapped[rank] = pid
+                        self.obs.wrapped[rank], _ = pid, self.launch.adopt(rank, pid)  # gone already: nothing to signal
                     if line.fields.get("flight") == trace.SCHEMA:
                         self.stall.flight_ranks.add(rank)
                     guardrails = line.fields.get("guardrails")
@@ -277,7 +277,7 @@ class _Loop:
             live = self._live()
             self.obs.frozen_reaped = live
             self.say(f"only frozen rank(s) {live} left, each stopped by its own fault: reaping them")
-            self.launch.kill_tree(signal.SIGKILL)
+            self.reaped += self.launch.kill_tree(signal.SIGKILL)
             self.phase, self.phase_until_at = KILLING, now + 5.0
             return
         if self.phase == RUNNING and now >= self.startup_at and self._check_started():
@@ -302,7 +302,7 @@ class _Loop:
                 self.obs.verdict_at = now
                 self.obs.reap_offsets = {r: f.size() for r, f in self.followers.items()}
                 self.say("reaping: SIGKILL to the process tree")
-                self.launch.kill_tree(signal.SIGKILL)
+                self.reaped += self.launch.kill_tree(signal.SIGKILL)
                 self.phase, self.phase_until_at = KILLING, now + 5.0
         elif self.phase == KILLING and now >= self.phase_until_at:
             survivors = ", ".join(f"rank {r} (pid {self.obs.pids.get(r)})" for r in self._live())
@@ -395,5 +395,6 @@ class _Loop:
     def _kill_leftovers(self) -> None:
         if not self.obs.hung:
             self.launch.settle()
+        reap.wait_gone(self.reaped, timeout_s=2.0)  # what the reaping SIGKILLed is dying of it: not left behind
         procs = self.launch.kill_tree(signal.SIGKILL)
         self.obs.leftovers = [f"pid {p.pid}" for p in procs]

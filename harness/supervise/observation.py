@@ -105,8 +105,9 @@ class Observation:
     """Rank -> ``(signal name, time.monotonic())`` of every signal the harness sent it before reaping (stack
     requests, the scenario's interrupt): a death by one of them is the harness's doing, never the rank's."""
     wrapped: dict[int, int] = field(default_factory=dict)
-    """Rank -> the pid its init event names, where that is not the process the harness started (a shell script
-    that runs the rank without ``exec``): signals, stacks and exit statuses then reach the wrapper, not the rank."""
+    """Rank -> the pid its init event names, a descendant of the process the harness started (a shell script that
+    runs the rank without ``exec``): signals and status go to it (``Launch.adopt``); its exit status is the
+    wrapper's (a signal N reads as exit 128 + N)."""
     signal_notes: dict[int, str] = field(default_factory=dict)
     """Rank -> why the harness did not send it a stack request it wanted to (no SIGUSR1 handler installed)."""
     interrupt_at: float | None = None
