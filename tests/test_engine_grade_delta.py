@@ -33,6 +33,8 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
     """Stand-ins for the engine's healthy runs and rows, recording the rank environment each was given; the
     row's outcome is ``seen["outcome"]`` (CRASHED unless a test says otherwise)."""
     seen: dict = {"healthy": [], "rows": [], "outcome": "CRASHED"}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_engine.py").write_text("")  # grade refuses an engine script that is not there
     log = tmp_path / "healthy"
     log.mkdir()
     (log / "rank1.log").write_text("TP-FAULT site=collective.all_reduce op=all_reduce\n" * 4)
@@ -56,8 +58,10 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
     return seen
 
 
-def test_env_is_parsed_like_runs_and_needs_an_engine(tmp_path: Path) -> None:
+def test_env_is_parsed_like_runs_and_needs_an_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reports = tmp_path / "reports"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_engine.py").write_text("")
     asked = grade_run._inputs(args("--env", "MY_PG_TIMEOUT_S=3", "--env", "OPTS=a=b", reports=reports))
     assert asked.env == {"MY_PG_TIMEOUT_S": "3", "OPTS": "a=b"}
     with pytest.raises(UsageError, match=r"bad --env '3X=1': expected NAME=VALUE, e.g. TP_PROGRESS_TIMEOUT_S=1"):

@@ -149,3 +149,53 @@ def test_a_rank_frozen_under_a_wrapper_that_did_not_exec_it_is_seen_frozen(tmp_p
     assert result["observed"] == "CRASHED" and result["passed"], proc.stdout + proc.stderr
     assert result["ranks"][1]["frozen"] and result["root_cause"]["rank"] == 1, result["reason"]
     assert not result["leftovers"], result["leftovers"]
+
+
+TP_GROUP = """\
+import torch, torch.distributed as dist
+
+dist.init_process_group("gloo")
+tp = dist.new_group(list(range(dist.get_world_size())))  # the model's collectives run on a group of their own
+dist.barrier()
+for _ in range(3):
+    dist.all_reduce(torch.ones(4), group=tp)
+print("tokens: [1]", flush=True)
+"""
+
+
+def test_a_hang_in_a_tp_group_of_every_rank_is_proven_from_its_traces(tmp_path: Path) -> None:
+    # Only the default group was traced: a hang in the TP group showed no open collective, waited for the
+    # deadline, and named no divergence ("none: the traced ranks agree ... up to seq 0 barrier").
+    proc, result = _run(tmp_path, TP_GROUP, "--fault", "collective.all_reduce=hang@rank=1,call=2", "--expect", "hang",
+                        "--deadline", "30")
+    assert result["observed"] == "HUNG", proc.stdout + proc.stderr
+    assert result["hang_verdict_s"] is not None and result["hang_verdict_s"] < 10, result["reason"]
+    line = result["divergence"]["line"]
+    assert line.startswith("seq 1 of process group 1: rank 0 all_reduce float32[4] (all_reduce call 2"), line
+    assert "rank 1 never entered it" in line, line
+
+
+WATCHDOG = """\
+import os, threading, time
+import torch, torch.distributed as dist
+
+dist.init_process_group("gloo")
+def watchdog():  # the engine's own guardrail: a step that takes too long ends the process, no traceback
+    time.sleep(2.0)
+    print("watchdog: decode step stuck for 2 s, exiting", flush=True)
+    os._exit(3)
+threading.Thread(target=watchdog, daemon=True).start()
+dist.all_reduce(torch.ones(4))
+dist.all_reduce(torch.ones(4))
+print("tokens: [1]", flush=True)
+os._exit(0)
+"""
+
+
+def test_an_engine_s_own_exit_status_after_the_fault_is_its_crash(tmp_path: Path) -> None:
+    # A watchdog's os._exit(3) prints no TP-FATAL (it skips every hook): an engine promised no contract, so after
+    # the fault fired that exit is how it crashed, not an end "outside the contract".
+    proc, result = _run(tmp_path, WATCHDOG, "--fault", "collective.all_reduce=hang@rank=1,call=2", "--expect", "crash",
+                        "--deadline", "30")
+    assert result["observed"] == "CRASHED", proc.stdout + proc.stderr
+    assert [r["exit"] for r in result["ranks"]] == ["exit 3", "exit 3"] and result["root_cause"]["rank"] == 1, result

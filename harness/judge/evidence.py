@@ -34,7 +34,8 @@ def unproven_crash(scenario: Scenario, obs: Observation, ranks: list[RankResult]
     that never ran) is the rank command failing, not the guardrail working.
 
     An unmodified ``engine`` (``run --engine``) promised no contract: once the fault fired, its own death by a
-    signal the harness did not send (gloo's SIGABRT on a desync's oversized message) is how it crashed.
+    signal the harness did not send (gloo's SIGABRT on a desync's oversized message) or any exit status of its
+    own (a watchdog's ``os._exit(3)``, a handler's ``sys.exit(1)`` after logging) is how it crashed.
     """
     problems = []
     fired = obs.fault_lines or any(ln.kind == "TP-FAULT" for t in texts.values() for ln in logs.contract_lines(t))
@@ -44,7 +45,7 @@ def unproven_crash(scenario: Scenario, obs: Observation, ranks: list[RankResult]
     for r in ranks:
         if r.returncode in (0, None) or r.reaped:
             continue
-        if engine and fired and r.returncode < 0:  # the harness's own signals are judged before this
+        if engine and fired:  # the harness's own signals are judged before this; exit 2 is judged as a failed start
             continue
         off = off_contract(r, texts.get(r.rank, ""), codes, scenario)
         if off:

@@ -58,7 +58,7 @@ def judge(
     missing = [(r.rank, s["regex"]) for r in ranks for s in r.signatures if not s["matched"]]
     unfired = evidence.unfired(scenario, obs, texts)
     first = evidence.never_fired(scenario, unfired, obs)
-    passed = observed in scenario.expect.outcomes and not (missing or sig_errors or first or obs.leftovers)
+    passed = observed in scenario.expect.outcomes and not missing and not sig_errors and not first
     expected = sorted(scenario.expect.outcomes, key=list(Outcome).index)
 
     parts = _reason(expected=expected, observed=observed, why=why, ttc=ttc, first_s=first_s, anchor=anchor, obs=obs,
@@ -352,7 +352,5 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
         "signatures_missing": [f"rank {r} /{rx}/" for r, rx in missing],
         "verdict": (Verdict.PASS if passed else Verdict.FAIL).value,
         "verdict_why": (f"{observed.value} is not among the expected {want}" if observed not in expected
-                        else first.partition(":")[0] if first else
-                        # a process the run left behind is a defect whatever the outcome
-                        "processes were left behind" if obs.leftovers else ""),
+                        else first.partition(":")[0] if first else ""),
     }

@@ -90,6 +90,15 @@ def same_call(a: dict, b: dict) -> bool:
             or a["call_id"] == b["call_id"])
 
 
+GROUP_STRIDE = 10**12
+"""A zero-touch trace numbers process group N's collectives from ``N * GROUP_STRIDE`` (CONTRACT §6)."""
+
+
+def seq_text(seq: int) -> str:
+    """``7``, or ``3 of process group 1`` for another group's collective."""
+    return str(seq) if seq < GROUP_STRIDE else f"{seq % GROUP_STRIDE} of process group {seq // GROUP_STRIDE}"
+
+
 def describe(entry: dict) -> str:
     """``broadcast int64[8] (envelope header, chunk 3)``."""
     shapes, dtypes = entry.get("shapes") or [], entry.get("dtypes") or []
@@ -107,7 +116,7 @@ def _side(rank: int, doc: dict | None, entry: dict | None, note: str | None, sho
         if last is None:
             return f"rank {rank} never entered it (no collective yet)"
         state = "still inside it" if last.get("leave") is None else "left it"
-        return f"rank {rank} never entered it (its last: seq {last['seq']} {describe(last)}, {state})"
+        return f"rank {rank} never entered it (its last: seq {seq_text(last['seq'])} {describe(last)}, {state})"
     text = f"rank {rank} {describe(entry)}"
     if show_call and entry.get("call_id") is not None:
         text += f" call_id {entry['call_id']}"
@@ -125,11 +134,11 @@ def first_divergence(traces: dict[int, dict], world_size: int,
     notes = notes or {}
     by_seq = {r: {e["seq"]: e for e in doc["entries"] if isinstance(e, dict) and "seq" in e}
               for r, doc in traces.items()}
-    ends = {r: int(doc.get("next_seq", max(by_seq[r], default=-1) + 1)) for r, doc in traces.items()}
-    starts = {r: min(by_seq[r], default=ends[r]) for r in traces}
+    starts = {r: min(by_seq[r], default=int(doc.get("next_seq", 0))) for r, doc in traces.items()}
     blocked = {r: e for r, entries in by_seq.items() for e in entries.values() if e.get("leave") is None}
-    lo, hi = max(starts.values()), max(ends.values())
-    for seq in range(lo, hi):
+    lo = max(starts.values())
+    # Every seq some rank entered, in order (another group's numbers sit far above the default group's).
+    for seq in sorted({s for entries in by_seq.values() for s in entries if s >= lo}):
         present = {r: by_seq[r].get(seq) for r in traces}
         entered = {r: e for r, e in present.items() if e is not None}
         kind = None
@@ -149,7 +158,7 @@ def first_divergence(traces: dict[int, dict], world_size: int,
             e = present[r] or (doc["entries"][-1] if doc["entries"] else None)
             if e is not None:
                 marks[r] = float(e["enter"] if present[r] or e.get("leave") is None else e["leave"])
-        return Divergence(seq=seq, kind=kind, line=f"seq {seq}: " + " - ".join(sides.values()), sides=sides,
+        return Divergence(seq=seq, kind=kind, line=f"seq {seq_text(seq)}: " + " - ".join(sides.values()), sides=sides,
                           blocked=blocked, marks=marks)
     return None
 
@@ -205,7 +214,7 @@ def for_run(*, traces: dict[int, dict], log_dir: Path | None, world_size: int, t
         return Divergence(seq=-1, kind="agree", line=f"none: no rank entered a collective{missing}")
     top = max(last, key=lambda e: e["seq"])
     return Divergence(seq=top["seq"], kind="agree", line=f"none: the traced ranks agree on every collective up to "
-                                                          f"seq {top['seq']} {describe(top)}{missing}")
+                                                          f"seq {seq_text(top['seq'])} {describe(top)}{missing}")
 
 
 def open_entry(doc: dict | None) -> dict | None:
@@ -253,13 +262,13 @@ def check_blocked(expect, *, traces: dict[int, dict], divergence: Divergence | N
             errors.append(f"rank {rank} must be {spec.describe()} but left no flight trace at the hang")
         elif spec.outside:
             if entry is not None:
-                errors.append(f"rank {rank} must be {spec.describe()} but waits in seq {entry['seq']} {describe(entry)}")
+                errors.append(f"rank {rank} must be {spec.describe()} but waits in seq {seq_text(entry['seq'])} {describe(entry)}")
         elif entry is None:
             last = doc["entries"][-1] if doc["entries"] else None
-            where = f"its last collective, seq {last['seq']} {describe(last)}, returned" if last else "no collective"
+            where = f"its last collective, seq {seq_text(last['seq'])} {describe(last)}, returned" if last else "no collective"
             errors.append(f"rank {rank} must be {spec.describe()} but is in none ({where})")
         elif (spec.op and entry.get("op") != spec.op) or (spec.site and not re.search(spec.site, str(entry.get("site")))):
-            errors.append(f"rank {rank} must be {spec.describe()} but waits in seq {entry['seq']} {describe(entry)}")
+            errors.append(f"rank {rank} must be {spec.describe()} but waits in seq {seq_text(entry['seq'])} {describe(entry)}")
     return errors
 
 
@@ -294,7 +303,7 @@ def stall_verdict(traces: dict[int, dict], *, live: list[int], stopped: set[int]
         why = _unmatched(entry, rank, by_seq, live, stopped, world_size)
         if why is None:
             return None
-        parts.append(f"rank {rank} in seq {entry['seq']} {describe(entry)}, {why}")
+        parts.append(f"rank {rank} in seq {seq_text(entry['seq'])} {describe(entry)}, {why}")
     return "; ".join(parts)
 
 

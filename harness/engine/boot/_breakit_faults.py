@@ -89,9 +89,10 @@ class Injector:
         self.counts: dict[str, int] = {}
         self.on_fire = on_fire
         """Called with (site, action, call) before an action acts: the TP-FAULT line."""
-        self.issued: list[tuple[str, int]] = []
-        """(op, its call number) of every collective handed to the backend, in order: the Flight Recorder's
-        entries, one each, named by the call they are (a skipped call leaves a gap, an extra one a repeat)."""
+        self.issued: list[tuple[str, int, int | None]] = []
+        """(op, its call number, its process group's size) of every collective handed to the backend, in order:
+        the Flight Recorder's entries, one each, named by the call they are (a skipped call leaves a gap, an
+        extra one a repeat); the size tells a group of every rank from a smaller one."""
         self._lock = threading.Lock()
 
     def fired(self, name: str) -> list[tuple[Armed, int]]:
@@ -121,7 +122,7 @@ class Injector:
         def run(keyset, *args, **kwargs):
             rest = keyset.remove(backend_select)
             fired = self.fired(name)
-            call = (name, self.counts[name])
+            call = (name, self.counts[name], _group_size(torch, op, args))
             if not fired:
                 self.issued.append(call)
                 return op.redispatch(rest, *args, **kwargs)
@@ -166,6 +167,18 @@ def _act(torch, op, entry: Armed, args: tuple) -> None:
         if tensor is not None and tensor.numel():
             flat = tensor.view(-1)
             flat[0] += (float(arg) if arg else 1e-3) if tensor.is_floating_point() else int(float(arg or 1))
+
+
+def _group_size(torch, op, args: tuple) -> int | None:
+    """How many ranks the op's process group has (None when it names none). The dispatcher hands the group
+    over as a TorchScript object: ``ProcessGroup.unbox`` gives the Python one back."""
+    for spec, value in zip(op._schema.arguments, args, strict=False):
+        if spec.name == "process_group":
+            try:
+                return int(torch._C._distributed_c10d.ProcessGroup.unbox(value).size())
+            except Exception:  # noqa: BLE001 - a torch without unbox, a group torn down: unknown, not fatal
+                return None
+    return None
 
 
 def _input_tensor(torch, op, args: tuple):

@@ -7,9 +7,12 @@ backend then records every collective it runs (gloo too: entries named ``gloo:al
 
 What the recorder gives on gloo (torch 2.13, CPU), and so what the conversion does:
 
-* ``collective_seq_id`` counts each process group's collectives from 1: ``seq`` is it minus 1, for the
-  default group (pg_id 0) and the collectives only (p2p ops number separately; other groups are left out,
-  their sequences are not comparable with the default group's);
+* ``collective_seq_id`` counts each process group's collectives from 1: ``seq`` is it minus 1 for the
+  default group (pg_id 0), and ``pg_id * GROUP_STRIDE`` plus that for another group of every rank (a TP group
+  made with ``new_group``: every rank numbers its groups alike, so each group's sequence is compared with the
+  same group's on the peers), collectives only (p2p ops number separately). A group of fewer ranks is left out
+  (the recorder on gloo gives no group's members: the sizes come from the injector's ``issued``, so without
+  faults armed only the default group is traced); entries stay in the order the rank entered them;
 * ``state`` stays ``scheduled`` and ``time_discovered_*`` stay 0 on gloo: ``retired`` (the work finished)
   is the only sign a collective returned, so ``leave`` is null exactly while it is not retired;
 * p2p ops are not recorded on gloo, and a ``reduce_scatter_tensor`` is recorded as ``gloo:all_reduce``
@@ -30,6 +33,8 @@ import sys
 import time
 
 SCHEMA = "tp-flight/1"
+GROUP_STRIDE = 10**12
+"""``seq`` of a collective of process group N (N > 0) is ``N * GROUP_STRIDE + its number in that group``."""
 BUFFER_ENV = "TORCH_FR_BUFFER_SIZE"
 BUFFER_DEFAULT = "4096"
 P2P = ("send", "recv", "recv_any_source")
@@ -51,7 +56,7 @@ def raw_dump() -> dict | None:
 
 
 def convert(raw: dict | None, *, rank: int, world_size: int, reason: str,
-            issued: list[tuple[str, int]] | None = None) -> dict:
+            issued: list[tuple] | None = None) -> dict:
     """The contract's flight trace from a raw recorder dump.
 
     ``issued`` (with faults armed: the injector's record of every collective handed to the backend, in order)
@@ -68,7 +73,8 @@ def convert(raw: dict | None, *, rank: int, world_size: int, reason: str,
     named = bool(issued) and not wrapped and len(recorded) <= len(issued)
     entries = []
     for i, e in enumerate(recorded):
-        if e.get("pg_id", 0) != 0:
+        pg = int(e.get("pg_id", 0) or 0)
+        if pg and not (named and len(issued[i]) > 2 and issued[i][2] == world_size):
             continue
         name = str(e.get("profiling_name", "?")).partition(":")[2] or str(e.get("profiling_name"))
         # What every rank passes alike: a scatter's root sends more than the others (its input is the whole
@@ -77,22 +83,22 @@ def convert(raw: dict | None, *, rank: int, world_size: int, reason: str,
         shapes = e.get(f"{first}_sizes") or e.get(f"{then}_sizes") or []
         dtypes = e.get(f"{first}_dtypes") or e.get(f"{then}_dtypes") or []
         enter = float(e.get("time_created_ns") or 0) / 1e9 - offset
-        entries.append({"seq": int(e.get("collective_seq_id", 0)) - 1, "op": name, "shapes": shapes,
+        entries.append({"seq": pg * GROUP_STRIDE + int(e.get("collective_seq_id", 0)) - 1, "op": name, "shapes": shapes,
                         "dtypes": [_DTYPES.get(d, str(d).lower()) for d in dtypes], "root": None,
                         "site": f"{issued[i][0]} call {issued[i][1]}" if named else
                         f"{e.get('profiling_name')} record {e.get('record_id')}", "chunk": None,
                         "call_id": issued[i][1] if named else None, "enter": round(enter, 6),
                         "leave": round(enter, 6) if e.get("retired") else None,
                         "timeout_s": float(e["timeout_ms"]) / 1000 if e.get("timeout_ms") else None})
-    entries.sort(key=lambda x: x["seq"])
-    next_seq = entries[-1]["seq"] + 1 if entries else 0
+    default = [x["seq"] for x in entries if x["seq"] < GROUP_STRIDE]
+    next_seq = max(default) + 1 if default else 0
     return {"schema": SCHEMA, "rank": rank, "world_size": world_size, "pid": os.getpid(), "reason": reason,
             "mono": time.monotonic(), "next_seq": next_seq, "capacity": int(os.environ.get(BUFFER_ENV) or 0),
             "source": "torch flight recorder", "idle": None, "entries": entries}
 
 
 def write(report_dir: str | None, *, rank: int, world_size: int, reason: str,
-          issued: list[tuple[str, int]] | None = None) -> None:
+          issued: list[tuple] | None = None) -> None:
     """Dump the recorder raw and converted: into ``report_dir`` (atomically), else one ``TP-TRACE`` line."""
     raw = raw_dump()
     doc = convert(raw, rank=rank, world_size=world_size, reason=reason, issued=issued)
