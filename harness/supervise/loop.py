@@ -105,7 +105,7 @@ class _Loop:
         self.interrupt = interrupt
         self.say = say
         start = time.monotonic()
-        self.obs = Observation(world_size=launch.spec.world_size, pids=dict(launch.pids),
+        self.obs = Observation(world_size=launch.spec.world_size, pids=launch.pids,  # live: torchrun's come later
                                log_paths=dict(launch.log_paths), started_at=start)
         self.followers = {r: logs.LogFollower(p) for r, p in launch.log_paths.items()}
         self.phase = RUNNING
@@ -198,7 +198,7 @@ class _Loop:
                     self.started.add(rank)
                     if line.mono is not None:
                         self.obs.init_mono = min(line.mono, self.obs.init_mono or line.mono)
-                    if isinstance(pid := line.fields.get("pid"), int) and pid != self.obs.pids.get(rank):
+                    if isinstance(pid := line.fields.get("pid"), int) and pid != self.obs.pids.get(rank, pid):
                         self.obs.wrapped[rank], _ = pid, self.launch.adopt(rank, pid)  # gone already: nothing to signal
                     if line.fields.get("flight") == trace.SCHEMA:
                         self.stall.flight_ranks.add(rank)
