@@ -88,6 +88,16 @@ def test_under_torchrun_a_rank_the_harness_reaps_has_the_exit_status_it_gave_it(
     assert "no exit status" not in result.reason and result.root_cause["rank"] == 1, result.reason
 
 
+def test_under_torchrun_2node_the_ranks_pids_are_known_and_a_hang_is_proven_from_traces(config: RunConfig) -> None:
+    # The pids arrive from pid files after the supervisor starts: a copy taken then said "pid None", sent no
+    # stack request and left the hang to the deadline.
+    result = _run(dataclasses.replace(config, launch="torchrun-2node"), "collective.all_reduce=hang@rank=1,call=3",
+                  "hang")
+    assert result.observed == "HUNG" and all(r.pid for r in result.ranks), result.reason
+    assert result.hang_verdict_s is not None and result.hang_verdict_s < 30, result.reason
+    assert "pid None" not in result.reason
+
+
 def test_raise_in_rank_1s_all_reduce_is_a_crash_named_by_one_fatal_line(config: RunConfig) -> None:
     result = _run(config, "collective.all_reduce=raise@rank=1,call=3", "crash")
     assert result.observed == "CRASHED", result.reason
