@@ -276,3 +276,11 @@ def test_a_reproducer_carries_the_run_and_reruns_verbatim_from_a_new_shell(tmp_p
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "observed CRASHED" in proc.stdout, proc.stdout + proc.stderr
     assert len(list((tmp_path / "reports").glob("2*/adhoc-ws3/result.json"))) == 1  # at the world size it ran
+
+
+def test_explore_md_says_what_env_the_engine_ran_with() -> None:
+    from harness.explore import report as explore_report
+
+    given = explore_report.ran_with({"engine": "python e.py", "env": {"MY_PG_TIMEOUT_S": "3"}})
+    assert given == "engine `python e.py` started as given, with --env MY_PG_TIMEOUT_S=3 and no env of explore's own."
+    assert explore_report.ran_with({"engine": "python e.py"}).endswith("as given, no env of explore's own.")

@@ -139,7 +139,8 @@ def explore_engine(ex: Exploration, *, seed: int, runs: int | None, budget_s: fl
     return explore_report.write(tally, sites=sites, run_dir=ex.config.run_dir, meta={
         "seed": seed, "runs": runs, "budget_s": budget_s, "world_sizes": list(world_sizes),
         "faults_per_run": list(faults_per_run), "launch": ex.config.launch, "backend": "engine", "jobs": jobs,
-        "engine": " ".join("python" if w == sys.executable else w for w in ex.config.tp_command), "output_regex": ex.output_regex, "rules": schedules.RULES,
+        "engine": " ".join("python" if w == sys.executable else w for w in ex.config.tp_command), "env": env,
+        "output_regex": ex.output_regex, "rules": schedules.RULES,
         "deadlines_s": {str(ws): round(d, 3) for ws, d in ex.deadlines.items()},
         "refused_world_sizes": {str(ws): why for ws, why in ex.refused.items()},
         "collectives": {str(ws): c for ws, c in ex.counts.items()}})

@@ -80,6 +80,16 @@ def distribution(values: list[float]) -> dict:
             "p90": round(p90, 3), "max": round(ordered[-1], 3)}
 
 
+def ran_with(m: dict) -> str:
+    """What the ranks ran with: an engine as given and the user's ``--env``, or the TP path's settings."""
+    if m.get("engine"):
+        given = " ".join(f"--env {k}={v}" for k, v in (m.get("env") or {}).items())
+        return f"engine `{m['engine']}` started as given, " + (f"with {given} and " if given else "") + \
+            "no env of explore's own."
+    return (f"backend {m['backend']}, {m['chunks']} chunks, TP_PROGRESS_TIMEOUT_S={m['progress_timeout_s']:g}, "
+            f"TP_HANDSHAKE_TIMEOUT_S={m['handshake_timeout_s']:g}, every guardrail on.")
+
+
 def markdown(doc: dict) -> str:
     """explore.md: the numbers a reader looks for first, then the tables."""
     m, cov = doc["meta"], doc["coverage"]
@@ -89,11 +99,7 @@ def markdown(doc: dict) -> str:
         f"({doc['runs_per_s']} runs/s), {len(doc['violations'])} violations",
         "",
         f"World sizes {doc['world_sizes']}, faults per run {m['faults_per_run'][0]}..{m['faults_per_run'][1]}, "
-        f"launch {m['launch']}, " + (f"engine `{m['engine']}` started as given, no env set by explore."
-                                     if m.get("engine") else
-                                     f"backend {m['backend']}, {m['chunks']} chunks, "
-                                     f"TP_PROGRESS_TIMEOUT_S={m['progress_timeout_s']:g}, "
-                                     f"TP_HANDSHAKE_TIMEOUT_S={m['handshake_timeout_s']:g}, every guardrail on."),
+        f"launch {m['launch']}, {ran_with(m)}",
         "",
         "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(doc["verdicts"].items())),
         "",

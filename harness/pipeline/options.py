@@ -153,7 +153,8 @@ OPTIONS: dict[str, Option] = {
                help="how ranks start: zygote (forked from a process with torch imported), "
                     "subprocess (plain processes), srun (plain processes with only torchrun's variables: "
                     "rank 0 serves the store, as under Slurm or MPI), torchrun (one agent) or torchrun-2node "
-                    "(two agents standing in for two nodes, c10d rendezvous) (default zygote)"),
+                    "(two agents standing in for two nodes, c10d rendezvous) (default zygote; subprocess with "
+                    "--engine)"),
         Option(name="report_dir", metavar="DIR", label="report dir", default="reports", parse=_path,
                help="directory that receives one run directory per session and a 'latest' link; relative to "
                     "the pytest rootdir or, for the CLI, the current directory (default reports)"),
