@@ -199,3 +199,24 @@ def test_an_engine_s_own_exit_status_after_the_fault_is_its_crash(tmp_path: Path
                         "--deadline", "30")
     assert result["observed"] == "CRASHED", proc.stdout + proc.stderr
     assert [r["exit"] for r in result["ranks"]] == ["exit 3", "exit 3"] and result["root_cause"]["rank"] == 1, result
+
+
+LAUNCHER = """\
+import subprocess, sys
+# The engine's launcher starts the worker that prints the answer: the bootstrap watches the launcher only.
+subprocess.run([sys.executable, "-c", "print('tokens: [7, 7]', flush=True)"], check=True)
+"""
+
+
+def test_an_answer_the_bootstrap_did_not_see_is_read_from_the_log_in_the_healthy_run_too(tmp_path: Path) -> None:
+    proc, result = _run(tmp_path, LAUNCHER, "--world-size", "1", "--output-regex", r"tokens: (.*)", "--expect",
+                        "clean", "--env", "A=1")
+    assert result["observed"] == "CLEAN" and result["passed"], proc.stdout + proc.stderr
+    assert result["digests"]["rank0_final"] == result["digests"]["baseline"] is not None, result["digests"]
+
+
+def test_the_trace_s_group_numbering_is_one_number() -> None:
+    from harness.engine.boot import _breakit_flight
+    from harness.supervise import trace
+
+    assert _breakit_flight.GROUP_STRIDE == trace.GROUP_STRIDE  # the bootstrap cannot import the harness

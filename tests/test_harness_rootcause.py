@@ -111,6 +111,17 @@ def test_a_fault_that_only_changes_values_on_another_rank_does_not_hide_the_one_
     assert result.root_cause["rank"] == 1 and result.root_cause["line"] == SKIP1, result.root_cause
 
 
+def test_a_flipped_decision_outranks_a_delay_on_another_rank(tmp_path) -> None:
+    # The TP path's flip (FM-03's recompute flag) desyncs the group; a sleep(0.2) on rank 0 only delays it.
+    flip1 = "TP-FAULT site=worker.skip_recompute action=flip rank=1 chunk=2 call_id=7 mono=100.000000"
+    nap0 = "TP-FAULT site=generator.call action=sleep(0.2) rank=0 chunk=2 call_id=7 mono=99.900000"
+    mismatch = ('TP-FATAL fm=FM-03 code=CALL_COUNT_MISMATCH rank=0 call_id=7 chunk=2 mono=100.300000 '
+                'detail="rank 1 planned 3 calls, rank 0 4"')
+    obs = _obs(tmp_path, {0: [nap0, mismatch], 1: [flip1]}, {0: (45, 100.4, False), 1: (51, 100.5, False)}, nap0)
+    result = judge(_scenario(Expect.crash(), "flip"), obs, deadline_s=8.0, baseline=_no_baseline, meta=META)
+    assert result.root_cause["rank"] == 1 and result.root_cause["noticed_by"]["rank"] == 0, result.root_cause
+
+
 def test_faults_fired_on_several_ranks_leave_the_root_cause_to_the_earliest_failure(tmp_path) -> None:
     skip0 = SKIP1.replace("rank=1", "rank=0")
     obs = _obs(tmp_path, {0: [skip0, _timeout(0, "103.000000")], 1: [SKIP1, _timeout(1, "103.002000")]},

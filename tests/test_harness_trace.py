@@ -352,3 +352,32 @@ def test_a_trace_older_than_its_rank_s_last_sign_of_life_is_dropped(tmp_path) ->
     inside = _doc(1, [_entry(0, left=False)], mono=100.5)
     assert trace.stale(inside, progress_at=None, alive_at=105.0) == ""
     assert trace.stale(inside, progress_at=104.0, alive_at=105.0) != ""
+
+
+def test_another_process_group_s_collectives_part_in_time_order_not_by_group_number() -> None:
+    # A zero-touch TP group (group 1): rank 1 skipped its 2nd all_reduce there at t=101, then, alone, reached a
+    # final default-group barrier at t=105. The first divergence is the TP group's, where the ranks parted.
+    g = trace.GROUP_STRIDE
+
+    def e(seq, op, enter, left=True, site=None):
+        return {"seq": seq, "op": op, "shapes": [[4]], "dtypes": ["float32"], "root": None, "site": site,
+                "chunk": None, "call_id": None, "enter": enter, "leave": enter if left else None}
+
+    r0 = [e(0, "broadcast", 99.0), e(g, "all_reduce", 100.0, site="all_reduce call 1"),
+          e(g + 1, "all_reduce", 101.0, left=False, site="all_reduce call 2")]
+    r1 = [e(0, "broadcast", 99.0), e(g, "all_reduce", 100.0, site="all_reduce call 1"),
+          e(g + 1, "all_reduce", 101.0, site="all_reduce call 3"), e(1, "barrier", 105.0, left=False)]
+    found = trace.first_divergence({0: _doc(0, r0), 1: _doc(1, r1)}, 2)
+    assert found.seq == g + 1 and found.line.startswith("seq 1 of process group 1: "), found.line
+
+
+def test_an_own_timeout_already_past_does_not_hide_one_still_to_come() -> None:
+    def stuck(rank, enter, timeout_s):
+        entry = {**_entry(3, left=False), "enter": enter, "timeout_s": timeout_s}
+        return _doc(rank, [entry])
+
+    traces = {0: stuck(0, 100.0, 3.0), 1: stuck(1, 100.0, 5.5), 2: stuck(2, 100.0, "3s")}
+    assert trace.own_timeout(traces, live=[0, 1, 2], stopped=set())[0] == 103.0
+    at, what = trace.own_timeout(traces, live=[0, 1, 2], stopped=set(), after=104.0)
+    assert at == 105.5 and what.startswith("rank 1's own 5.5 s timeout"), what
+    assert trace.own_timeout(traces, live=[2], stopped=set()) is None, "a timeout_s that is no number is none"

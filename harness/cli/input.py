@@ -51,7 +51,7 @@ def selected(args: argparse.Namespace) -> list[Scenario]:
 
 def _check_flags(args: argparse.Namespace) -> None:
     if args.fault and not args.expect:
-        raise UsageError("--fault needs --expect crash|clean|hang|diverge")
+        raise UsageError("--fault needs --expect crash|clean|hang|diverge (or several, e.g. crash,hang)")
     if args.ids and (args.fault or args.expect or args.signature):
         raise UsageError("give scenario ids or an ad-hoc --fault/--expect, not both")
     if args.env and not args.expect:

@@ -27,6 +27,8 @@ def missing_script(words: tuple[str, ...], cwd: Path) -> str | None:
     runner = Path(words[0]).name
     if len(words) < 2 or not (runner in SCRIPT_RUNNERS or words[0] == sys.executable) or words[1].startswith("-"):
         return None
+    if runner in ("bash", "sh") and "/" not in words[1]:
+        return None  # a shell looks a bare script name up on PATH too
     script = Path(words[1]).expanduser()
     if (cwd / script).exists():
         return None

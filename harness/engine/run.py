@@ -70,7 +70,7 @@ def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:
     if args.ids:
         raise UsageError("--engine runs one ad-hoc fault (--fault/--expect) or a healthy run, not scenario ids")
     if args.fault and not args.expect:
-        raise UsageError("--fault needs --expect crash|clean|hang|diverge")
+        raise UsageError("--fault needs --expect crash|clean|hang|diverge (or several, e.g. crash,hang)")
     if args.guardrails is not None or args.chunks is not None or args.tp_command is not None:
         raise UsageError("--guardrails, --chunks and --tp-command belong to a contract TP path, not to --engine: "
                          "the engine is started as given")
@@ -169,6 +169,7 @@ def healthy(config, *, world_size: int, output_regex: str | None, watch: str = "
         # Bounded by the run timeout, not the deadline: this run is what the deadline is measured from.
         obs = execute(scenario, config, ws=world_size, deadline_s=config.run_timeout_s, log_dir=where,
                       output_regex=output_regex)
-        return runner.judged_baseline(scenario, obs, config, where=where, backend="engine", codes=CODES)
+        return runner.judged_baseline(scenario, obs, config, where=where, backend="engine", codes=CODES,
+                                      output_regex=output_regex)
 
     return runner.cached_baseline(config, key, run)

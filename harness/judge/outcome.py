@@ -30,8 +30,8 @@ def judge(
 ) -> Result:
     """Compare what ``obs`` shows with ``scenario.expect``; build the Result.
 
-    ``baseline`` is called only when every rank exited 0 (the healthy run is needed only to tell CLEAN from
-    DIVERGED). ``meta`` carries run settings (backend, launch, chunks, dir) copied into the result; backend
+    ``baseline`` is called only when rank 0 exited 0 with an output (the healthy run is needed only to tell
+    CLEAN from DIVERGED, and whether a crash served a wrong answer first). ``meta`` carries run settings (backend, launch, chunks, dir) copied into the result; backend
     ``engine``: an engine started as given, with its own guardrails, not TP_GUARDRAILS. ``codes``: the rank
     command's fatal code -> exit status table (None: it gave none, so any TP-FATAL code goes with any non-zero exit).
     """
@@ -176,7 +176,8 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
         return Outcome.HARNESS_ERROR, obs.harness_error
     if obs.hung:
         return Outcome.HUNG, obs.hang_reason
-    rejected = [r for r in ranks if r.returncode == 2]
+    # An engine's exit 2 after its fault fired is how it crashed (``evidence.unproven_crash``), not a failed start.
+    rejected = [r for r in ranks if r.returncode == 2 and not (engine and obs.fault_lines)]
     if rejected:
         r = rejected[0]
         own = [ln for ln in r.log_tail if not ln.startswith(("TP-EVENT ", "TP-TRACE ", "TP-FAULT "))]
@@ -192,12 +193,12 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
         unproven = evidence.unproven_crash(scenario, obs, ranks, texts, codes, engine=engine)
         if unproven:
             return Outcome.HARNESS_ERROR, unproven
-        return Outcome.CRASHED, _served_before_crash(ranks, texts, baseline, digests, output_regex)
+        return Outcome.CRASHED, _served_before_crash(scenario, ranks, texts, baseline, digests, output_regex)
     per_rank = digests["per_rank"]
     if len(set(per_rank.values())) > 1:
         shown = ", ".join(f"rank {r} {d[:12]}" for r, d in sorted(per_rank.items()))
         return Outcome.DIVERGED, f"ranks' result digests differ ({shown})"
-    final = _rank0_output(texts, output_regex)
+    final = rank0_output(texts, output_regex)
     if final is None and output_regex:
         return Outcome.HARNESS_ERROR, evidence.unmatched_output(output_regex, texts.get(0, ""))
     if final is None:
@@ -222,7 +223,7 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
     return Outcome.CLEAN, ""
 
 
-def _rank0_output(texts: dict[int, str], output_regex: str | None) -> dict | None:
+def rank0_output(texts: dict[int, str], output_regex: str | None) -> dict | None:
     """Rank 0's final output: its last JSON line holding ``output_digest`` (the TP path's, or the bootstrap's for
     an engine), else, with ``--output-regex``, what the regex finds in its log (a rank the bootstrap did not watch)."""
     final = logs.final_json(texts.get(0, ""), "output_digest")
@@ -231,10 +232,11 @@ def _rank0_output(texts: dict[int, str], output_regex: str | None) -> dict | Non
     return final
 
 
-def _served_before_crash(ranks, texts, baseline, digests, output_regex=None) -> str:
+def _served_before_crash(scenario, ranks, texts, baseline, digests, output_regex=None) -> str:
     """In a crash where rank 0 still exited 0 with an output: what it served, when that was not the healthy
     run's output (the users' worst day: garbage served while the group fell apart). Empty otherwise."""
-    final = _rank0_output(texts, output_regex) if ranks[0].returncode == 0 else None
+    # An interrupted run stops early by design: its partial output is no answer served.
+    final = rank0_output(texts, output_regex) if ranks[0].returncode == 0 and scenario.interrupt is None else None
     if final is None:
         return ""
     base = baseline()
@@ -334,8 +336,8 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
     if obs.leftovers:
         notes.append("leftover processes killed after the run: " + ", ".join(obs.leftovers))
     notes.extend(f"rank {r} runs as pid {pid}, under pid {obs.pids.get(r)} the harness started (a wrapper that did not "
-                 "exec it): the harness signalled the rank itself, but its exit status is the wrapper's (exit 128+N "
-                 "read as signal N); 'exec python ...' in the wrapper makes them one"
+                 "exec it): its exit status is the wrapper's (exit 128+N read as signal N); 'exec python ...' in the "
+                 "wrapper makes them one"
                  for r, pid in sorted(obs.wrapped.items()))
     if unfired:
         notes.append("armed but never fired (no TP-FAULT line): " + ", ".join(f.spec() for f in unfired))

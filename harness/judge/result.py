@@ -124,7 +124,7 @@ class Result:
     """What time_to_crash_s counts from: ``TP-FAULT`` or ``init``."""
     root_cause: dict | None = None
     """Where the failure began (``harness.judge.rootcause``): ``{"rank", "code", "line", "how"}``, and
-    ``noticed_by`` (``{"rank", "code", "line"}``, the first failure) when that was another rank."""
+    ``noticed_by`` (``{"rank", "code", "line"}``, the first failure) where an injected fault began it."""
     ranks: list[RankResult] = field(default_factory=list)
     """Per-rank detail."""
     digests: dict = field(default_factory=dict)

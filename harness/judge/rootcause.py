@@ -112,7 +112,7 @@ def _death_without_fatal(r: RankResult, text: str, obs: Observation, cutoff: flo
 def find(ranks: list[RankResult], obs: Observation, texts: dict[int, str], *,
          harness_killed: dict[int, str] | None = None, interrupt=None) -> dict | None:
     """Where the failure began as ``{"rank", "code", "line", "how"}`` (and ``noticed_by``, the first failure,
-    when that was another rank's), with ``mono``, when the first failure happened; sets every failed rank's
+    where an injected fault began it), with ``mono``, when the first failure happened; sets every failed rank's
     ``role``.
 
     ``texts`` are the logs as they stood before reaping (``before_reap``). ``harness_killed``: rank -> how a
@@ -175,7 +175,8 @@ def _began(failures: list[tuple], follows: dict[int, int], ranks: list[RankResul
         noticed = "its own" if injected.rank == first else f"rank {first}'s"
         return {"rank": injected.rank, "code": code if injected.rank == first else None, "line": injected.line.raw,
                 "mono": mono, "how": f"its injected fault ({injected.line.fields.get('action', '?')}) fired "
-                                     f"{mono - injected.mono:.3f} s before {noticed} {_failure(code)}, the first failure",
+                                     + (f"{mono - injected.mono:.3f} s " if mono != float("inf") else "")
+                                     + f"before {noticed} {_failure(code)}, the first failure",
                 "noticed_by": {"rank": first, "code": code, "line": line}}
     ranks[first].role = "root cause"
     return {"rank": first, "code": code, "line": line, "how": how, "mono": mono}
@@ -227,14 +228,16 @@ def injected_before(texts: dict[int, str], until: float) -> Injected | None:
 
 
 def _kind(line: logs.LogLine) -> int:
-    """How directly a fault's action begins a failure: 0 stops a rank or desyncs the group (hang, skip, extra,
-    raise, kill, exit), 1 delays it (``sleep(S)``, S > 0), 2 changes values only (``corrupt``, ``sleep(0)``...)."""
+    """How directly a fault's action begins a failure: 2 changes a tensor's values only (``corrupt``, which a
+    greedy decoder may absorb) or nothing (``sleep(0)``), 1 delays a rank (``sleep(S)``), 0 anything else: it
+    stops a rank or changes what it does next (hang, skip, extra, raise, kill, exit; the TP path's ``flip`` and
+    ``set``, which change a decision: FM-03's flipped recompute flag desyncs the group)."""
     act = Action.parse(str(line.fields.get("action", "")))
     if act is None:
-        return 2
-    if act.name in ("hang", "skip", "extra", "raise", "kill", "exit"):
         return 0
-    return 1 if act.seconds else 2
+    if act.name == "corrupt" or (act.name == "sleep" and not act.seconds):
+        return 2
+    return 1 if act.name == "sleep" else 0
 
 
 def describe(root: dict | None) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from harness.declare.fault import frozen_by
 from harness.declare.scenario import Expect, Scenario
 from harness.declare.verdicts import Outcome
-from harness.judge.outcome import judge
+from harness.judge.outcome import judge, rank0_output
 from harness.judge.result import Baseline, Result
 from harness.launch import Launch, LaunchError, LaunchSpec, probe
 from harness.pipeline import options
@@ -164,13 +164,15 @@ def _run_baseline(config: RunConfig, *, world_size: int, chunks: int, index: int
 
 
 def judged_baseline(scenario: Scenario, obs: Observation, config: RunConfig, *, where: Path, backend: str,
-                    codes) -> Baseline:
-    """A healthy run's Baseline: its output digest if it ended CLEAN, else why it cannot serve as one."""
-    final = logs.final_json(logs.read_text(obs.log_paths.get(0, where / "rank0.log")), "output_digest")
+                    codes, output_regex: str | None = None) -> Baseline:
+    """A healthy run's Baseline: its output digest if it ended CLEAN, else why it cannot serve as one. Its output
+    is read as a judged run's is (``rank0_output``), so the two are compared alike."""
+    final = rank0_output({0: logs.read_text(obs.log_paths.get(0, where / "rank0.log"))}, output_regex)
     digest = final.get("output_digest") if final else None
     result = judge(scenario, obs, deadline_s=config.deadline_s,
                    baseline=lambda: Baseline(ok=True, digest=digest, where=str(where)),
-                   meta={"backend": backend, "launch": config.launch, "dir": str(where)}, codes=codes)
+                   meta={"backend": backend, "launch": config.launch, "dir": str(where), "output_regex": output_regex},
+                   codes=codes)
     if result.observed != Outcome.CLEAN.value:
         return Baseline(ok=False, reason=f"observed {result.observed}: {result.reason}", where=str(where))
     return Baseline(ok=True, digest=digest, where=str(where), elapsed_s=round(obs.ended_at - obs.started_at, 3))

@@ -368,7 +368,7 @@ class _Loop:
         anchor, _ = obs.anchor()
         awaited = (self.stall.own_timeout_ahead(obs, now=now, probe_at=probe_at, live=self._live(), stopped=stopped,
                                                 deadline_at=anchor + self.limits.deadline_s)
-                   if why is not None and anchor is not None else None)
+                   if why is not None and anchor is not None and self.limits.stall_ends_run else None)
         if why is None or not self.limits.stall_ends_run or awaited is not None:
             if why is not None and obs.stall is None:  # recorded, not acted on: the deadline bounds a crash proof
                 obs.stall = Stall(at=probe_at, reason=self.stall.proof or why, stacks=dict(obs.stacks),

@@ -77,8 +77,8 @@ class StallClock:
                           deadline_at: float) -> tuple[float, str] | None:
         """When a stuck rank's own collective timeout fires, after ``now`` and before ``deadline_at``, and
         which (``trace.own_timeout`` on the probe's fresh traces); None when none does."""
-        own = trace.own_timeout(_fresh(obs, probe_at), live=live, stopped=stopped)
-        return own if own is not None and now < own[0] < deadline_at else None
+        own = trace.own_timeout(_fresh(obs, probe_at), live=live, stopped=stopped, after=now)
+        return own if own is not None and own[0] < deadline_at else None
 
     def wait_for(self, at: float) -> None:
         """A stuck rank's own guardrail acts at ``at``: a hang is what outlives it, so probe again only after."""

@@ -137,8 +137,13 @@ def first_divergence(traces: dict[int, dict], world_size: int,
     starts = {r: min(by_seq[r], default=int(doc.get("next_seq", 0))) for r, doc in traces.items()}
     blocked = {r: e for r, entries in by_seq.items() for e in entries.values() if e.get("leave") is None}
     lo = max(starts.values())
-    # Every seq some rank entered, in order (another group's numbers sit far above the default group's).
-    for seq in sorted({s for entries in by_seq.values() for s in entries if s >= lo}):
+    # Every seq some rank entered, in the order they were first entered: within a group that is seq order, and
+    # across groups (another group's numbers sit far above the default group's) it is when the ranks parted.
+    first_enter: dict[int, float] = {}
+    for entries in by_seq.values():
+        for s, e in entries.items():
+            first_enter[s] = min(first_enter.get(s, float("inf")), float(e.get("enter") or 0.0))
+    for seq in sorted((s for s in first_enter if s >= lo), key=lambda s: (first_enter[s], s)):
         present = {r: by_seq[r].get(seq) for r in traces}
         entered = {r: e for r, e in present.items() if e is not None}
         kind = None
@@ -223,15 +228,19 @@ def open_entry(doc: dict | None) -> dict | None:
     return entries[-1] if entries and entries[-1].get("leave") is None else None
 
 
-def own_timeout(traces: dict[int, dict], *, live: list[int], stopped: set[int]) -> tuple[float, str] | None:
-    """When the first stuck rank's own timeout ends its collective (``enter`` + the entry's ``timeout_s``, as
-    ``time.monotonic()``), and which; None when no open entry says it has one."""
+def own_timeout(traces: dict[int, dict], *, live: list[int], stopped: set[int],
+                after: float = float("-inf")) -> tuple[float, str] | None:
+    """When the first stuck rank's own timeout still to come (after ``after``) ends its collective (``enter`` +
+    the entry's ``timeout_s``, as ``time.monotonic()``), and which; None when no open entry has one to come."""
     first = None
     for rank in (r for r in live if r not in stopped):
         entry = open_entry(traces.get(rank))
-        if entry is None or not entry.get("timeout_s") or entry.get("enter") is None:
+        try:
+            at = float(entry["enter"]) + float(entry["timeout_s"]) if entry and entry.get("timeout_s") else None
+        except (TypeError, ValueError):  # an optional field a TP path wrote wrong: no timeout to wait for
+            at = None
+        if at is None or at <= after:
             continue
-        at = float(entry["enter"]) + float(entry["timeout_s"])
         if first is None or at < first[0]:
             first = (at, f"rank {rank}'s own {float(entry['timeout_s']):g} s timeout on its {describe(entry)}")
     return first
