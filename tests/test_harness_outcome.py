@@ -256,7 +256,7 @@ def test_an_engine_s_exit_2_after_its_fault_fired_is_its_crash(tmp_path) -> None
     obs = _observe(tmp_path, {0: [FAULT, "engine: collective failed, exiting 2"], 1: ["bye"]}, {0: 2, 1: 1})
     result = judge(_scenario(Expect.crash()), obs, deadline_s=8.0, baseline=_no_baseline,
                    meta={**META, "backend": "engine"})
-    assert result.observed == "CRASHED", result.reason
+    assert result.observed == "CRASHED" and "rank 0 exit 2 (no TP-FATAL line" in result.reason, result.reason
     (tmp_path / "start").mkdir()  # no fault fired: exit 2 is the engine failing to start
     unfired = _observe(tmp_path / "start", {0: ["usage"], 1: []}, {0: 2, 1: 0}, faults=False)
     result = judge(_scenario(Expect.crash()), unfired, deadline_s=8.0, baseline=_no_baseline,

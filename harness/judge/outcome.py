@@ -281,13 +281,15 @@ def _match_signatures(scenario, ranks, texts, world_size, not_others=frozenset()
     return []
 
 
-def _describe_rank(r: RankResult) -> str:
+def _describe_rank(r: RankResult, fired: bool = False) -> str:
+    """``rank 1 exit 40 (FAKE_ERROR, root cause)``; an exit 2 is a rejected configuration only before any fault
+    fired (after one, an engine's exit 2 is how it crashed)."""
     notes = []
     if r.code:
         fatal = logs.parse_line(r.fatal or "")
         cause = fatal.fields.get("cause_rank") if fatal else None
         notes.append(r.code + (f" cause_rank={cause}" if cause is not None else ""))
-    elif r.returncode == 2:
+    elif r.returncode == 2 and not fired:
         notes.append("configuration rejected")
     elif "the harness sent" in r.role:
         pass
@@ -346,7 +348,7 @@ def _reason(*, expected, observed, why, ttc, anchor, obs, ranks, missing, sig_er
         "headline": head,
         "expected": [o.value for o in expected],
         "observed": observed.value,
-        "ranks": [_describe_rank(r) for r in ranks],
+        "ranks": [_describe_rank(r, fired=bool(obs.fault_lines)) for r in ranks],
         "root_cause": rootcause.describe(root) if root else None,
         "notes": notes,
         "signature_errors": list(sig_errors),
