@@ -105,9 +105,12 @@ def test_an_engine_that_gloo_aborts_on_a_desync_has_crashed(tmp_path: Path) -> N
 
     Rank 1 skips its first all_reduce, so its second (4096 floats) meets rank 0's first (4): gloo's size
     check aborts the smaller receiver. Judged as a contract TP path, that SIGABRT would be HARNESS_ERROR.
+    Rank 1 nearly always errors at once on its dead peer's socket; once in CI it sat in its all_reduce for the
+    whole 60 s (gloo missed the close), so the engine has a 10 s group timeout of its own: a crash either way.
     """
     engine = tmp_path / "abort_engine.py"
-    engine.write_text("import json, torch, torch.distributed as dist\ndist.init_process_group('gloo')\n"
+    engine.write_text("import datetime, json, torch, torch.distributed as dist\n"
+                      "dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=10))\n"
                       "dist.all_reduce(torch.ones(4))\ndist.all_reduce(torch.ones(4096))\n"
                       "print(json.dumps({'output_digest': 'same'}), flush=True)\ndist.destroy_process_group()\n")
     proc = cli("--engine", f"python {engine}", "--fault", "collective.all_reduce=skip@rank=1,call=1",
