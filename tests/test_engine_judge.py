@@ -31,9 +31,11 @@ else:
 then dies of SIGABRT with no TP-FATAL, and only then rank 0 ends, after its slow teardown."""
 
 
-def _run(tmp_path: Path, engine: str, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+def _run(tmp_path: Path, engine: str, *args: str, command: str = "python engine.py",
+         deadline: str = "60") -> tuple[subprocess.CompletedProcess, dict]:
+    """``run --engine COMMAND`` with ``engine`` as engine.py in ``tmp_path``; its output and its result.json."""
     (tmp_path / "engine.py").write_text(engine)
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--engine", "python engine.py", "--deadline", "60",
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--engine", command, "--deadline", deadline,
                            "--report-dir", str(tmp_path / "r"), *args], cwd=tmp_path, capture_output=True, text=True,
                           timeout=200)
     result = json.loads(next((tmp_path / "r").glob("2*/adhoc-ws*/result.json")).read_text())
@@ -116,12 +118,8 @@ print("tokens: [1]", flush=True)
 def test_a_rank_under_a_wrapper_that_did_not_exec_it_is_judged_by_its_own_death_and_said_so(tmp_path: Path) -> None:
     # The shell reports the rank's SIGKILL as its own exit 137; without exec the harness started the shell.
     (tmp_path / "run.sh").write_text("python engine.py\n")
-    (tmp_path / "engine.py").write_text(TWO_CALLS)
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--engine", "bash run.sh", "--deadline", "60",
-                           "--fault", "collective.all_reduce=kill(SIGKILL)@rank=1,call=1", "--expect", "crash",
-                           "--report-dir", str(tmp_path / "r")], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=200)
-    result = json.loads(next((tmp_path / "r").glob("2*/adhoc-ws*/result.json")).read_text())
+    proc, result = _run(tmp_path, TWO_CALLS, "--fault", "collective.all_reduce=kill(SIGKILL)@rank=1,call=1",
+                        "--expect", "crash", command="bash run.sh")
     assert result["observed"] == "CRASHED" and result["passed"], proc.stdout + proc.stderr
     assert result["root_cause"]["rank"] == 1 and result["ranks"][1]["exit"] == "SIGKILL", result["root_cause"]
     assert "(a wrapper that did not exec it)" in result["reason"] and "'exec python ...'" in result["reason"]
@@ -139,13 +137,10 @@ def test_a_rank_frozen_under_a_wrapper_that_did_not_exec_it_is_seen_frozen(tmp_p
     # The harness signals and watches the rank its init event names, not the shell: rank 0's own 3 s timeout
     # ends it, and rank 1, stopped under its shell, is reaped as frozen by its own fault.
     (tmp_path / "run.sh").write_text("python engine.py\n")
-    (tmp_path / "engine.py").write_text(TWO_CALLS.replace('init_process_group("gloo")', 'init_process_group('
-                                                          '"gloo", timeout=__import__("datetime").timedelta(seconds=3))'))
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--engine", "bash run.sh", "--deadline", "20",
-                           "--fault", "collective.all_reduce=kill(SIGSTOP)@rank=1,call=1", "--expect", "crash",
-                           "--report-dir", str(tmp_path / "r")], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=200)
-    result = json.loads(next((tmp_path / "r").glob("2*/adhoc-ws*/result.json")).read_text())
+    timed = TWO_CALLS.replace('init_process_group("gloo")',
+                              'init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=3))')
+    proc, result = _run(tmp_path, timed, "--fault", "collective.all_reduce=kill(SIGSTOP)@rank=1,call=1", "--expect",
+                        "crash", command="bash run.sh", deadline="20")
     assert result["observed"] == "CRASHED" and result["passed"], proc.stdout + proc.stderr
     assert result["ranks"][1]["frozen"] and result["root_cause"]["rank"] == 1, result["reason"]
     assert not result["leftovers"], result["leftovers"]

@@ -20,6 +20,18 @@ SCRIPT_RUNNERS = ("python", "python3", "bash", "sh")
 """Interpreters whose first plain argument is the script they run."""
 
 
+def engine_command(text: str) -> tuple[str, ...]:
+    """``--engine``'s words, checked as every door checks them (split, and its script there to start); raises
+    ValueError naming the flag and why."""
+    try:
+        words = options.OPTIONS["tp_command"].parse(text)
+        if (missing := missing_script(words, Path.cwd())) is not None:
+            raise ValueError(missing)
+    except ValueError as exc:
+        raise ValueError(f"invalid engine command {text!r} from --engine: {exc}") from None
+    return words
+
+
 def missing_script(words: tuple[str, ...], cwd: Path) -> str | None:
     """Why the engine command cannot start in any rank: the script its interpreter is given does not exist from
     ``cwd`` (Python would exit 2, ``can't open file``, in every rank, and the run would say only "exit 2").

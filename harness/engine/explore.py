@@ -24,7 +24,7 @@ from harness.declare.selection import UsageError
 from harness.engine import run as engine_run
 from harness.engine import schedules
 from harness.engine.boot import _breakit_faults as faults
-from harness.engine.command import missing_script
+from harness.engine.command import engine_command
 from harness.engine.schedules import EngineSchedule
 from harness.explore import report as explore_report
 from harness.explore import schedules as explore
@@ -198,9 +198,7 @@ def _inputs(args: argparse.Namespace) -> tuple[Exploration, dict]:
         raise UsageError("--tp-command, --backend and --device belong to a contract TP path, not to --engine: "
                          "the engine is started as given")
     try:
-        engine = options.OPTIONS["tp_command"].parse(args.engine)
-        if (missing := missing_script(engine, Path.cwd())) is not None:
-            raise ValueError(f"invalid engine command {args.engine!r} from --engine: {missing}")
+        engine = engine_command(args.engine)
         if args.output_regex is not None:
             re.compile(args.output_regex)
         settings = options.from_args(args, ("deadline", "stall", "launch", "report_dir"))

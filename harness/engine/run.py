@@ -18,7 +18,7 @@ from harness.declare.fault import parse_faults
 from harness.declare.scenario import Expect, Scenario
 from harness.declare.selection import UsageError
 from harness.engine.boot import _breakit_faults as faults
-from harness.engine.command import Rerun, missing_script
+from harness.engine.command import Rerun, engine_command
 from harness.engine.env import CODES, boot_env
 from harness.judge.outcome import judge
 from harness.judge.result import Baseline, Result
@@ -75,11 +75,9 @@ def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], dict, Scenario]:
         raise UsageError("--guardrails, --chunks and --tp-command belong to a contract TP path, not to --engine: "
                          "the engine is started as given")
     try:
-        engine = options.OPTIONS["tp_command"].parse(args.engine)
-        if (missing := missing_script(engine, Path.cwd())) is not None:
-            raise ValueError(missing)
+        engine = engine_command(args.engine)
     except ValueError as exc:
-        raise UsageError(f"invalid engine command {args.engine!r} from --engine: {exc}") from None
+        raise UsageError(str(exc)) from None
     if args.output_regex is not None:
         try:
             re.compile(args.output_regex)

@@ -17,7 +17,7 @@ from harness.declare import adhoc
 from harness.declare.selection import UsageError
 from harness.engine import run as engine_run
 from harness.engine.boot import _breakit_faults as faults
-from harness.engine.command import missing_script
+from harness.engine.command import engine_command
 from harness.grade import card, plan
 from harness.judge.result import Result
 from harness.launch import probe
@@ -122,9 +122,10 @@ def _inputs(args: argparse.Namespace) -> Inputs:
         raise UsageError(f"--call {args.call}: calls count from 1")
     hang_after = _option("deadline", args.hang_after, "--hang-after") if args.hang_after is not None else None
     ops = tuple(o.strip() for o in args.ops.split(",") if o.strip()) if args.ops else None
-    engine = _option("tp_command", args.engine, "--engine") if args.engine is not None else None
-    if engine is not None and (missing := missing_script(engine, Path.cwd())) is not None:
-        raise UsageError(f"invalid engine command {args.engine!r} from --engine: {missing}")
+    try:
+        engine = engine_command(args.engine) if args.engine is not None else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     _check_ops(ops, engine is not None)
     root = _option("report_dir", args.report_dir, "--report-dir") if args.report_dir else options.default("report_dir")
     try:
