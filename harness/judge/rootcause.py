@@ -1,7 +1,8 @@
 """Which rank failed first, and which log lines count as evidence.
 
-The root cause is the earliest failure, the rest are collateral (torchelastic's
-``ChildFailedError``); a ``TP-FATAL`` line that repeats the code of the rank it
+The root cause is where the failure began: the one rank whose strongest injected fault fired before the first
+failure (``injected_before``; the first failure is kept as ``noticed_by``), else the earliest failure; the rest
+are collateral (torchelastic's ``ChildFailedError``); a ``TP-FATAL`` line that repeats the code of the rank it
 names as its ``cause_rank`` follows that rank, whenever it was printed. A failure is a ``TP-FATAL`` line at its ``mono``, or a
 death that wrote none: a rank its own fault killed (``kill(SIGKILL)``,
 ``exit(3)``) or froze (``kill(SIGSTOP)``) failed when its ``TP-FAULT`` line was
@@ -219,6 +220,8 @@ def injected_before(texts: dict[int, str], until: float) -> Injected | None:
                 continue
             named = str(line.fields.get("rank", rank))
             who = int(named) if named.isdigit() else rank
+            if who not in texts:  # a rank the run does not have: no line of it can be a cause here
+                continue
             held = fired.get(who)
             if held is None or (_kind(line), line.mono) < (_kind(held.line), held.mono):
                 fired[who] = Injected(rank=who, mono=line.mono, line=line)
