@@ -45,7 +45,7 @@ def unproven_crash(scenario: Scenario, obs: Observation, ranks: list[RankResult]
     for r in ranks:
         if r.returncode in (0, None) or r.reaped:
             continue
-        if engine and fired:  # the harness's own signals are judged before this; exit 2 is judged as a failed start
+        if engine and fired:  # the harness's own signals are judged before this
             continue
         off = off_contract(r, texts.get(r.rank, ""), codes, scenario)
         if off:
@@ -138,10 +138,16 @@ def output_from_log(regex: str, text: str) -> dict | None:
             "source": "--output-regex on rank 0's log"}
 
 
+def own_lines(lines: list[str]) -> list[str]:
+    """The lines a rank printed itself: not blank, and not an event, trace or fault line the harness's contract
+    (or an engine's bootstrap) added."""
+    return [ln for ln in lines if ln.strip() and not ln.startswith(("TP-EVENT ", "TP-TRACE ", "TP-FAULT "))]
+
+
 def unmatched_output(regex: str, text: str, *, shown: int = 5) -> str:
     """Why an engine run whose ranks all exited 0 has no output: ``--output-regex`` matched nothing rank 0 printed
     (``text``, its log). The last lines the engine itself printed say what to match instead."""
-    own = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("TP-EVENT ", "TP-TRACE ", "TP-FAULT "))]
+    own = own_lines(text.splitlines())
     last = " | ".join(ln[:200] for ln in own[-shown:]) or "rank 0 printed nothing"
     return (f"every rank exited 0 but output regex {regex!r} matched nothing in rank 0's stdout (last lines: {last}), "
             "so divergence cannot be judged: fix --output-regex to match the line holding the engine's answer")

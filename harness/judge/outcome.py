@@ -30,10 +30,10 @@ def judge(
 ) -> Result:
     """Compare what ``obs`` shows with ``scenario.expect``; build the Result.
 
-    ``baseline`` is called only when rank 0 exited 0 with an output (the healthy run is needed only to tell
-    CLEAN from DIVERGED, and whether a crash served a wrong answer first). ``meta`` carries run settings (backend, launch, chunks, dir) copied into the result; backend
-    ``engine``: an engine started as given, with its own guardrails, not TP_GUARDRAILS. ``codes``: the rank
-    command's fatal code -> exit status table (None: it gave none, so any TP-FATAL code goes with any non-zero exit).
+    ``baseline`` is called only when rank 0 exited 0 with an output (to tell CLEAN from DIVERGED, or whether a
+    crash served a wrong answer first). ``meta``: run settings (backend, launch, chunks, dir) for the result;
+    backend ``engine``: an engine started as given, with its own guardrails. ``codes``: the rank command's fatal
+    code -> exit status table (None: it gave none, so any TP-FATAL code goes with any non-zero exit).
     """
     texts = {r: logs.read_text(path) for r, path in obs.log_paths.items()}
     ranks = [_rank_result(r, obs, texts.get(r, "")) for r in range(obs.world_size)]
@@ -180,8 +180,7 @@ def _observe(scenario, obs, ranks, texts, baseline, digests, codes=None, killed=
     rejected = [r for r in ranks if r.returncode == 2 and not (engine and obs.fault_lines)]
     if rejected:
         r = rejected[0]
-        own = [ln for ln in r.log_tail if not ln.startswith(("TP-EVENT ", "TP-TRACE ", "TP-FAULT "))]
-        last = (own or r.log_tail or ["(empty log)"])[-1]
+        last = (evidence.own_lines(r.log_tail) or r.log_tail or ["(empty log)"])[-1]
         if engine:  # an engine promised no CONTRACT §3: exit 2 is Python's (a file it cannot open, a usage error)
             return Outcome.HARNESS_ERROR, f"the engine command failed in rank {r.rank} (exit 2): {last}"
         return Outcome.HARNESS_ERROR, f"the TP path rejected its configuration (rank {r.rank} exit 2, CONTRACT §3): {last}"
